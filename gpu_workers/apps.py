@@ -1,0 +1,5 @@
+from django.apps import AppConfig
+
+
+class GpuWorkersConfig(AppConfig):
+    name = "gpu_workers"

@@ -1,0 +1,23 @@
+from marketplace.models.accounts import Contributor
+from marketplace.models.billing import Plan, StripeEvent, Subscription
+from marketplace.models.catalog import BaseModel, Expert, ExpertVersion, LicenseTerms
+from marketplace.models.organizations import Membership, Organization, OrganizationAPIKey
+from marketplace.models.systems import ComposedSystem, ContributionMeasurement, SystemExpert, Usage
+
+__all__ = [
+    "BaseModel",
+    "ComposedSystem",
+    "ContributionMeasurement",
+    "Contributor",
+    "Expert",
+    "ExpertVersion",
+    "LicenseTerms",
+    "Membership",
+    "Organization",
+    "OrganizationAPIKey",
+    "Plan",
+    "StripeEvent",
+    "Subscription",
+    "SystemExpert",
+    "Usage",
+]

@@ -1,0 +1,112 @@
+from django.conf import settings
+from django.db import models
+
+
+class BaseModel(models.Model):
+    """A shared open base model that experts adapt, registered by staff from a local directory."""
+
+    name = models.CharField(max_length=200, unique=True)
+    local_path = models.CharField(max_length=500)
+    architecture = models.CharField(max_length=100)
+    hidden_size = models.PositiveIntegerField()
+    num_layers = models.PositiveIntegerField()
+    vocab_size = models.PositiveIntegerField()
+    # {"model.layers.0.self_attn.q_proj": [out_features, in_features], ...} for every Linear module.
+    module_shapes = models.JSONField(default=dict)
+    content_hash = models.CharField(max_length=64)
+    registered_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Expert(models.Model):
+    """A contributor's LoRA expert. `current_version` is the mutable alias; versions are immutable."""
+
+    owner = models.ForeignKey("marketplace.Contributor", on_delete=models.PROTECT, related_name="experts")
+    slug = models.SlugField(max_length=100)
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    tags = models.JSONField(default=list)
+    priorities = models.JSONField(default=list)
+    base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="experts")
+    current_version = models.ForeignKey(
+        "marketplace.ExpertVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    license = models.ForeignKey(
+        "marketplace.LicenseTerms", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    is_public = models.BooleanField(default=True)
+    consent_revoked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["owner", "slug"], name="expert_unique_slug_per_owner")]
+
+    def __str__(self) -> str:
+        return f"{self.owner_id}/{self.slug}"
+
+    @property
+    def ledger_ref(self) -> str:
+        return f"expert:{self.pk}"
+
+
+class LicenseTerms(models.Model):
+    """License terms as data. Immutable: a change is a new row that the expert points at."""
+
+    expert = models.ForeignKey(Expert, on_delete=models.PROTECT, related_name="license_history")
+    spdx_id = models.CharField(max_length=100)
+    commercial_use = models.BooleanField(default=True)
+    derivatives_allowed = models.BooleanField(default=True)
+    attribution_required = models.BooleanField(default=False)
+    share_alike = models.BooleanField(default=False)
+    allowed_domains = models.JSONField(default=list, help_text="Empty means every domain not prohibited.")
+    prohibited_domains = models.JSONField(default=list)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def as_terms(self) -> dict:
+        return {
+            "spdx_id": self.spdx_id,
+            "commercial_use": self.commercial_use,
+            "derivatives_allowed": self.derivatives_allowed,
+            "attribution_required": self.attribution_required,
+            "share_alike": self.share_alike,
+            "allowed_domains": list(self.allowed_domains),
+            "prohibited_domains": list(self.prohibited_domains),
+        }
+
+
+class ExpertVersion(models.Model):
+    """One immutable, content-addressed upload of an expert's adapter."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        VALID = "valid"
+        FAILED = "failed"
+
+    expert = models.ForeignKey(Expert, on_delete=models.PROTECT, related_name="versions")
+    number = models.PositiveIntegerField()
+    sha256 = models.CharField(max_length=64, help_text="Hash of the canonical adapter content.")
+    storage_path = models.CharField(max_length=500)
+    size_bytes = models.PositiveBigIntegerField(default=0)
+    model_card = models.TextField(blank=True)
+    card_metadata = models.JSONField(default=dict)
+    adapter_config = models.JSONField(default=dict)
+    rank = models.PositiveIntegerField(null=True, blank=True)
+    lora_alpha = models.FloatField(null=True, blank=True)
+    target_modules = models.JSONField(default=list)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    failure_reason = models.TextField(blank=True)
+    validated_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["expert", "number"], name="version_unique_number"),
+            models.UniqueConstraint(fields=["expert", "sha256"], name="version_unique_content"),
+        ]
+        ordering = ["expert_id", "number"]
+
+    def __str__(self) -> str:
+        return f"{self.expert} v{self.number}"

@@ -1,0 +1,24 @@
+import pytest
+from django.conf import settings
+
+
+@pytest.fixture(autouse=True)
+def isolated_storage(settings, tmp_path):
+    """Every test writes experts and models under its own temporary directory."""
+    settings.EXPERT_STORAGE_DIR = tmp_path / "experts"
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.LEDGER_SIGNING_KEY_FILE = str(tmp_path / "ledger_signing_key")
+    yield
+
+
+@pytest.fixture(autouse=True)
+def celery_eager():
+    from mosaic.celery import app
+
+    app.conf.task_always_eager = True
+    app.conf.task_eager_propagates = True
+    yield
+
+
+def is_postgres() -> bool:
+    return settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
