@@ -50,10 +50,9 @@ def _first_message(detail) -> str:
 
 
 def api_exception_handler(exc, context):
-    """Errors are JSON: {"error": {"message", "code", "detail"}}."""
+    """Every API error has OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
     if isinstance(exc, DomainError):
-        body = {"error": {"message": exc.message, "code": exc.code, "param": exc.param}}
-        return Response(body, status=exc.status_code)
+        return Response(error_body(exc.message, code=exc.code, param=exc.param), status=exc.status_code)
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
     elif isinstance(exc, Http404):
@@ -64,11 +63,23 @@ def api_exception_handler(exc, context):
     if response is None:
         return None
     detail = response.data
-    response.data = {
-        "error": {
-            "message": _first_message(detail),
-            "code": getattr(exc, "default_code", "error"),
-            "detail": detail,
-        }
-    }
+    param = next(iter(detail), None) if isinstance(detail, dict) and "detail" not in detail else None
+    response.data = error_body(_first_message(detail), code=getattr(exc, "default_code", "error"), param=param)
+    response.data["error"]["detail"] = detail
     return response
+
+
+def error_type_for(code: str) -> str:
+    if code in ("not_authenticated", "authentication_failed", "invalid_api_key"):
+        return "authentication_error"
+    if code in ("permission_denied", "forbidden", "policy_refused"):
+        return "permission_error"
+    if code in ("throttled", "rate_limit_exceeded", "quota_exceeded"):
+        return "rate_limit_error"
+    if code in ("server_error", "engine_error"):
+        return "server_error"
+    return "invalid_request_error"
+
+
+def error_body(message: str, *, code: str, param=None) -> dict:
+    return {"error": {"message": message, "type": error_type_for(code), "param": param, "code": code}}
