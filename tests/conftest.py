@@ -1,3 +1,9 @@
+import os
+
+# No GPU in CI: Triton kernels run on the CPU through the interpreter. Must be set before triton loads.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest
 from django.conf import settings
 
