@@ -1,0 +1,184 @@
+"""The engine protocol that strategies talk to, and the decoding rules every engine follows.
+
+A request names a mixture {expert_id: weight} (empty = the base model alone). Its next-token
+distribution is the weighted mixture of each expert's own distribution:
+
+    p(token) = Σ_i w_i · softmax(logits of base + expert_i)
+
+(a mixture of one expert is exactly that expert's adapter; merged adapters are registered as
+experts of their own). `next_token_logits` returns log p, i.e. normalised log-probabilities,
+[batch, vocab]. Decoding then follows `pick_next_token`: greedy (argmax) when temperature == 0,
+otherwise softmax(log p / temperature), nucleus-filtered to top_p, sampled with the request's own
+torch.Generator seeded by the request seed. Generation ends on <eos> or a stop sequence
+(finish_reason "stop"; the stop text is cut off) or after max_tokens (finish_reason "length").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from composition.errors import CompositionError
+from composition.experts import Expert
+
+
+@dataclass
+class GenerationRequest:
+    prompt: str
+    mixture: dict[str, float] = field(default_factory=dict)
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class Generation:
+    text: str
+    finish_reason: str  # "stop" | "length"
+    prompt_tokens: int
+    completion_tokens: int
+    # log p(token) of each generated token under the request's mixture (before temperature/top-p).
+    token_logprobs: list[float] = field(default_factory=list)
+
+    @property
+    def mean_logprob(self) -> float:
+        if not self.token_logprobs:
+            return 0.0
+        return sum(self.token_logprobs) / len(self.token_logprobs)
+
+
+@dataclass
+class ScoreRequest:
+    """Teacher-forced scoring: log p(continuation | prompt) under a mixture."""
+
+    prompt: str
+    continuation: str
+    mixture: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    tokenizer: object  # a transformers PreTrainedTokenizerFast (encode prompts / decode tokens)
+
+    def register_expert(self, expert: Expert) -> None: ...
+
+    def generate(self, requests: list[GenerationRequest]) -> list[Generation]: ...
+
+    def next_token_logits(self, requests: list[GenerationRequest]) -> torch.Tensor: ...
+
+    def embed(self, texts: list[str]) -> torch.Tensor: ...
+
+    def score(self, requests: list[ScoreRequest]) -> list[list[float]]: ...
+
+
+def normalise_mixture(mixture: dict[str, float], known: set[str] | None = None) -> dict[str, float]:
+    """Check a mixture (non-negative weights summing to 1, known experts) and drop zero weights."""
+    if not mixture:
+        return {}
+    for expert_id, weight in mixture.items():
+        if known is not None and expert_id not in known:
+            raise CompositionError(f"unknown expert {expert_id!r} in mixture")
+        if not isinstance(weight, (int, float)) or weight < 0 or weight != weight:
+            raise CompositionError(f"mixture weight for {expert_id!r} must be a non-negative number")
+    total = sum(mixture.values())
+    if abs(total - 1.0) > 1e-4:
+        raise CompositionError(f"mixture weights must sum to 1, they sum to {total:.6g}")
+    return {expert_id: float(weight) for expert_id, weight in mixture.items() if weight > 0}
+
+
+def mix_logprobs(logprobs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """log Σ_i w_i p_i for stacked log-probabilities [k, vocab] and weights [k] (summing to 1)."""
+    return torch.logsumexp(logprobs.float() + torch.log(weights.float()).unsqueeze(-1), dim=0)
+
+
+def request_generator(seed: int | None) -> torch.Generator:
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(int(seed))
+    return generator
+
+
+def pick_next_token(
+    logprobs: torch.Tensor, *, temperature: float, top_p: float, generator: torch.Generator
+) -> int:
+    """The one decoding rule: logprobs [vocab] (float32, CPU) -> token id."""
+    logprobs = logprobs.float().cpu()
+    if temperature <= 0:
+        return int(torch.argmax(logprobs))
+    probabilities = torch.softmax(logprobs / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = torch.sort(probabilities, descending=True)
+        cumulative = torch.cumsum(sorted_probs, dim=-1)
+        drop = cumulative - sorted_probs >= top_p  # keep the smallest prefix reaching top_p
+        drop[0] = False
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        probabilities = torch.zeros_like(probabilities).scatter(0, order, sorted_probs)
+    probabilities = probabilities / probabilities.sum()
+    return int(torch.multinomial(probabilities, 1, generator=generator))
+
+
+def find_stop(text: str, stop: list[str]) -> int | None:
+    """Index where the earliest stop sequence starts in text, or None."""
+    positions = [text.find(sequence) for sequence in stop if sequence]
+    positions = [position for position in positions if position >= 0]
+    return min(positions) if positions else None
+
+
+def check_request(request: GenerationRequest) -> None:
+    if request.max_tokens < 1:
+        raise CompositionError("max_tokens must be at least 1")
+    if request.temperature < 0:
+        raise CompositionError("temperature must be >= 0")
+    if not 0 < request.top_p <= 1:
+        raise CompositionError("top_p must be in (0, 1]")
+
+
+class DecodeState:
+    """One request's progress through decoding; shared by every engine so they stop alike."""
+
+    def __init__(self, request: GenerationRequest, tokenizer, prompt_tokens: int):
+        self.request = request
+        self.tokenizer = tokenizer
+        self.prompt_tokens = prompt_tokens
+        self.generator = request_generator(request.seed)
+        self.token_ids: list[int] = []
+        self.token_logprobs: list[float] = []
+        self.finish_reason: str | None = None
+        self.text = ""
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def step(self, logprobs: torch.Tensor) -> int:
+        """Pick the next token from this step's log-probabilities [vocab]; update text and state."""
+        token = pick_next_token(
+            logprobs, temperature=self.request.temperature, top_p=self.request.top_p, generator=self.generator
+        )
+        self.token_ids.append(token)
+        self.token_logprobs.append(float(logprobs[token]))
+        if token == self.tokenizer.eos_token_id:
+            self.finish_reason = "stop"
+            return token
+        self.text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+        cut = find_stop(self.text, self.request.stop)
+        if cut is not None:
+            self.text = self.text[:cut]
+            self.finish_reason = "stop"
+        elif len(self.token_ids) >= self.request.max_tokens:
+            self.finish_reason = "length"
+        return token
+
+    def result(self) -> Generation:
+        return Generation(
+            text=self.text,
+            finish_reason=self.finish_reason or "length",
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=len(self.token_ids),
+            token_logprobs=list(self.token_logprobs),
+        )
