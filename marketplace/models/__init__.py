@@ -2,6 +2,7 @@ from marketplace.models.accounts import Contributor
 from marketplace.models.billing import Plan, StripeEvent, Subscription
 from marketplace.models.catalog import BaseModel, Expert, ExpertVersion, LicenseTerms
 from marketplace.models.organizations import Membership, Organization, OrganizationAPIKey
+from marketplace.models.quotas import QuotaWindow
 from marketplace.models.systems import ComposedSystem, ContributionMeasurement, SystemExpert, Usage
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "Organization",
     "OrganizationAPIKey",
     "Plan",
+    "QuotaWindow",
     "StripeEvent",
     "Subscription",
     "SystemExpert",
