@@ -1,0 +1,159 @@
+"""Mixture of experts' next-token distributions.
+
+For each row b, k experts' logits [k, V] and mixture weights w [k]:
+    log p_mix(v) = logsumexp_j( log w_j + log_softmax(logits_j)(v) )
+then temperature (divide by T and renormalise) and top-p (keep the smallest set of most likely tokens whose
+mass reaches p, renormalise). The result is float32 log-probabilities [B, V], -inf outside the top-p set.
+
+The Triton kernel runs one program per row: an online-softmax sweep over the vocabulary gives every
+expert's log-normaliser at once, a second sweep writes the tempered mixture and its own online normaliser.
+Top-p, which needs an order over the vocabulary, is applied afterwards with a sort, only for rows with p < 1.
+"""
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover
+    triton = None
+    tl = None
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+def _per_row(value, rows: int, device) -> torch.Tensor:
+    tensor = torch.as_tensor(value, dtype=torch.float32, device=device)
+    return tensor.expand(rows).contiguous() if tensor.dim() == 0 else tensor.float().contiguous()
+
+
+def _effective_temperature(temperature: torch.Tensor) -> torch.Tensor:
+    """Temperature 0 means greedy decoding; the argmax is the same at any temperature, so leave it at 1."""
+    return torch.where(temperature > 0, temperature, torch.ones_like(temperature))
+
+
+def apply_top_p(logprobs: torch.Tensor, top_p) -> torch.Tensor:
+    """Keep, per row, the most likely tokens until their mass reaches top_p (at least one), renormalised."""
+    if isinstance(top_p, (int, float)):
+        if top_p >= 1:
+            return logprobs
+        top_p = _per_row(top_p, logprobs.shape[0], logprobs.device)
+    elif bool((top_p >= 1).all()):
+        return logprobs
+    sorted_lp, order = torch.sort(logprobs, dim=-1, descending=True)
+    mass_before = torch.cumsum(sorted_lp.exp(), dim=-1) - sorted_lp.exp()
+    drop_sorted = mass_before >= top_p[:, None]
+    drop_sorted[:, 0] = False
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    kept = logprobs.masked_fill(drop, float("-inf"))
+    return torch.log_softmax(kept, dim=-1)
+
+
+def mixture_reference(
+    logits: torch.Tensor, weights: torch.Tensor, *, temperature=1.0, top_p=1.0
+) -> torch.Tensor:
+    rows = logits.shape[0]
+    temperature = _effective_temperature(_per_row(temperature, rows, logits.device))
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    w = weights.float() / weights.float().sum(dim=-1, keepdim=True)
+    mixed = torch.logsumexp(torch.log(w)[:, :, None] + logp, dim=1)
+    tempered = torch.log_softmax(mixed / temperature[:, None], dim=-1)
+    return apply_top_p(tempered, top_p)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _mixture_kernel(
+        logits_ptr, log_w_ptr, inv_temp_ptr, out_ptr, lse_out_ptr,
+        K, V,
+        stride_lb, stride_lk, stride_lv, stride_ob,
+        BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
+    ):
+        row = tl.program_id(0).to(tl.int64)
+        offs_k = tl.arange(0, BLOCK_K)
+        k_mask = offs_k < K
+        base = logits_ptr + row * stride_lb + offs_k[:, None] * stride_lk
+        log_w = tl.load(log_w_ptr + row * K + offs_k, mask=k_mask, other=float("-inf"))
+        inv_temp = tl.load(inv_temp_ptr + row)
+
+        # Sweep 1: each expert's max and sum of exponentials, online.
+        m = tl.full((BLOCK_K,), float("-inf"), dtype=tl.float32)
+        s = tl.zeros((BLOCK_K,), dtype=tl.float32)
+        for v0 in range(0, V, BLOCK_V):
+            offs_v = v0 + tl.arange(0, BLOCK_V)
+            v_mask = offs_v < V
+            x = tl.load(base + offs_v[None, :] * stride_lv, mask=k_mask[:, None] & v_mask[None, :],
+                        other=float("-inf")).to(tl.float32)
+            x = tl.where(k_mask[:, None], x, 0.0)
+            m_new = tl.maximum(m, tl.max(x, axis=1))
+            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
+            m = m_new
+        lse = m + tl.log(s)
+
+        # Sweep 2: the mixture, tempered, and its normaliser, online.
+        mz = float("-inf")
+        sz = 0.0
+        for v0 in range(0, V, BLOCK_V):
+            offs_v = v0 + tl.arange(0, BLOCK_V)
+            v_mask = offs_v < V
+            x = tl.load(base + offs_v[None, :] * stride_lv, mask=k_mask[:, None] & v_mask[None, :],
+                        other=0.0).to(tl.float32)
+            c = x - lse[:, None] + log_w[:, None]
+            c = tl.where(k_mask[:, None], c, float("-inf"))
+            cm = tl.max(c, axis=0)
+            mixed = cm + tl.log(tl.sum(tl.exp(c - cm[None, :]), axis=0))
+            z = tl.where(v_mask, mixed * inv_temp, float("-inf"))
+            tl.store(out_ptr + row * stride_ob + offs_v, z, mask=v_mask)
+            mz_new = tl.maximum(mz, tl.max(z, axis=0))
+            sz = sz * tl.exp(mz - mz_new) + tl.sum(tl.exp(z - mz_new), axis=0)
+            mz = mz_new
+        tl.store(lse_out_ptr + row, mz + tl.log(sz))
+
+
+def _mixture_triton(logits, log_w, temperature):
+    rows, k, vocab = logits.shape
+    out = torch.empty((rows, vocab), dtype=torch.float32, device=logits.device)
+    lse = torch.empty((rows,), dtype=torch.float32, device=logits.device)
+    block_k = max(2, 1 << (k - 1).bit_length())
+    block_v = max(16, min(2048 // block_k, 1 << (vocab - 1).bit_length()))
+    interpreted = logits.device.type != "cuda"
+    _mixture_kernel[(rows,)](
+        logits, log_w, (1.0 / temperature).contiguous(), out, lse,
+        k, vocab,
+        logits.stride(0), logits.stride(1), logits.stride(2), out.stride(0),
+        BLOCK_K=block_k, BLOCK_V=block_v,
+        **({} if interpreted else {"num_warps": 8}),
+    )
+    return out - lse[:, None]
+
+
+def mix_next_token_logprobs(
+    logits: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    temperature=1.0,
+    top_p=1.0,
+    backend: str = "auto",
+    check: bool = True,
+) -> torch.Tensor:
+    """Mixed, tempered, top-p filtered log-probabilities [B, V] (float32) from logits [B, k, V] and
+    weights [B, k] (non-negative, normalised per row here). temperature and top_p: a number or one per row."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown mixture backend {backend!r}; expected one of {BACKENDS}")
+    if logits.dim() != 3 or weights.shape != logits.shape[:2]:
+        raise ValueError(f"expected logits [B, k, V] and weights [B, k]; got {tuple(logits.shape)}, "
+                         f"{tuple(weights.shape)}")
+    if check and bool((weights < 0).any()) or bool((weights.sum(dim=-1) <= 0).any()):
+        raise ValueError("mixture weights must be non-negative with a positive sum in every row")
+    if backend == "auto":
+        backend = "triton" if (logits.is_cuda and triton is not None) else "torch"
+    if backend == "torch":
+        return mixture_reference(logits, weights, temperature=temperature, top_p=top_p)
+    rows = logits.shape[0]
+    temp = _effective_temperature(_per_row(temperature, rows, logits.device))
+    w = weights.float()
+    log_w = torch.log(w / w.sum(dim=-1, keepdim=True)).contiguous()
+    tempered = _mixture_triton(logits, log_w, temp)
+    return apply_top_p(tempered, top_p if isinstance(top_p, (int, float)) else _per_row(top_p, rows, logits.device))
