@@ -1,0 +1,50 @@
+"""Strategies: one small class per way of composing experts, behind one interface and a registry.
+
+    build_strategy(name, config, experts) -> Strategy     (validates config against the experts)
+    validate_strategy_config(name, config, expert_ids)   (no weights needed; returns the normalised config)
+    strategy_level(name) -> "api" | "text" | "logit" | "weight"
+    Strategy.run(CompletionRequest, engine) -> CompletionResult (texts, usage, attribution)
+"""
+from __future__ import annotations
+
+from composition.errors import CompositionError
+from composition.experts import Expert
+from composition.strategies.base import CompletionRequest, CompletionResult, Strategy
+from composition.strategies.logits import Contrastive, LogitMixture
+from composition.strategies.routing import Cascade, EmbeddingRouter, Single, Switch, TrainedRouter
+from composition.strategies.text import Aggregate, Debate
+from composition.strategies.weights import Merge, MergeSearch
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    strategy.name: strategy
+    for strategy in (
+        Single, EmbeddingRouter, TrainedRouter, Cascade, Switch,
+        Debate, Aggregate,
+        LogitMixture, Contrastive,
+        Merge, MergeSearch,
+    )
+}
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    if name not in STRATEGIES:
+        raise CompositionError(f"unknown strategy {name!r}; known strategies: {', '.join(STRATEGIES)}")
+    return STRATEGIES[name]
+
+
+def strategy_level(name: str) -> str:
+    return strategy_class(name).level
+
+
+def validate_strategy_config(name: str, config: dict, expert_ids: list[str]) -> dict:
+    return strategy_class(name).validate(config, list(expert_ids))
+
+
+def build_strategy(name: str, config: dict, experts: list[Expert]) -> Strategy:
+    return strategy_class(name)(config, list(experts))
+
+
+__all__ = [
+    "STRATEGIES", "CompletionRequest", "CompletionResult", "Strategy",
+    "build_strategy", "strategy_level", "validate_strategy_config",
+]

@@ -1,0 +1,258 @@
+"""API-level strategies: each answer (or each segment) comes from whole experts chosen per request."""
+from __future__ import annotations
+
+import torch
+
+from composition.engine import Engine
+from composition.errors import CompositionError
+from composition.strategies.base import (
+    Choice,
+    CompletionRequest,
+    ConfigReader,
+    Strategy,
+    decode_step_by_step,
+)
+
+
+class Single(Strategy):
+    """One expert answers alone (a system of one, or an expert measured on its own).
+
+    Attribution: {expert: 1}."""
+
+    name = "single"
+    level = "api"
+
+    @classmethod
+    def read_config(cls, reader: ConfigReader) -> dict:
+        default = reader.expert_ids[0] if len(reader.expert_ids) == 1 else None
+        expert = reader.expert("expert", default)
+        if expert is None:
+            raise CompositionError("single: 'expert' is required when the system has several experts")
+        return {"expert": expert}
+
+    def complete(self, prompt, request, seed, engine):
+        expert = self.config["expert"]
+        generation = engine.generate([self.generation_request(prompt, request, seed, {expert: 1.0})])[0]
+        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, {expert: 1.0})
+
+
+class EmbeddingRouter(Strategy):
+    """Routes each request to the nearest expert(s) by cosine similarity of base-model embeddings.
+
+    Each expert is represented by the embeddings of its description and of each of its examples
+    (engine.embed on the base model); an expert's score for a query is its best cosine similarity
+    over those texts (nearest neighbour). With top_k = 1 the best expert answers alone; with
+    top_k > 1 the top experts answer as a mixture weighted by softmax(score / temperature).
+    Attribution: the routing weights ({chosen: 1} for top_k = 1)."""
+
+    name = "embedding_router"
+    level = "api"
+
+    @classmethod
+    def read_config(cls, reader: ConfigReader) -> dict:
+        top_k = reader.integer("top_k", 1, minimum=1, maximum=len(reader.expert_ids))
+        temperature = reader.number("temperature", 0.05, minimum=1e-6)
+        return {"top_k": top_k, "temperature": temperature}
+
+    def prepare(self, engine: Engine) -> None:
+        super().prepare(engine)
+        self.profiles = expert_profiles(self.experts, engine)
+
+    def scores(self, text: str, engine: Engine) -> torch.Tensor:
+        query = torch.nn.functional.normalize(engine.embed([text]).float(), dim=-1)[0]
+        return torch.stack([(profile @ query).max() for profile in self.profiles])
+
+    def routing_weights(self, text: str, engine: Engine, *, top_k: int, temperature: float) -> dict[str, float]:
+        scores = self.scores(text, engine)
+        top = torch.topk(scores, top_k)
+        weights = torch.softmax(top.values / temperature, dim=-1)
+        return {self.expert_ids[int(index)]: float(weight) for index, weight in zip(top.indices, weights)}
+
+    def complete(self, prompt, request, seed, engine):
+        weights = self.routing_weights(prompt, engine, top_k=self.config["top_k"],
+                                       temperature=self.config["temperature"])
+        generation = engine.generate([self.generation_request(prompt, request, seed, weights)])[0]
+        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, weights)
+
+
+def expert_profiles(experts, engine: Engine) -> list[torch.Tensor]:
+    """Per expert, normalised embeddings [m, hidden] of its description and examples."""
+    profiles = []
+    for expert in experts:
+        texts = [text for text in [expert.description, *expert.examples] if text]
+        if not texts:
+            raise CompositionError(
+                f"expert {expert.id!r} has no description or examples to route by"
+            )
+        profiles.append(torch.nn.functional.normalize(engine.embed(texts).float(), dim=-1))
+    return profiles
+
+
+class TrainedRouter(Strategy):
+    """A logistic-regression router on base-model embeddings, trained on labelled queries.
+
+    Labelled queries come from config["examples"] ([{"text", "expert"}]) or, when absent, from
+    each expert's metadata examples. Features are the standardised embeddings; training is
+    full-batch Adam with L2, seeded, done once per engine (or by calling fit()).
+    mode "top1": the most probable expert answers, attribution {chosen: 1};
+    mode "mixture": the experts answer as a mixture weighted by the router's probabilities,
+    which are the attribution."""
+
+    name = "trained_router"
+    level = "api"
+
+    @classmethod
+    def read_config(cls, reader: ConfigReader) -> dict:
+        examples = reader.raw("examples", None)
+        if examples is not None:
+            if not isinstance(examples, list) or not examples:
+                raise CompositionError("trained_router: 'examples' must be a non-empty list of {text, expert}")
+            for index, example in enumerate(examples):
+                if not isinstance(example, dict) or set(example) != {"text", "expert"}:
+                    raise CompositionError(f"trained_router: examples[{index}] must be an object with text and expert")
+                if not isinstance(example["text"], str):
+                    raise CompositionError(f"trained_router: examples[{index}].text must be a string")
+                if example["expert"] not in reader.expert_ids:
+                    raise CompositionError(
+                        f"trained_router: examples[{index}] names unknown expert {example['expert']!r}"
+                    )
+        return {
+            "examples": examples,
+            "mode": reader.choice("mode", ("top1", "mixture"), "top1"),
+            "epochs": reader.integer("epochs", 300, minimum=1, maximum=100000),
+            "learning_rate": reader.number("learning_rate", 0.05, minimum=1e-9),
+            "l2": reader.number("l2", 1e-3, minimum=0),
+            "seed": reader.integer("seed", 0),
+        }
+
+    def labelled_examples(self) -> list[tuple[str, int]]:
+        if self.config["examples"]:
+            return [(item["text"], self.expert_ids.index(item["expert"])) for item in self.config["examples"]]
+        pairs = [(text, index) for index, expert in enumerate(self.experts) for text in expert.examples]
+        if not pairs:
+            raise CompositionError("trained_router: no labelled queries (no config examples, no expert examples)")
+        return pairs
+
+    def prepare(self, engine: Engine) -> None:
+        super().prepare(engine)
+        self.fit(engine)
+
+    def fit(self, engine: Engine) -> float:
+        """Train the classifier; returns its training accuracy."""
+        pairs = self.labelled_examples()
+        features = engine.embed([text for text, _ in pairs]).float()
+        labels = torch.tensor([label for _, label in pairs])
+        self.mean = features.mean(0)
+        self.std = features.std(0, unbiased=False) + 1e-6
+        x = (features - self.mean) / self.std
+        generator = torch.Generator().manual_seed(self.config["seed"])
+        self.weight = (torch.randn(x.shape[1], len(self.experts), generator=generator) * 0.01).requires_grad_()
+        self.bias = torch.zeros(len(self.experts), requires_grad=True)
+        optimizer = torch.optim.Adam([self.weight, self.bias], lr=self.config["learning_rate"])
+        with torch.enable_grad():
+            for _ in range(self.config["epochs"]):
+                logits = x @ self.weight + self.bias
+                loss = torch.nn.functional.cross_entropy(logits, labels) + self.config["l2"] * (self.weight ** 2).sum()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        self.weight = self.weight.detach()
+        self.bias = self.bias.detach()
+        return float(((x @ self.weight + self.bias).argmax(-1) == labels).float().mean())
+
+    def probabilities(self, text: str, engine: Engine) -> dict[str, float]:
+        x = (engine.embed([text]).float()[0] - self.mean) / self.std
+        probabilities = torch.softmax(x @ self.weight + self.bias, dim=-1)
+        return {expert_id: float(p) for expert_id, p in zip(self.expert_ids, probabilities)}
+
+    def complete(self, prompt, request, seed, engine):
+        probabilities = self.probabilities(prompt, engine)
+        if self.config["mode"] == "top1":
+            weights = {max(probabilities, key=probabilities.get): 1.0}
+        else:
+            weights = {expert_id: p for expert_id, p in probabilities.items() if p > 0}
+            total = sum(weights.values())
+            weights = {expert_id: p / total for expert_id, p in weights.items()}
+        generation = engine.generate([self.generation_request(prompt, request, seed, weights)])[0]
+        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, weights)
+
+
+class Cascade(Strategy):
+    """Tries experts in order and escalates while the answer's confidence is below a threshold.
+
+    Confidence is the mean log-probability of the generated tokens under the expert that wrote
+    them. The first answer at or above the threshold is returned; if none is, the last expert's
+    answer ("last") or the most confident one ("most_confident"). Attribution: {answering expert: 1}."""
+
+    name = "cascade"
+    level = "api"
+
+    @classmethod
+    def read_config(cls, reader: ConfigReader) -> dict:
+        return {
+            "order": reader.expert_list("order", list(reader.expert_ids)),
+            "threshold": reader.number("threshold", -0.5, maximum=0),
+            "fallback": reader.choice("fallback", ("last", "most_confident"), "last"),
+        }
+
+    def complete(self, prompt, request, seed, engine):
+        tried = []
+        for expert_id in self.config["order"]:
+            generation = engine.generate([self.generation_request(prompt, request, seed, {expert_id: 1.0})])[0]
+            tried.append((expert_id, generation))
+            if generation.mean_logprob >= self.config["threshold"]:
+                break
+        else:
+            if self.config["fallback"] == "most_confident":
+                tried.sort(key=lambda pair: pair[1].mean_logprob, reverse=True)
+                tried = tried[:1]
+        expert_id, generation = tried[-1]
+        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, {expert_id: 1.0})
+
+
+class Switch(Strategy):
+    """Switches generation between experts: at the start of each segment the embedding router
+    (nearest expert by description/examples) reads the prompt plus the text so far and picks the
+    expert that writes the next segment. Segments end after a newline ("line"), after ". ", "! ",
+    "? " or a newline ("sentence"), or every segment_tokens tokens ("tokens").
+    Attribution: each expert's share of the generated tokens."""
+
+    name = "switch"
+    level = "api"
+    BOUNDARIES = {"line": ("\n",), "sentence": (". ", "! ", "? ", "\n"), "tokens": ()}
+
+    @classmethod
+    def read_config(cls, reader: ConfigReader) -> dict:
+        return {
+            "segment": reader.choice("segment", tuple(cls.BOUNDARIES), "sentence"),
+            "segment_tokens": reader.integer("segment_tokens", 8, minimum=1),
+        }
+
+    def prepare(self, engine: Engine) -> None:
+        super().prepare(engine)
+        self.router = EmbeddingRouter({}, self.experts)
+        self.router.profiles = expert_profiles(self.experts, engine)
+
+    def complete(self, prompt, request, seed, engine):
+        boundaries = self.BOUNDARIES[self.config["segment"]]
+        counts = {expert_id: 0 for expert_id in self.expert_ids}
+        current = {"expert": None, "segment_start": 0, "text_start": 0}
+
+        def next_logprobs(context: str, step: int) -> torch.Tensor:
+            segment_text = context[len(prompt) + current["text_start"]:]
+            at_boundary = (
+                current["expert"] is None
+                or step - current["segment_start"] >= self.config["segment_tokens"]
+                or any(segment_text.endswith(boundary) for boundary in boundaries)
+            )
+            if at_boundary:
+                scores = self.router.scores(context, engine)
+                current.update(expert=self.expert_ids[int(scores.argmax())], segment_start=step,
+                               text_start=len(context) - len(prompt))
+            counts[current["expert"]] += 1
+            return engine.next_token_logits(
+                [self.generation_request(context, request, seed, {current["expert"]: 1.0})]
+            )[0]
+
+        generation = decode_step_by_step(engine, self.generation_request(prompt, request, seed, {}), next_logprobs)
+        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, counts)

@@ -1,0 +1,168 @@
+"""Weight-level strategies: the experts' adapters are merged into one adapter that answers."""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+
+import torch
+
+from composition.engine import Engine, GenerationRequest
+from composition.errors import CompositionError
+from composition.evaluation import METRICS
+from composition.experts import Expert
+from composition.merging import MERGE_METHODS, check_mergeable, merge_adapters
+from composition.strategies.base import Choice, ConfigReader, Strategy, uniform
+
+
+def read_merge_options(reader: ConfigReader) -> dict:
+    method = reader.choice("method", tuple(MERGE_METHODS), "task_arithmetic")
+    merger = MERGE_METHODS[method]
+    density = reader.number("density", 0.5 if merger.uses_density else None, minimum=1e-6, maximum=1)
+    if density is not None and not merger.uses_density:
+        raise CompositionError(f"{reader.strategy}: 'density' is only used by ties, dare_linear and dare_ties")
+    scale = reader.number("scale", None, minimum=0, maximum=100)
+    if scale is not None and not merger.uses_scale:
+        raise CompositionError(f"{reader.strategy}: 'scale' is not used by the linear method (it is 1)")
+    return {
+        "method": method,
+        "density": density,
+        "scale": scale,
+        "sign_method": reader.choice("sign_method", ("total", "frequency"), "total"),
+        "rank": reader.integer("rank", None, minimum=1, maximum=4096),
+        "seed": reader.integer("seed", 0),
+    }
+
+
+def merged_expert(experts: list[Expert], weights: dict[str, float], options: dict) -> Expert:
+    adapters = {expert.id: expert.adapter for expert in experts}
+    adapter = merge_adapters(
+        adapters, weights, method=options["method"], rank=options["rank"],
+        density=options["density"] if options["density"] is not None else 1.0,
+        scale=options["scale"], sign_method=options["sign_method"], seed=options["seed"],
+    )
+    key = json.dumps({"experts": [e.id for e in experts], "weights": weights, "options": options}, sort_keys=True)
+    merged_id = "merge-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    base_models = {e.base_model for e in experts if e.base_model}
+    metadata = {"merged_from": weights, "base_model": next(iter(base_models), "")}
+    return Expert(id=merged_id, adapter=adapter, metadata=metadata)
+
+
+class Merge(Strategy):
+    """Merges the experts' adapters (on ΔW = B·A per module; see composition/merging.py for the
+    methods linear, task_arithmetic, ties, dare_linear, dare_ties), factorises the merged ΔW back
+    to LoRA by truncated SVD at `rank` (default: the sum of the experts' ranks, exact for linear
+    and task arithmetic) and answers with the merged adapter alone.
+    Attribution: the merge weights."""
+
+    name = "merge"
+    level = "weight"
+
+    @classmethod
+    def read_config(cls, reader: ConfigReader) -> dict:
+        weights = reader.weights("weights", uniform(reader.expert_ids))
+        return {"weights": weights, **read_merge_options(reader)}
+
+    def __init__(self, config: dict, experts: list[Expert]):
+        super().__init__(config, experts)
+        check_mergeable({expert.id: expert.adapter for expert in self.experts})
+        options = {key: value for key, value in self.config.items() if key != "weights"}
+        self.merged = merged_expert(self.experts, self.config["weights"], options)
+
+    def prepare(self, engine: Engine) -> None:
+        engine.register_expert(self.merged)
+
+    def complete(self, prompt, request, seed, engine):
+        generation = engine.generate([self.generation_request(prompt, request, seed, {self.merged.id: 1.0})])[0]
+        return Choice(generation.text, generation.finish_reason, generation.completion_tokens,
+                      dict(self.config["weights"]))
+
+
+def simplex_grid(count: int, step: float) -> list[tuple[float, ...]]:
+    """Every weight vector on the simplex whose entries are multiples of step."""
+    parts = int(round(1 / step))
+    vectors = []
+    for cuts in itertools.combinations(range(parts + count - 1), count - 1):
+        bounds = (-1, *cuts, parts + count - 1)
+        vectors.append(tuple((bounds[i + 1] - bounds[i] - 1) / parts for i in range(count)))
+    return vectors
+
+
+class MergeSearch(Strategy):
+    """Searches merge weights on a dev set, then answers with the best merge.
+
+    Candidates: the uniform weights first, then a grid over the simplex in steps of grid_step
+    ("grid") or `samples` Dirichlet(1) draws from a generator seeded by search_seed ("random").
+    Each candidate merge answers the dev set greedily; the best mean `metric` wins (the first
+    candidate wins ties). Deterministic for a given config. Attribution: the winning weights."""
+
+    name = "merge_search"
+    level = "weight"
+
+    @classmethod
+    def read_config(cls, reader: ConfigReader) -> dict:
+        dev_set = reader.raw("dev_set", None)
+        if not isinstance(dev_set, list) or not dev_set:
+            raise CompositionError("merge_search: 'dev_set' must be a non-empty list of {prompt, answers}")
+        for index, item in enumerate(dev_set):
+            if (not isinstance(item, dict) or not isinstance(item.get("prompt"), str)
+                    or not isinstance(item.get("answers"), list)
+                    or not all(isinstance(answer, str) for answer in item["answers"])):
+                raise CompositionError(f"merge_search: dev_set[{index}] must have a prompt string and a list of answers")
+        search = reader.choice("search", ("grid", "random"), "random")
+        step = reader.number("grid_step", 0.5, minimum=0.05, maximum=1)
+        if search == "grid" and abs(1 / step - round(1 / step)) > 1e-9:
+            raise CompositionError("merge_search: 'grid_step' must divide 1 (e.g. 0.5, 0.25, 0.2)")
+        return {
+            "dev_set": dev_set,
+            "search": search,
+            "grid_step": step,
+            "samples": reader.integer("samples", 8, minimum=1, maximum=1000),
+            "search_seed": reader.integer("search_seed", 0),
+            "metric": reader.choice("metric", ("exact_match", "token_f1"), "exact_match"),
+            "max_tokens": reader.integer("max_tokens", 32, minimum=1),
+            "stop": reader.text_list("stop", []),
+            **read_merge_options(reader),
+        }
+
+    def __init__(self, config: dict, experts: list[Expert]):
+        super().__init__(config, experts)
+        check_mergeable({expert.id: expert.adapter for expert in self.experts})
+        self.options = {key: self.config[key] for key in ("method", "density", "scale", "sign_method", "rank", "seed")}
+        self.search_results: list[tuple[dict[str, float], float]] = []
+
+    def candidates(self) -> list[dict[str, float]]:
+        count = len(self.expert_ids)
+        vectors = [tuple(1.0 / count for _ in range(count))]
+        if self.config["search"] == "grid":
+            vectors += simplex_grid(count, self.config["grid_step"])
+        else:
+            generator = torch.Generator().manual_seed(self.config["search_seed"])
+            for _ in range(self.config["samples"]):
+                draw = -torch.log(torch.rand(count, generator=generator, dtype=torch.float64))
+                vectors.append(tuple(float(x) for x in draw / draw.sum()))
+        unique = list(dict.fromkeys(vectors))
+        return [dict(zip(self.expert_ids, vector)) for vector in unique]
+
+    def prepare(self, engine: Engine) -> None:
+        metric = METRICS[self.config["metric"]]
+        best = None
+        self.search_results = []
+        for weights in self.candidates():
+            expert = merged_expert(self.experts, weights, self.options)
+            engine.register_expert(expert)
+            generations = engine.generate([
+                GenerationRequest(prompt=item["prompt"], mixture={expert.id: 1.0}, max_tokens=self.config["max_tokens"],
+                                  temperature=0.0, stop=list(self.config["stop"]))
+                for item in self.config["dev_set"]
+            ])
+            score = sum(metric(g.text, item["answers"]) for g, item in zip(generations, self.config["dev_set"]))
+            score /= len(self.config["dev_set"])
+            self.search_results.append((weights, score))
+            if best is None or score > best[1]:
+                best = (weights, score, expert)
+        self.best_weights, self.best_score, self.merged = best
+
+    def complete(self, prompt, request, seed, engine):
+        generation = engine.generate([self.generation_request(prompt, request, seed, {self.merged.id: 1.0})])[0]
+        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, dict(self.best_weights))
