@@ -1,1 +1,23 @@
-urlpatterns: list = []
+from django.urls import path
+
+from marketplace.api import organizations, systems
+from marketplace.api.stripe_webhooks import StripeWebhookApi
+
+urlpatterns = [
+    path("organizations", organizations.OrganizationListApi.as_view(), name="organizations"),
+    path("organizations/<int:organization_id>", organizations.OrganizationDetailApi.as_view(), name="organization"),
+    path("organizations/<int:organization_id>/members", organizations.MemberListApi.as_view(), name="organization-members"),
+    path("organizations/<int:organization_id>/members/<int:user_id>", organizations.MemberDetailApi.as_view(),
+         name="organization-member"),
+    path("organizations/<int:organization_id>/keys", organizations.APIKeyListApi.as_view(), name="organization-keys"),
+    path("organizations/<int:organization_id>/keys/<str:prefix>/revoke", organizations.APIKeyRevokeApi.as_view(),
+         name="organization-key-revoke"),
+    path("organizations/<int:organization_id>/subscription", organizations.SubscriptionApi.as_view(),
+         name="organization-subscription"),
+    path("organizations/<int:organization_id>/usage", organizations.UsageApi.as_view(), name="organization-usage"),
+    path("systems", systems.SystemListApi.as_view(), name="systems"),
+    path("systems/<int:system_id>", systems.SystemDetailApi.as_view(), name="system"),
+    path("experts/<int:expert_id>/revoke-consent", systems.ExpertRevokeConsentApi.as_view(),
+         name="expert-revoke-consent"),
+    path("stripe/webhook", StripeWebhookApi.as_view(), name="stripe-webhook"),
+]

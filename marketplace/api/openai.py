@@ -1,0 +1,365 @@
+"""The OpenAI-compatible API: /v1/models, /v1/chat/completions, /v1/completions.
+
+Authentication is `Authorization: Bearer mos_<prefix>.<secret>`, an organization API key."""
+import json
+import time
+import uuid
+
+from django.conf import settings
+from django.http import StreamingHttpResponse
+from rest_framework import serializers
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from marketplace import policy, quotas
+from marketplace.models import ComposedSystem, OrganizationAPIKey, Subscription
+from marketplace.selectors.organizations import api_key_from_presented
+from marketplace.selectors.systems import system_for_organization, systems_callable_by
+from marketplace.services import inference
+from marketplace.services.organizations import api_key_mark_used
+from marketplace.services.usage import usage_record
+from mosaic.errors import DomainError, error_body
+
+
+class Unauthenticated(DomainError):
+    status_code = 401
+    code = "invalid_api_key"
+
+
+class PaymentRequired(DomainError):
+    status_code = 402
+    code = "no_active_subscription"
+
+
+def authenticate(request, *, scope: str) -> OrganizationAPIKey:
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise Unauthenticated("Missing API key: send it as 'Authorization: Bearer <key>'.")
+    api_key = api_key_from_presented(presented=presented)
+    if api_key is None:
+        raise Unauthenticated("Incorrect, revoked or expired API key.")
+    if scope not in api_key.scopes:
+        raise DomainError(f"This API key lacks the {scope!r} scope.", code="forbidden", status_code=403)
+    api_key_mark_used(api_key=api_key)
+    return api_key
+
+
+class OpenAIView(APIView):
+    authentication_classes: list = []
+    permission_classes: list = []
+
+    def handle_exception(self, exc):
+        response = super().handle_exception(exc)
+        if isinstance(exc, quotas.RateLimited):
+            response["Retry-After"] = str(exc.retry_after)
+            for name, value in exc.headers.items():
+                response[name] = value
+        return response
+
+
+# --- /v1/models ---------------------------------------------------------------------------------------------
+
+
+def model_object(system: ComposedSystem) -> dict:
+    return {
+        "id": system.slug,
+        "object": "model",
+        "created": int(system.created_at.timestamp()),
+        "owned_by": system.owner_organization.slug if system.owner_organization_id else "mosaic",
+        "name": system.name,
+        "description": system.description,
+        "base_model": system.base_model.name,
+        "strategy": system.strategy,
+        "experts": [
+            {"id": str(m.expert_id), "slug": m.expert.slug, "contributor": m.expert.owner.display_name,
+             "version": m.version.number}
+            for m in system.memberships.all()
+        ],
+        "quality": system.quality,
+        "price_per_1k_tokens_minor": system.price_per_1k_tokens_minor,
+        "license_summary": system.license_summary,
+    }
+
+
+class ModelListApi(OpenAIView):
+    def get(self, request):
+        api_key = authenticate(request, scope="read")
+        systems = systems_callable_by(organization=api_key.organization)
+        return Response({"object": "list", "data": [model_object(s) for s in systems]})
+
+
+class ModelDetailApi(OpenAIView):
+    def get(self, request, model: str):
+        api_key = authenticate(request, scope="read")
+        return Response(model_object(system_for_organization(organization=api_key.organization, slug=model)))
+
+
+# --- completions --------------------------------------------------------------------------------------------
+
+
+class StopField(serializers.Field):
+    def to_internal_value(self, data):
+        stops = [data] if isinstance(data, str) else data
+        if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > 4:
+            raise serializers.ValidationError("stop must be a non-empty string or a list of up to 4 of them.")
+        return stops
+
+
+class StrictInteger(serializers.IntegerField):
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            raise serializers.ValidationError("A JSON integer is required.")
+        return super().to_internal_value(data)
+
+
+class StrictFloat(serializers.FloatField):
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            raise serializers.ValidationError("A JSON number is required.")
+        return super().to_internal_value(data)
+
+
+class StrictBoolean(serializers.BooleanField):
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            raise serializers.ValidationError("A JSON boolean is required.")
+        return data
+
+
+class StrictString(serializers.CharField):
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            raise serializers.ValidationError("A JSON string is required.")
+        return super().to_internal_value(data)
+
+
+class StreamOptionsSerializer(serializers.Serializer):
+    include_usage = StrictBoolean(required=False, default=False)
+
+
+class CompletionParamsSerializer(serializers.Serializer):
+    model = StrictString()
+    max_tokens = StrictInteger(required=False, min_value=1, allow_null=True)
+    max_completion_tokens = StrictInteger(required=False, min_value=1, allow_null=True)
+    temperature = StrictFloat(required=False, min_value=0, max_value=2, default=1.0, allow_null=True)
+    top_p = StrictFloat(required=False, min_value=0, max_value=1, default=1.0, allow_null=True)
+    stop = StopField(required=False, allow_null=True, default=None)
+    n = StrictInteger(required=False, min_value=1, max_value=8, default=1, allow_null=True)
+    seed = StrictInteger(required=False, allow_null=True, default=None)
+    stream = StrictBoolean(required=False, default=False)
+    stream_options = StreamOptionsSerializer(required=False, allow_null=True, default=None)
+
+    def validate(self, attrs):
+        max_tokens = attrs.get("max_completion_tokens") or attrs.get("max_tokens") or 16
+        if max_tokens > settings.MAX_TOKENS_LIMIT:
+            raise DomainError(
+                f"max_tokens is {max_tokens}; the most this service generates is {settings.MAX_TOKENS_LIMIT}.",
+                param="max_tokens", code="invalid_value",
+            )
+        attrs["max_tokens"] = max_tokens
+        return attrs
+
+
+class MessageSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["system", "user", "assistant", "developer"])
+    content = serializers.JSONField()
+
+    def validate_content(self, content):
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list) and all(
+            isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+            for part in content
+        ):
+            return "".join(part["text"] for part in content)
+        raise serializers.ValidationError("content must be a string or a list of text parts.")
+
+
+class ChatCompletionInputSerializer(CompletionParamsSerializer):
+    messages = MessageSerializer(many=True, allow_empty=False)
+
+
+class CompletionInputSerializer(CompletionParamsSerializer):
+    prompt = StrictString(allow_blank=True, trim_whitespace=False)
+
+
+def _validated(serializer_class, request) -> dict:
+    if not isinstance(request.data, dict):
+        raise DomainError("The request body must be a JSON object.")
+    serializer = serializer_class(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+def _active_plan(organization):
+    subscription = (
+        Subscription.objects.select_related("plan")
+        .filter(organization=organization, status=Subscription.Status.ACTIVE)
+        .order_by("-created_at")
+        .first()
+    )
+    if subscription is None:
+        raise PaymentRequired(f"{organization.name} has no active subscription; subscribe to a plan first.")
+    return subscription.plan
+
+
+def attribution_list(*, attribution: dict, members) -> list[dict]:
+    by_id = {str(m.expert_id): m.expert for m in members}
+    listed = []
+    for expert_id, weight in sorted(attribution.items()):
+        expert = by_id.get(expert_id)
+        listed.append({
+            "expert": expert.slug if expert else expert_id,
+            "expert_id": expert_id,
+            "contributor": expert.owner.display_name if expert else None,
+            "license": expert.license.spdx_id if expert and expert.license else None,
+            "weight": str(weight),
+        })
+    return listed
+
+
+class _CompletionApi(OpenAIView):
+    input_serializer: type
+    chat: bool
+
+    def post(self, request):
+        started = time.monotonic()
+        api_key = authenticate(request, scope="use")
+        organization = api_key.organization
+        data = _validated(self.input_serializer, request)
+        system = system_for_organization(organization=organization, slug=data["model"])
+        plan = _active_plan(organization)
+        serving = policy.request_plan(organization=organization, system=system, actor=f"organization:{organization.pk}")
+        text_in = "".join(m["content"] for m in data["messages"]) if self.chat else data["prompt"]
+        reservation = quotas.reserve(
+            organization=organization, plan=plan,
+            estimated_tokens=len(text_in) + 8 * len(data.get("messages") or []) + data["max_tokens"] * (data["n"] or 1),
+        )
+        request_id = uuid.uuid4().hex
+        params = {
+            "max_tokens": data["max_tokens"],
+            "temperature": 1.0 if data["temperature"] is None else data["temperature"],
+            "top_p": 1.0 if data["top_p"] is None else data["top_p"],
+            "stop": data["stop"] or [],
+            "seed": data["seed"],
+            "n": data["n"] or 1,
+        }
+        message = inference.build_message(
+            request_id=request_id, system=system, plan=serving, params=params,
+            **({"messages": data["messages"]} if self.chat else {"prompt": data["prompt"]}),
+        )
+        context = dict(
+            request_id=request_id, organization=organization, api_key=api_key, system=system, plan=plan,
+            serving=serving, reservation=reservation, started=started,
+        )
+        if data["stream"]:
+            include_usage = bool(data["stream_options"] and data["stream_options"].get("include_usage"))
+            response = StreamingHttpResponse(
+                self._stream(message=message, include_usage=include_usage, **context),
+                content_type="text/event-stream",
+            )
+            response["Cache-Control"] = "no-cache"
+            response["X-Accel-Buffering"] = "no"
+        else:
+            try:
+                result = inference.run_system_request(message=message)
+            except Exception:
+                quotas.release(reservation=reservation)
+                raise
+            usage = self._record(result=result, **context)
+            response = Response(self._body(result=result, usage=usage, **context))
+        for name, value in reservation.headers.items():
+            response[name] = value
+        response["x-request-id"] = request_id
+        return response
+
+    def _record(self, *, result, request_id, organization, api_key, system, plan, serving, reservation, started):
+        return usage_record(
+            request_id=request_id, organization=organization, api_key=api_key, system=system, plan=plan,
+            prompt_tokens=result["usage"]["prompt_tokens"], completion_tokens=result["usage"]["completion_tokens"],
+            latency_ms=int((time.monotonic() - started) * 1000), engine_ms=int(result.get("engine_ms", 0)),
+            attribution=result.get("attribution", {}), reservation=reservation,
+        )
+
+    def _envelope(self, *, request_id, system, chunk: bool) -> dict:
+        if self.chat:
+            obj = "chat.completion.chunk" if chunk else "chat.completion"
+            prefix = "chatcmpl-"
+        else:
+            obj, prefix = "text_completion", "cmpl-"
+        return {"id": prefix + request_id, "object": obj, "created": int(time.time()), "model": system.slug,
+                "system_fingerprint": None}
+
+    @staticmethod
+    def _usage(usage) -> dict:
+        return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens}
+
+    def _body(self, *, result, usage, request_id, system, serving, **_):
+        if self.chat:
+            choices = [
+                {"index": c["index"], "message": {"role": "assistant", "content": c["text"], "refusal": None},
+                 "finish_reason": c["finish_reason"], "logprobs": None}
+                for c in result["choices"]
+            ]
+        else:
+            choices = [
+                {"index": c["index"], "text": c["text"], "finish_reason": c["finish_reason"], "logprobs": None}
+                for c in result["choices"]
+            ]
+        return {
+            **self._envelope(request_id=request_id, system=system, chunk=False),
+            "choices": choices,
+            "usage": self._usage(usage),
+            "attribution": attribution_list(attribution=usage.attribution, members=serving.members),
+        }
+
+    def _chunk_choice(self, index: int, text: str | None, finish_reason: str | None, first: bool) -> dict:
+        if self.chat:
+            delta = {"role": "assistant", "content": text or ""} if first else ({"content": text} if text else {})
+            return {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+        return {"index": index, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
+
+    def _stream(self, *, message, include_usage, **context):
+        envelope = self._envelope(request_id=context["request_id"], system=context["system"], chunk=True)
+
+        def line(payload: dict) -> bytes:
+            return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+        started_choices: set[int] = set()
+        try:
+            for event in inference.stream_system_request(message=message):
+                if event.get("done"):
+                    result = event["result"]
+                    usage = self._record(result=result, **context)
+                    for choice in result["choices"]:
+                        first = choice["index"] not in started_choices
+                        yield line({**envelope, "choices": [
+                            self._chunk_choice(choice["index"], None, choice["finish_reason"], first)]})
+                    final = {**envelope, "choices": [], "usage": self._usage(usage) if include_usage else None,
+                             "attribution": attribution_list(attribution=usage.attribution,
+                                                             members=context["serving"].members)}
+                    yield line(final)
+                    break
+                index = event["choice_index"]
+                first = index not in started_choices
+                started_choices.add(index)
+                yield line({**envelope, "choices": [self._chunk_choice(index, event["text_delta"], None, first)]})
+        except DomainError as error:
+            quotas.release(reservation=context["reservation"])
+            yield line(error_body(error.message, code=error.code, param=error.param))
+        except Exception as error:  # noqa: BLE001 - a stream cannot change its status any more: say it in a data line
+            quotas.release(reservation=context["reservation"])
+            yield line(error_body(f"The engine failed: {type(error).__name__}: {error}", code="engine_error"))
+        yield b"data: [DONE]\n\n"
+
+
+class ChatCompletionApi(_CompletionApi):
+    input_serializer = ChatCompletionInputSerializer
+    chat = True
+
+
+class CompletionApi(_CompletionApi):
+    input_serializer = CompletionInputSerializer
+    chat = False

@@ -1,0 +1,173 @@
+"""Organizations, members, API keys, subscription and usage."""
+from django.contrib.auth import get_user_model
+from rest_framework import serializers
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from marketplace.models import Membership, Plan, Subscription
+from marketplace.selectors.organizations import (
+    api_keys_for_organization,
+    membership_for,
+    organizations_for_user,
+    require_role,
+)
+from marketplace.selectors.usage import usage_summary
+from marketplace.services.billing import subscription_create
+from marketplace.services.organizations import (
+    api_key_create,
+    api_key_revoke,
+    membership_remove,
+    membership_set,
+    organization_create,
+)
+from mosaic.errors import DomainError, NotFound
+
+OWNER = (Membership.Role.OWNER,)
+OWNER_OR_BILLING = (Membership.Role.OWNER, Membership.Role.BILLING)
+OWNER_OR_DEVELOPER = (Membership.Role.OWNER, Membership.Role.DEVELOPER)
+
+
+class OrganizationInputSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    is_commercial = serializers.BooleanField(default=True)
+    domains = serializers.ListField(child=serializers.SlugField(max_length=60), required=False, default=list)
+
+
+def organization_output(organization, role: str) -> dict:
+    return {"id": organization.pk, "name": organization.name, "slug": organization.slug,
+            "is_commercial": organization.is_commercial, "domains": organization.domains, "role": role,
+            "created_at": organization.created_at}
+
+
+class OrganizationListApi(APIView):
+    def get(self, request):
+        memberships = Membership.objects.filter(user=request.user).select_related("organization")
+        roles = {m.organization_id: m.role for m in memberships}
+        return Response([organization_output(o, roles[o.pk]) for o in organizations_for_user(user=request.user)])
+
+    def post(self, request):
+        serializer = OrganizationInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        organization = organization_create(owner=request.user, **serializer.validated_data)
+        return Response(organization_output(organization, Membership.Role.OWNER), status=201)
+
+
+class OrganizationDetailApi(APIView):
+    def get(self, request, organization_id: int):
+        membership = membership_for(user=request.user, organization_id=organization_id)
+        return Response(organization_output(membership.organization, membership.role))
+
+
+class MemberInputSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    role = serializers.ChoiceField(choices=Membership.Role.values)
+
+
+def member_output(membership) -> dict:
+    return {"user_id": membership.user_id, "username": membership.user.get_username(), "role": membership.role}
+
+
+class MemberListApi(APIView):
+    def get(self, request, organization_id: int):
+        membership = membership_for(user=request.user, organization_id=organization_id)
+        members = membership.organization.memberships.select_related("user").order_by("created_at")
+        return Response([member_output(m) for m in members])
+
+    def post(self, request, organization_id: int):
+        membership = membership_for(user=request.user, organization_id=organization_id)
+        require_role(membership=membership, roles=OWNER, action="manage members")
+        serializer = MemberInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        user = get_user_model().objects.filter(username=serializer.validated_data["username"]).first()
+        if user is None:
+            raise DomainError("No user with that username.", param="username")
+        added = membership_set(organization=membership.organization, user=user, role=serializer.validated_data["role"])
+        return Response(member_output(added), status=201)
+
+
+class MemberDetailApi(APIView):
+    def delete(self, request, organization_id: int, user_id: int):
+        membership = membership_for(user=request.user, organization_id=organization_id)
+        require_role(membership=membership, roles=OWNER, action="manage members")
+        target = membership.organization.memberships.filter(user_id=user_id).first()
+        if target is None:
+            raise NotFound("No such member.")
+        membership_remove(membership=target)
+        return Response(status=204)
+
+
+class APIKeyInputSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=50)
+    scopes = serializers.ListField(child=serializers.CharField(), required=False)
+
+
+def api_key_output(api_key) -> dict:
+    return {"prefix": api_key.prefix, "name": api_key.name, "scopes": api_key.scopes, "revoked": api_key.revoked,
+            "created": api_key.created, "last_used_at": api_key.last_used_at}
+
+
+class APIKeyListApi(APIView):
+    def get(self, request, organization_id: int):
+        membership = membership_for(user=request.user, organization_id=organization_id)
+        require_role(membership=membership, roles=OWNER_OR_DEVELOPER, action="see API keys")
+        return Response([api_key_output(k) for k in api_keys_for_organization(organization=membership.organization)])
+
+    def post(self, request, organization_id: int):
+        membership = membership_for(user=request.user, organization_id=organization_id)
+        require_role(membership=membership, roles=OWNER, action="create API keys")
+        serializer = APIKeyInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        api_key, key = api_key_create(organization=membership.organization, **serializer.validated_data)
+        return Response({**api_key_output(api_key), "key": key}, status=201)
+
+
+class APIKeyRevokeApi(APIView):
+    def post(self, request, organization_id: int, prefix: str):
+        membership = membership_for(user=request.user, organization_id=organization_id)
+        require_role(membership=membership, roles=OWNER, action="revoke API keys")
+        api_key = api_keys_for_organization(organization=membership.organization).filter(prefix=prefix).first()
+        if api_key is None:
+            raise NotFound("No such API key.")
+        return Response(api_key_output(api_key_revoke(api_key=api_key)))
+
+
+class SubscriptionInputSerializer(serializers.Serializer):
+    plan = serializers.SlugRelatedField(slug_field="slug", queryset=Plan.objects.filter(is_active=True))
+
+
+def subscription_output(subscription) -> dict:
+    return {"id": subscription.pk, "plan": subscription.plan.slug, "status": subscription.status,
+            "stripe_subscription_id": subscription.stripe_subscription_id,
+            "current_period_start": subscription.current_period_start,
+            "current_period_end": subscription.current_period_end}
+
+
+class SubscriptionApi(APIView):
+    def get(self, request, organization_id: int):
+        membership = membership_for(user=request.user, organization_id=organization_id)
+        subscription = (
+            Subscription.objects.filter(organization=membership.organization).select_related("plan")
+            .order_by("-created_at").first()
+        )
+        if subscription is None:
+            raise NotFound("This organization has no subscription.")
+        return Response(subscription_output(subscription))
+
+    def post(self, request, organization_id: int):
+        membership = membership_for(user=request.user, organization_id=organization_id)
+        require_role(membership=membership, roles=OWNER_OR_BILLING, action="subscribe")
+        serializer = SubscriptionInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        subscription, unavailable = subscription_create(
+            organization=membership.organization, plan=serializer.validated_data["plan"],
+            actor=f"user:{request.user.pk}",
+        )
+        return Response({**subscription_output(subscription), "unavailable_systems": unavailable}, status=201)
+
+
+class UsageApi(APIView):
+    def get(self, request, organization_id: int):
+        membership = membership_for(user=request.user, organization_id=organization_id)
+        group_by = [g for g in request.query_params.get("group_by", "day,system").split(",") if g]
+        return Response({"organization": membership.organization.slug, "group_by": group_by,
+                         "data": usage_summary(organization=membership.organization, group_by=group_by)})

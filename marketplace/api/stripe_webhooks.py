@@ -1,0 +1,22 @@
+"""POST /api/stripe/webhook: Stripe-signed events, each applied once."""
+import stripe
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from marketplace import stripe_client
+from marketplace.services.billing import stripe_event_apply
+from mosaic.errors import DomainError
+
+
+class StripeWebhookApi(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    def post(self, request):
+        signature = request.META.get("HTTP_STRIPE_SIGNATURE", "")
+        try:
+            event = stripe_client.construct_event(payload=request.body, signature=signature)
+        except (ValueError, stripe.SignatureVerificationError) as error:
+            raise DomainError(f"Rejected webhook: {error}", code="invalid_signature") from error
+        return Response({"received": True, "result": stripe_event_apply(event=event.to_dict())})

@@ -1,0 +1,44 @@
+"""Composed systems (reads): who may see and call what."""
+from django.db.models import Q, QuerySet
+
+from marketplace.models import ComposedSystem, Organization
+from mosaic.errors import NotFound
+
+
+def _with_relations(queryset: QuerySet[ComposedSystem]) -> QuerySet[ComposedSystem]:
+    return queryset.select_related("base_model", "owner_organization").prefetch_related(
+        "memberships__expert__owner", "memberships__version"
+    )
+
+
+def systems_visible_to_user(*, user) -> QuerySet[ComposedSystem]:
+    """Staff see every system; others the public ones and their organizations' private ones."""
+    queryset = ComposedSystem.objects.all()
+    if not (user.is_authenticated and user.is_staff):
+        visible = Q(owner_organization__isnull=True)
+        if user.is_authenticated:
+            visible |= Q(owner_organization__memberships__user=user)
+        queryset = queryset.filter(visible).distinct()
+    return _with_relations(queryset).order_by("slug")
+
+
+def systems_callable_by(*, organization: Organization) -> QuerySet[ComposedSystem]:
+    return _with_relations(
+        ComposedSystem.objects.filter(
+            Q(owner_organization__isnull=True) | Q(owner_organization=organization),
+            status=ComposedSystem.Status.ACTIVE,
+        )
+    ).order_by("slug")
+
+
+def system_for_organization(*, organization: Organization, slug: str) -> ComposedSystem:
+    """A system this organization may see; another organization's private system does not exist for it."""
+    system = (
+        ComposedSystem.objects.select_related("base_model")
+        .filter(Q(owner_organization__isnull=True) | Q(owner_organization=organization), slug=slug)
+        .first()
+    )
+    if system is None:
+        raise NotFound(f"The model {slug!r} does not exist or you do not have access to it.", code="model_not_found",
+                       param="model")
+    return system

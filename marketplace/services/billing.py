@@ -1,0 +1,157 @@
+"""Plans, subscriptions and Stripe: create plans, subscribe, report usage, apply webhook events."""
+import datetime
+
+from django.db import IntegrityError, transaction
+
+from ledger.services import record_event
+from marketplace import policy, stripe_client
+from marketplace.models import Organization, Plan, StripeEvent, Subscription, Usage
+from marketplace.selectors.systems import systems_callable_by
+from mosaic.errors import Conflict, DomainError
+
+
+def plan_create(
+    *, slug: str, name: str, monthly_fee_minor: int, price_per_1k_tokens_minor: int,
+    requests_per_minute: int = 60, tokens_per_minute: int = 100_000, monthly_token_quota: int = 10_000_000,
+) -> Plan:
+    if Plan.objects.filter(slug=slug).exists():
+        raise Conflict(f"A plan with slug {slug!r} already exists.", param="slug")
+    product_id = stripe_client.create_product(name=name, metadata={"mosaic_plan": slug})
+    fee_id = stripe_client.create_monthly_plan(product_id=product_id, amount_minor=monthly_fee_minor,
+                                               nickname=f"{name}: monthly fee")
+    metered_id = stripe_client.create_metered_plan(product_id=product_id, nickname=f"{name}: usage, per minor unit")
+    return Plan.objects.create(
+        slug=slug, name=name, monthly_fee_minor=monthly_fee_minor, price_per_1k_tokens_minor=price_per_1k_tokens_minor,
+        requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
+        monthly_token_quota=monthly_token_quota, stripe_product_id=product_id, stripe_fee_price_id=fee_id,
+        stripe_metered_price_id=metered_id,
+    )
+
+
+STRIPE_STATUS = {
+    "active": Subscription.Status.ACTIVE,
+    "trialing": Subscription.Status.ACTIVE,
+    "past_due": Subscription.Status.PAST_DUE,
+    "unpaid": Subscription.Status.PAST_DUE,
+    "canceled": Subscription.Status.CANCELED,
+    "incomplete_expired": Subscription.Status.CANCELED,
+    "incomplete": Subscription.Status.INCOMPLETE,
+}
+
+
+def _timestamp(value) -> datetime.datetime | None:
+    return datetime.datetime.fromtimestamp(int(value), tz=datetime.UTC) if value else None
+
+
+def subscription_create(*, organization: Organization, plan: Plan, actor: str) -> tuple[Subscription, dict]:
+    """Subscribes through Stripe. Returns the subscription and {system: reason} for systems the terms exclude."""
+    unavailable = policy.subscription_check(
+        organization=organization, plan=plan, systems=list(systems_callable_by(organization=organization))
+    )
+    live = Subscription.objects.filter(
+        organization=organization,
+        status__in=[Subscription.Status.ACTIVE, Subscription.Status.PAST_DUE, Subscription.Status.INCOMPLETE],
+    ).first()
+    if live is not None:
+        raise Conflict(f"{organization.name} already has a {live.status} subscription to {live.plan.name}.")
+    if not (plan.stripe_fee_price_id and plan.stripe_metered_price_id):
+        raise DomainError(f"Plan {plan.slug!r} has no Stripe prices; create it with `create_plan`.")
+    if not organization.stripe_customer_id:
+        organization.stripe_customer_id = stripe_client.create_customer(
+            name=organization.name, metadata={"mosaic_organization": str(organization.pk)},
+            idempotency_key=f"customer-organization-{organization.pk}",
+        )
+        organization.save(update_fields=["stripe_customer_id"])
+    attempt = Subscription.objects.filter(organization=organization).count()
+    remote = stripe_client.create_subscription(
+        customer_id=organization.stripe_customer_id,
+        plan_ids=[plan.stripe_fee_price_id, plan.stripe_metered_price_id],
+        metadata={"mosaic_organization": str(organization.pk), "mosaic_plan": plan.slug},
+        idempotency_key=f"subscription-organization-{organization.pk}-{attempt}",
+    )
+    metered_item = next(
+        (item.id for item in remote["items"]["data"] if item["plan"]["id"] == plan.stripe_metered_price_id), ""
+    )
+    with transaction.atomic():
+        subscription = Subscription.objects.create(
+            organization=organization, plan=plan, status=STRIPE_STATUS.get(remote.status, Subscription.Status.INCOMPLETE),
+            stripe_subscription_id=remote.id, stripe_metered_item_id=metered_item,
+            current_period_start=_timestamp(remote.get("current_period_start")),
+            current_period_end=_timestamp(remote.get("current_period_end")),
+        )
+        record_event(
+            kind="subscription.created",
+            payload={"organization": organization.ledger_ref, "plan": plan.slug, "status": subscription.status,
+                     "stripe_subscription": remote.id},
+            actor=actor,
+        )
+    return subscription, unavailable
+
+
+def usage_report_to_stripe(*, limit: int = 500) -> int:
+    """Reports unreported usage as meter events (one per Usage row, identified by its id). Returns how many."""
+    reported = 0
+    pending = (
+        Usage.objects.filter(reported_to_stripe=False)
+        .exclude(organization__stripe_customer_id="")
+        .select_related("organization")
+        .order_by("id")[:limit]
+    )
+    for usage in pending:
+        if usage.charge_minor > 0:
+            stripe_client.report_meter_event(
+                customer_id=usage.organization.stripe_customer_id, value=usage.charge_minor,
+                identifier=f"mosaic-usage-{usage.pk}", timestamp=int(usage.created_at.timestamp()),
+            )
+        Usage.objects.filter(pk=usage.pk).update(reported_to_stripe=True)
+        reported += 1
+    return reported
+
+
+def _subscription_status_from(event_type: str, obj: dict) -> str | None:
+    if event_type.startswith("customer.subscription."):
+        if event_type == "customer.subscription.deleted":
+            return Subscription.Status.CANCELED
+        return STRIPE_STATUS.get(obj.get("status"))
+    if event_type == "invoice.payment_failed":
+        return Subscription.Status.PAST_DUE
+    if event_type in ("invoice.paid", "invoice.payment_succeeded"):
+        return Subscription.Status.ACTIVE
+    return None
+
+
+def stripe_event_apply(*, event: dict) -> str:
+    """Handles one verified webhook event exactly once. Returns what happened, for the response."""
+    obj = event["data"]["object"]
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                StripeEvent.objects.create(
+                    event_id=event["id"], type=event["type"], created=int(event["created"]), payload=event
+                )
+        except IntegrityError:
+            return "duplicate"
+        status = _subscription_status_from(event["type"], obj)
+        if status is None:
+            return "ignored"
+        subscription_id = obj.get("id") if obj.get("object") == "subscription" else obj.get("subscription")
+        subscription = Subscription.objects.select_for_update().filter(stripe_subscription_id=subscription_id).first()
+        if subscription is None:
+            return "unknown subscription"
+        if int(event["created"]) < subscription.last_event_created:
+            return "stale"
+        previous = subscription.status
+        subscription.status = status
+        subscription.last_event_created = int(event["created"])
+        if obj.get("object") == "subscription":
+            subscription.current_period_start = _timestamp(obj.get("current_period_start")) or subscription.current_period_start
+            subscription.current_period_end = _timestamp(obj.get("current_period_end")) or subscription.current_period_end
+        subscription.save()
+        if previous != status:
+            record_event(
+                kind="subscription.changed",
+                payload={"organization": f"organization:{subscription.organization_id}", "from": previous,
+                         "to": status, "stripe_event": event["id"]},
+                actor="stripe",
+            )
+        return "applied"

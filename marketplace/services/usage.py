@@ -1,0 +1,75 @@
+"""Usage: one row and one ledger entry per served request, in one transaction.
+
+Charge rounding: charge_minor = ceil(total_tokens × price_per_1k_tokens_minor / 1000), per request, in integer
+minor units; the price is the system's when it sets one, else the plan's."""
+from decimal import Decimal
+
+from django.db import transaction
+
+from ledger.services import record_event
+from marketplace import quotas
+from marketplace.models import ComposedSystem, Organization, OrganizationAPIKey, Plan, Usage
+
+
+def charge_minor(*, total_tokens: int, price_per_1k_tokens_minor: int) -> int:
+    return -(-total_tokens * price_per_1k_tokens_minor // 1000)
+
+
+def price_for(*, system: ComposedSystem, plan: Plan) -> int:
+    if system.price_per_1k_tokens_minor is not None:
+        return system.price_per_1k_tokens_minor
+    return plan.price_per_1k_tokens_minor
+
+
+def normalised_attribution(attribution: dict) -> dict[str, str]:
+    """Decimal strings (never floats), as the worker sent them or converted exactly from what it sent."""
+    return {str(k): str(Decimal(str(v))) for k, v in sorted(attribution.items())}
+
+
+def usage_record(
+    *,
+    request_id: str,
+    organization: Organization,
+    api_key: OrganizationAPIKey | None,
+    system: ComposedSystem,
+    plan: Plan,
+    prompt_tokens: int,
+    completion_tokens: int,
+    latency_ms: int,
+    engine_ms: int,
+    attribution: dict,
+    reservation: quotas.Reservation | None = None,
+) -> Usage:
+    total = prompt_tokens + completion_tokens
+    attribution = normalised_attribution(attribution)
+    with transaction.atomic():
+        usage = Usage.objects.create(
+            request_id=request_id, organization=organization, api_key=api_key, system=system,
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, latency_ms=latency_ms,
+            engine_ms=engine_ms, attribution=attribution,
+            charge_minor=charge_minor(total_tokens=total, price_per_1k_tokens_minor=price_for(system=system, plan=plan)),
+        )
+        record_event(
+            kind="usage.recorded",
+            payload={
+                "usage": f"usage:{usage.pk}",
+                "request_id": request_id,
+                "organization": organization.ledger_ref,
+                "system": system.ledger_ref,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "charge_minor": usage.charge_minor,
+                "currency": _currency(),
+                "attribution": {f"expert:{k}": v for k, v in attribution.items()},
+            },
+            actor=f"organization:{organization.pk}",
+        )
+        if reservation is not None:
+            quotas.settle(reservation=reservation, actual_tokens=total)
+    return usage
+
+
+def _currency() -> str:
+    from django.conf import settings
+
+    return settings.CURRENCY
