@@ -182,3 +182,141 @@ class DecodeState:
             completion_tokens=len(self.token_ids),
             token_logprobs=list(self.token_logprobs),
         )
+
+
+class ReferenceEngine:
+    """The oracle engine: transformers + peft, float32 on the CPU, one request at a time.
+
+    Each expert is loaded as a peft LoRA adapter of one PeftModel. A request with one expert runs
+    exactly that adapter; a request with several experts runs each adapter (each with its own
+    KV cache) and mixes their next-token distributions, p = Σ w_i p_i, as the module docstring
+    says. Generation is KV-cached (past_key_values) unless use_cache=False, which recomputes the
+    whole sequence at every step (used to check the cache). Embeddings are the base model's final
+    hidden states (after the last norm), adapters disabled, averaged over all tokens (<bos> included).
+    """
+
+    def __init__(self, base_model_path: str, experts: list[Expert] | None = None, *, use_cache: bool = True):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.base_model_path = str(base_model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.base_model_path)
+        self.base = AutoModelForCausalLM.from_pretrained(self.base_model_path, dtype=torch.float32).eval()
+        self.model = None  # the PeftModel, created with the first expert
+        self.use_cache = use_cache
+        self.experts: dict[str, Expert] = {}
+        self.adapter_names: dict[str, str] = {}
+        for expert in experts or []:
+            self.register_expert(expert)
+
+    def register_expert(self, expert: Expert) -> None:
+        import tempfile
+
+        from peft import PeftModel
+
+        if self.experts.get(expert.id) is expert:
+            return
+        name = self.adapter_names.get(expert.id) or f"expert_{len(self.adapter_names)}"
+        with tempfile.TemporaryDirectory() as directory:
+            expert.adapter.save(directory)
+            if self.model is None:
+                self.model = PeftModel.from_pretrained(self.base, directory, adapter_name=name).eval()
+            else:
+                if expert.id in self.adapter_names:
+                    self.model.delete_adapter(name)
+                self.model.load_adapter(directory, adapter_name=name)
+        self.experts[expert.id] = expert
+        self.adapter_names[expert.id] = name
+
+    def _members(self, mixture: dict[str, float]) -> list[tuple[str | None, float]]:
+        mixture = normalise_mixture(mixture, set(self.experts))
+        return list(mixture.items()) or [(None, 1.0)]
+
+    def _forward(self, expert_id: str | None, input_ids: torch.Tensor, past=None, *, hidden: bool = False):
+        if self.model is None:
+            return self.base(input_ids=input_ids, past_key_values=past, use_cache=past is not None,
+                             output_hidden_states=hidden)
+        if expert_id is None:
+            with self.model.disable_adapter():
+                return self.model(input_ids=input_ids, past_key_values=past, use_cache=past is not None,
+                                  output_hidden_states=hidden)
+        self.model.set_adapter(self.adapter_names[expert_id])
+        return self.model(input_ids=input_ids, past_key_values=past, use_cache=past is not None,
+                          output_hidden_states=hidden)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text)["input_ids"]
+
+    @staticmethod
+    def _mix(members, logits: list[torch.Tensor]) -> torch.Tensor:
+        stacked = torch.stack([torch.log_softmax(row.float(), dim=-1) for row in logits])
+        return mix_logprobs(stacked, torch.tensor([weight for _, weight in members]))
+
+    @torch.no_grad()
+    def next_token_logits(self, requests: list[GenerationRequest]) -> torch.Tensor:
+        rows = []
+        for request in requests:
+            members = self._members(request.mixture)
+            ids = torch.tensor([self._encode(request.prompt)])
+            rows.append(self._mix(members, [self._forward(e, ids).logits[0, -1] for e, _ in members]))
+        return torch.stack(rows)
+
+    @torch.no_grad()
+    def generate(self, requests: list[GenerationRequest], on_token=None) -> list[Generation]:
+        """`on_token(index, text_so_far)`, when given, is called after each token (streaming)."""
+        from transformers import DynamicCache
+
+        results = []
+        for index, request in enumerate(requests):
+            check_request(request)
+            members = self._members(request.mixture)
+            prompt_ids = self._encode(request.prompt)
+            state = DecodeState(request, self.tokenizer, len(prompt_ids))
+            sequence = list(prompt_ids)
+            caches = [DynamicCache() if self.use_cache else None for _ in members]
+            fresh = prompt_ids
+            while not state.done:
+                logits = []
+                for position, (expert_id, _) in enumerate(members):
+                    if self.use_cache:
+                        output = self._forward(expert_id, torch.tensor([fresh]), caches[position])
+                        caches[position] = output.past_key_values
+                    else:
+                        output = self._forward(expert_id, torch.tensor([sequence]))
+                    logits.append(output.logits[0, -1])
+                token = state.step(self._mix(members, logits))
+                sequence.append(token)
+                fresh = [token]
+                if on_token is not None:
+                    on_token(index, state.text)
+            results.append(state.result())
+        return results
+
+    @torch.no_grad()
+    def score(self, requests: list[ScoreRequest]) -> list[list[float]]:
+        """log p of each continuation token given the prompt, under the request's mixture."""
+        results = []
+        for request in requests:
+            members = self._members(request.mixture)
+            prompt_ids = self._encode(request.prompt)
+            continuation = self.tokenizer(request.continuation, add_special_tokens=False)["input_ids"]
+            if not continuation:
+                results.append([])
+                continue
+            ids = torch.tensor([prompt_ids + continuation])
+            outputs = [self._forward(e, ids).logits[0] for e, _ in members]
+            values = []
+            for offset, token in enumerate(continuation):
+                position = len(prompt_ids) + offset - 1
+                mixed = self._mix(members, [logits[position] for logits in outputs])
+                values.append(float(mixed[token]))
+            results.append(values)
+        return results
+
+    @torch.no_grad()
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        rows = []
+        for text in texts:
+            ids = torch.tensor([self._encode(text)])
+            output = self._forward(None, ids, hidden=True)
+            rows.append(output.hidden_states[-1][0].float().mean(dim=0))
+        return torch.stack(rows)
