@@ -1,0 +1,304 @@
+"""MosaicEngine: one base model, many experts' adapters in a pool, batches that mix experts.
+
+Every adaptable nn.Linear of the base model is wrapped by a MultiLoraLinear that adds the mixed-adapter LoRA
+delta (gpu_workers.kernels.lora.apply_lora) for the rows of the current forward pass. A request's mixture
+{expert: weight} is served as one lane per expert (composition's rule: the next-token distribution is the
+weighted mixture of each expert's own distribution); all lanes of all requests run in one batch with one KV
+cache, each lane's rows pointing at its expert's slot, and the lanes' distributions are mixed per request by
+gpu_workers.kernels.mixture. Decoding then follows composition.engine.DecodeState, the rule every engine shares.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+from composition.engine import (
+    DecodeState,
+    Generation,
+    GenerationRequest,
+    ScoreRequest,
+    check_request,
+    normalise_mixture,
+)
+from composition.experts import Expert
+from gpu_workers.adapter_pool import AdapterPool
+from gpu_workers.kernels.lora import apply_lora, build_lora_plan
+from gpu_workers.kernels.mixture import mix_next_token_logprobs
+
+ADAPTABLE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class RowAdapters:
+    """Which adapter slot each row of the current forward pass uses (one per row, -1 = base model)."""
+
+    indices: torch.Tensor  # [rows, 1] int32
+    weights: torch.Tensor  # [rows, 1] float32
+    plan: object | None  # a LoraPlan on CUDA (shared by every projection), None on the CPU
+    any_adapter: bool
+
+
+class LoraBatchContext:
+    """The per-forward adapter assignment that every MultiLoraLinear reads."""
+
+    def __init__(self):
+        self.rows: RowAdapters | None = None
+
+    def set(self, lane_slots: torch.Tensor, seq_len: int, *, n_slots: int, use_plan: bool) -> None:
+        indices = lane_slots.to(torch.int32).repeat_interleave(seq_len)[:, None]
+        weights = torch.ones(indices.shape, dtype=torch.float32, device=indices.device)
+        any_adapter = bool((lane_slots >= 0).any())
+        plan = build_lora_plan(indices, weights, n_slots=n_slots) if (use_plan and any_adapter) else None
+        self.rows = RowAdapters(indices=indices, weights=weights, plan=plan, any_adapter=any_adapter)
+
+    def clear(self) -> None:
+        self.rows = None
+
+
+class MultiLoraLinear(nn.Module):
+    def __init__(self, base: nn.Linear, name: str, pool: AdapterPool, context: LoraBatchContext, backend: str):
+        super().__init__()
+        self.base = base
+        self.name = name
+        self.pool = pool
+        self.context = context
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        rows = self.context.rows
+        if rows is None or not rows.any_adapter:
+            return y
+        flat_x = x.reshape(-1, x.shape[-1])
+        flat_y = y.reshape(-1, y.shape[-1])
+        if flat_x.shape[0] != rows.indices.shape[0]:
+            raise RuntimeError(f"{self.name}: {flat_x.shape[0]} rows but adapters were set for {rows.indices.shape[0]}")
+        apply_lora(
+            flat_y, flat_x, self.pool.a[self.name], self.pool.b[self.name], self.pool.scalings[self.name],
+            rows.indices, rows.weights, ranks=self.pool.ranks[self.name], plan=rows.plan, backend=self.backend,
+        )
+        return flat_y.view(y.shape)
+
+
+@dataclass
+class Lane:
+    request_index: int
+    expert_id: str | None
+    weight: float
+
+
+class MosaicEngine:
+    def __init__(
+        self,
+        base_model_path: str | Path,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        adapter_budget_bytes: int = 1 << 30,
+        max_slots: int = 64,
+        lora_backend: str = "auto",
+    ):
+        self.base_model_path = str(base_model_path)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.base_model_path)
+        self.model = AutoModelForCausalLM.from_pretrained(self.base_model_path, dtype=self.dtype).to(self.device)
+        self.model.eval()
+        self.lora_backend = lora_backend
+        self.context = LoraBatchContext()
+        shapes = {
+            name: (module.in_features, module.out_features)
+            for name, module in self.model.named_modules()
+            if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in ADAPTABLE
+        }
+        self.pool = AdapterPool(
+            shapes, device=self.device, dtype=self.dtype, budget_bytes=adapter_budget_bytes, max_slots=max_slots
+        )
+        for name in shapes:
+            parent_name, child = name.rsplit(".", 1)
+            parent = self.model.get_submodule(parent_name)
+            setattr(parent, child, MultiLoraLinear(getattr(parent, child), name, self.pool, self.context, lora_backend))
+        self.lock = threading.RLock()
+
+    # -- experts ------------------------------------------------------------------------------------------
+    def register_expert(self, expert: Expert) -> None:
+        self.pool.register(expert)
+
+    def register_adapter(self, expert_id: str, adapter_path: str, sha256: str) -> None:
+        self.pool.register_path(expert_id, adapter_path, sha256)
+
+    @property
+    def known_experts(self) -> set[str]:
+        return set(self.pool._sources)
+
+    # -- batching -----------------------------------------------------------------------------------------
+    def _lanes(self, mixtures: list[dict[str, float]]) -> list[Lane]:
+        lanes = []
+        for index, mixture in enumerate(mixtures):
+            normalised = normalise_mixture(mixture, self.known_experts)
+            if not normalised:
+                lanes.append(Lane(index, None, 1.0))
+            else:
+                lanes.extend(Lane(index, expert_id, weight) for expert_id, weight in sorted(normalised.items()))
+        return lanes
+
+    def _lane_slots(self, lanes: list[Lane]) -> torch.Tensor:
+        slots = self.pool.acquire([lane.expert_id for lane in lanes if lane.expert_id is not None])
+        return torch.tensor(
+            [slots[lane.expert_id] if lane.expert_id is not None else -1 for lane in lanes],
+            dtype=torch.int32, device=self.device,
+        )
+
+    def _forward(self, input_ids, attention_mask, position_ids, lane_slots, cache):
+        self.context.set(
+            lane_slots, input_ids.shape[1], n_slots=self.pool.capacity,
+            use_plan=self.device.type == "cuda" and self.lora_backend != "torch",
+        )
+        try:
+            return self.model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                past_key_values=cache, use_cache=cache is not None,
+            )
+        finally:
+            self.context.clear()
+
+    def _left_padded(self, token_lists: list[list[int]]):
+        width = max(len(ids) for ids in token_lists)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.full((len(token_lists), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(token_lists), width), dtype=torch.long)
+        for row, ids in enumerate(token_lists):
+            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            attention[row, width - len(ids):] = 1
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        return input_ids.to(self.device), attention.to(self.device), positions.to(self.device)
+
+    def _mix(self, lane_logits: torch.Tensor, lanes: list[Lane], n_requests: int) -> torch.Tensor:
+        """Per request, log Σ w_i p_i over its lanes' logits [lanes, vocab] -> [n_requests, vocab] float32."""
+        k = max(sum(1 for lane in lanes if lane.request_index == r) for r in range(n_requests))
+        vocab = lane_logits.shape[-1]
+        stacked = torch.empty((n_requests, k, vocab), dtype=lane_logits.dtype, device=lane_logits.device)
+        weights = torch.zeros((n_requests, k), dtype=torch.float32)
+        filled = [0] * n_requests
+        for row, lane in enumerate(lanes):
+            column = filled[lane.request_index]
+            stacked[lane.request_index, column] = lane_logits[row]
+            weights[lane.request_index, column] = lane.weight
+            filled[lane.request_index] += 1
+        for request_index, count in enumerate(filled):
+            stacked[request_index, count:] = stacked[request_index, 0]  # zero weight: copies never count
+        return mix_next_token_logprobs(stacked, weights.to(lane_logits.device), check=False)
+
+    def _encode(self, prompt: str) -> list[int]:
+        return self.tokenizer(prompt)["input_ids"]
+
+    # -- the engine protocol ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def next_token_logits(self, requests: list[GenerationRequest]) -> torch.Tensor:
+        with self.lock:
+            lanes = self._lanes([request.mixture for request in requests])
+            lane_slots = self._lane_slots(lanes)
+            input_ids, attention, positions = self._left_padded([self._encode(requests[l.request_index].prompt)
+                                                                 for l in lanes])
+            logits = self._forward(input_ids, attention, positions, lane_slots, None).logits[:, -1]
+            return self._mix(logits.float(), lanes, len(requests)).cpu()
+
+    @torch.inference_mode()
+    def generate(self, requests: list[GenerationRequest], on_token=None) -> list[Generation]:
+        """Decode all requests together. on_token(request_index, text_delta), when given, is called as text
+        is produced (streaming)."""
+        for request in requests:
+            check_request(request)
+        with self.lock:
+            lanes = self._lanes([request.mixture for request in requests])
+            lane_slots = self._lane_slots(lanes)
+            prompts = [self._encode(request.prompt) for request in requests]
+            states = [DecodeState(request, self.tokenizer, len(ids)) for request, ids in zip(requests, prompts)]
+            input_ids, attention, positions = self._left_padded([prompts[lane.request_index] for lane in lanes])
+            cache = DynamicCache()
+            active = list(range(len(requests)))  # requests still decoding, in lane order
+            while True:
+                output = self._forward(input_ids, attention, positions, lane_slots, cache)
+                mixed = self._mix(output.logits[:, -1].float(), lanes, len(active)).cpu()
+                tokens = []
+                for position, request_index in enumerate(active):
+                    state = states[request_index]
+                    before = state.text
+                    tokens.append(state.step(mixed[position]))
+                    if on_token is not None and state.text != before and state.text.startswith(before):
+                        on_token(request_index, state.text[len(before):])
+                still = [position for position, request_index in enumerate(active) if not states[request_index].done]
+                if not still:
+                    break
+                keep_lanes = [row for row, lane in enumerate(lanes) if lane.request_index in set(still)]
+                next_tokens = torch.tensor([tokens[lanes[row].request_index] for row in keep_lanes],
+                                           dtype=torch.long, device=self.device)[:, None]
+                if len(keep_lanes) < len(lanes):
+                    keep = torch.tensor(keep_lanes, dtype=torch.long, device=self.device)
+                    cache.batch_select_indices(keep)
+                    attention, positions, lane_slots = attention[keep], positions[keep], lane_slots[keep]
+                    renumber = {old: new for new, old in enumerate(still)}
+                    lanes = [Lane(renumber[lanes[row].request_index], lanes[row].expert_id, lanes[row].weight)
+                             for row in keep_lanes]
+                    active = [active[position] for position in still]
+                input_ids = next_tokens
+                attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+                positions = positions[:, -1:] + 1
+            return [state.result() for state in states]
+
+    @torch.inference_mode()
+    def score(self, requests: list[ScoreRequest]) -> list[list[float]]:
+        with self.lock:
+            lanes = self._lanes([request.mixture for request in requests])
+            lane_slots = self._lane_slots(lanes)
+            prompts = [self._encode(request.prompt) for request in requests]
+            continuations = [self.tokenizer(request.continuation, add_special_tokens=False)["input_ids"]
+                             for request in requests]
+            full = [prompts[lane.request_index] + continuations[lane.request_index] for lane in lanes]
+            input_ids, attention, positions = self._left_padded(full)
+            logits = self._forward(input_ids, attention, positions, lane_slots, None).logits.float()
+            width = input_ids.shape[1]
+            results = []
+            for request_index, continuation in enumerate(continuations):
+                if not continuation:
+                    results.append([])
+                    continue
+                rows = [row for row, lane in enumerate(lanes) if lane.request_index == request_index]
+                # Logits at position t predict token t+1; the continuation occupies the last len(c) positions.
+                span = logits[rows, width - len(continuation) - 1: width - 1]  # [k, len, vocab]
+                weights = torch.tensor([lanes[row].weight for row in rows], device=span.device)
+                mixed = mix_next_token_logprobs(
+                    span.transpose(0, 1).contiguous(), weights.expand(len(continuation), -1).contiguous(), check=False
+                )
+                targets = torch.tensor(continuation, device=mixed.device)
+                results.append(mixed.gather(1, targets[:, None])[:, 0].cpu().tolist())
+            return results
+
+    @torch.inference_mode()
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        """Mean of the base model's last hidden states over each text's tokens -> [n, hidden] float32."""
+        with self.lock:
+            input_ids, attention, positions = self._left_padded([self._encode(text) for text in texts])
+            hidden = self.model.model(input_ids=input_ids, attention_mask=attention, position_ids=positions)
+            states = hidden.last_hidden_state.float()
+            mask = attention[:, :, None].float()
+            return ((states * mask).sum(1) / mask.sum(1)).cpu()
+
+
+_ENGINES: dict[str, MosaicEngine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def get_engine(base_model_path: str, **options) -> MosaicEngine:
+    """The process's engine for this base model (loaded once)."""
+    key = str(Path(base_model_path).resolve())
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            engine = _ENGINES[key] = MosaicEngine(key, **options)
+        return engine
