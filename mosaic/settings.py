@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "marketplace",
     "ledger",
     "gpu_workers",
+    "ledger.accounting",
 ]
 
 MIDDLEWARE = [

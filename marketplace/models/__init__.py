@@ -1,6 +1,7 @@
 from marketplace.models.accounts import Contributor
 from marketplace.models.billing import Plan, StripeEvent, Subscription
 from marketplace.models.catalog import BaseModel, Expert, ExpertVersion, LicenseTerms
+from marketplace.models.credit import CreditLine, CreditStatement, Payout
 from marketplace.models.organizations import Membership, Organization, OrganizationAPIKey
 from marketplace.models.quotas import QuotaWindow
 from marketplace.models.systems import ComposedSystem, ContributionMeasurement, SystemExpert, Usage
@@ -10,12 +11,15 @@ __all__ = [
     "ComposedSystem",
     "ContributionMeasurement",
     "Contributor",
+    "CreditLine",
+    "CreditStatement",
     "Expert",
     "ExpertVersion",
     "LicenseTerms",
     "Membership",
     "Organization",
     "OrganizationAPIKey",
+    "Payout",
     "Plan",
     "QuotaWindow",
     "StripeEvent",

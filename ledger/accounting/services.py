@@ -1,0 +1,161 @@
+"""Writes to the accounting tables. Every transaction is balanced and recorded in the ledger."""
+import re
+from dataclasses import dataclass
+from datetime import date
+
+from django.db import transaction as db_transaction
+from django.utils import timezone
+
+from ledger.accounting.models import Posting, SettlementPeriod, Transaction
+from ledger.services import record_event
+from mosaic.errors import Conflict, DomainError
+
+ACCOUNT_PATTERN = re.compile(r"^[a-z][a-z0-9_-]*(:[A-Za-z0-9_.-]+)*$")
+
+
+@dataclass(frozen=True)
+class PostingSpec:
+    account: str
+    amount: int
+    value_date: date
+    dimension: str = ""
+
+    def as_payload(self) -> list:
+        return [self.account, self.amount, self.value_date.isoformat(), self.dimension]
+
+
+def _validate(postings: list[PostingSpec]) -> None:
+    if not postings:
+        raise DomainError("A transaction needs at least one posting.")
+    for posting in postings:
+        if type(posting.amount) is not int:
+            raise DomainError(f"Posting amounts are integer minor units, not {type(posting.amount).__name__}.")
+        if not ACCOUNT_PATTERN.match(posting.account):
+            raise DomainError(f"'{posting.account}' is not an account reference such as 'contributor:42:payable'.")
+        if not isinstance(posting.value_date, date):
+            raise DomainError("Every posting needs a value date.")
+    total = sum(p.amount for p in postings)
+    if total != 0:
+        raise DomainError(f"Postings must sum to zero; these sum to {total}.")
+
+
+def closed_period_containing(*, day: date) -> SettlementPeriod | None:
+    return SettlementPeriod.objects.filter(start_date__lte=day, end_date__gte=day).first()
+
+
+def _refuse_closed_dates(postings: list[PostingSpec]) -> None:
+    days = sorted({p.value_date for p in postings})
+    periods = SettlementPeriod.objects.filter(start_date__lte=days[-1], end_date__gte=days[0])
+    for period in periods:
+        for day in days:
+            if period.start_date <= day <= period.end_date:
+                raise Conflict(
+                    f"The settlement period {period} is closed; nothing dated {day} can be posted.",
+                    code="period_closed",
+                )
+
+
+def transaction_payload(*, reference: str, kind: str, reverses: str | None, memo: dict, postings) -> dict:
+    return {
+        "transaction": reference,
+        "kind": kind,
+        "reverses": reverses,
+        "memo": memo,
+        "postings": sorted(p.as_payload() for p in postings),
+    }
+
+
+def post_transaction(
+    *,
+    kind: str,
+    reference: str,
+    postings: list[PostingSpec],
+    actor: str,
+    reverses: Transaction | None = None,
+    memo: dict | None = None,
+) -> Transaction:
+    """Write a balanced transaction and its ledger entry atomically. Idempotent on `reference`:
+    posting the same reference again returns the existing transaction and writes nothing."""
+    existing = Transaction.objects.filter(reference=reference).first()
+    if existing is not None:
+        return existing
+    _validate(postings)
+    postings = [p for p in postings if p.amount != 0] or postings
+    memo = memo or {}
+    with db_transaction.atomic():
+        _refuse_closed_dates(postings)
+        payload = transaction_payload(
+            reference=reference,
+            kind=kind,
+            reverses=reverses.reference if reverses else None,
+            memo=memo,
+            postings=postings,
+        )
+        entry = record_event(kind=kind, payload=payload, actor=actor)
+        txn = Transaction.objects.create(
+            reference=reference,
+            kind=kind,
+            reverses=reverses,
+            memo=memo,
+            entry_sequence=entry.sequence,
+            created_at=timezone.now(),
+        )
+        Posting.objects.bulk_create(
+            Posting(
+                transaction=txn,
+                account=p.account,
+                amount=p.amount,
+                value_date=p.value_date,
+                dimension=p.dimension,
+            )
+            for p in postings
+        )
+    return txn
+
+
+def reverse_transaction(
+    *, original: Transaction, actor: str, reason: str, value_date: date | None = None, kind: str = "credit.reversed"
+) -> Transaction:
+    """Negate every posting of `original` in a new transaction that references it. Once only."""
+    value_date = value_date or timezone.now().date()
+    postings = [
+        PostingSpec(account=p.account, amount=-p.amount, value_date=value_date, dimension=p.dimension)
+        for p in original.postings.all()
+    ]
+    return post_transaction(
+        kind=kind,
+        reference=f"reversal:{original.reference}",
+        postings=postings,
+        actor=actor,
+        reverses=original,
+        memo={"reason": reason},
+    )
+
+
+def close_settlement_period(*, start_date: date, end_date: date, actor: str) -> tuple[SettlementPeriod, bool]:
+    """Freeze [start_date, end_date]. Returns (period, created); closing the same span again is a no-op."""
+    if end_date < start_date:
+        raise DomainError("A period's end date cannot be before its start date.", param="end")
+    with db_transaction.atomic():
+        existing = SettlementPeriod.objects.select_for_update().filter(start_date=start_date, end_date=end_date).first()
+        if existing is not None:
+            return existing, False
+        overlapping = SettlementPeriod.objects.filter(start_date__lte=end_date, end_date__gte=start_date).first()
+        if overlapping is not None:
+            raise Conflict(f"The period overlaps the closed period {overlapping}.", code="period_overlap")
+        later = SettlementPeriod.objects.filter(start_date__gt=end_date).first()
+        if later is not None:
+            raise Conflict(f"A later period ({later}) is already closed.", code="period_out_of_order")
+        entry = record_event(
+            kind="period.closed",
+            payload={"start": start_date.isoformat(), "end": end_date.isoformat()},
+            actor=actor,
+        )
+        period = SettlementPeriod.objects.create(
+            start_date=start_date,
+            end_date=end_date,
+            closed_at=timezone.now(),
+            closed_by=actor,
+            entry_sequence=entry.sequence,
+        )
+    return period, True

@@ -1,0 +1,280 @@
+"""Set-based allocation of usage charges to contributors (the rule is documented in rules.py).
+
+Each batch runs in one database transaction: an INSERT ... SELECT computes every credit line of the
+batch with window functions (largest remainder per usage), the usage rows are marked allocated,
+and the batch's postings (aggregated per contributor, system, expert and day) are written as one
+balanced accounting transaction with its `credit.allocated` ledger entry. Allocating twice changes
+nothing: allocated usage is never selected again, and the transaction reference is the batch.
+"""
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from ledger.accounting.services import PostingSpec, post_transaction
+from marketplace.credit import accounts
+from marketplace.credit.rules import EXPERT_KEY, PLAIN_DECIMAL
+
+ADVISORY_LOCK_KEY = 7_000_007
+ACTOR = "system:credit"
+
+
+def _dialect() -> dict[str, str]:
+    if connection.vendor == "postgresql":
+        return {
+            "day": "(u.created_at AT TIME ZONE 'UTC')::date",
+            "each": (
+                "CROSS JOIN LATERAL jsonb_each_text(CASE WHEN jsonb_typeof(b.attribution) = 'object' "
+                "THEN b.attribution ELSE '{}'::jsonb END) AS a(key, value)"
+            ),
+            "expert_key": "CASE WHEN a.key ~ %(key_re)s THEN a.key::bigint END",
+            "ppm": (
+                "CASE WHEN a.value ~ %(decimal_re)s "
+                "THEN floor(a.value::numeric * 1000000)::bigint ELSE 0 END"
+            ),
+        }
+    value = "CAST(a.value AS TEXT)"
+    dot = f"instr({value}, '.')"
+    return {
+        "day": "date(u.created_at)",
+        "each": (
+            "JOIN json_each(CASE WHEN json_type(b.attribution) = 'object' THEN b.attribution ELSE '{}' END) AS a"
+        ),
+        "expert_key": "CASE WHEN a.key REGEXP %(key_re)s THEN CAST(a.key AS INTEGER) END",
+        "ppm": (
+            f"CASE WHEN {value} REGEXP %(decimal_re)s THEN "
+            f"CASE WHEN {dot} = 0 THEN CAST({value} AS INTEGER) * 1000000 "
+            f"ELSE CAST(substr({value}, 1, {dot} - 1) AS INTEGER) * 1000000 "
+            f"+ CAST(substr(substr({value}, {dot} + 1) || '000000', 1, 6) AS INTEGER) END "
+            "ELSE 0 END"
+        ),
+    }
+
+
+PENDING = """
+    u.allocated = %(no)s AND u.id > %(after)s AND u.id <= %(upto)s AND u.created_at < %(until)s
+    AND NOT EXISTS (
+        SELECT 1 FROM accounting_settlementperiod p WHERE {day} BETWEEN p.start_date AND p.end_date
+    )
+"""
+
+LINES = """
+WITH batch AS (
+    SELECT u.id, u.system_id, u.created_at, u.attribution,
+           u.charge_minor - u.charge_minor * %(fee_bp)s / 10000 AS pool,
+           CASE WHEN s.attribution_alpha_bp > 10000 THEN 10000 ELSE s.attribution_alpha_bp END AS alpha
+    FROM marketplace_usage u JOIN marketplace_composedsystem s ON s.id = u.system_id
+    WHERE {pending}
+),
+served AS (
+    SELECT b.id AS usage_id, b.system_id, b.pool, b.alpha, e.id AS expert_id, e.owner_id AS contributor_id,
+           {ppm} AS a_ppm
+    FROM batch b {each}
+    JOIN marketplace_expert e ON e.id = {expert_key}
+    WHERE e.consent_revoked_at IS NULL OR e.consent_revoked_at > b.created_at
+),
+latest AS (
+    SELECT m.system_id, m.expert_id, CAST(m.share_bp AS BIGINT) AS share_bp,
+           ROW_NUMBER() OVER (PARTITION BY m.system_id, m.expert_id ORDER BY m.measured_at DESC, m.id DESC) AS rn
+    FROM marketplace_contributionmeasurement m
+    WHERE m.system_id IN (SELECT DISTINCT system_id FROM batch)
+),
+shared AS (
+    SELECT sv.usage_id, sv.pool, sv.alpha, sv.expert_id, sv.contributor_id, sv.a_ppm,
+           COALESCE(l.share_bp, 0) AS s_bp,
+           CAST(SUM(sv.a_ppm) OVER (PARTITION BY sv.usage_id) AS BIGINT) AS a_total,
+           CAST(SUM(COALESCE(l.share_bp, 0)) OVER (PARTITION BY sv.usage_id) AS BIGINT) AS s_total
+    FROM served sv
+    LEFT JOIN latest l ON l.system_id = sv.system_id AND l.expert_id = sv.expert_id AND l.rn = 1
+),
+weighted AS (
+    SELECT usage_id, pool, expert_id, contributor_id,
+           eff_alpha * (CASE WHEN a_total > 0 THEN a_ppm * 1000000 / a_total ELSE 0 END)
+           + (10000 - eff_alpha) * (CASE WHEN s_total > 0 THEN s_bp * 1000000 / s_total ELSE 0 END) AS num
+    FROM (
+        SELECT sh.*, CASE WHEN s_total = 0 THEN 10000 WHEN a_total = 0 THEN 0 ELSE alpha END AS eff_alpha
+        FROM shared sh
+    ) x
+),
+per_contributor AS (
+    SELECT usage_id, contributor_id, MAX(pool) AS pool, CAST(SUM(num) AS BIGINT) AS n
+    FROM weighted GROUP BY usage_id, contributor_id
+),
+with_total AS (
+    SELECT pc.*, CAST(SUM(n) OVER (PARTITION BY usage_id) AS BIGINT) AS d FROM per_contributor pc
+),
+ranked AS (
+    SELECT usage_id, contributor_id, n, pool * n / d AS q,
+           pool - CAST(SUM(pool * n / d) OVER (PARTITION BY usage_id) AS BIGINT) AS left_over,
+           ROW_NUMBER() OVER (PARTITION BY usage_id ORDER BY pool * n %% d DESC, contributor_id) AS rk
+    FROM with_total WHERE d > 0
+),
+contributor_parts AS (
+    SELECT usage_id, contributor_id, n, q + CASE WHEN rk <= left_over THEN 1 ELSE 0 END AS amount FROM ranked
+),
+expert_parts AS (
+    SELECT w.usage_id, w.expert_id, w.contributor_id, cp.amount, cp.n, w.num,
+           CASE WHEN cp.n > 0 THEN cp.amount * w.num / cp.n ELSE 0 END AS q,
+           CASE WHEN cp.n > 0 THEN cp.amount * w.num %% cp.n ELSE 0 END AS r
+    FROM weighted w JOIN contributor_parts cp ON cp.usage_id = w.usage_id AND cp.contributor_id = w.contributor_id
+),
+expert_ranked AS (
+    SELECT usage_id, expert_id, contributor_id, q,
+           amount - CAST(SUM(q) OVER (PARTITION BY usage_id, contributor_id) AS BIGINT) AS left_over,
+           ROW_NUMBER() OVER (PARTITION BY usage_id, contributor_id ORDER BY r DESC, expert_id) AS rk
+    FROM expert_parts
+)
+INSERT INTO marketplace_creditline (batch, usage_id, expert_id, contributor_id, amount_minor)
+SELECT %(batch)s, usage_id, expert_id, contributor_id, q + CASE WHEN rk <= left_over THEN 1 ELSE 0 END
+FROM expert_ranked
+WHERE q + CASE WHEN rk <= left_over THEN 1 ELSE 0 END > 0
+"""
+
+PLATFORM_LINES = """
+INSERT INTO marketplace_creditline (batch, usage_id, expert_id, contributor_id, amount_minor)
+SELECT %(batch)s, u.id, NULL, NULL, u.charge_minor - COALESCE((
+    SELECT SUM(l.amount_minor) FROM marketplace_creditline l WHERE l.usage_id = u.id AND l.batch = %(batch)s
+), 0)
+FROM marketplace_usage u WHERE {pending}
+"""
+
+BATCH_END = """
+SELECT MAX(id) FROM (SELECT u.id FROM marketplace_usage u WHERE {pending} ORDER BY u.id LIMIT %(limit)s) t
+"""
+
+RECEIVABLES = """
+SELECT u.organization_id, {day}, SUM(u.charge_minor), COUNT(*), MIN(u.id)
+FROM marketplace_usage u WHERE {pending} GROUP BY 1, 2
+"""
+
+PAYABLES = """
+SELECT l.contributor_id, u.system_id, l.expert_id, {day}, SUM(l.amount_minor)
+FROM marketplace_creditline l JOIN marketplace_usage u ON u.id = l.usage_id
+WHERE l.batch = %(batch)s GROUP BY 1, 2, 3, 4
+"""
+
+MARK_ALLOCATED = "UPDATE marketplace_usage SET allocated = %(yes)s WHERE id IN (SELECT u.id FROM marketplace_usage u WHERE {pending})"
+
+REFUSED = """
+SELECT COUNT(*) FROM marketplace_usage u WHERE u.allocated = %(no)s AND u.created_at < %(until)s AND EXISTS (
+    SELECT 1 FROM accounting_settlementperiod p WHERE {day} BETWEEN p.start_date AND p.end_date
+)
+"""
+
+LARGEST_ID = 2**62
+
+
+@dataclass
+class AllocationRun:
+    batches: int = 0
+    usage_count: int = 0
+    charged_minor: int = 0
+    to_contributors_minor: int = 0
+    refused_in_closed_periods: int = 0
+
+
+def _as_date(value) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value))
+
+
+def _sql(template: str) -> str:
+    dialect = _dialect()
+    pending = PENDING.format(**dialect)
+    return template.format(pending=pending, **dialect)
+
+
+def allocation_reference(batch: int) -> str:
+    return f"credit:batch:{batch}"
+
+
+def _allocate_batch(*, after: int, until: datetime, batch_size: int, actor: str) -> tuple[int, int, int, int] | None:
+    """Allocate the next batch of pending usage with ids above `after`.
+    Returns (last usage id, usage count, charged, to contributors) or None when nothing is pending."""
+    fee_bp = settings.PLATFORM_FEE_BASIS_POINTS
+    params = {
+        "no": False,
+        "yes": True,
+        "after": after,
+        "upto": LARGEST_ID,
+        "until": connection.ops.adapt_datetimefield_value(until),
+        "limit": batch_size,
+        "fee_bp": fee_bp,
+        "key_re": EXPERT_KEY,
+        "decimal_re": PLAIN_DECIMAL,
+    }
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ADVISORY_LOCK_KEY])
+        cursor.execute(_sql(BATCH_END), params)
+        last = cursor.fetchone()[0]
+        if last is None:
+            return None
+        params["upto"] = last
+        params["batch"] = last
+        cursor.execute(_sql(LINES), params)
+        cursor.execute(_sql(PLATFORM_LINES), params)
+        cursor.execute(_sql(RECEIVABLES), params)
+        receivables = cursor.fetchall()
+        cursor.execute(_sql(PAYABLES), params)
+        payables = cursor.fetchall()
+        cursor.execute(_sql(MARK_ALLOCATED), params)
+
+        postings: list[PostingSpec] = []
+        usage_count = charged = first_usage = 0
+        for organization_id, day, charge, count, first in receivables:
+            postings.append(
+                PostingSpec(account=accounts.receivable(organization_id), amount=int(charge), value_date=_as_date(day))
+            )
+            usage_count += count
+            charged += int(charge)
+            first_usage = min(first_usage or first, first)
+        to_contributors = 0
+        for contributor_id, system_id, expert_id, day, amount in payables:
+            amount = int(amount)
+            if contributor_id is None:
+                account, dimension = accounts.PLATFORM_REVENUE, f"system:{system_id}"
+            else:
+                account, dimension = accounts.payable(contributor_id), accounts.earning_dimension(system_id, expert_id)
+                to_contributors += amount
+            postings.append(PostingSpec(account=account, amount=-amount, value_date=_as_date(day), dimension=dimension))
+        post_transaction(
+            kind="credit.allocated",
+            reference=allocation_reference(last),
+            postings=postings,
+            actor=actor,
+            memo={
+                "batch": last,
+                "usage_count": usage_count,
+                "first_usage": first_usage,
+                "last_usage": last,
+                "fee_bp": fee_bp,
+            },
+        )
+    return last, usage_count, charged, to_contributors
+
+
+def allocate_pending_usage(
+    *, until: datetime | None = None, batch_size: int = 50_000, actor: str = ACTOR
+) -> AllocationRun:
+    """Allocate every unallocated usage created before `until` (default: now), batch by batch.
+    Usage dated inside a closed settlement period is refused (left unallocated and counted)."""
+    until = until or timezone.now()
+    run = AllocationRun()
+    after = 0
+    while True:
+        done = _allocate_batch(after=after, until=until, batch_size=batch_size, actor=actor)
+        if done is None:
+            break
+        after, count, charged, to_contributors = done
+        run.batches += 1
+        run.usage_count += count
+        run.charged_minor += charged
+        run.to_contributors_minor += to_contributors
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _sql(REFUSED), {"no": False, "until": connection.ops.adapt_datetimefield_value(until)}
+        )
+        run.refused_in_closed_periods = cursor.fetchone()[0]
+    return run
