@@ -7,7 +7,28 @@ events, whose `identifier` (the Usage id) makes each report idempotent."""
 import stripe
 from django.conf import settings
 
+from mosaic.errors import DomainError
+
 METER_EVENT_NAME = "mosaic_usage_minor"
+
+
+class StripeFailed(DomainError):
+    """Stripe refused or could not be reached; the message is Stripe's own."""
+
+    status_code = 502
+    code = "stripe_error"
+
+
+def _call(function, **params):
+    try:
+        return function(**params)
+    except stripe.CardError as error:
+        raise StripeFailed(f"Payment refused: {error.user_message or error}", code="payment_refused",
+                           status_code=402) from error
+    except stripe.StripeError as error:
+        message = error.user_message or str(error)
+        status = 402 if "payment method" in message else 502
+        raise StripeFailed(f"Stripe: {message}", status_code=status) from error
 
 
 def _configured() -> None:
@@ -18,46 +39,61 @@ def _configured() -> None:
 
 def create_product(*, name: str, metadata: dict) -> str:
     _configured()
-    return stripe.Product.create(name=name, metadata=metadata).id
+    return _call(stripe.Product.create, name=name, metadata=metadata).id
 
 
 def create_monthly_plan(*, product_id: str, amount_minor: int, nickname: str) -> str:
     _configured()
-    return stripe.Plan.create(
-        product=product_id, amount=amount_minor, currency=settings.CURRENCY, interval="month",
+    return _call(
+        stripe.Plan.create, product=product_id, amount=amount_minor, currency=settings.CURRENCY, interval="month",
         usage_type="licensed", nickname=nickname,
     ).id
 
 
 def create_metered_plan(*, product_id: str, nickname: str) -> str:
     _configured()
-    return stripe.Plan.create(
-        product=product_id, amount=1, currency=settings.CURRENCY, interval="month", usage_type="metered",
-        nickname=nickname,
+    return _call(
+        stripe.Plan.create, product=product_id, amount=1, currency=settings.CURRENCY, interval="month",
+        usage_type="metered", nickname=nickname,
     ).id
 
 
-def create_customer(*, name: str, metadata: dict, idempotency_key: str) -> str:
+def create_customer(*, name: str, metadata: dict, payment_method: str | None, idempotency_key: str) -> str:
     _configured()
-    return stripe.Customer.create(name=name, metadata=metadata, idempotency_key=idempotency_key).id
+    extra = {"payment_method": payment_method, "invoice_settings": {"default_payment_method": payment_method}}
+    return _call(
+        stripe.Customer.create, name=name, metadata=metadata, idempotency_key=idempotency_key,
+        **(extra if payment_method else {}),
+    ).id
 
 
-def create_subscription(*, customer_id: str, plan_ids: list[str], metadata: dict, idempotency_key: str):
+def set_default_payment_method(*, customer_id: str, payment_method: str) -> None:
     _configured()
-    return stripe.Subscription.create(
-        customer=customer_id, items=[{"plan": plan_id} for plan_id in plan_ids], metadata=metadata,
+    _call(stripe.PaymentMethod.attach, payment_method=payment_method, customer=customer_id)
+    _call(stripe.Customer.modify, id=customer_id, invoice_settings={"default_payment_method": payment_method})
+
+
+def create_subscription(
+    *, customer_id: str, fee_plan_id: str, metered_plan_id: str, metadata: dict, idempotency_key: str
+) -> tuple[dict, str]:
+    """The subscription (fee item) and its metered item, added as a second call (localstripe takes one item
+    per create; Stripe takes both ways). Returns (subscription as a dict, metered item id)."""
+    _configured()
+    subscription = _call(
+        stripe.Subscription.create, customer=customer_id, items=[{"plan": fee_plan_id}], metadata=metadata,
         idempotency_key=idempotency_key,
+    ).to_dict()
+    item = _call(
+        stripe.SubscriptionItem.create, subscription=subscription["id"], plan=metered_plan_id,
+        idempotency_key=f"{idempotency_key}-metered",
     )
-
-
-def cancel_subscription(*, subscription_id: str):
-    _configured()
-    return stripe.Subscription.delete(subscription_id)
+    return subscription, item.id
 
 
 def report_meter_event(*, customer_id: str, value: int, identifier: str, timestamp: int):
     _configured()
-    return stripe.billing.MeterEvent.create(
+    return _call(
+        stripe.billing.MeterEvent.create,
         event_name=METER_EVENT_NAME,
         payload={"stripe_customer_id": customer_id, "value": str(value)},
         identifier=identifier,

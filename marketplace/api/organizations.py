@@ -132,7 +132,8 @@ class APIKeyRevokeApi(APIView):
 
 
 class SubscriptionInputSerializer(serializers.Serializer):
-    plan = serializers.SlugRelatedField(slug_field="slug", queryset=Plan.objects.filter(is_active=True))
+    plan = serializers.SlugRelatedField(slug_field="slug", queryset=Plan.objects.all())
+    payment_method = serializers.RegexField(r"^pm_[A-Za-z0-9_]+$", required=False, max_length=100)
 
 
 def subscription_output(subscription) -> dict:
@@ -160,7 +161,7 @@ class SubscriptionApi(APIView):
         serializer.is_valid(raise_exception=True)
         subscription, unavailable = subscription_create(
             organization=membership.organization, plan=serializer.validated_data["plan"],
-            actor=f"user:{request.user.pk}",
+            payment_method=serializer.validated_data.get("payment_method"), actor=f"user:{request.user.pk}",
         )
         return Response({**subscription_output(subscription), "unavailable_systems": unavailable}, status=201)
 

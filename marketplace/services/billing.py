@@ -43,7 +43,9 @@ def _timestamp(value) -> datetime.datetime | None:
     return datetime.datetime.fromtimestamp(int(value), tz=datetime.UTC) if value else None
 
 
-def subscription_create(*, organization: Organization, plan: Plan, actor: str) -> tuple[Subscription, dict]:
+def subscription_create(
+    *, organization: Organization, plan: Plan, actor: str, payment_method: str | None = None
+) -> tuple[Subscription, dict]:
     """Subscribes through Stripe. Returns the subscription and {system: reason} for systems the terms exclude."""
     unavailable = policy.subscription_check(
         organization=organization, plan=plan, systems=list(systems_callable_by(organization=organization))
@@ -51,38 +53,39 @@ def subscription_create(*, organization: Organization, plan: Plan, actor: str) -
     live = Subscription.objects.filter(
         organization=organization,
         status__in=[Subscription.Status.ACTIVE, Subscription.Status.PAST_DUE, Subscription.Status.INCOMPLETE],
-    ).first()
+    ).select_related("plan").first()
     if live is not None:
         raise Conflict(f"{organization.name} already has a {live.status} subscription to {live.plan.name}.")
     if not (plan.stripe_fee_price_id and plan.stripe_metered_price_id):
-        raise DomainError(f"Plan {plan.slug!r} has no Stripe prices; create it with `create_plan`.")
+        raise DomainError(f"Plan {plan.slug!r} has no Stripe prices; create it with `create_plan`.", param="plan")
     if not organization.stripe_customer_id:
         organization.stripe_customer_id = stripe_client.create_customer(
             name=organization.name, metadata={"mosaic_organization": str(organization.pk)},
-            idempotency_key=f"customer-organization-{organization.pk}",
+            payment_method=payment_method, idempotency_key=f"customer-organization-{organization.pk}",
         )
         organization.save(update_fields=["stripe_customer_id"])
+    elif payment_method:
+        stripe_client.set_default_payment_method(customer_id=organization.stripe_customer_id,
+                                                 payment_method=payment_method)
     attempt = Subscription.objects.filter(organization=organization).count()
-    remote = stripe_client.create_subscription(
-        customer_id=organization.stripe_customer_id,
-        plan_ids=[plan.stripe_fee_price_id, plan.stripe_metered_price_id],
+    remote, metered_item = stripe_client.create_subscription(
+        customer_id=organization.stripe_customer_id, fee_plan_id=plan.stripe_fee_price_id,
+        metered_plan_id=plan.stripe_metered_price_id,
         metadata={"mosaic_organization": str(organization.pk), "mosaic_plan": plan.slug},
         idempotency_key=f"subscription-organization-{organization.pk}-{attempt}",
     )
-    metered_item = next(
-        (item.id for item in remote["items"]["data"] if item["plan"]["id"] == plan.stripe_metered_price_id), ""
-    )
     with transaction.atomic():
         subscription = Subscription.objects.create(
-            organization=organization, plan=plan, status=STRIPE_STATUS.get(remote.status, Subscription.Status.INCOMPLETE),
-            stripe_subscription_id=remote.id, stripe_metered_item_id=metered_item,
+            organization=organization, plan=plan,
+            status=STRIPE_STATUS.get(remote["status"], Subscription.Status.INCOMPLETE),
+            stripe_subscription_id=remote["id"], stripe_metered_item_id=metered_item,
             current_period_start=_timestamp(remote.get("current_period_start")),
             current_period_end=_timestamp(remote.get("current_period_end")),
         )
         record_event(
             kind="subscription.created",
             payload={"organization": organization.ledger_ref, "plan": plan.slug, "status": subscription.status,
-                     "stripe_subscription": remote.id},
+                     "stripe_subscription": remote["id"]},
             actor=actor,
         )
     return subscription, unavailable

@@ -103,3 +103,16 @@ class SubscriptionFactory(factory.django.DjangoModelFactory):
     organization = factory.SubFactory(OrganizationFactory)
     plan = factory.SubFactory(PlanFactory)
     status = models.Subscription.Status.ACTIVE
+
+
+class ComposedSystemFactory(factory.django.DjangoModelFactory):
+    """A system row (no experts, no policy check): for tests that only need something to point at.
+    Compose real systems with marketplace.services.systems.system_create."""
+
+    class Meta:
+        model = models.ComposedSystem
+
+    slug = factory.Sequence(lambda n: f"system-{n}")
+    name = factory.LazyAttribute(lambda s: s.slug.title())
+    base_model = factory.SubFactory(BaseModelFactory)
+    strategy = "linear"

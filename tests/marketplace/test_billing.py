@@ -1,0 +1,205 @@
+"""Plans and subscriptions through Stripe (the real SDK against localstripe), usage as meter events,
+and the signed webhook: each event once, out-of-order tolerant, local state in step."""
+import hashlib
+import hmac
+import http.server
+import json
+import threading
+import time
+import urllib.parse
+
+import pytest
+import stripe
+from django.core.management import call_command
+
+from ledger.models import Entry
+from marketplace.models import Plan, StripeEvent, Subscription, Usage
+from marketplace.services.billing import usage_report_to_stripe
+from tests.marketplace.conftest import client_for
+from tests.marketplace.factories import ComposedSystemFactory, SubscriptionFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def card(localstripe_url, number="4242424242424242") -> str:
+    stripe.api_base, stripe.api_key = localstripe_url, "sk_test_mosaic"
+    return stripe.PaymentMethod.create(
+        type="card", card={"number": number, "exp_month": "12", "exp_year": "2030", "cvc": "123"}
+    ).id
+
+
+@pytest.fixture
+def plan(stripe_api, capsys):
+    call_command("create_plan", "--slug", "team", "--name", "Team", "--monthly-fee-minor", "2000",
+                 "--price-per-1k-tokens-minor", "50")
+    capsys.readouterr()
+    return Plan.objects.get(slug="team")
+
+
+def test_create_plan_makes_the_stripe_product_and_both_prices(plan, stripe_api):
+    stripe.api_base, stripe.api_key = stripe_api, "sk_test_mosaic"
+    fee = stripe.Plan.retrieve(plan.stripe_fee_price_id)
+    metered = stripe.Plan.retrieve(plan.stripe_metered_price_id)
+    assert (fee.amount, fee.interval, fee.usage_type, fee.product) == (2000, "month", "licensed", plan.stripe_product_id)
+    assert (metered.amount, metered.usage_type, metered.product) == (1, "metered", plan.stripe_product_id)
+    assert stripe.Product.retrieve(plan.stripe_product_id).name == "Team"
+
+
+def test_subscribing_creates_the_customer_and_an_active_subscription(alice, alice_co, plan, stripe_api):
+    response = client_for(alice).post(
+        f"/api/organizations/{alice_co.pk}/subscription", {"plan": "team", "payment_method": card(stripe_api)},
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    assert response.json()["status"] == "active"
+    alice_co.refresh_from_db()
+    subscription = Subscription.objects.get(organization=alice_co)
+    remote = stripe.Subscription.retrieve(subscription.stripe_subscription_id)
+    assert remote.customer == alice_co.stripe_customer_id
+    assert stripe.Customer.retrieve(alice_co.stripe_customer_id).metadata["mosaic_organization"] == str(alice_co.pk)
+    assert subscription.stripe_metered_item_id.startswith("si_")
+    assert subscription.current_period_end > subscription.current_period_start
+    assert Entry.objects.filter(kind="subscription.created").count() == 1
+
+
+def test_subscribing_without_a_payment_method_is_refused_with_stripes_reason(alice, alice_co, plan, stripe_api):
+    response = client_for(alice).post(f"/api/organizations/{alice_co.pk}/subscription", {"plan": "team"}, format="json")
+    assert response.status_code == 402
+    assert "payment method" in response.json()["error"]["message"]
+    assert not Subscription.objects.filter(organization=alice_co).exists()
+
+
+def test_a_second_live_subscription_is_a_conflict(alice, alice_co, plan, stripe_api):
+    client = client_for(alice)
+    body = {"plan": "team", "payment_method": card(stripe_api)}
+    assert client.post(f"/api/organizations/{alice_co.pk}/subscription", body, format="json").status_code == 201
+    assert client.post(f"/api/organizations/{alice_co.pk}/subscription", body, format="json").status_code == 409
+
+
+def test_developers_cannot_subscribe_and_outsiders_do_not_see_the_organization(alice_co, bob, charlie, plan):
+    from marketplace.models import Membership
+
+    Membership.objects.create(organization=alice_co, user=charlie, role="developer")
+    url = f"/api/organizations/{alice_co.pk}/subscription"
+    assert client_for(charlie).post(url, {"plan": "team"}, format="json").status_code == 403
+    assert client_for(bob).post(url, {"plan": "team"}, format="json").status_code == 404
+
+
+# --- usage reported as meter events -------------------------------------------------------------------------
+
+
+class RecordingStripe(http.server.BaseHTTPRequestHandler):
+    """Stands in for Stripe's /v1/billing/meter_events, which localstripe does not implement: records requests."""
+
+    requests: list = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+        RecordingStripe.requests.append({"path": self.path, "headers": dict(self.headers),
+                                         "form": dict(urllib.parse.parse_qsl(body))})
+        payload = json.dumps({"object": "billing.meter_event", "identifier": "x", "event_name": "mosaic_usage_minor",
+                              "created": int(time.time()), "livemode": False, "payload": {}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def recording_stripe(settings):
+    RecordingStripe.requests = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RecordingStripe)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    settings.STRIPE_API_BASE = f"http://127.0.0.1:{server.server_port}"
+    yield RecordingStripe.requests
+    server.shutdown()
+
+
+def test_usage_is_reported_once_as_a_meter_event_identified_by_the_usage_id(alice_co, recording_stripe):
+    alice_co.stripe_customer_id = "cus_alice"
+    alice_co.save()
+    system = ComposedSystemFactory()
+    usage = Usage.objects.create(request_id="r1", organization=alice_co, system=system, prompt_tokens=10,
+                                 completion_tokens=20, latency_ms=5, charge_minor=7)
+    assert usage_report_to_stripe() == 1
+    assert usage_report_to_stripe() == 0
+    [sent] = recording_stripe
+    assert sent["path"] == "/v1/billing/meter_events"
+    assert sent["headers"]["Idempotency-Key"] == f"mosaic-usage-{usage.pk}"
+    assert sent["form"] == {
+        "event_name": "mosaic_usage_minor", "identifier": f"mosaic-usage-{usage.pk}",
+        "payload[stripe_customer_id]": "cus_alice", "payload[value]": "7",
+        "timestamp": str(int(usage.created_at.timestamp())),
+    }
+    usage.refresh_from_db()
+    assert usage.reported_to_stripe
+
+
+# --- webhooks -------------------------------------------------------------------------------------------------
+
+
+def signed(client, settings, event: dict, *, secret=None):
+    payload = json.dumps(event)
+    timestamp = int(time.time())
+    signature = hmac.new((secret or settings.STRIPE_WEBHOOK_SECRET).encode(), f"{timestamp}.{payload}".encode(),
+                         hashlib.sha256).hexdigest()
+    return client.post("/api/stripe/webhook", payload, content_type="application/json",
+                       HTTP_STRIPE_SIGNATURE=f"t={timestamp},v1={signature}")
+
+
+def subscription_event(event_id: str, created: int, subscription_id: str, status: str, type_="customer.subscription.updated"):
+    return {"id": event_id, "object": "event", "type": type_, "created": created, "api_version": "2026-08-26",
+            "data": {"object": {"id": subscription_id, "object": "subscription", "status": status}}}
+
+
+@pytest.fixture
+def subscription(alice_co):
+    return SubscriptionFactory(organization=alice_co, stripe_subscription_id="sub_alice")
+
+
+def test_a_badly_signed_webhook_is_rejected_and_changes_nothing(client, settings, subscription):
+    response = signed(client, settings, subscription_event("evt_1", 100, "sub_alice", "past_due"), secret="whsec_wrong")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_signature"
+    subscription.refresh_from_db()
+    assert subscription.status == "active" and not StripeEvent.objects.exists()
+
+
+def test_a_webhook_moves_the_subscription_to_past_due_and_records_the_change(client, settings, subscription):
+    response = signed(client, settings, subscription_event("evt_1", 100, "sub_alice", "past_due"))
+    assert response.json() == {"received": True, "result": "applied"}
+    subscription.refresh_from_db()
+    assert subscription.status == "past_due" and subscription.last_event_created == 100
+    assert Entry.objects.filter(kind="subscription.changed").count() == 1
+
+
+def test_each_event_is_handled_once(client, settings, subscription):
+    event = subscription_event("evt_1", 100, "sub_alice", "past_due")
+    signed(client, settings, event)
+    signed(client, settings, subscription_event("evt_2", 200, "sub_alice", "active"))
+    assert signed(client, settings, event).json()["result"] == "duplicate"
+    subscription.refresh_from_db()
+    assert subscription.status == "active"
+    assert StripeEvent.objects.count() == 2
+
+
+def test_an_older_event_delivered_late_changes_nothing(client, settings, subscription):
+    signed(client, settings, subscription_event("evt_new", 200, "sub_alice", "canceled",
+                                                type_="customer.subscription.deleted"))
+    response = signed(client, settings, subscription_event("evt_old", 100, "sub_alice", "active"))
+    assert response.json()["result"] == "stale"
+    subscription.refresh_from_db()
+    assert subscription.status == "canceled"
+
+
+def test_a_failed_invoice_payment_makes_the_subscription_past_due(client, settings, subscription):
+    event = {"id": "evt_inv", "object": "event", "type": "invoice.payment_failed", "created": 300,
+             "data": {"object": {"id": "in_1", "object": "invoice", "subscription": "sub_alice"}}}
+    assert signed(client, settings, event).json()["result"] == "applied"
+    subscription.refresh_from_db()
+    assert subscription.status == "past_due"
