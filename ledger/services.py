@@ -1,25 +1,78 @@
-"""The only way to write to the ledger (provisional: the ledger issue replaces the internals)."""
+"""The only way to write to the ledger."""
 import hashlib
-import json
+import re
 
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
-from ledger.models import Entry
+from ledger.canonical import ZERO_HASH, PayloadError, canonical_json, format_time, leaf_data
+from ledger.merkle import leaf_hash, node_hash
+from ledger.models import Entry, MerkleNode
+
+APPEND_LOCK_KEY = 0x4C454447  # "LEDG": pg_advisory_xact_lock key serialising appends
+KIND_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 
 
-def canonical_json(payload: dict) -> bytes:
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+def serialise_appends() -> None:
+    """Hold the ledger's append lock until the end of the current transaction.
+
+    PostgreSQL: a transaction-level advisory lock. SQLite: transactions are IMMEDIATE
+    (see settings), so the database write lock is already held."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [APPEND_LOCK_KEY])
 
 
-@transaction.atomic
 def record_event(*, kind: str, payload: dict, actor: str) -> Entry:
-    last = Entry.objects.select_for_update().order_by("-sequence").first()
-    sequence = 0 if last is None else last.sequence + 1
-    prev_hash = bytes(32) if last is None else bytes(last.entry_hash)
-    data = canonical_json(payload)
-    entry_hash = hashlib.sha256(prev_hash + kind.encode() + data).digest()
-    return Entry.objects.create(
-        sequence=sequence, kind=kind, payload=data, actor=actor, created_at=timezone.now(),
-        prev_hash=prev_hash, entry_hash=entry_hash,
-    )
+    """Append one entry, in the caller's transaction (a savepoint when one is open).
+
+    A correction is a new entry whose payload names the entry it corrects:
+    {"corrects": <sequence>, ...}."""
+    if not isinstance(kind, str) or len(kind) > 64 or not KIND_PATTERN.match(kind):
+        raise PayloadError(f"Ledger kind {kind!r} must be a dotted lowercase name like 'expert.validated'.")
+    if not isinstance(actor, str) or not actor or len(actor) > 200:
+        raise PayloadError("A ledger entry needs an actor: a non-empty reference like 'contributor:42'.")
+    payload_bytes = canonical_json(payload)
+    with transaction.atomic():
+        serialise_appends()
+        last = Entry.objects.order_by("-sequence").values_list("sequence", "entry_hash", "leaf_hash").first()
+        if last is None:
+            sequence, prev_hash, prev_leaf = 0, ZERO_HASH, None
+        else:
+            sequence, prev_hash, prev_leaf = last[0] + 1, bytes(last[1]), bytes(last[2])
+        created_at = timezone.now()
+        data = leaf_data(
+            sequence=sequence, kind=kind, payload=payload_bytes, actor=actor,
+            time=format_time(created_at), prev_hash=prev_hash,
+        )
+        entry = Entry(
+            sequence=sequence, kind=kind, payload=payload_bytes, actor=actor, created_at=created_at,
+            prev_hash=prev_hash, entry_hash=hashlib.sha256(data).digest(), leaf_hash=leaf_hash(data),
+        )
+        entry.save()
+        closed = closed_subtrees(sequence, entry.leaf_hash, prev_leaf)
+        if closed:
+            MerkleNode.objects.bulk_create(closed)
+    return entry
+
+
+def closed_subtrees(index: int, leaf: bytes, prev_leaf: bytes | None) -> list[MerkleNode]:
+    """The complete subtrees that leaf `index` closes: one per trailing 1 bit of the index.
+    Their left halves are the previous leaf and stored nodes at the right edge of the tree."""
+    closing = (index ^ (index + 1)).bit_length() - 1  # trailing ones of index
+    if closing == 0:
+        return []
+    wanted = [(level, (index >> level) - 1) for level in range(1, closing)]
+    stored = {}
+    if wanted:
+        condition = Q()
+        for level, position in wanted:
+            condition |= Q(level=level, index=position)
+        stored = {(n.level, n.index): bytes(n.hash) for n in MerkleNode.objects.filter(condition)}
+    nodes, h = [], leaf
+    for level in range(closing):
+        left = prev_leaf if level == 0 else stored[(level, (index >> level) - 1)]
+        h = node_hash(left, h)
+        nodes.append(MerkleNode(level=level + 1, index=index >> (level + 1), hash=h))
+    return nodes

@@ -1,0 +1,23 @@
+"""The kinds of ledger entries known so far, each with what it means. Payload convention:
+references are opaque strings ('contributor:42', 'expert:7'); money is integer minor units;
+a correction carries {"corrects": <sequence of the corrected entry>, "reason": "..."}."""
+
+KINDS: dict[str, str] = {
+    "contributor.registered": "a person registered as a contributor",
+    "expert.contributed": "a contributor uploaded an expert (adapter) with its model card and terms",
+    "expert.validated": "an uploaded expert passed validation against its base model",
+    "expert.failed": "an uploaded expert failed validation, with the reason",
+    "license.set": "license terms of an expert were set or changed",
+    "alias.moved": "a model alias now points to another system or version",
+    "system.composed": "an operator composed a system from experts with a strategy",
+    "system.changed": "a composed system's experts, strategy or parameters changed",
+    "contribution.measured": "an evaluation measured each expert's contribution to a system",
+    "usage.recorded": "an organization's request used a system, with tokens and attribution",
+    "credit.allocated": "credit from usage was allocated to contributors (double entry)",
+    "payout.sent": "a payout to a contributor was sent",
+    "consent.revoked": "a contributor revoked consent for an expert; it leaves every system",
+    "policy.refused": "a license policy refused an action, with the reason",
+    "subscription.changed": "an organization subscribed, changed or cancelled a plan",
+    "settlement.closed": "an operator closed a settlement period",
+    "entry.corrected": "a correction of an earlier entry (payload: corrects, reason)",
+}
