@@ -210,8 +210,8 @@ class MosaicEngine:
 
     @torch.inference_mode()
     def generate(self, requests: list[GenerationRequest], on_token=None) -> list[Generation]:
-        """Decode all requests together. on_token(request_index, text_delta), when given, is called as text
-        is produced (streaming)."""
+        """Decode all requests together. on_token(request_index, text_so_far), when given, is called after each
+        token (streaming), as ReferenceEngine does."""
         for request in requests:
             check_request(request)
         with self.lock:
@@ -227,11 +227,9 @@ class MosaicEngine:
                 mixed = self._mix(output.logits[:, -1].float(), lanes, len(active)).cpu()
                 tokens = []
                 for position, request_index in enumerate(active):
-                    state = states[request_index]
-                    before = state.text
-                    tokens.append(state.step(mixed[position]))
-                    if on_token is not None and state.text != before and state.text.startswith(before):
-                        on_token(request_index, state.text[len(before):])
+                    tokens.append(states[request_index].step(mixed[position]))
+                    if on_token is not None:
+                        on_token(request_index, states[request_index].text)
                 still = [position for position, request_index in enumerate(active) if not states[request_index].done]
                 if not still:
                     break

@@ -1,0 +1,136 @@
+"""MosaicEngine serves what composition's ReferenceEngine (transformers + peft, one request at a time) serves,
+while batching requests for different experts and mixtures together with one KV cache."""
+import pytest
+import torch
+
+from composition.engine import Engine, GenerationRequest, ReferenceEngine, ScoreRequest
+from composition.errors import CompositionError
+from composition.experts import load_expert
+from gpu_workers.engine import MosaicEngine, get_engine
+
+MIXED_BATCH = [
+    GenerationRequest(prompt="hello", mixture={"alpha": 1.0}, max_tokens=9),
+    GenerationRequest(prompt="a much longer prompt, to pad the others", mixture={}, max_tokens=5),
+    GenerationRequest(prompt="abc", mixture={"beta": 1.0}, max_tokens=12),
+    GenerationRequest(prompt="abc", mixture={"alpha": 0.3, "gamma": 0.7}, max_tokens=7),
+    GenerationRequest(prompt="x", mixture={"gamma": 1.0}, max_tokens=3),
+]
+
+
+@pytest.fixture(scope="module")
+def experts(gpu_world):
+    _, adapters = gpu_world
+    return [load_expert(adapter.id, adapter.path) for adapter in adapters.values()]
+
+
+@pytest.fixture(scope="module")
+def reference(gpu_world, experts):
+    base, _ = gpu_world
+    return ReferenceEngine(str(base), experts)
+
+
+@pytest.fixture(scope="module")
+def mosaic(gpu_world, experts):
+    base, _ = gpu_world
+    engine = MosaicEngine(base, lora_backend="torch")
+    for expert in experts:
+        engine.register_expert(expert)
+    return engine
+
+
+def test_mosaic_engine_implements_the_engine_protocol(mosaic):
+    assert isinstance(mosaic, Engine)
+
+
+def test_greedy_generation_of_a_mixed_batch_matches_the_reference(mosaic, reference):
+    ours = mosaic.generate(MIXED_BATCH)
+    theirs = reference.generate(MIXED_BATCH)
+
+    assert [g.text for g in ours] == [g.text for g in theirs]
+    assert [g.finish_reason for g in ours] == [g.finish_reason for g in theirs]
+    assert [(g.prompt_tokens, g.completion_tokens) for g in ours] == [
+        (g.prompt_tokens, g.completion_tokens) for g in theirs
+    ]
+    for mine, oracle in zip(ours, theirs):
+        assert mine.token_logprobs == pytest.approx(oracle.token_logprobs, abs=1e-4)
+
+
+def test_the_experts_change_what_is_generated(mosaic):
+    texts = [g.text for g in mosaic.generate([
+        GenerationRequest(prompt="abc", mixture=mixture, max_tokens=12)
+        for mixture in ({}, {"alpha": 1.0}, {"beta": 1.0}, {"gamma": 1.0})
+    ])]
+    assert len(set(texts)) == 4
+
+
+def test_next_token_logits_match_the_reference(mosaic, reference):
+    ours = mosaic.next_token_logits(MIXED_BATCH)
+    theirs = reference.next_token_logits(MIXED_BATCH)
+    assert ours.shape == theirs.shape == (len(MIXED_BATCH), len(mosaic.tokenizer))
+    assert torch.allclose(ours, theirs, atol=1e-4)
+
+
+def test_sampling_with_a_seed_follows_the_shared_decoding_rule(mosaic, reference):
+    batch = [
+        GenerationRequest(prompt="seeded", mixture={"beta": 1.0}, max_tokens=10, temperature=0.9, top_p=0.8, seed=7),
+        GenerationRequest(prompt="other", mixture={"alpha": 0.5, "beta": 0.5}, max_tokens=10, temperature=1.2,
+                          seed=11),
+    ]
+    assert [g.text for g in mosaic.generate(batch)] == [g.text for g in reference.generate(batch)]
+
+
+def test_stop_sequences_end_generation_like_the_reference(mosaic, reference):
+    probe = reference.generate([GenerationRequest(prompt="abc", mixture={"beta": 1.0}, max_tokens=12)])[0].text
+    stop = probe[4:6]
+    request = GenerationRequest(prompt="abc", mixture={"beta": 1.0}, max_tokens=12, stop=[stop])
+    ours, theirs = mosaic.generate([request])[0], reference.generate([request])[0]
+    assert (ours.text, ours.finish_reason) == (theirs.text, theirs.finish_reason)
+    assert ours.finish_reason == "stop" and stop not in ours.text
+
+
+def test_scores_match_the_reference(mosaic, reference):
+    requests = [
+        ScoreRequest(prompt="question: ", continuation="answer", mixture={"gamma": 1.0}),
+        ScoreRequest(prompt="q", continuation="a longer continuation", mixture={"alpha": 0.4, "beta": 0.6}),
+        ScoreRequest(prompt="nothing", continuation="", mixture={}),
+    ]
+    ours, theirs = mosaic.score(requests), reference.score(requests)
+    assert [len(row) for row in ours] == [len(row) for row in theirs]
+    for mine, oracle in zip(ours, theirs):
+        assert mine == pytest.approx(oracle, abs=1e-4)
+
+
+def test_embeddings_match_the_reference(mosaic, reference):
+    texts = ["short", "a rather longer text to embed"]
+    assert torch.allclose(mosaic.embed(texts), reference.embed(texts), atol=1e-4)
+
+
+def test_streaming_callback_sees_the_text_grow(mosaic):
+    seen: dict[int, list[str]] = {}
+    results = mosaic.generate(MIXED_BATCH[:3], on_token=lambda index, text: seen.setdefault(index, []).append(text))
+    for index, result in enumerate(results):
+        assert seen[index][-1] == result.text
+        assert len(seen[index]) == result.completion_tokens
+
+
+def test_unknown_expert_in_a_mixture_is_refused(mosaic):
+    with pytest.raises(CompositionError, match="unknown expert"):
+        mosaic.generate([GenerationRequest(prompt="x", mixture={"nobody": 1.0})])
+
+
+def test_triton_lora_inside_the_engine_gives_the_same_tokens(gpu_world, experts, mosaic):
+    """The Triton kernels (interpreted here) inside a real forward pass, with a batch of mixed experts."""
+    base, _ = gpu_world
+    engine = MosaicEngine(base, lora_backend="triton")
+    for expert in experts:
+        engine.register_expert(expert)
+    batch = [
+        GenerationRequest(prompt="abc", mixture={"beta": 1.0}, max_tokens=4),
+        GenerationRequest(prompt="hello", mixture={"alpha": 0.5, "gamma": 0.5}, max_tokens=3),
+    ]
+    assert [g.text for g in engine.generate(batch)] == [g.text for g in mosaic.generate(batch)]
+
+
+def test_get_engine_loads_a_base_once_per_process(gpu_world):
+    base, _ = gpu_world
+    assert get_engine(str(base)) is get_engine(str(base))
