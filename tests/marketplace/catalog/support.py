@@ -1,0 +1,86 @@
+"""Helpers for catalog tests: API clients, multipart uploads, what is stored, ledger entries."""
+import json
+from pathlib import Path
+
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from ledger.models import Entry
+from marketplace.models import Expert, ExpertVersion, LicenseTerms
+
+BASE_NAME = "mosaic-tiny"
+PASSWORD = "correct horse battery staple"
+
+
+def api_client(contributor_or_user=None) -> APIClient:
+    client = APIClient()
+    if contributor_or_user is not None:
+        user = getattr(contributor_or_user, "user", contributor_or_user)
+        client.force_authenticate(user)
+    return client
+
+
+def adapter_files(directory: Path) -> dict:
+    directory = Path(directory)
+    return {
+        "adapter_config": (directory / "adapter_config.json").open("rb"),
+        "adapter_model": (directory / "adapter_model.safetensors").open("rb"),
+    }
+
+
+def expert_form(slug: str = "summarizer", **overrides) -> dict:
+    form = {
+        "name": slug.replace("-", " ").title(),
+        "slug": slug,
+        "description": "Summarises short texts.",
+        "tags": ["summarization", "english"],
+        "priorities": ["news"],
+        "base_model": BASE_NAME,
+        "spdx_id": "Apache-2.0",
+        "commercial_use": "true",
+        "derivatives_allowed": "true",
+    }
+    form.update(overrides)
+    return {key: value for key, value in form.items() if value is not None}
+
+
+def upload_expert(client: APIClient, adapter_dir: Path | None = None, *, files: dict | None = None, **fields):
+    """POST /api/experts as multipart with an adapter directory's two files (or the given `files`)."""
+    data = expert_form(**fields)
+    data.update(files if files is not None else adapter_files(adapter_dir))
+    return client.post("/api/experts", data=data, format="multipart")
+
+
+def upload_version(client: APIClient, expert_id: int, adapter_dir: Path | None = None, *, files: dict | None = None,
+                   **fields):
+    data = dict(fields)
+    data.update(files if files is not None else adapter_files(adapter_dir))
+    return client.post(f"/api/experts/{expert_id}/versions", data=data, format="multipart")
+
+
+def stored_files() -> list[str]:
+    """Every file under the expert storage directory (staging included), relative."""
+    root = Path(settings.EXPERT_STORAGE_DIR)
+    if not root.exists():
+        return []
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*") if not path.is_dir())
+
+
+def ledger_entries(prefix: str = "") -> list[tuple[str, dict]]:
+    return [(entry.kind, json.loads(bytes(entry.payload)))
+            for entry in Entry.objects.filter(kind__startswith=prefix).order_by("sequence")]
+
+
+def assert_nothing_stored() -> None:
+    assert stored_files() == []
+    assert Expert.objects.count() == 0
+    assert ExpertVersion.objects.count() == 0
+    assert LicenseTerms.objects.count() == 0
+    assert [kind for kind, _ in ledger_entries()
+            if kind.startswith(("expert.", "license.", "alias."))] == []
+
+
+def error_message(response) -> str:
+    body = response.json()
+    assert set(body) == {"error"}, body
+    return body["error"]["message"]
