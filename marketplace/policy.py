@@ -119,11 +119,25 @@ def serving_members(*, system: ComposedSystem) -> ServingPlan | None:
     from composition.errors import CompositionError
     from composition.strategies import validate_strategy_config
 
+    removed = {str(m.expert_id) for m in members} - {str(m.expert_id) for m in serving}
+    config = {key: _without(value, removed) for key, value in system.strategy_config.items()}
     try:
-        config = validate_strategy_config(system.strategy, system.strategy_config, [str(m.expert_id) for m in serving])
+        config = validate_strategy_config(system.strategy, config, [str(m.expert_id) for m in serving])
     except CompositionError:
         return None
     return ServingPlan(members=serving, strategy_config=config)
+
+
+def _without(value, removed: set[str]):
+    """A per-expert mapping without the removed experts (weights renormalised to sum to 1)."""
+    if not isinstance(value, dict) or not removed & set(value):
+        return value
+    kept = {k: v for k, v in value.items() if k not in removed}
+    numbers = [v for v in kept.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if kept and len(numbers) == len(kept) and sum(numbers) > 0:
+        total = sum(numbers)
+        kept = {k: v / total for k, v in kept.items()}
+    return kept
 
 
 def request_plan(*, organization: Organization, system: ComposedSystem, actor: str) -> ServingPlan:

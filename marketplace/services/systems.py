@@ -50,13 +50,24 @@ def _usable_experts(*, expert_ids: list[int], base_model: BaseModel) -> list[Exp
     return experts
 
 
+def _ledger_safe(value):
+    """Ledger payloads hold no floats: strategy parameters are written as their shortest decimal strings."""
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, dict):
+        return {str(k): _ledger_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_ledger_safe(v) for v in value]
+    return value
+
+
 def _snapshot(system: ComposedSystem) -> dict:
     return {
         "system": system.ledger_ref,
         "slug": system.slug,
         "base_model": f"base_model:{system.base_model_id}",
         "strategy": system.strategy,
-        "strategy_config": system.strategy_config,
+        "strategy_config": _ledger_safe(system.strategy_config),
         "experts": [
             {"expert": f"expert:{m.expert_id}", "version": m.version.number, "sha256": m.version.sha256}
             for m in system.memberships.select_related("version")
