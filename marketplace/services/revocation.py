@@ -4,7 +4,7 @@ from django.utils import timezone
 
 from ledger.services import record_event
 from marketplace import policy
-from marketplace.models import ComposedSystem, Expert
+from marketplace.models import ComposedSystem, Expert, SystemExpert
 from mosaic.errors import Forbidden
 
 
@@ -18,7 +18,8 @@ def expert_revoke_consent(*, expert: Expert, user) -> Expert:
             return expert
         expert.consent_revoked_at = timezone.now()
         expert.save(update_fields=["consent_revoked_at"])
-        systems = list(ComposedSystem.objects.select_for_update().filter(memberships__expert=expert).distinct())
+        system_ids = SystemExpert.objects.filter(expert=expert).values_list("system_id", flat=True)
+        systems = list(ComposedSystem.objects.select_for_update().filter(pk__in=list(system_ids)).order_by("pk"))
         suspended = []
         for system in systems:
             if system.status == ComposedSystem.Status.ACTIVE and policy.serving_members(system=system) is None:
