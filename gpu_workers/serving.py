@@ -1,0 +1,270 @@
+"""Run one task message on this process's engine: the work behind the Celery task and streaming.
+
+A message carries everything (see gpu_workers.tasks): the base model's path, each expert's adapter
+directory and sha256, the strategy and its configuration, the prompt or chat messages, the sampling
+parameters. Nothing here touches the database. Failures that the caller can act on (a malformed message, an
+adapter that does not match its hash, a strategy configuration error, an engine error) come back as
+{"request_id", "error": {"message", "code"}} rather than as exceptions.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from decimal import ROUND_DOWN, Decimal
+from pathlib import Path
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from composition.errors import CompositionError
+from composition.experts import Expert, load_expert
+from composition.strategies import CompletionRequest, build_strategy
+from gpu_workers.adapter_pool import AdapterError, adapter_digests
+from gpu_workers.engine import MosaicEngine, get_engine
+
+ATTRIBUTION_PLACES = Decimal("0.000001")
+EXPERT_CACHE_SIZE = 256
+STRATEGY_CACHE_SIZE = 64
+
+
+class MessageError(ValueError):
+    """The task message does not have the shape of the contract."""
+
+
+@dataclass(frozen=True)
+class ExpertRef:
+    id: str
+    adapter_path: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ParsedMessage:
+    request_id: str
+    base_model_path: str
+    experts: tuple[ExpertRef, ...]
+    strategy: str
+    strategy_config: dict
+    prompt: str | None
+    messages: list | None
+    request: CompletionRequest
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise MessageError(message)
+
+
+def _number(params: dict, key: str, default, kind, *, minimum=None, maximum=None):
+    value = params.get(key, default)
+    if value is None:
+        value = default
+    if kind is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), f"params.{key} must be an integer")
+    else:
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool), f"params.{key} must be a number")
+        value = float(value)
+    _require(minimum is None or value >= minimum, f"params.{key} must be >= {minimum}")
+    _require(maximum is None or value <= maximum, f"params.{key} must be <= {maximum}")
+    return value
+
+
+def parse_message(message) -> ParsedMessage:
+    _require(isinstance(message, dict), "the message must be a JSON object")
+    request_id = message.get("request_id")
+    _require(isinstance(request_id, str) and request_id != "", "request_id must be a non-empty string")
+    base = message.get("base_model")
+    _require(isinstance(base, dict) and isinstance(base.get("path"), str) and base["path"], "base_model.path is required")
+    _require(Path(base["path"]).is_dir(), f"base model directory {base['path']} does not exist on this worker")
+    experts = message.get("experts")
+    _require(isinstance(experts, list), "experts must be a list")
+    refs = []
+    for position, entry in enumerate(experts):
+        _require(isinstance(entry, dict) and all(isinstance(entry.get(key), str) and entry.get(key)
+                                                 for key in ("id", "adapter_path", "sha256")),
+                 f"experts[{position}] needs id, adapter_path and sha256 strings")
+        refs.append(ExpertRef(entry["id"], entry["adapter_path"], entry["sha256"].lower()))
+    strategy = message.get("strategy")
+    _require(isinstance(strategy, str) and strategy, "strategy must be a strategy name")
+    config = message.get("strategy_config") or {}
+    _require(isinstance(config, dict), "strategy_config must be a JSON object")
+
+    prompt, messages = message.get("prompt"), message.get("messages")
+    _require((prompt is None) != (messages is None), "give exactly one of prompt and messages")
+    if prompt is not None:
+        _require(isinstance(prompt, str), "prompt must be a string")
+    else:
+        _require(isinstance(messages, list) and messages and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages), "messages must be a non-empty list of {role, content} strings")
+
+    params = message.get("params") or {}
+    _require(isinstance(params, dict), "params must be a JSON object")
+    stop = params.get("stop") or []
+    if isinstance(stop, str):
+        stop = [stop]
+    _require(isinstance(stop, list) and all(isinstance(s, str) for s in stop), "params.stop must be a list of strings")
+    seed = params.get("seed")
+    _require(seed is None or (isinstance(seed, int) and not isinstance(seed, bool)), "params.seed must be an integer")
+    request = CompletionRequest(
+        prompt="",
+        max_tokens=_number(params, "max_tokens", 16, int, minimum=1),
+        temperature=_number(params, "temperature", 1.0, float, minimum=0.0),
+        top_p=_number(params, "top_p", 1.0, float, minimum=0.0, maximum=1.0),
+        stop=stop,
+        seed=seed,
+        n=_number(params, "n", 1, int, minimum=1, maximum=16),
+    )
+    _require(request.top_p > 0, "params.top_p must be > 0")
+    return ParsedMessage(request_id, base["path"], tuple(refs), strategy, config, prompt, messages, request)
+
+
+class _BoundedCache(OrderedDict):
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+        self.lock = threading.Lock()
+
+    def get_or_make(self, key, make):
+        with self.lock:
+            if key in self:
+                self.move_to_end(key)
+                return self[key]
+        value = make()
+        with self.lock:
+            self[key] = value
+            while len(self) > self.size:
+                self.popitem(last=False)
+        return value
+
+
+_experts = _BoundedCache(EXPERT_CACHE_SIZE)
+_strategies = _BoundedCache(STRATEGY_CACHE_SIZE)
+
+
+def _checked_expert(ref: ExpertRef) -> Expert:
+    def load():
+        path = Path(ref.adapter_path)
+        if ref.sha256 not in adapter_digests(path):
+            raise AdapterError(f"expert {ref.id}: the adapter at {path} does not match its sha256")
+        try:
+            return load_expert(ref.id, path)
+        except CompositionError as error:
+            raise AdapterError(f"expert {ref.id}: {error}") from error
+
+    return _experts.get_or_make((ref.id, ref.adapter_path, ref.sha256), load)
+
+
+class ServingEngine:
+    """The engine as strategies see it: forwards everything, and when a listener is set for this thread,
+    streams the text of single-request generations of the user's prompt (one per choice, in order)."""
+
+    def __init__(self, engine: MosaicEngine):
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self._local = threading.local()
+
+    def listen(self, prompt: str | None, listener) -> None:
+        self._local.prompt, self._local.listener, self._local.choice = prompt, listener, 0
+
+    def register_expert(self, expert):
+        return self.engine.register_expert(expert)
+
+    def next_token_logits(self, requests):
+        return self.engine.next_token_logits(requests)
+
+    def embed(self, texts):
+        return self.engine.embed(texts)
+
+    def score(self, requests):
+        return self.engine.score(requests)
+
+    def generate(self, requests, on_token=None):
+        listener = getattr(self._local, "listener", None)
+        if listener is None or len(requests) != 1 or requests[0].prompt != self._local.prompt:
+            return self.engine.generate(requests, on_token=on_token)
+        choice = self._local.choice
+        self._local.choice += 1
+        return self.engine.generate(requests, on_token=lambda _index, text: listener(choice, text))
+
+
+_serving_engines: dict[int, ServingEngine] = {}
+_serving_lock = threading.Lock()
+
+
+def serving_engine(base_model_path: str) -> ServingEngine:
+    engine = get_engine(base_model_path)
+    with _serving_lock:
+        return _serving_engines.setdefault(id(engine), ServingEngine(engine))
+
+
+def attribution_strings(attribution: dict[str, float], expert_ids: list[str]) -> dict[str, str]:
+    """Decimal strings (6 places) summing to exactly 1, by largest remainder over the system's experts."""
+    total = sum(max(0.0, attribution.get(expert_id, 0.0)) for expert_id in expert_ids)
+    if total <= 0:
+        shares = {expert_id: Decimal(1) / len(expert_ids) for expert_id in expert_ids}
+    else:
+        shares = {e: Decimal(repr(max(0.0, attribution.get(e, 0.0)))) / Decimal(repr(total)) for e in expert_ids}
+    floors = {e: share.quantize(ATTRIBUTION_PLACES, rounding=ROUND_DOWN) for e, share in shares.items()}
+    missing = int((Decimal(1) - sum(floors.values())) / ATTRIBUTION_PLACES)
+    for expert_id in sorted(expert_ids, key=lambda e: (floors[e] - shares[e], e))[:missing]:
+        floors[expert_id] += ATTRIBUTION_PLACES
+    return {expert_id: str(value) for expert_id, value in floors.items()}
+
+
+def error_result(request_id, message: str, code: str) -> dict:
+    return {"request_id": request_id if isinstance(request_id, str) else "", "error": {"message": message, "code": code}}
+
+
+def render_prompt(parsed: ParsedMessage, tokenizer) -> str:
+    if parsed.prompt is not None:
+        return parsed.prompt
+    return tokenizer.apply_chat_template(parsed.messages, tokenize=False, add_generation_prompt=True)
+
+
+def run_message(message: dict, *, listener=None) -> dict:
+    """The result dict for a task message (or its error dict). listener(choice_index, text_so_far), when
+    given, is called as the engine produces the text of strategies that answer with one generation."""
+    request_id = message.get("request_id") if isinstance(message, dict) else None
+    try:
+        parsed = parse_message(message)
+        engine = serving_engine(parsed.base_model_path)
+        experts = [_checked_expert(ref) for ref in parsed.experts]
+        strategy_key = (
+            parsed.base_model_path, parsed.strategy, json.dumps(parsed.strategy_config, sort_keys=True),
+            tuple(parsed.experts),
+        )
+        strategy = _strategies.get_or_make(
+            strategy_key, lambda: build_strategy(parsed.strategy, parsed.strategy_config, experts)
+        )
+        prompt = render_prompt(parsed, engine.tokenizer)
+        request = CompletionRequest(**{**parsed.request.__dict__, "prompt": prompt})
+        started = time.perf_counter()
+        engine.listen(prompt, listener)
+        try:
+            result = strategy.run(request, engine)
+        finally:
+            engine.listen(None, None)
+        engine_ms = int((time.perf_counter() - started) * 1000)
+    except MessageError as error:
+        return error_result(request_id, str(error), "invalid_message")
+    except AdapterError as error:
+        return error_result(request_id, str(error), "adapter_error")
+    except CompositionError as error:
+        return error_result(request_id, str(error), "strategy_error")
+    except SoftTimeLimitExceeded:
+        return error_result(request_id, "the request ran past the worker's time limit", "timeout")
+    except Exception as error:  # anything the engine raises: report it, keep the worker serving
+        return error_result(request_id, f"engine error: {type(error).__name__}: {error}", "engine_error")
+    return {
+        "request_id": parsed.request_id,
+        "choices": [
+            {"index": index, "text": text, "finish_reason": reason}
+            for index, (text, reason) in enumerate(zip(result.texts, result.finish_reasons))
+        ],
+        "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens},
+        "attribution": attribution_strings(result.attribution, [ref.id for ref in parsed.experts]),
+        "engine_ms": engine_ms,
+    }

@@ -1,0 +1,74 @@
+"""Celery tasks: thin wrappers around gpu_workers.serving.run_message.
+
+    run_completion.apply_async(kwargs={"message": message}, task_id=message["request_id"],
+                               queue=f"base.{base_model_name}")
+
+Each GPU worker consumes the queue of the base model it holds (MOSAIC_WORKER_BASE_MODEL_PATH, loaded when the
+worker process starts). Tasks are acknowledged late (a task lost with its worker is redelivered) and are
+idempotent by request id: a redelivered request gets the result this process already computed.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+
+from celery import shared_task
+from celery.signals import worker_process_init
+
+from gpu_workers.serving import run_message
+
+SOFT_TIME_LIMIT_S = int(os.environ.get("MOSAIC_TASK_SOFT_TIME_LIMIT", "120"))
+HARD_TIME_LIMIT_S = int(os.environ.get("MOSAIC_TASK_TIME_LIMIT", str(SOFT_TIME_LIMIT_S + 30)))
+RESULT_CACHE_SIZE = 4096
+
+_results: OrderedDict[str, dict] = OrderedDict()
+_results_lock = threading.Lock()
+
+
+def completed_result(request_id: str) -> dict | None:
+    with _results_lock:
+        return _results.get(request_id)
+
+
+def _remember(request_id: str, result: dict) -> None:
+    with _results_lock:
+        _results[request_id] = result
+        _results.move_to_end(request_id)
+        while len(_results) > RESULT_CACHE_SIZE:
+            _results.popitem(last=False)
+
+
+def run_idempotent(message: dict, *, listener=None) -> dict:
+    """run_message, once per request id in this process (results of handled failures are not kept, so a
+    retry after, say, a missing adapter file is fixed gets a fresh run)."""
+    request_id = message.get("request_id") if isinstance(message, dict) else None
+    if isinstance(request_id, str):
+        cached = completed_result(request_id)
+        if cached is not None:
+            return cached
+    result = run_message(message, listener=listener)
+    if isinstance(request_id, str) and "error" not in result:
+        _remember(request_id, result)
+    return result
+
+
+@shared_task(
+    name="gpu_workers.run_completion",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    soft_time_limit=SOFT_TIME_LIMIT_S,
+    time_limit=HARD_TIME_LIMIT_S,
+)
+def run_completion(message: dict) -> dict:
+    return run_idempotent(message)
+
+
+@worker_process_init.connect
+def load_base_model_at_start(**_kwargs) -> None:
+    """Load the worker's base model before the first task arrives (prefork children start here)."""
+    path = os.environ.get("MOSAIC_WORKER_BASE_MODEL_PATH")
+    if path:
+        from gpu_workers.serving import serving_engine
+
+        serving_engine(path)
