@@ -320,3 +320,54 @@ class ReferenceEngine:
             output = self._forward(None, ids, hidden=True)
             rows.append(output.hidden_states[-1][0].float().mean(dim=0))
         return torch.stack(rows)
+
+
+class MemoisingEngine:
+    """Wraps an engine and remembers deterministic answers (temperature 0) and embeddings, so an
+    evaluation that asks the same expert the same question twice (e.g. every coalition of a
+    Shapley measurement) runs it once. Re-registering an expert id forgets what it answered."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.tokenizer = inner.tokenizer
+        self.generations: dict[tuple, Generation] = {}
+        self.embeddings: dict[str, torch.Tensor] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def register_expert(self, expert: Expert) -> None:
+        known = getattr(self.inner, "experts", {})
+        if known.get(expert.id) is not None and known.get(expert.id) is not expert:
+            self.generations = {k: v for k, v in self.generations.items() if expert.id not in dict(k[1])}
+        self.inner.register_expert(expert)
+
+    @staticmethod
+    def _key(request: GenerationRequest) -> tuple | None:
+        if request.temperature > 0:
+            return None
+        return (request.prompt, tuple(sorted(request.mixture.items())), request.max_tokens, tuple(request.stop))
+
+    def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
+        keys = [self._key(request) for request in requests]
+        missing = [i for i, key in enumerate(keys) if key is None or key not in self.generations]
+        fresh = self.inner.generate([requests[i] for i in missing]) if missing else []
+        answers = dict(zip(missing, fresh))
+        for i, generation in answers.items():
+            if keys[i] is not None:
+                self.generations[keys[i]] = generation
+        self.hits += len(requests) - len(missing)
+        self.misses += len(missing)
+        return [answers[i] if i in answers else self.generations[keys[i]] for i in range(len(requests))]
+
+    def next_token_logits(self, requests: list[GenerationRequest]) -> torch.Tensor:
+        return self.inner.next_token_logits(requests)
+
+    def score(self, requests: list[ScoreRequest]) -> list[list[float]]:
+        return self.inner.score(requests)
+
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        missing = list(dict.fromkeys(text for text in texts if text not in self.embeddings))
+        if missing:
+            for text, row in zip(missing, self.inner.embed(missing)):
+                self.embeddings[text] = row
+        return torch.stack([self.embeddings[text] for text in texts])
