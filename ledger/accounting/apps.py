@@ -6,3 +6,9 @@ class AccountingConfig(AppConfig):
     label = "accounting"
     default_auto_field = "django.db.models.BigAutoField"
     verbose_name = "Accounting"
+
+    def ready(self):
+        from ledger.accounting.verification import check_balances
+        from ledger.verification import register_check
+
+        register_check(check_balances)

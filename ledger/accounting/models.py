@@ -1,7 +1,9 @@
 from django.db import models
 
+from ledger.append_only import AppendOnlyModel, append_only_triggers
 
-class SettlementPeriod(models.Model):
+
+class SettlementPeriod(AppendOnlyModel):
     """A closed span of value dates. Postings dated inside a closed period are refused."""
 
     start_date = models.DateField()
@@ -12,6 +14,7 @@ class SettlementPeriod(models.Model):
 
     class Meta:
         ordering = ["start_date"]
+        triggers = append_only_triggers()
         constraints = [
             models.UniqueConstraint(fields=["start_date", "end_date"], name="settlement_period_unique_span"),
             models.CheckConstraint(
@@ -23,7 +26,7 @@ class SettlementPeriod(models.Model):
         return f"{self.start_date}..{self.end_date}"
 
 
-class Transaction(models.Model):
+class Transaction(AppendOnlyModel):
     """A balanced set of postings, written with exactly one ledger entry. Never updated or deleted."""
 
     reference = models.CharField(max_length=200, unique=True, help_text="Idempotency key chosen by the caller.")
@@ -37,12 +40,13 @@ class Transaction(models.Model):
 
     class Meta:
         ordering = ["id"]
+        triggers = append_only_triggers()
 
     def __str__(self) -> str:
         return self.reference
 
 
-class Posting(models.Model):
+class Posting(AppendOnlyModel):
     """One leg of a transaction: a signed integer amount (debit positive) on an account."""
 
     transaction = models.ForeignKey(Transaction, on_delete=models.PROTECT, related_name="postings")
@@ -54,4 +58,5 @@ class Posting(models.Model):
 
     class Meta:
         ordering = ["id"]
+        triggers = append_only_triggers()
         indexes = [models.Index(fields=["account", "value_date"], name="posting_account_date")]

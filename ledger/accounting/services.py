@@ -43,9 +43,11 @@ def closed_period_containing(*, day: date) -> SettlementPeriod | None:
     return SettlementPeriod.objects.filter(start_date__lte=day, end_date__gte=day).first()
 
 
-def _refuse_closed_dates(postings: list[PostingSpec]) -> None:
+def _refuse_closed_dates(postings: list[PostingSpec], closing: SettlementPeriod | None) -> None:
     days = sorted({p.value_date for p in postings})
     periods = SettlementPeriod.objects.filter(start_date__lte=days[-1], end_date__gte=days[0])
+    if closing is not None:
+        periods = periods.exclude(pk=closing.pk)
     for period in periods:
         for day in days:
             if period.start_date <= day <= period.end_date:
@@ -73,9 +75,12 @@ def post_transaction(
     actor: str,
     reverses: Transaction | None = None,
     memo: dict | None = None,
+    closing: SettlementPeriod | None = None,
 ) -> Transaction:
     """Write a balanced transaction and its ledger entry atomically. Idempotent on `reference`:
-    posting the same reference again returns the existing transaction and writes nothing."""
+    posting the same reference again returns the existing transaction and writes nothing.
+    `closing` is the period being closed in the same database transaction: the close itself may
+    still post into it (its payouts); nothing else may post into a closed period."""
     existing = Transaction.objects.filter(reference=reference).first()
     if existing is not None:
         return existing
@@ -83,7 +88,7 @@ def post_transaction(
     postings = [p for p in postings if p.amount != 0] or postings
     memo = memo or {}
     with db_transaction.atomic():
-        _refuse_closed_dates(postings)
+        _refuse_closed_dates(postings, closing)
         payload = transaction_payload(
             reference=reference,
             kind=kind,
@@ -147,7 +152,7 @@ def close_settlement_period(*, start_date: date, end_date: date, actor: str) -> 
         if later is not None:
             raise Conflict(f"A later period ({later}) is already closed.", code="period_out_of_order")
         entry = record_event(
-            kind="period.closed",
+            kind="settlement.closed",
             payload={"start": start_date.isoformat(), "end": end_date.isoformat()},
             actor=actor,
         )

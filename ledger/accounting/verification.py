@@ -48,7 +48,11 @@ def check_balances() -> CheckResult:
         if ledger_sequences.get(reference) != sequence:
             return CheckResult(False, f"transaction {reference} has no matching ledger entry (sequence {sequence})")
     unbalanced = (
-        Posting.objects.values("transaction__reference").annotate(total=Sum("amount")).exclude(total=0).first()
+        Posting.objects.values("transaction__reference")
+        .annotate(total=Sum("amount"))
+        .exclude(total=0)
+        .order_by("transaction__reference")
+        .first()
     )
     if unbalanced is not None:
         return CheckResult(

@@ -1,7 +1,9 @@
 from django.db import models
 
+from ledger.append_only import AppendOnlyModel, append_only_triggers
 
-class CreditLine(models.Model):
+
+class CreditLine(AppendOnlyModel):
     """One expert's share of one usage charge, in integer minor units (issue 7).
 
     Written only by the set-based allocation (an INSERT ... SELECT over joined rows, so the foreign
@@ -29,6 +31,9 @@ class CreditLine(models.Model):
         related_name="+",
     )
     amount_minor = models.BigIntegerField()
+
+    class Meta:
+        triggers = append_only_triggers()
 
 
 class Payout(models.Model):

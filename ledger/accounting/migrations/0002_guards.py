@@ -1,16 +1,13 @@
 from django.db import migrations
 
-from ledger.accounting import guards
-
-
-def install(apps, schema_editor):
-    guards.install(schema_editor)
-
-
-def uninstall(apps, schema_editor):
-    guards.uninstall(schema_editor)
+from ledger.accounting.guards import install_balance_check, uninstall_balance_check
+from ledger.append_only import sqlite_append_only
 
 
 class Migration(migrations.Migration):
     dependencies = [("accounting", "0001_initial")]
-    operations = [migrations.RunPython(install, uninstall)]
+
+    operations = [
+        sqlite_append_only("accounting.SettlementPeriod", "accounting.Transaction", "accounting.Posting"),
+        migrations.RunPython(install_balance_check, uninstall_balance_check),
+    ]

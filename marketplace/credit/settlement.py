@@ -1,0 +1,149 @@
+"""Closing a settlement period: allocate what is pending, freeze the period, write statements,
+create payouts for balances at or above the minimum and carry the rest over."""
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone as dt_timezone
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from ledger.accounting.models import Posting, SettlementPeriod
+from ledger.accounting.services import PostingSpec, close_settlement_period, post_transaction
+from marketplace.credit import accounts
+from marketplace.credit.allocation import ACTOR, ADVISORY_LOCK_KEY, allocate_pending_usage
+from marketplace.credit.statements import names_for, statement_csv, statement_line
+from marketplace.models import Contributor, CreditStatement, Payout
+from mosaic.errors import DomainError
+
+
+@dataclass
+class CloseResult:
+    period: SettlementPeriod
+    created: bool
+    statements: int
+    payouts: int
+    paid_out_minor: int
+    carried_over_minor: int
+
+
+def _payable_totals(*, start: date | None = None, end: date) -> dict[int, int]:
+    postings = Posting.objects.filter(account__startswith="contributor:", account__endswith=":payable", value_date__lte=end)
+    if start is not None:
+        postings = postings.filter(value_date__gte=start)
+    totals = postings.values("account").annotate(total=Sum("amount")).order_by()
+    return {accounts.contributor_of(row["account"]): row["total"] for row in totals}
+
+
+def _summary(period: SettlementPeriod, created: bool) -> CloseResult:
+    statements = CreditStatement.objects.filter(period=period)
+    payouts = Payout.objects.filter(period=period)
+    return CloseResult(
+        period=period,
+        created=created,
+        statements=statements.count(),
+        payouts=payouts.count(),
+        paid_out_minor=payouts.aggregate(total=Sum("amount_minor"))["total"] or 0,
+        carried_over_minor=statements.aggregate(total=Sum("closing_minor"))["total"] or 0,
+    )
+
+
+def payouts_reference(period: SettlementPeriod) -> str:
+    return f"payouts:period:{period.pk}"
+
+
+def close_period(*, start: date, end: date, actor: str = ACTOR) -> CloseResult:
+    if end < start:
+        raise DomainError("A period's end date cannot be before its start date.", param="end")
+    if end >= timezone.now().date():
+        raise DomainError(f"A period can be closed only after its last day ({end}) has passed.", param="end")
+    existing = SettlementPeriod.objects.filter(start_date=start, end_date=end).first()
+    if existing is not None:
+        return _summary(existing, created=False)
+    allocate_pending_usage(until=datetime.combine(end + timedelta(days=1), time.min, tzinfo=dt_timezone.utc), actor=actor)
+
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ADVISORY_LOCK_KEY])
+        period, created = close_settlement_period(start_date=start, end_date=end, actor=actor)
+        if not created:
+            return _summary(period, created=False)
+        opening = _payable_totals(end=start - timedelta(days=1))
+        closing = _payable_totals(end=end)
+        movements = (
+            Posting.objects.filter(
+                account__startswith="contributor:", account__endswith=":payable", value_date__gte=start, value_date__lte=end
+            )
+            .values("account", "dimension", "value_date", "transaction__kind")
+            .annotate(total=Sum("amount"))
+            .order_by("account", "value_date", "dimension", "transaction__kind")
+        )
+        lines_by_contributor: dict[int, list[dict]] = defaultdict(list)
+        names = names_for(dimensions={row["dimension"] for row in movements})
+        for row in movements:
+            lines_by_contributor[accounts.contributor_of(row["account"])].append(
+                statement_line(
+                    dimension=row["dimension"], day=row["value_date"], kind=row["transaction__kind"],
+                    posted=row["total"], names=names,
+                )
+            )
+        involved = {c for c, total in opening.items() if total} | {c for c, total in closing.items() if total}
+        involved = {c for c in involved | set(lines_by_contributor) if c is not None}
+        contributors = Contributor.objects.in_bulk(involved)
+        minimum = settings.PAYOUT_MINIMUM_MINOR
+
+        payouts = []
+        for contributor_id in sorted(involved):
+            contributor = contributors.get(contributor_id)
+            owed = -closing.get(contributor_id, 0)
+            if contributor and owed >= minimum and owed > 0 and contributor.payouts_enabled and contributor.stripe_account_id:
+                payouts.append(
+                    Payout(contributor=contributor, period=period, amount_minor=owed, currency=settings.CURRENCY,
+                           stripe_account_id=contributor.stripe_account_id)
+                )
+        payouts = Payout.objects.bulk_create(payouts, batch_size=2000)
+        paid = {p.contributor_id: p.amount_minor for p in payouts}
+        if payouts:
+            postings = []
+            for payout in payouts:
+                dimension = accounts.payout_dimension(payout.pk)
+                postings.append(PostingSpec(account=accounts.payable(payout.contributor_id), amount=payout.amount_minor,
+                                            value_date=end, dimension=dimension))
+                postings.append(PostingSpec(account=accounts.PAYOUTS_CLEARING, amount=-payout.amount_minor,
+                                            value_date=end, dimension=dimension))
+            post_transaction(
+                kind="payout.created",
+                reference=payouts_reference(period),
+                postings=postings,
+                actor=actor,
+                memo={"period": [start.isoformat(), end.isoformat()], "payouts": len(payouts)},
+                closing=period,
+            )
+
+        statements = []
+        for contributor_id in sorted(involved):
+            lines = lines_by_contributor.get(contributor_id, [])
+            owed_before = -opening.get(contributor_id, 0)
+            owed_after = -closing.get(contributor_id, 0)
+            statements.append(
+                CreditStatement(
+                    contributor_id=contributor_id,
+                    period=period,
+                    opening_minor=owed_before,
+                    earned_minor=owed_after - owed_before,
+                    payout_minor=paid.get(contributor_id, 0),
+                    closing_minor=owed_after - paid.get(contributor_id, 0),
+                    currency=settings.CURRENCY,
+                    lines=lines,
+                    csv=statement_csv(lines=lines),
+                )
+            )
+        CreditStatement.objects.bulk_create(statements, batch_size=2000)
+    return _summary(period, created=True)
+
+
+def previous_month(*, today: date) -> tuple[date, date]:
+    end = today.replace(day=1) - timedelta(days=1)
+    return end.replace(day=1), end
