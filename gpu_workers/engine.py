@@ -49,10 +49,12 @@ class LoraBatchContext:
     def __init__(self):
         self.rows: RowAdapters | None = None
 
-    def set(self, lane_slots: torch.Tensor, seq_len: int, *, n_slots: int, use_plan: bool) -> None:
-        indices = lane_slots.to(torch.int32).repeat_interleave(seq_len)[:, None]
-        weights = torch.ones(indices.shape, dtype=torch.float32, device=indices.device)
+    def set(self, lane_slots: torch.Tensor, seq_len: int, *, n_slots: int, device: torch.device,
+            use_plan: bool) -> None:
+        """lane_slots: a CPU tensor, one slot per sequence of the batch (-1 = base model)."""
         any_adapter = bool((lane_slots >= 0).any())
+        indices = lane_slots.to(device=device, dtype=torch.int32).repeat_interleave(seq_len)[:, None]
+        weights = torch.ones(indices.shape, dtype=torch.float32, device=device)
         plan = build_lora_plan(indices, weights, n_slots=n_slots) if (use_plan and any_adapter) else None
         self.rows = RowAdapters(indices=indices, weights=weights, plan=plan, any_adapter=any_adapter)
 
@@ -85,6 +87,31 @@ class MultiLoraLinear(nn.Module):
         return flat_y.view(y.shape)
 
 
+def adaptable_linears(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """{module name: (in_features, out_features)} of the projections experts may adapt."""
+    return {
+        name: (module.in_features, module.out_features)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in ADAPTABLE
+    }
+
+
+def attach_multi_lora(model: nn.Module, pool: AdapterPool, context: LoraBatchContext, backend: str) -> None:
+    """Wrap every projection the pool knows in a MultiLoraLinear (in place)."""
+    for name in pool.module_shapes:
+        parent_name, child = name.rsplit(".", 1)
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, MultiLoraLinear(getattr(parent, child), name, pool, context, backend))
+
+
+def detach_multi_lora(model: nn.Module) -> None:
+    """Put the plain projections back (benchmarks compare the same base model with and without)."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, MultiLoraLinear):
+            parent_name, child = name.rsplit(".", 1)
+            setattr(model.get_submodule(parent_name), child, module.base)
+
+
 @dataclass
 class Lane:
     request_index: int
@@ -95,34 +122,35 @@ class Lane:
 class MosaicEngine:
     def __init__(
         self,
-        base_model_path: str | Path,
+        base_model_path: str | Path | None = None,
         *,
+        model: nn.Module | None = None,
+        tokenizer=None,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         adapter_budget_bytes: int = 1 << 30,
         max_slots: int = 64,
         lora_backend: str = "auto",
     ):
-        self.base_model_path = str(base_model_path)
+        """Load the base model from a local directory (bf16 on CUDA, float32 on the CPU), or serve an
+        already built `model` with its `tokenizer` (benchmarks)."""
+        self.base_model_path = str(base_model_path) if base_model_path is not None else None
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.base_model_path)
-        self.model = AutoModelForCausalLM.from_pretrained(self.base_model_path, dtype=self.dtype).to(self.device)
-        self.model.eval()
+        if model is None:
+            if base_model_path is None:
+                raise ValueError("give a base model directory or a model and its tokenizer")
+            tokenizer = AutoTokenizer.from_pretrained(self.base_model_path)
+            model = AutoModelForCausalLM.from_pretrained(self.base_model_path, dtype=self.dtype)
+        self.tokenizer = tokenizer
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.lora_backend = lora_backend
         self.context = LoraBatchContext()
-        shapes = {
-            name: (module.in_features, module.out_features)
-            for name, module in self.model.named_modules()
-            if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in ADAPTABLE
-        }
         self.pool = AdapterPool(
-            shapes, device=self.device, dtype=self.dtype, budget_bytes=adapter_budget_bytes, max_slots=max_slots
+            adaptable_linears(self.model), device=self.device, dtype=self.dtype,
+            budget_bytes=adapter_budget_bytes, max_slots=max_slots,
         )
-        for name in shapes:
-            parent_name, child = name.rsplit(".", 1)
-            parent = self.model.get_submodule(parent_name)
-            setattr(parent, child, MultiLoraLinear(getattr(parent, child), name, self.pool, self.context, lora_backend))
+        attach_multi_lora(self.model, self.pool, self.context, lora_backend)
         self.lock = threading.RLock()
 
     # -- experts ------------------------------------------------------------------------------------------
@@ -151,12 +179,12 @@ class MosaicEngine:
         slots = self.pool.acquire([lane.expert_id for lane in lanes if lane.expert_id is not None])
         return torch.tensor(
             [slots[lane.expert_id] if lane.expert_id is not None else -1 for lane in lanes],
-            dtype=torch.int32, device=self.device,
+            dtype=torch.int32,
         )
 
     def _forward(self, input_ids, attention_mask, position_ids, lane_slots, cache):
         self.context.set(
-            lane_slots, input_ids.shape[1], n_slots=self.pool.capacity,
+            lane_slots, input_ids.shape[1], n_slots=self.pool.capacity, device=self.device,
             use_plan=self.device.type == "cuda" and self.lora_backend != "torch",
         )
         try:
@@ -239,7 +267,8 @@ class MosaicEngine:
                 if len(keep_lanes) < len(lanes):
                     keep = torch.tensor(keep_lanes, dtype=torch.long, device=self.device)
                     cache.batch_select_indices(keep)
-                    attention, positions, lane_slots = attention[keep], positions[keep], lane_slots[keep]
+                    attention, positions = attention[keep], positions[keep]
+                    lane_slots = lane_slots[keep.cpu()]
                     renumber = {old: new for new, old in enumerate(still)}
                     lanes = [Lane(renumber[lanes[row].request_index], lanes[row].expert_id, lanes[row].weight)
                              for row in keep_lanes]

@@ -15,6 +15,7 @@ expand adds into a float32 scratch with atomics, added to y afterwards.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -240,11 +241,16 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 def _triton_split_k(n_tiles: int, in_features: int, block_k: int, device: torch.device) -> int:
     """Split the reduction over `in` when there are too few tiles to fill the GPU (decode shapes)."""
     if device.type != "cuda":
         return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
     max_split = max(1, in_features // (4 * block_k))
     split = 1
     while split < max_split and n_tiles * split < 2 * sms:
