@@ -130,7 +130,7 @@ def protections_lifted(using: str = "default"):
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE %s",
-            [f"{TRIGGER_PREFIX}_%"],
+            [f"%{TRIGGER_PREFIX}%"],
         )
         triggers = cursor.fetchall()
         for name, _ in triggers:

@@ -2,13 +2,18 @@
 import hashlib
 import re
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from ledger import merkle, stored_tree
 from ledger.canonical import ZERO_HASH, PayloadError, canonical_json, format_time, leaf_data
+from ledger.checkpoints import CheckpointBody
 from ledger.merkle import leaf_hash, node_hash
-from ledger.models import Entry, MerkleNode
+from ledger.models import Checkpoint, Entry, MerkleNode
+from ledger.signing import ledger_signer
+from mosaic.errors import Conflict
 
 APPEND_LOCK_KEY = 0x4C454447  # "LEDG": pg_advisory_xact_lock key serialising appends
 KIND_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
@@ -76,3 +81,43 @@ def closed_subtrees(index: int, leaf: bytes, prev_leaf: bytes | None) -> list[Me
         h = node_hash(left, h)
         nodes.append(MerkleNode(level=level + 1, index=index >> (level + 1), hash=h))
     return nodes
+
+
+CHECKPOINT_LOCK_KEY = 0x4C454448  # serialises checkpoint signing
+
+
+class CheckpointRefused(Conflict):
+    code = "checkpoint_inconsistent"
+
+
+def create_checkpoint() -> Checkpoint:
+    """Sign the current tree: a C2SP checkpoint in a signed note. Returns the latest checkpoint
+    unchanged when no entry was added since. Refuses (and signs nothing) when the current tree
+    is not an extension of the latest signed one."""
+    signer = ledger_signer()
+    origin = settings.LEDGER_ORIGIN
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [CHECKPOINT_LOCK_KEY])
+        size = stored_tree.tree_size()
+        latest = Checkpoint.objects.order_by("-id").first()
+        if latest is not None and latest.tree_size == size and latest.origin == origin:
+            return latest
+        root = stored_tree.root(size)
+        if latest is not None:
+            old_root = bytes(latest.root_hash)
+            consistent = latest.tree_size <= size and merkle.verify_consistency(
+                latest.tree_size, size, old_root, root, stored_tree.consistency_proof(latest.tree_size, size)
+            )
+            if not consistent:
+                raise CheckpointRefused(
+                    f"Refusing to sign: the ledger at size {size} is not consistent with the checkpoint "
+                    f"signed at size {latest.tree_size}. Run `python manage.py ledger verify`."
+                )
+        body = CheckpointBody(origin=origin, tree_size=size, root_hash=root)
+        checkpoint = Checkpoint(
+            tree_size=size, root_hash=root, origin=origin, created_at=timezone.now(), note=signer.sign(body.text())
+        )
+        checkpoint.save()
+    return checkpoint

@@ -128,6 +128,14 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_IMPORTS = ["marketplace.credit.tasks"]
+CELERY_BEAT_SCHEDULE["credit-allocate"] = {"task": "credit.allocate", "schedule": 300}
+# Daily; closes last calendar month once (later runs are no-ops) and sends its payouts.
+CELERY_BEAT_SCHEDULE["credit-close-previous-month"] = {"task": "credit.close_previous_month", "schedule": 86400}
+CELERY_BEAT_SCHEDULE["ledger-checkpoint"] = {
+    "task": "ledger.make_checkpoint",
+    "schedule": env.int("LEDGER_CHECKPOINT_INTERVAL_SECONDS", default=300),
+}
 
 CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
 
@@ -140,6 +148,7 @@ LEDGER_SIGNING_KEY_FILE = env.str("LEDGER_SIGNING_KEY_FILE", default=str(VAR_DIR
 STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="sk_test_mosaic_local")
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")
 STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="whsec_mosaic_local")
+STRIPE_CONNECT_WEBHOOK_SECRET = env.str("STRIPE_CONNECT_WEBHOOK_SECRET", default=STRIPE_WEBHOOK_SECRET)
 
 # Money: integer minor units (cents) everywhere.
 PLATFORM_FEE_BASIS_POINTS = env.int("PLATFORM_FEE_BASIS_POINTS", default=2000)

@@ -1,0 +1,230 @@
+"""Recompute the ledger from its entries: hash chain, leaves, Merkle roots at every checkpoint,
+every signature. Streaming (chunks of entries, a compact range of subtree roots), so memory
+stays O(log n) whatever the ledger's size.
+
+Other parts add checks with `register_check(fn)`: fn() returns None or True when all holds,
+a message (str), or an object with `ok` and `message` (e.g. a balance recomputation)."""
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ledger.canonical import ZERO_HASH, PayloadError, canonical_json, format_time, leaf_data, parse_time
+from ledger.checkpoints import open_checkpoint
+from ledger.merkle import CompactRange, leaf_hash
+from ledger.signing import NoteError, Verifier
+
+CHUNK = 20_000
+
+_extra_checks: list[Callable[[], object]] = []
+
+
+def register_check(check: Callable[[], object]) -> Callable[[], object]:
+    if check not in _extra_checks:
+        _extra_checks.append(check)
+    return check
+
+
+class Problem(Exception):
+    """The first thing that does not hold, named."""
+
+
+@dataclass(frozen=True)
+class Result:
+    ok: bool
+    message: str
+    entries: int = 0
+    checkpoints: int = 0
+
+
+@dataclass(frozen=True)
+class EntryRecord:
+    sequence: int
+    kind: str
+    payload: bytes
+    actor: str
+    time: str
+    prev_hash: bytes
+    entry_hash: bytes
+    leaf_hash: bytes
+
+
+@dataclass(frozen=True)
+class SignedCheckpoint:
+    label: str
+    note: str
+    stored_size: int | None = None
+    stored_root: bytes | None = None
+
+
+def verify_stream(
+    entries: Iterable[EntryRecord],
+    checkpoints: list[SignedCheckpoint],
+    verifier: Verifier,
+    stored_nodes: Iterator[tuple[int, int, bytes]] | None = None,
+) -> tuple[int, int]:
+    """Raise Problem at the first entry or checkpoint that does not hold; return (entries, checkpoints)."""
+    due: dict[int, list[tuple[str, bytes]]] = {}
+    for checkpoint in checkpoints:
+        try:
+            body = open_checkpoint(checkpoint.note, verifier)
+        except NoteError as exc:
+            raise Problem(f"checkpoint {checkpoint.label}: {exc}") from exc
+        if checkpoint.stored_size is not None and (
+            body.tree_size != checkpoint.stored_size or body.root_hash != checkpoint.stored_root
+        ):
+            raise Problem(f"checkpoint {checkpoint.label}: its columns differ from its signed note")
+        due.setdefault(body.tree_size, []).append((checkpoint.label, body.root_hash))
+
+    tree = CompactRange()
+    prev = ZERO_HASH
+
+    def check_checkpoints_at(size: int) -> None:
+        for label, root in due.pop(size, ()):
+            if tree.root() != root:
+                raise Problem(
+                    f"checkpoint {label}: the root of the first {size} entries is not the signed root"
+                )
+
+    check_checkpoints_at(0)
+    for entry in entries:
+        where = f"entry {entry.sequence}"
+        if entry.sequence != tree.size:
+            raise Problem(f"entry {tree.size} is missing (the next entry found is {entry.sequence})")
+        if entry.prev_hash != prev:
+            raise Problem(f"{where}: its previous hash is not the hash of entry {entry.sequence - 1}")
+        data = leaf_data(
+            sequence=entry.sequence, kind=entry.kind, payload=entry.payload, actor=entry.actor,
+            time=entry.time, prev_hash=entry.prev_hash,
+        )
+        digest = hashlib.sha256(data).digest()
+        if digest != entry.entry_hash:
+            raise Problem(f"{where}: its entry hash does not match its contents")
+        leaf = leaf_hash(data)
+        if leaf != entry.leaf_hash:
+            raise Problem(f"{where}: its Merkle leaf hash does not match its contents")
+        closed = tree.append(leaf)
+        if stored_nodes is not None:
+            for level, index, h in closed:
+                stored = next(stored_nodes, None)
+                if stored != (level, index, h):
+                    raise Problem(
+                        f"{where}: the stored Merkle node (level {level}, index {index}) "
+                        f"does not match the entries"
+                    )
+        prev = digest
+        check_checkpoints_at(tree.size)
+    if stored_nodes is not None:
+        extra = next(stored_nodes, None)
+        if extra is not None:
+            raise Problem(f"stored Merkle node (level {extra[0]}, index {extra[1]}) is not part of the tree")
+    if due:
+        size = min(due)
+        raise Problem(f"checkpoint {due[size][0][0]}: it signs {size} entries, the ledger has {tree.size}")
+    return tree.size, len(checkpoints)
+
+
+def _run(verify: Callable[[], tuple[int, int]], extra_checks: bool) -> Result:
+    try:
+        count, signed = verify()
+    except Problem as exc:
+        return Result(ok=False, message=str(exc))
+    if extra_checks:
+        for check in _extra_checks:
+            outcome = check()
+            if outcome is None or outcome is True:
+                continue
+            if isinstance(outcome, str):
+                return Result(ok=False, message=outcome, entries=count, checkpoints=signed)
+            if not getattr(outcome, "ok", False):
+                return Result(ok=False, message=getattr(outcome, "message", repr(outcome)), entries=count, checkpoints=signed)
+    return Result(ok=True, message=f"{count} entries and {signed} checkpoints hold", entries=count, checkpoints=signed)
+
+
+# The live database.
+
+def _database_entries(chunk: int) -> Iterator[EntryRecord]:
+    from ledger.models import Entry
+
+    start = 0
+    while True:
+        rows = list(
+            Entry.objects.filter(sequence__gte=start)
+            .order_by("sequence")
+            .values_list("sequence", "kind", "payload", "actor", "created_at", "prev_hash", "entry_hash", "leaf_hash")[:chunk]
+        )
+        for sequence, kind, payload, actor, created_at, prev_hash, entry_hash, leaf in rows:
+            yield EntryRecord(
+                sequence, kind, bytes(payload), actor, format_time(created_at),
+                bytes(prev_hash), bytes(entry_hash), bytes(leaf),
+            )
+        if len(rows) < chunk:
+            return
+        start = rows[-1][0] + 1
+
+
+def _database_nodes(chunk: int) -> Iterator[tuple[int, int, bytes]]:
+    from ledger.models import MerkleNode
+
+    after = 0
+    while True:
+        rows = list(
+            MerkleNode.objects.filter(id__gt=after).order_by("id").values_list("id", "level", "index", "hash")[:chunk]
+        )
+        for _, level, index, h in rows:
+            yield level, index, bytes(h)
+        if len(rows) < chunk:
+            return
+        after = rows[-1][0]
+
+
+def verify_database(*, chunk: int = CHUNK, extra_checks: bool = True) -> Result:
+    from ledger.models import Checkpoint
+    from ledger.signing import ledger_signer
+
+    verifier = Verifier.parse(ledger_signer().verifier_key)
+    checkpoints = [
+        SignedCheckpoint(label=f"#{c.id} (size {c.tree_size})", note=c.note, stored_size=c.tree_size, stored_root=bytes(c.root_hash))
+        for c in Checkpoint.objects.order_by("id")
+    ]
+    return _run(
+        lambda: verify_stream(_database_entries(chunk), checkpoints, verifier, _database_nodes(chunk)),
+        extra_checks,
+    )
+
+
+# An export bundle (see ledger.export), checked offline.
+
+def _bundle_entries(stream: io.TextIOBase) -> Iterator[EntryRecord]:
+    for number, line in enumerate(stream, start=1):
+        try:
+            item = json.loads(line)
+            yield EntryRecord(
+                sequence=item["sequence"], kind=item["kind"], payload=canonical_json(item["payload"]),
+                actor=item["actor"], time=format_time(parse_time(item["time"])),
+                prev_hash=bytes.fromhex(item["prev_hash"]), entry_hash=bytes.fromhex(item["entry_hash"]),
+                leaf_hash=bytes.fromhex(item["leaf_hash"]),
+            )
+        except (ValueError, KeyError, TypeError, PayloadError) as exc:
+            raise Problem(f"entries.jsonl line {number} is not a ledger entry: {exc}") from exc
+
+
+def verify_bundle(path: Path | str, *, verifier_key: str | None = None) -> Result:
+    """Verify an export bundle against `verifier_key` (by default the key inside the bundle:
+    compare it with the published one)."""
+    try:
+        with tarfile.open(path, "r:gz") as bundle:
+            key = verifier_key or bundle.extractfile("verifier-key.txt").read().decode()
+            verifier = Verifier.parse(key)
+            checkpoints = [
+                SignedCheckpoint(label=Path(member.name).name, note=bundle.extractfile(member).read().decode())
+                for member in sorted(bundle.getmembers(), key=lambda m: m.name)
+                if member.name.startswith("checkpoints/") and member.isfile()
+            ]
+            entries = io.TextIOWrapper(bundle.extractfile("entries.jsonl"), encoding="utf-8")
+            return _run(lambda: verify_stream(_bundle_entries(entries), checkpoints, verifier), extra_checks=False)
+    except (OSError, tarfile.TarError, KeyError, AttributeError, NoteError) as exc:
+        return Result(ok=False, message=f"not a readable ledger bundle: {exc}")
