@@ -111,7 +111,8 @@ def _max_bytes() -> int:
 
 def _too_large(size: int) -> AdapterRejected:
     return AdapterRejected(
-        f"The adapter is too large: {size} bytes or more, the limit is {_max_bytes()} bytes.", code="too_large"
+        f"The adapter is too large: {size} bytes or more, the limit is {_max_bytes()} bytes.",
+        code="too_large", status_code=413,
     )
 
 
@@ -215,12 +216,12 @@ def _extract_archive(archive, staged: StagedAdapter) -> None:
 
 
 def _zip_kind(info: zipfile.ZipInfo) -> str:
-    mode = info.external_attr >> 16
-    if stat.S_ISLNK(mode):
+    file_type = stat.S_IFMT(info.external_attr >> 16)  # 0 when the zip tool recorded no Unix file type
+    if file_type == stat.S_IFLNK:
         return "symbolic link"
-    if info.is_dir():
+    if info.is_dir() or file_type == stat.S_IFDIR:
         return "dir"
-    if mode and not stat.S_ISREG(mode):
+    if file_type not in (0, stat.S_IFREG):
         return "special file"
     return "file"
 

@@ -11,6 +11,12 @@ from tests.helpers import build_tiny_base, make_peft_adapter
 from tests.marketplace.catalog.support import BASE_NAME, PASSWORD, api_client
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """Password hashing is not under test here; PBKDF2 would dominate the run time."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture(scope="session")
 def tiny_base_dir(tmp_path_factory) -> Path:
     """A 2-layer, 64-wide Llama saved under a directory named like the registered base model."""
