@@ -1,0 +1,160 @@
+"""Auditors' read-only API over the ledger (hashes as hex in entries, proofs and roots as base64)."""
+import base64
+import json
+import tempfile
+
+from django.http import FileResponse, HttpResponse
+from rest_framework import serializers
+from rest_framework.pagination import CursorPagination
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from ledger import selectors
+from ledger.api.permissions import IsAuditor
+from ledger.canonical import format_time
+from ledger.export import write_bundle
+from ledger.signing import ledger_signer
+from mosaic.errors import NotFound
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class SequencePagination(CursorPagination):
+    ordering = "sequence"
+    page_size = 100
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+
+class CheckpointPagination(SequencePagination):
+    ordering = "id"
+
+
+class EntryOutput(serializers.Serializer):
+    sequence = serializers.IntegerField()
+    kind = serializers.CharField()
+    actor = serializers.CharField()
+    time = serializers.SerializerMethodField()
+    payload = serializers.SerializerMethodField()
+    prev_hash = serializers.SerializerMethodField()
+    entry_hash = serializers.SerializerMethodField()
+    leaf_hash = serializers.SerializerMethodField()
+
+    def get_time(self, entry) -> str:
+        return format_time(entry.created_at)
+
+    def get_payload(self, entry) -> dict:
+        return json.loads(bytes(entry.payload))
+
+    def get_prev_hash(self, entry) -> str:
+        return bytes(entry.prev_hash).hex()
+
+    def get_entry_hash(self, entry) -> str:
+        return bytes(entry.entry_hash).hex()
+
+    def get_leaf_hash(self, entry) -> str:
+        return bytes(entry.leaf_hash).hex()
+
+
+class CheckpointOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    origin = serializers.CharField()
+    tree_size = serializers.IntegerField()
+    root_hash = serializers.SerializerMethodField()
+    created_at = serializers.DateTimeField()
+    note = serializers.CharField()
+
+    def get_root_hash(self, checkpoint) -> str:
+        return b64(bytes(checkpoint.root_hash))
+
+
+class AuditorView(APIView):
+    permission_classes = [IsAuditor]
+
+
+class EntryListView(AuditorView):
+    class FilterInput(serializers.Serializer):
+        kind = serializers.CharField(required=False, max_length=64)
+        actor = serializers.CharField(required=False, max_length=200)
+        since = serializers.DateTimeField(required=False)
+        until = serializers.DateTimeField(required=False)
+        sequence_from = serializers.IntegerField(required=False, min_value=0)
+        sequence_to = serializers.IntegerField(required=False, min_value=0)
+
+    def get(self, request):
+        filters = self.FilterInput(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        paginator = SequencePagination()
+        page = paginator.paginate_queryset(selectors.entry_list(**filters.validated_data), request, view=self)
+        return paginator.get_paginated_response(EntryOutput(page, many=True).data)
+
+
+class EntryDetailView(AuditorView):
+    def get(self, request, sequence: int):
+        entry = selectors.entry_get(sequence=sequence)
+        checkpoint = selectors.checkpoint_latest()
+        body = {**EntryOutput(entry).data, "leaf_data": selectors.entry_leaf_data(entry).decode()}
+        if checkpoint is None or checkpoint.tree_size <= entry.sequence:
+            body["inclusion"] = None
+            body["inclusion_pending"] = "No signed checkpoint covers this entry yet; ask again after the next one."
+        else:
+            body["inclusion"] = {
+                "leaf_index": entry.sequence,
+                "tree_size": checkpoint.tree_size,
+                "root_hash": b64(bytes(checkpoint.root_hash)),
+                "proof": [b64(h) for h in selectors.inclusion_proof(entry=entry, checkpoint=checkpoint)],
+                "checkpoint": checkpoint.note,
+            }
+        return Response(body)
+
+
+class CheckpointListView(AuditorView):
+    def get(self, request):
+        paginator = CheckpointPagination()
+        page = paginator.paginate_queryset(selectors.checkpoint_list(), request, view=self)
+        return paginator.get_paginated_response(CheckpointOutput(page, many=True).data)
+
+
+class LatestCheckpointView(AuditorView):
+    def get(self, request):
+        checkpoint = selectors.checkpoint_latest()
+        if checkpoint is None:
+            raise NotFound("No checkpoint has been signed yet.")
+        return HttpResponse(checkpoint.note, content_type="text/plain; charset=utf-8")
+
+
+class ConsistencyView(AuditorView):
+    class Input(serializers.Serializer):
+        first = serializers.IntegerField(min_value=0)
+        second = serializers.IntegerField(min_value=0)
+
+    def get(self, request):
+        sizes = self.Input(data=request.query_params)
+        sizes.is_valid(raise_exception=True)
+        first, second = sizes.validated_data["first"], sizes.validated_data["second"]
+        first_root, second_root, proof = selectors.consistency_proof(first=first, second=second)
+        return Response(
+            {
+                "first": first, "second": second, "first_root": b64(first_root), "second_root": b64(second_root),
+                "proof": [b64(h) for h in proof],
+            }
+        )
+
+
+class ExportView(AuditorView):
+    def get(self, request):
+        bundle = tempfile.TemporaryFile()
+        write_bundle(bundle)
+        bundle.seek(0)
+        return FileResponse(bundle, as_attachment=True, filename="mosaic-ledger.tar.gz", content_type="application/gzip")
+
+
+class VerifierKeyView(APIView):
+    permission_classes = [AllowAny]
+    authentication_classes: list = []
+
+    def get(self, request):
+        return HttpResponse(ledger_signer().verifier_key + "\n", content_type="text/plain; charset=utf-8")

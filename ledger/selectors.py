@@ -1,0 +1,71 @@
+"""Reads of the ledger (auditors' API, export)."""
+from datetime import datetime
+
+from django.db.models import QuerySet
+
+from ledger import stored_tree
+from ledger.canonical import format_time, leaf_data
+from ledger.models import Checkpoint, Entry
+from mosaic.errors import DomainError, NotFound
+
+
+def entry_list(
+    *,
+    kind: str | None = None,
+    actor: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    sequence_from: int | None = None,
+    sequence_to: int | None = None,
+) -> QuerySet[Entry]:
+    """Entries in sequence order; time bounds are inclusive-exclusive, sequence bounds inclusive."""
+    entries = Entry.objects.all()
+    if kind:
+        entries = entries.filter(kind=kind)
+    if actor:
+        entries = entries.filter(actor=actor)
+    if since is not None:
+        entries = entries.filter(created_at__gte=since)
+    if until is not None:
+        entries = entries.filter(created_at__lt=until)
+    if sequence_from is not None:
+        entries = entries.filter(sequence__gte=sequence_from)
+    if sequence_to is not None:
+        entries = entries.filter(sequence__lte=sequence_to)
+    return entries.order_by("sequence")
+
+
+def entry_get(*, sequence: int) -> Entry:
+    entry = Entry.objects.filter(sequence=sequence).first()
+    if entry is None:
+        raise NotFound(f"The ledger has no entry {sequence}.")
+    return entry
+
+
+def entry_leaf_data(entry: Entry) -> bytes:
+    return leaf_data(
+        sequence=entry.sequence, kind=entry.kind, payload=bytes(entry.payload), actor=entry.actor,
+        time=format_time(entry.created_at), prev_hash=bytes(entry.prev_hash),
+    )
+
+
+def checkpoint_latest() -> Checkpoint | None:
+    return Checkpoint.objects.order_by("-id").first()
+
+
+def checkpoint_list() -> QuerySet[Checkpoint]:
+    return Checkpoint.objects.order_by("id")
+
+
+def inclusion_proof(*, entry: Entry, checkpoint: Checkpoint) -> list[bytes]:
+    return stored_tree.inclusion_proof(entry.sequence, checkpoint.tree_size)
+
+
+def consistency_proof(*, first: int, second: int) -> tuple[bytes, bytes, list[bytes]]:
+    """(root at first, root at second, proof) for two sizes of the current tree."""
+    size = stored_tree.tree_size()
+    if not 0 <= first <= second:
+        raise DomainError("A consistency proof needs 0 <= first <= second.", param="first")
+    if second > size:
+        raise DomainError(f"The ledger has {size} entries; second must be at most that.", param="second")
+    return stored_tree.root(first), stored_tree.root(second), stored_tree.consistency_proof(first, second)
