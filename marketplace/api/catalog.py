@@ -4,6 +4,7 @@ from __future__ import annotations
 import django_filters
 from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
 from rest_framework import generics, permissions, serializers, status
+from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -122,7 +123,7 @@ class ExpertCreateInput(AdapterInput):
     slug = serializers.CharField(max_length=100)
     description = serializers.CharField(required=False, allow_blank=True)
     tags = serializers.ListField(child=serializers.CharField(max_length=200), required=False)
-    priorities = serializers.ListField(child=serializers.CharField(max_length=200), required=False)
+    priorities = serializers.ListField(child=serializers.CharField(max_length=200, allow_blank=True), required=False)
     base_model = serializers.CharField(required=False, allow_blank=True, help_text="Registered base model name")
     is_public = serializers.BooleanField(required=False, allow_null=True, default=None)
     spdx_id = serializers.CharField(required=False, allow_blank=True, max_length=100)
@@ -145,7 +146,7 @@ class RegisterInput(serializers.Serializer):
     email = serializers.EmailField(required=False, allow_blank=True)
     display_name = serializers.CharField(required=False, allow_blank=True, max_length=120)
     bio = serializers.CharField(required=False, allow_blank=True, max_length=5000)
-    priorities = serializers.ListField(child=serializers.CharField(max_length=200), required=False)
+    priorities = serializers.ListField(child=serializers.CharField(max_length=200, allow_blank=True), required=False)
 
 
 class TokenInput(serializers.Serializer):
@@ -156,7 +157,7 @@ class TokenInput(serializers.Serializer):
 class ProfileInput(serializers.Serializer):
     display_name = serializers.CharField(required=False, max_length=120)
     bio = serializers.CharField(required=False, allow_blank=True, max_length=5000)
-    priorities = serializers.ListField(child=serializers.CharField(max_length=200), required=False)
+    priorities = serializers.ListField(child=serializers.CharField(max_length=200, allow_blank=True), required=False)
 
 
 class BaseModelInput(serializers.Serializer):
@@ -261,12 +262,20 @@ class ExpertFilter(django_filters.FilterSet):
         return queryset.filter(tags__icontains=f'"{word}"')
 
 
+class CatalogPagination(PageNumberPagination):
+    page_size_query_param = "page_size"
+    max_page_size = 200
+
+
 class ExpertListApi(generics.ListAPIView):
     serializer_class = ExpertOutput
+    pagination_class = CatalogPagination
     filterset_class = ExpertFilter
     parser_classes = [MultiPartParser, FormParser]
 
     def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Expert.objects.none()
         return expert_list_visible(user=self.request.user)
 
     @extend_schema(request={"multipart/form-data": ExpertCreateInput}, responses={201: ExpertWithVersionOutput})
@@ -299,6 +308,7 @@ class ExpertDetailApi(APIView):
 
 class ExpertVersionListApi(generics.ListAPIView):
     serializer_class = VersionOutput
+    pagination_class = CatalogPagination
     parser_classes = [MultiPartParser, FormParser]
 
     def get_queryset(self):
