@@ -1,0 +1,176 @@
+"""Demo data, built locally: a small pretrained base model, people, and real peft experts.
+
+`seed_demo()` runs every function in SEEDERS in order with one shared DemoContext; each seeder is
+idempotent (it finds what an earlier run created and reuses it). Other areas extend the demo by
+appending a seeder here, e.g. organizations, a plan and composed systems after `seed_experts`:
+
+    def seed_organizations(context: DemoContext) -> None: ...
+    SEEDERS.append(seed_organizations)
+
+Seeders add log-in details and other things worth showing to `context.summary`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.core.files import File
+
+from marketplace.models import BaseModel, Contributor, Expert
+from marketplace.services.accounts import contributor_register
+from marketplace.services.base_models import base_model_register
+from marketplace.services.experts import AdapterUpload, expert_contribute
+from mosaic.errors import Conflict
+
+BASE_MODEL_NAME = "mosaic-tiny"
+DEMO_PASSWORD = "mosaic-demo-2026"
+AUDITORS_GROUP = "auditors"  # the group ledger.api.permissions reads
+
+
+def _sizes() -> dict:
+    from composition.small_world import SIZES as WORLD_SIZES
+
+    return {
+        # The small world's full size: the base learns every skill's prompt format; each expert learns its skill.
+        "demo": dict(WORLD_SIZES["full"]),
+        # For tests of the demo itself: the same shapes of things, a few optimisation steps.
+        "tiny": {**WORLD_SIZES["reduced"], "base_steps": 2, "expert_steps": 2, "train_items": 8},
+    }
+
+
+SIZES = ("demo", "tiny")
+
+# (username, display name, priorities, expert slug, skill, license terms)
+DEMO_CONTRIBUTORS = [
+    ("ada", "Ada", ["text manipulation", "reversal"], "reverser", "reverse",
+     {"spdx_id": "Apache-2.0"}),
+    ("grace", "Grace", ["formatting", "capitalisation"], "upcaser", "uppercase",
+     {"spdx_id": "CC-BY-4.0", "attribution_required": True}),
+    ("alan", "Alan", ["arithmetic", "digits"], "incrementer", "increment",
+     {"spdx_id": "MIT", "prohibited_domains": ["medical"]}),
+]
+
+
+@dataclass
+class DemoContext:
+    size: str
+    config: dict
+    log: Callable[[str], None]
+    base_model: BaseModel | None = None
+    users: dict = field(default_factory=dict)
+    experts: dict[str, Expert] = field(default_factory=dict)
+    summary: list[str] = field(default_factory=list)
+
+    @property
+    def work_dir(self) -> Path:
+        return Path(settings.VAR_DIR) / "demo" / self.size
+
+
+def build_and_register_base_model(*, name: str, directory: Path, layers: int = 4, hidden: int = 128, seed: int = 0,
+                                  train_steps: int = 0, force: bool = False,
+                                  build: Callable[[Path], object] | None = None) -> tuple[BaseModel, bool]:
+    """Build the base model into `directory` (unless it is there and not `force`) and register it.
+    Returns (base model, whether it was built now)."""
+    from composition.world import build_base_model
+
+    existing = BaseModel.objects.filter(name=name).first()
+    if existing is not None:
+        if force:
+            raise Conflict(f"Base model {name!r} is already registered and experts depend on it; "
+                           "build the new one under another name.")
+        return existing, False
+    directory = Path(directory)
+    built = force or not (directory / "config.json").exists()
+    if built and build is not None:
+        build(directory)
+    elif built:
+        build_base_model(directory, layers=layers, hidden=hidden, seed=seed, train_steps=train_steps)
+    return base_model_register(name=name, path=directory), built
+
+
+def seed_base_model(context: DemoContext) -> None:
+    from composition.small_world import build_base
+
+    started = time.monotonic()
+    directory = Path(settings.BASE_MODEL_DIR) / (BASE_MODEL_NAME if context.size == "demo"
+                                                 else f"{BASE_MODEL_NAME}-{context.size}")
+    name = directory.name
+    context.base_model, built = build_and_register_base_model(
+        name=name, directory=directory, build=lambda target: build_base(target, context.config)
+    )
+    context.log(f"base model {name}: {'built and registered' if built else 'already there'} "
+                f"({time.monotonic() - started:.1f} s)")
+    context.summary.append(f"Base model: {name} at {context.base_model.local_path}")
+
+
+def seed_people(context: DemoContext) -> None:
+    User = get_user_model()
+    operator = User.objects.filter(username="operator").first()
+    if operator is None:
+        operator = User.objects.create_superuser(username="operator", email="operator@example.org",
+                                                 password=DEMO_PASSWORD)
+    auditor = User.objects.filter(username="auditor").first()
+    if auditor is None:
+        auditor = User.objects.create_user(username="auditor", email="auditor@example.org", password=DEMO_PASSWORD)
+    auditor.groups.add(Group.objects.get_or_create(name=AUDITORS_GROUP)[0])
+    context.users.update(operator=operator, auditor=auditor)
+    for username, display_name, priorities, *_ in DEMO_CONTRIBUTORS:
+        contributor = Contributor.objects.filter(user__username=username).first()
+        if contributor is None:
+            contributor = contributor_register(username=username, password=DEMO_PASSWORD,
+                                               email=f"{username}@example.org", display_name=display_name,
+                                               priorities=priorities)
+        context.users[username] = contributor.user
+    context.summary.append(
+        f"Log in at /login/ (or /admin/ for staff) with password {DEMO_PASSWORD!r} as: operator (staff), "
+        "auditor (ledger auditor), " + ", ".join(f"{u[0]} (contributor)" for u in DEMO_CONTRIBUTORS)
+    )
+
+
+def seed_experts(context: DemoContext) -> None:
+    from composition.small_world import SKILLS, prompt_for, train_expert
+
+    for index, (username, display_name, priorities, slug, skill, terms) in enumerate(DEMO_CONTRIBUTORS):
+        owner = Contributor.objects.get(user__username=username)
+        expert = Expert.objects.filter(owner=owner, slug=slug).first()
+        if expert is None:
+            started = time.monotonic()
+            directory = context.work_dir / "experts" / skill
+            if not (directory / "adapter_model.safetensors").exists():
+                train_expert(Path(context.base_model.local_path), directory, skill, context.config, seed=1 + index)
+            example = prompt_for(skill, "abc" if SKILLS[skill][1].isalpha() else "123")
+            card = (f"---\nlicense: {terms['spdx_id']}\nbase_model: {context.base_model.name}\n"
+                    f"tags: [{skill}, demo]\ndescription: {display_name}'s expert for the {skill} skill.\n---\n"
+                    f"# {slug}\n\nA LoRA expert (r={context.config['rank']}, all projections) trained with peft on "
+                    f"the `{skill}` skill. Prompt format: `{example}`.\n")
+            with (directory / "adapter_config.json").open("rb") as config_file, \
+                    (directory / "adapter_model.safetensors").open("rb") as weights_file:
+                version = expert_contribute(
+                    owner=owner, name=f"{display_name}'s {skill}", slug=slug, model_card=card,
+                    adapter=AdapterUpload(config_file=File(config_file, name="adapter_config.json"),
+                                          weights_file=File(weights_file, name="adapter_model.safetensors")),
+                    license_terms=terms, priorities=priorities,
+                )
+            version.refresh_from_db()
+            expert = version.expert
+            context.log(f"expert {username}/{slug} ({skill}): version {version.number} {version.status} "
+                        f"({time.monotonic() - started:.1f} s)")
+        context.experts[slug] = expert
+    context.summary.append("Experts: " + ", ".join(
+        f"{e.owner.user.username}/{e.slug} (id {e.pk}, {e.current_version and 'valid' or 'not valid'})"
+        for e in context.experts.values()))
+
+
+SEEDERS: list[Callable[[DemoContext], None]] = [seed_base_model, seed_people, seed_experts]
+
+
+def seed_demo(*, size: str = "demo", log: Callable[[str], None] = print) -> DemoContext:
+    context = DemoContext(size=size, config=_sizes()[size], log=log)
+    for seeder in SEEDERS:
+        seeder(context)
+    return context
