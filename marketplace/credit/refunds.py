@@ -18,7 +18,8 @@ def reverse_usage(*, usage: Usage, reason: str, actor: str = ACTOR) -> Transacti
     is dated today and references the batch transaction that allocated the usage. Once per usage."""
     if reason not in REASONS:
         raise DomainError(f"A reversal's reason is one of {', '.join(REASONS)}.", param="reason")
-    lines = list(CreditLine.objects.filter(usage=usage).select_related("usage__system"))
+    usage = Usage.objects.get(pk=usage.pk)
+    lines = list(CreditLine.objects.filter(usage=usage))
     if not usage.allocated or not lines:
         raise Conflict("This usage has not been allocated yet; there is nothing to reverse.", code="not_allocated")
     original = Transaction.objects.get(reference=allocation_reference(lines[0].batch))

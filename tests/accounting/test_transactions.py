@@ -142,3 +142,48 @@ def test_balances_recomputed_from_ledger_entries_match_the_postings():
 
     assert result.ok, result.message
     assert result.accounts == 2
+
+
+@pytest.mark.django_db
+def test_a_balanced_tampering_of_the_postings_is_caught_by_recomputing_from_the_ledger():
+    from ledger.append_only import protections_lifted
+
+    txn = post_transaction(
+        kind="test.posted", reference="split",
+        postings=[PostingSpec(account="contributor:1:payable", amount=-60, value_date=DAY),
+                  PostingSpec(account="contributor:2:payable", amount=-40, value_date=DAY),
+                  PostingSpec(account="organization:1:receivable", amount=100, value_date=DAY)],
+        actor="test",
+    )
+    first, second = txn.postings.filter(account__startswith="contributor:").order_by("account")
+    with protections_lifted(), connection.cursor() as cursor:
+        cursor.execute("UPDATE accounting_posting SET amount = amount + 10 WHERE id = %s", [first.pk])
+        cursor.execute("UPDATE accounting_posting SET amount = amount - 10 WHERE id = %s", [second.pk])
+
+    try:
+        result = check_balances()
+    finally:
+        with protections_lifted(), connection.cursor() as cursor:
+            cursor.execute("UPDATE accounting_posting SET amount = amount - 10 WHERE id = %s", [first.pk])
+            cursor.execute("UPDATE accounting_posting SET amount = amount + 10 WHERE id = %s", [second.pk])
+
+    assert not result.ok
+    assert result.message == "account contributor:1:payable: ledger entries give -60, postings table gives -50"
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_postgres_refuses_to_commit_unbalanced_postings_written_behind_the_service():
+    from tests.conftest import is_postgres
+
+    if not is_postgres():
+        pytest.skip("the deferred balance trigger exists on PostgreSQL only")
+    txn = post_transaction(kind="test.posted", reference="ok", postings=balanced([("platform:revenue", 7)]), actor="test")
+
+    with pytest.raises(DatabaseError, match="not zero"):
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO accounting_posting (transaction_id, account, amount, value_date, dimension) "
+                "VALUES (%s, 'platform:revenue', 1, %s, '')", [txn.pk, DAY]
+            )
+            cursor.execute("SET CONSTRAINTS accounting_posting_balanced IMMEDIATE")

@@ -1,0 +1,18 @@
+from django.core.management.base import BaseCommand
+
+from marketplace.credit.allocation import allocate_pending_usage
+
+
+class Command(BaseCommand):
+    help = "Allocate every unallocated usage charge to the platform and contributors (idempotent)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--batch-size", type=int, default=50_000)
+
+    def handle(self, *args, batch_size, **options):
+        run = allocate_pending_usage(batch_size=batch_size)
+        self.stdout.write(
+            f"allocated {run.usage_count} usage records in {run.batches} batches: "
+            f"{run.charged_minor} charged, {run.to_contributors_minor} to contributors; "
+            f"{run.refused_in_closed_periods} refused (dated inside a closed period)"
+        )

@@ -1,0 +1,162 @@
+import json
+import random
+from datetime import date
+
+import pytest
+from django.db import transaction
+
+from ledger.accounting.selectors import balances
+from ledger.models import Entry
+from marketplace.credit.accounts import PAYOUTS_CLEARING, PLATFORM_CASH, payable
+from marketplace.credit.payouts import send_payout
+from marketplace.credit.settlement import close_period
+from marketplace.models import Payout, StripeEvent
+from tests.credit.conftest import signed_webhook, usage_on
+
+WEBHOOK = "/api/stripe/connect-webhook"
+
+
+@pytest.fixture
+def payouts(world, settings):
+    """A closed October with a pending payout for alice (1600) and for bob (800)."""
+    settings.PAYOUT_MINIMUM_MINOR = 500
+    settings.PLATFORM_FEE_BASIS_POINTS = 2000
+    world.system.contributions.all().delete()
+    a1, a2, b, c = world.experts
+    for contributor in world.contributors[:2]:
+        contributor.stripe_account_id = f"acct_{contributor.user.username}"
+        contributor.payouts_enabled = True
+        contributor.save()
+    usage_on(date(2026, 10, 5), organization=world.organization, system=world.system, charge_minor=3000,
+             attribution={str(a1.id): "0.5", str(a2.id): "0.1666666", str(b.id): "0.3333334"})
+    close_period(start=date(2026, 10, 1), end=date(2026, 10, 31))
+    return {p.contributor.user.username: p for p in Payout.objects.select_related("period", "contributor")}
+
+
+@pytest.mark.django_db
+def test_a_payout_is_sent_as_a_transfer_with_an_idempotency_key_derived_from_its_id(payouts, stripe_server):
+    payout = payouts["alice"]
+
+    sent = send_payout(payout=payout)
+
+    request = stripe_server.requests[0]
+    assert request["path"] == "/v1/transfers"
+    assert request["headers"]["Idempotency-Key"] == f"mosaic-payout-{payout.pk}"
+    assert request["form"] == {
+        "amount": "1600",
+        "currency": "usd",
+        "destination": "acct_alice",
+        "transfer_group": f"payout-{payout.pk}",
+        "description": "Mosaic credit, period 2026-10-01 to 2026-10-31",
+        "metadata[payout_id]": str(payout.pk),
+        "metadata[contributor_id]": str(payout.contributor_id),
+    }
+    assert (sent.status, sent.stripe_transfer_id) == (Payout.Status.SENT, "tr_1")
+    entry = Entry.objects.filter(kind="payout.sent").get()
+    assert json.loads(bytes(entry.payload))["idempotency_key"] == f"mosaic-payout-{payout.pk}"
+
+
+@pytest.mark.django_db
+def test_a_retried_transfer_reuses_the_same_idempotency_key(payouts, stripe_server):
+    stripe_server.failures.append((500, {"error": {"type": "api_error", "message": "try again"}}))
+
+    sent = send_payout(payout=payouts["alice"])
+
+    keys = [r["headers"]["Idempotency-Key"] for r in stripe_server.requests]
+    assert len(keys) == 2 and len(set(keys)) == 1
+    assert sent.status == Payout.Status.SENT
+
+
+@pytest.mark.django_db
+def test_a_refused_transfer_fails_the_payout_and_returns_the_amount_to_the_contributor(payouts, stripe_server):
+    alice = payouts["alice"].contributor
+    stripe_server.failures.append((400, {"error": {"type": "invalid_request_error", "message": "No such destination"}}))
+
+    failed = send_payout(payout=payouts["alice"])
+
+    assert failed.status == Payout.Status.FAILED
+    assert "No such destination" in failed.failure_reason
+    assert balances()[payable(alice.id)] == -1600
+
+
+def event(n, kind, payout, created):
+    obj = {"id": f"tr_{payout.pk}", "object": "transfer", "metadata": {"payout_id": str(payout.pk)}}
+    return {"id": f"evt_{n}", "type": kind, "created": created, "data": {"object": obj}}
+
+
+def post_event(client, settings, body: dict):
+    payload = json.dumps(body).encode()
+    return client.post(
+        WEBHOOK, payload, content_type="application/json",
+        HTTP_STRIPE_SIGNATURE=signed_webhook(payload, settings.STRIPE_CONNECT_WEBHOOK_SECRET),
+    )
+
+
+@pytest.mark.django_db
+def test_a_webhook_with_a_bad_signature_is_refused(client, payouts):
+    payload = json.dumps(event(1, "transfer.paid", payouts["alice"], 1)).encode()
+
+    response = client.post(WEBHOOK, payload, content_type="application/json",
+                           HTTP_STRIPE_SIGNATURE=signed_webhook(payload, "whsec_wrong"))
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_signature"
+    assert not StripeEvent.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_paid_transfer_settles_the_clearing_account(client, settings, payouts):
+    alice = payouts["alice"]
+
+    response = post_event(client, settings, event(1, "transfer.paid", alice, 10))
+
+    assert response.json()["result"] == "paid"
+    assert Payout.objects.get(pk=alice.pk).status == Payout.Status.PAID
+    assert balances()[PLATFORM_CASH] == -1600
+    assert balances()[PAYOUTS_CLEARING] == -800
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_every_webhook_replayed_twice_and_out_of_order_ends_with_the_in_order_balances(client, settings, payouts, seed):
+    alice, bob = payouts["alice"], payouts["bob"]
+    events = [
+        event(1, "transfer.created", alice, 10), event(2, "transfer.paid", alice, 20),
+        event(3, "transfer.created", bob, 11), event(4, "transfer.paid", bob, 21), event(5, "transfer.reversed", bob, 30),
+    ]
+    in_order = transaction.savepoint()
+    for body in events:
+        post_event(client, settings, body)
+    expected = (balances(), dict(Payout.objects.values_list("pk", "status")))
+    transaction.savepoint_rollback(in_order)
+    deliveries = events * 2
+    random.Random(seed).shuffle(deliveries)
+
+    results = [post_event(client, settings, body).json()["result"] for body in deliveries]
+
+    assert results.count("duplicate") == len(events)
+    assert (balances(), dict(Payout.objects.values_list("pk", "status"))) == expected
+    final = balances()
+    assert final[payable(alice.contributor_id)] == 0
+    assert final[payable(bob.contributor_id)] == -800
+    assert final.get(PAYOUTS_CLEARING, 0) == 0
+    assert final[PLATFORM_CASH] == -1600
+    assert dict(Payout.objects.values_list("pk", "status")) == {alice.pk: Payout.Status.PAID, bob.pk: Payout.Status.FAILED}
+
+
+@pytest.mark.django_db
+def test_an_account_update_enables_payouts_and_an_older_one_delivered_late_changes_nothing(client, settings, world):
+    charlie = world.contributors[2]
+    charlie.stripe_account_id = "acct_charlie"
+    charlie.save()
+
+    def account_event(n, created, enabled):
+        return {"id": f"evt_acct_{n}", "type": "account.updated", "created": created,
+                "data": {"object": {"id": "acct_charlie", "object": "account", "payouts_enabled": enabled,
+                                    "capabilities": {"transfers": "active" if enabled else "inactive"}}}}
+
+    post_event(client, settings, account_event(2, 200, True))
+    post_event(client, settings, account_event(1, 100, False))
+
+    charlie.refresh_from_db()
+    assert charlie.payouts_enabled

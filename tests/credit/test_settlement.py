@@ -1,0 +1,137 @@
+import csv
+import io
+from datetime import date, timedelta
+
+import pytest
+from django.core.management import call_command
+from django.db.models import Sum
+from django.utils import timezone
+
+from ledger.accounting.selectors import account_balance, balances
+from ledger.models import Entry
+from marketplace.credit.accounts import PAYOUTS_CLEARING, payable
+from marketplace.credit.allocation import allocate_pending_usage
+from marketplace.credit.settlement import close_period
+from marketplace.credit.statements import statement_html
+from marketplace.models import CreditStatement, Payout, Usage
+from mosaic.errors import DomainError
+from tests.credit.conftest import usage_on
+from tests.credit.factories import LicenseTermsFactory
+
+START = date(2026, 10, 1)
+END = date(2026, 10, 31)
+
+
+@pytest.fixture
+def october(world, settings):
+    """Usage in October: alice earns above the payout minimum, bob below it."""
+    settings.PAYOUT_MINIMUM_MINOR = 1000
+    settings.PLATFORM_FEE_BASIS_POINTS = 2000
+    world.system.contributions.all().delete()
+    a1, a2, b, c = world.experts
+    alice, bob, charlie = world.contributors
+    for contributor in (alice, bob):
+        contributor.stripe_account_id = f"acct_{contributor.user.username}"
+        contributor.payouts_enabled = True
+        contributor.save()
+    license = LicenseTermsFactory(expert=a1, spdx_id="CC-BY-4.0", attribution_required=True)
+    a1.license = license
+    a1.save(update_fields=["license"])
+    for day in (date(2026, 10, 3), date(2026, 10, 4)):
+        usage_on(day, organization=world.organization, system=world.system, charge_minor=1000,
+                 attribution={str(a1.id): "0.75", str(b.id): "0.25"})
+    usage_on(date(2026, 10, 4), organization=world.organization, system=world.system, charge_minor=500,
+             attribution={str(a2.id): "1"})
+    return world
+
+
+@pytest.mark.django_db
+def test_closing_a_period_writes_statements_pays_balances_above_the_minimum_and_carries_the_rest(october):
+    alice, bob, charlie = october.contributors
+
+    result = close_period(start=START, end=END)
+
+    # alice: 2 x 600 (a1) + 400 (a2) = 1600 >= 1000 -> paid; bob: 2 x 200 = 400 < 1000 -> carried over.
+    assert result.created and result.statements == 2 and result.payouts == 1
+    payout = Payout.objects.get()
+    assert (payout.contributor, payout.amount_minor, payout.status) == (alice, 1600, Payout.Status.PENDING)
+    assert account_balance(account=payable(alice.id)) == 0
+    assert account_balance(account=payable(bob.id)) == -400
+    assert account_balance(account=PAYOUTS_CLEARING) == -1600
+    bobs = CreditStatement.objects.get(contributor=bob)
+    assert (bobs.opening_minor, bobs.earned_minor, bobs.payout_minor, bobs.closing_minor) == (0, 400, 0, 400)
+
+
+@pytest.mark.django_db
+def test_a_statement_has_a_line_per_system_expert_and_day_and_names_experts_requiring_attribution(october):
+    alice = october.contributors[0]
+    a1, a2, _, _ = october.experts
+
+    close_period(start=START, end=END)
+
+    statement = CreditStatement.objects.get(contributor=alice)
+    rows = list(csv.DictReader(io.StringIO(statement.csv)))
+    assert [(r["day"], r["expert_id"], r["amount_minor"]) for r in rows] == [
+        ("2026-10-03", str(a1.id), "600"),
+        ("2026-10-04", str(a1.id), "600"),
+        ("2026-10-04", str(a2.id), "400"),
+    ]
+    assert rows[0]["system"] == october.system.slug
+    assert rows[0]["attribution"] == f"{a1.name} by {alice.display_name} (CC-BY-4.0)"
+    assert rows[2]["attribution"] == ""
+    html = statement_html(statement=statement)
+    assert f"{a1.name} by {alice.display_name} (CC-BY-4.0)" in html
+    assert "1600" in html
+
+
+@pytest.mark.django_db
+def test_closing_the_same_period_twice_changes_nothing(october):
+    close_period(start=START, end=END)
+    state = (balances(), Entry.objects.count(), Payout.objects.count(), CreditStatement.objects.count())
+
+    again = close_period(start=START, end=END)
+
+    assert not again.created
+    assert (balances(), Entry.objects.count(), Payout.objects.count(), CreditStatement.objects.count()) == state
+
+
+@pytest.mark.django_db
+def test_usage_dated_inside_a_closed_period_is_refused_afterwards(october):
+    close_period(start=START, end=END)
+    late = usage_on(date(2026, 10, 20), organization=october.organization, system=october.system,
+                    attribution={str(october.experts[2].id): "1"})
+
+    run = allocate_pending_usage()
+
+    assert run.refused_in_closed_periods == 1
+    assert not Usage.objects.get(pk=late.pk).allocated
+
+
+@pytest.mark.django_db
+def test_the_carried_balance_opens_the_next_period(october):
+    bob = october.contributors[1]
+    close_period(start=START, end=END)
+    usage_on(date(2026, 11, 2), organization=october.organization, system=october.system, charge_minor=1000,
+             attribution={str(october.experts[2].id): "1"})
+
+    close_period(start=date(2026, 11, 1), end=date(2026, 11, 2))
+
+    statement = CreditStatement.objects.get(contributor=bob, period__start_date=date(2026, 11, 1))
+    assert (statement.opening_minor, statement.earned_minor, statement.payout_minor, statement.closing_minor) == (400, 800, 1200, 0)
+
+
+@pytest.mark.django_db
+def test_a_period_that_has_not_ended_cannot_be_closed(world):
+    today = timezone.now().date()
+    with pytest.raises(DomainError, match="only after its last day"):
+        close_period(start=today - timedelta(days=3), end=today)
+
+
+@pytest.mark.django_db
+def test_the_close_period_command_reports_what_it_did(october, capsys):
+    call_command("close_period", "--start", "2026-10-01", "--end", "2026-10-31")
+    call_command("close_period", "--start", "2026-10-01", "--end", "2026-10-31")
+
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "period 2026-10-01..2026-10-31 closed: 2 statements, 1 payouts totalling 1600, 400 carried over"
+    assert out[1].startswith("period 2026-10-01..2026-10-31 was already closed")
