@@ -229,7 +229,8 @@ def projection_level(scale: Scale, device, dtype, timer, backend: str, bandwidth
         weight = torch.randn(out_features, in_features, device=device, dtype=dtype) / in_features**0.5
         for n_adapters in scale.projection_adapters:
             a = torch.randn(n_adapters, rank, in_features, device=device, dtype=dtype) / in_features**0.5
-            b = torch.randn(n_adapters, out_features, rank, device=device, dtype=dtype) * 0.01
+            # The pool's layout: rank-major storage seen as [n, out, r] (see gpu_workers.adapter_pool).
+            b = (torch.randn(n_adapters, rank, out_features, device=device, dtype=dtype) * 0.01).transpose(1, 2)
             scalings = torch.full((n_adapters,), 2.0, device=device)
             ranks = torch.full((n_adapters,), rank, dtype=torch.int32, device=device)
             a_cat = a.reshape(n_adapters * rank, in_features)

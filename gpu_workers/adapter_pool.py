@@ -112,7 +112,9 @@ class AdapterPool:
         self.stats.evictions += len(self._resident) - len(keep)
         self.a = {n: torch.zeros(capacity, r_max, i, dtype=self.dtype, device=self.device)
                   for n, (i, o) in self.module_shapes.items()}
-        self.b = {n: torch.zeros(capacity, o, r_max, dtype=self.dtype, device=self.device)
+        # B is stored rank-major ([slot, r, out] in memory) and exposed as the [slot, out, r] view the kernels
+        # take: the expand kernel then reads rows of `out` contiguously (16-byte loads) whatever the rank.
+        self.b = {n: torch.zeros(capacity, r_max, o, dtype=self.dtype, device=self.device).transpose(1, 2)
                   for n, (i, o) in self.module_shapes.items()}
         self.scalings = {n: torch.zeros(capacity, dtype=torch.float32, device=self.device) for n in self.module_shapes}
         self.ranks = {n: torch.zeros(capacity, dtype=torch.int32, device=self.device) for n in self.module_shapes}

@@ -193,3 +193,13 @@ def test_top_p_keeps_the_smallest_set_reaching_the_mass():
 def test_negative_mixture_weights_are_refused():
     with pytest.raises(ValueError, match="non-negative"):
         mix_next_token_logprobs(torch.randn(1, 2, 8), torch.tensor([[1.0, -0.5]]), backend="triton")
+
+
+def test_b_stored_rank_major_as_the_pool_does_gives_the_same_result():
+    y, x, a, b, scalings, indices, weights = random_lora_case(
+        rows=33, in_features=64, out_features=96, n_slots=4, rank=16, k=1, dtype=torch.bfloat16, seed=9,
+    )
+    rank_major = b.transpose(1, 2).contiguous().transpose(1, 2)  # [n, out, r] view of [n, r, out] storage
+    assert rank_major.stride(1) == 1
+    out = apply_lora(y.clone(), x, a, rank_major, scalings, indices, weights, backend="triton")
+    assert relative_error(out, expected(y, x, a, b, scalings, indices, weights)) < TOLERANCE[torch.bfloat16]
