@@ -208,19 +208,33 @@ class MosaicEngine:
 
     def _mix(self, lane_logits: torch.Tensor, lanes: list[Lane], n_requests: int) -> torch.Tensor:
         """Per request, log Σ w_i p_i over its lanes' logits [lanes, vocab] -> [n_requests, vocab] float32."""
-        k = max(sum(1 for lane in lanes if lane.request_index == r) for r in range(n_requests))
-        vocab = lane_logits.shape[-1]
-        stacked = torch.empty((n_requests, k, vocab), dtype=lane_logits.dtype, device=lane_logits.device)
-        weights = torch.zeros((n_requests, k), dtype=torch.float32)
-        filled = [0] * n_requests
+        members: list[list[int]] = [[] for _ in range(n_requests)]
         for row, lane in enumerate(lanes):
-            column = filled[lane.request_index]
-            stacked[lane.request_index, column] = lane_logits[row]
-            weights[lane.request_index, column] = lane.weight
-            filled[lane.request_index] += 1
-        for request_index, count in enumerate(filled):
-            stacked[request_index, count:] = stacked[request_index, 0]  # zero weight: copies never count
+            members[lane.request_index].append(row)
+        k = max(len(rows) for rows in members)
+        # Requests with fewer lanes repeat their first lane with weight 0, which never counts.
+        gather = torch.tensor([rows + [rows[0]] * (k - len(rows)) for rows in members], dtype=torch.long)
+        weights = torch.tensor([[lanes[row].weight for row in rows] + [0.0] * (k - len(rows)) for rows in members])
+        stacked = lane_logits[gather.to(lane_logits.device)]
         return mix_next_token_logprobs(stacked, weights.to(lane_logits.device), check=False)
+
+    def _step_inputs(self, mixed: torch.Tensor, states: list[DecodeState]) -> list[torch.Tensor]:
+        """What each request's DecodeState.step needs, as CPU tensors [vocab]. A greedy request needs only its
+        best token and that token's log-probability, so only those cross from the device; the vector given to
+        DecodeState holds them and -inf elsewhere (its argmax and its value at the argmax are the same)."""
+        best_values, best_tokens = (tensor.cpu() for tensor in mixed.max(dim=-1))
+        sampled = [row for row, state in enumerate(states) if state.request.temperature > 0]
+        full = dict(zip(sampled, mixed[sampled].cpu())) if sampled else {}
+        vocab = mixed.shape[-1]
+        inputs = []
+        for row in range(len(states)):
+            if row in full:
+                inputs.append(full[row])
+            else:
+                only_best = torch.full((vocab,), float("-inf"))
+                only_best[best_tokens[row]] = best_values[row]
+                inputs.append(only_best)
+        return inputs
 
     def _encode(self, prompt: str) -> list[int]:
         return self.tokenizer(prompt)["input_ids"]
@@ -252,10 +266,11 @@ class MosaicEngine:
             active = list(range(len(requests)))  # requests still decoding, in lane order
             while True:
                 output = self._forward(input_ids, attention, positions, lane_slots, cache)
-                mixed = self._mix(output.logits[:, -1].float(), lanes, len(active)).cpu()
+                mixed = self._mix(output.logits[:, -1].float(), lanes, len(active))
+                step_inputs = self._step_inputs(mixed, [states[request_index] for request_index in active])
                 tokens = []
                 for position, request_index in enumerate(active):
-                    tokens.append(states[request_index].step(mixed[position]))
+                    tokens.append(states[request_index].step(step_inputs[position]))
                     if on_token is not None:
                         on_token(request_index, states[request_index].text)
                 still = [position for position, request_index in enumerate(active) if not states[request_index].done]

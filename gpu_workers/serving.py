@@ -9,6 +9,7 @@ adapter that does not match its hash, a strategy configuration error, an engine 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -194,8 +195,28 @@ _serving_engines: dict[int, ServingEngine] = {}
 _serving_lock = threading.Lock()
 
 
+def engine_options_from_env(environ=None) -> dict:
+    """Worker settings: MOSAIC_ADAPTER_BUDGET_MB (adapter pool bytes on the device), MOSAIC_ADAPTER_MAX_SLOTS,
+    MOSAIC_LORA_BACKEND (auto | torch | triton)."""
+    environ = os.environ if environ is None else environ
+    options: dict = {}
+    for variable, key, convert in (
+        ("MOSAIC_ADAPTER_BUDGET_MB", "adapter_budget_bytes", lambda value: int(value) << 20),
+        ("MOSAIC_ADAPTER_MAX_SLOTS", "max_slots", int),
+        ("MOSAIC_LORA_BACKEND", "lora_backend", str),
+    ):
+        if environ.get(variable):
+            try:
+                options[key] = convert(environ[variable])
+            except ValueError as error:
+                raise ValueError(f"{variable}={environ[variable]!r} is not valid: {error}") from error
+    if options.get("lora_backend", "auto") not in ("auto", "torch", "triton"):
+        raise ValueError(f"MOSAIC_LORA_BACKEND must be auto, torch or triton, not {options['lora_backend']!r}")
+    return options
+
+
 def serving_engine(base_model_path: str) -> ServingEngine:
-    engine = get_engine(base_model_path)
+    engine = get_engine(base_model_path, **engine_options_from_env())
     with _serving_lock:
         return _serving_engines.setdefault(id(engine), ServingEngine(engine))
 
