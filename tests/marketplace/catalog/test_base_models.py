@@ -73,3 +73,21 @@ def test_the_register_command_registers_a_directory(tiny_base_dir, capsys):
 
     assert BaseModel.objects.get(name="from-command").num_layers == 2
     assert "from-command" in capsys.readouterr().out
+
+
+def test_staff_register_a_base_model_in_the_admin(operator, tiny_base_dir):
+    from django.test import Client
+
+    client = Client()
+    client.force_login(operator)
+    operator.is_superuser = True
+    operator.save()
+
+    refused = client.post("/admin/marketplace/basemodel/add/", {"name": "nowhere", "local_path": "/nonexistent"})
+    response = client.post("/admin/marketplace/basemodel/add/", {"name": "admin-added", "local_path": str(tiny_base_dir)})
+
+    assert refused.status_code == 200 and "is not a directory" in refused.content.decode()
+    assert response.status_code == 302
+    assert BaseModel.objects.get().name == "admin-added"
+    assert BaseModel.objects.get().module_shapes["lm_head"] == [100, 64]
+    assert ledger_entries("base_model.registered")[0][1]["name"] == "admin-added"
