@@ -251,7 +251,8 @@ def expert_version_contribute(*, expert: Expert, adapter: AdapterUpload, model_c
         check_against_base_model(report, expert.base_model)
 
         def write(stored: list[Path]) -> ExpertVersion:
-            locked = Expert.objects.select_for_update().select_related("owner", "base_model").get(pk=expert.pk)
+            locked = (Expert.objects.select_for_update(of=("self",)).select_related("owner", "base_model")
+                      .get(pk=expert.pk))
             existed = uploads.storage_path_for(staged.sha256).exists()
             version = _stored_version(expert=locked, staged=staged, report=report, model_card=model_card,
                                       card_metadata=card_metadata, actor=locked.owner.ledger_ref)
@@ -287,7 +288,8 @@ def expert_version_validate(*, version_id: int) -> ExpertVersion:
         version = ExpertVersion.objects.select_for_update().get(pk=version_id)
         if version.status != ExpertVersion.Status.PENDING:
             return version
-        expert = Expert.objects.select_for_update().select_related("current_version").get(pk=version.expert_id)
+        expert = (Expert.objects.select_for_update(of=("self",)).select_related("current_version")
+                  .get(pk=version.expert_id))
         version.status = ExpertVersion.Status.FAILED if reason else ExpertVersion.Status.VALID
         version.failure_reason = reason
         version.validated_at = timezone.now()
