@@ -90,7 +90,6 @@ def reserve(*, organization: Organization, plan: Plan, estimated_tokens: int, no
             pk=month.pk, tokens__lte=plan.monthly_token_quota - estimated_tokens
         ).update(requests=F("requests") + 1, tokens=F("tokens") + estimated_tokens)
         if not month_ok:
-            transaction.set_rollback(True)
             minute.refresh_from_db()
             month_reset = (next_month - now).total_seconds()
             raise RateLimited(

@@ -87,3 +87,53 @@ def staff(db):
     user.is_staff = True
     user.save()
     return user
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """A tiny untrained Llama with a character tokenizer and two real peft adapters on it (no download)."""
+    from tests.helpers import build_tiny_base, make_peft_adapter
+
+    root = tmp_path_factory.mktemp("orgs_world")
+    base = build_tiny_base(root / "base")
+    adapters = {
+        name: make_peft_adapter(base, root / name, target_modules=["q_proj", "v_proj"], r=4, seed=seed)
+        for seed, name in enumerate(["french", "poetry"], start=1)
+    }
+    return base, adapters
+
+
+@pytest.fixture
+def served(db, tiny_world, alice_co, bob_co):
+    """A public two-expert system on the tiny world, a private one per organization, alice-co subscribed with a
+    key. Returns a namespace with everything a /v1 test needs."""
+    from types import SimpleNamespace
+
+    from marketplace.models import Plan, Subscription
+    from marketplace.services.organizations import api_key_create
+    from marketplace.services.systems import system_create
+    from tests.marketplace.factories import BaseModelFactory, ContributorFactory, ExpertFactory
+
+    base_dir, adapters = tiny_world
+    base = BaseModelFactory(name="tiny-base", local_path=str(base_dir))
+    french = ExpertFactory(base_model=base, slug="french", owner=ContributorFactory(display_name="Camille"),
+                           adapter=adapters["french"], terms__attribution_required=True, terms__spdx_id="CC-BY-4.0")
+    poetry = ExpertFactory(base_model=base, slug="poetry", owner=ContributorFactory(display_name="Basho"),
+                           adapter=adapters["poetry"])
+    weights = {str(french.pk): 0.5, str(poetry.pk): 0.5}
+
+    def compose(slug, **extra):
+        return system_create(slug=slug, name=slug, base_model=base, strategy="logit_mixture",
+                             strategy_config={"weights": weights}, expert_ids=[french.pk, poetry.pk], actor="user:0",
+                             **extra)
+
+    duo = compose("duo", price_per_1k_tokens_minor=30)
+    alice_private = compose("alice-private", owner_organization=alice_co)
+    bob_private = compose("bob-private", owner_organization=bob_co)
+    plan = Plan.objects.create(slug="team", name="Team", monthly_fee_minor=2000, price_per_1k_tokens_minor=50,
+                               requests_per_minute=100, tokens_per_minute=100_000, monthly_token_quota=1_000_000)
+    Subscription.objects.create(organization=alice_co, plan=plan, status=Subscription.Status.ACTIVE)
+    _, key = api_key_create(organization=alice_co, name="tests")
+    _, bob_key = api_key_create(organization=bob_co, name="bob")
+    return SimpleNamespace(base=base, french=french, poetry=poetry, duo=duo, alice_private=alice_private,
+                           bob_private=bob_private, plan=plan, key=key, bob_key=bob_key, organization=alice_co)

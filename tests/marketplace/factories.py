@@ -12,7 +12,7 @@ class UserFactory(factory.django.DjangoModelFactory):
 
     username = factory.Sequence(lambda n: f"user{n}")
     email = factory.LazyAttribute(lambda u: f"{u.username}@example.org")
-    password = factory.django.Password("correct horse battery staple")
+    password = "!"  # unusable; tests authenticate with force_authenticate (no slow password hashing)
 
 
 class ContributorFactory(factory.django.DjangoModelFactory):
@@ -59,8 +59,14 @@ class ExpertFactory(factory.django.DjangoModelFactory):
     def adapter(expert, create, extracted, **kwargs):
         """ExpertFactory(adapter="/path/to/peft/adapter") points the valid current version at a real adapter."""
         if create:
+            sha256 = f"{expert.pk:064x}"
+            if extracted:
+                import hashlib
+                from pathlib import Path
+
+                sha256 = hashlib.sha256((Path(extracted) / "adapter_model.safetensors").read_bytes()).hexdigest()
             version = models.ExpertVersion.objects.create(
-                expert=expert, number=1, sha256=f"{expert.pk:064x}", storage_path=str(extracted or "/nonexistent"),
+                expert=expert, number=1, sha256=sha256, storage_path=str(extracted or "/nonexistent"),
                 status=kwargs.get("status", models.ExpertVersion.Status.VALID),
             )
             expert.current_version = version
