@@ -154,6 +154,11 @@ class AdapterPool:
             self._clear(slot)
             self._free.append(slot)
 
+    @property
+    def known(self) -> set[str]:
+        """Experts the pool can serve (resident or not)."""
+        return set(self._sources)
+
     def is_resident(self, expert_id: str) -> bool:
         return expert_id in self._resident
 

@@ -162,7 +162,7 @@ class MosaicEngine:
 
     @property
     def known_experts(self) -> set[str]:
-        return set(self.pool._sources)
+        return self.pool.known
 
     # -- batching -----------------------------------------------------------------------------------------
     def _lanes(self, mixtures: list[dict[str, float]]) -> list[Lane]:
