@@ -4,14 +4,13 @@ import re
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from ledger import merkle, stored_tree
 from ledger.canonical import ZERO_HASH, PayloadError, canonical_json, format_time, leaf_data
 from ledger.checkpoints import CheckpointBody
 from ledger.merkle import leaf_hash, node_hash
-from ledger.models import Checkpoint, Entry, MerkleNode
+from ledger.models import Checkpoint, Entry
 from ledger.signing import ledger_signer
 from mosaic.errors import Conflict
 
@@ -19,29 +18,36 @@ APPEND_LOCK_KEY = 0x4C454447  # "LEDG": pg_advisory_xact_lock key serialising ap
 KIND_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 
 
-def serialise_appends() -> None:
-    """Hold the ledger's append lock until the end of the current transaction.
+def _lock_and_read_tail(cursor) -> tuple | None:
+    """Serialise appends until the end of the transaction, then read the committed tail.
 
-    PostgreSQL: a transaction-level advisory lock. SQLite: transactions are IMMEDIATE
-    (see settings), so the database write lock is already held."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [APPEND_LOCK_KEY])
+    PostgreSQL: a transaction-level advisory lock, then the last entry in a fresh snapshot (one
+    round trip: each statement of a multi-statement query takes its own snapshot). SQLite:
+    transactions are IMMEDIATE (see settings), so the database write lock is already held."""
+    tail = "SELECT sequence, entry_hash, leaf_hash FROM ledger_entry ORDER BY sequence DESC LIMIT 1"
+    if connection.vendor != "postgresql":
+        cursor.execute(tail)
+        return cursor.fetchone()
+    durability = "" if settings.LEDGER_SYNCHRONOUS_COMMIT else "SET LOCAL synchronous_commit TO OFF; "
+    cursor.execute(f"{durability}SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY}); {tail}")
+    while cursor.nextset():
+        pass
+    return cursor.fetchone()
 
 
 def record_event(*, kind: str, payload: dict, actor: str) -> Entry:
-    """Append one entry, in the caller's transaction (a savepoint when one is open).
+    """Append one entry in the caller's transaction (or its own, if none is open).
 
-    A correction is a new entry whose payload names the entry it corrects:
-    {"corrects": <sequence>, ...}."""
+    No savepoint: if the append fails, the caller's whole transaction rolls back, so a change is
+    never committed without its event. A correction is a new entry whose payload names the entry
+    it corrects: {"corrects": <sequence>, "reason": ...}."""
     if not isinstance(kind, str) or len(kind) > 64 or not KIND_PATTERN.match(kind):
         raise PayloadError(f"Ledger kind {kind!r} must be a dotted lowercase name like 'expert.validated'.")
     if not isinstance(actor, str) or not actor or len(actor) > 200:
         raise PayloadError("A ledger entry needs an actor: a non-empty reference like 'contributor:42'.")
     payload_bytes = canonical_json(payload)
-    with transaction.atomic():
-        serialise_appends()
-        last = Entry.objects.order_by("-sequence").values_list("sequence", "entry_hash", "leaf_hash").first()
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+        last = _lock_and_read_tail(cursor)
         if last is None:
             sequence, prev_hash, prev_leaf = 0, ZERO_HASH, None
         else:
@@ -55,31 +61,45 @@ def record_event(*, kind: str, payload: dict, actor: str) -> Entry:
             sequence=sequence, kind=kind, payload=payload_bytes, actor=actor, created_at=created_at,
             prev_hash=prev_hash, entry_hash=hashlib.sha256(data).digest(), leaf_hash=leaf_hash(data),
         )
-        entry.save()
-        closed = closed_subtrees(sequence, entry.leaf_hash, prev_leaf)
+        cursor.execute(
+            "INSERT INTO ledger_entry (sequence, kind, payload, actor, created_at, prev_hash, entry_hash, leaf_hash)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            [
+                sequence, kind, payload_bytes, actor,
+                Entry._meta.get_field("created_at").get_db_prep_value(created_at, connection),
+                prev_hash, entry.entry_hash, entry.leaf_hash,
+            ],
+        )
+        entry.id = cursor.fetchone()[0]
+        entry._state.adding, entry._state.db = False, connection.alias
+        closed = closed_subtrees(cursor, sequence, entry.leaf_hash, prev_leaf)
         if closed:
-            MerkleNode.objects.bulk_create(closed)
+            cursor.execute(
+                'INSERT INTO ledger_merklenode ("level", "index", "hash") VALUES '
+                + ", ".join(["(%s, %s, %s)"] * len(closed)),
+                [value for node in closed for value in node],
+            )
     return entry
 
 
-def closed_subtrees(index: int, leaf: bytes, prev_leaf: bytes | None) -> list[MerkleNode]:
-    """The complete subtrees that leaf `index` closes: one per trailing 1 bit of the index.
-    Their left halves are the previous leaf and stored nodes at the right edge of the tree."""
+def closed_subtrees(cursor, index: int, leaf: bytes, prev_leaf: bytes | None) -> list[tuple[int, int, bytes]]:
+    """The complete subtrees (level, index, hash) that leaf `index` closes: one per trailing 1 bit
+    of the index. Their left halves are the previous leaf and stored nodes at the tree's right edge."""
     closing = (index ^ (index + 1)).bit_length() - 1  # trailing ones of index
-    if closing == 0:
-        return []
-    wanted = [(level, (index >> level) - 1) for level in range(1, closing)]
     stored = {}
-    if wanted:
-        condition = Q()
-        for level, position in wanted:
-            condition |= Q(level=level, index=position)
-        stored = {(n.level, n.index): bytes(n.hash) for n in MerkleNode.objects.filter(condition)}
+    if closing > 1:
+        wanted = [(level, (index >> level) - 1) for level in range(1, closing)]
+        cursor.execute(
+            'SELECT "level", "index", "hash" FROM ledger_merklenode WHERE '
+            + " OR ".join(['("level" = %s AND "index" = %s)'] * len(wanted)),
+            [value for key in wanted for value in key],
+        )
+        stored = {(level, position): bytes(h) for level, position, h in cursor.fetchall()}
     nodes, h = [], leaf
     for level in range(closing):
         left = prev_leaf if level == 0 else stored[(level, (index >> level) - 1)]
         h = node_hash(left, h)
-        nodes.append(MerkleNode(level=level + 1, index=index >> (level + 1), hash=h))
+        nodes.append((level + 1, index >> (level + 1), h))
     return nodes
 
 
@@ -99,6 +119,9 @@ def create_checkpoint() -> Checkpoint:
     with transaction.atomic():
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
+                # Durable whatever LEDGER_SYNCHRONOUS_COMMIT says: this commit also flushes every
+                # entry the checkpoint covers, so no signed checkpoint outlives its entries in a crash.
+                cursor.execute("SET LOCAL synchronous_commit TO ON")
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [CHECKPOINT_LOCK_KEY])
         size = stored_tree.tree_size()
         latest = Checkpoint.objects.order_by("-id").first()
