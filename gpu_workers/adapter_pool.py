@@ -37,17 +37,27 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def adapter_digests(directory: str | Path) -> set[str]:
-    """The hashes an adapter directory is known by: sha256 of adapter_model.safetensors, and sha256 of
-    adapter_config.json followed by adapter_model.safetensors (the whole adapter's content)."""
+def adapter_content_sha256(directory: str | Path) -> str:
+    """The adapter's canonical content hash, as the marketplace records it for an expert version: sha256 over
+    adapter_config.json and adapter_model.safetensors, in name order, each as name NUL size NUL content."""
     directory = Path(directory)
-    config, weights = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-    if not config.is_file() or not weights.is_file():
+    digest = hashlib.sha256()
+    for name in sorted((CONFIG_FILE, WEIGHTS_FILE)):
+        path = directory / name
+        digest.update(f"{name}\0{path.stat().st_size}\0".encode())
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def adapter_digests(directory: str | Path) -> set[str]:
+    """The hashes an adapter directory is known by: its canonical content hash (adapter_content_sha256), and
+    the plain sha256 of adapter_model.safetensors."""
+    directory = Path(directory)
+    if not (directory / CONFIG_FILE).is_file() or not (directory / WEIGHTS_FILE).is_file():
         raise AdapterError(f"adapter directory {directory} must hold {CONFIG_FILE} and {WEIGHTS_FILE}")
-    whole = hashlib.sha256()
-    for path in (config, weights):
-        whole.update(path.read_bytes())
-    return {_file_sha256(weights), whole.hexdigest()}
+    return {adapter_content_sha256(directory), _file_sha256(directory / WEIGHTS_FILE)}
 
 
 @dataclass(frozen=True)

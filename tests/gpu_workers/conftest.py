@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from gpu_workers.adapter_pool import adapter_content_sha256
 from tests.helpers import build_tiny_base, make_peft_adapter
 
 
@@ -12,7 +13,7 @@ from tests.helpers import build_tiny_base, make_peft_adapter
 class AdapterOnDisk:
     id: str
     path: Path
-    sha256: str  # of adapter_model.safetensors
+    sha256: str  # the canonical content hash the marketplace sends
 
 
 def weights_sha256(adapter_dir: Path) -> str:
@@ -32,5 +33,5 @@ def gpu_world(tmp_path_factory):
     adapters = {}
     for seed, (expert_id, (targets, rank)) in enumerate(specs.items(), start=1):
         path = make_peft_adapter(base, root / expert_id, target_modules=targets, r=rank, seed=seed)
-        adapters[expert_id] = AdapterOnDisk(expert_id, path, weights_sha256(path))
+        adapters[expert_id] = AdapterOnDisk(expert_id, path, adapter_content_sha256(path))
     return base, adapters

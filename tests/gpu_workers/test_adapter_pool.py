@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from composition.experts import load_expert
-from gpu_workers.adapter_pool import AdapterError, AdapterPool, PoolFull, adapter_digests
+from gpu_workers.adapter_pool import (
+    AdapterError,
+    AdapterPool,
+    PoolFull,
+    adapter_content_sha256,
+    adapter_digests,
+)
+from tests.gpu_workers.conftest import weights_sha256
 from tests.helpers import build_tiny_base, make_peft_adapter
 
 SHAPES = {
@@ -109,14 +116,20 @@ def test_content_that_does_not_match_its_sha256_is_refused(gpu_world, tmp_path):
         pool.acquire(["alpha"])
 
 
-def test_the_whole_adapter_content_hash_is_accepted_too(gpu_world):
+def test_the_canonical_content_hash_is_the_one_the_marketplace_records(gpu_world):
+    from marketplace.uploads import content_sha256
+
     _, adapters = gpu_world
-    digests = adapter_digests(adapters["beta"].path)
-    assert adapters["beta"].sha256 in digests and len(digests) == 2
+    assert adapter_content_sha256(adapters["beta"].path) == content_sha256(adapters["beta"].path)
+
+
+def test_the_hash_of_the_weights_file_alone_is_accepted_too(gpu_world):
+    _, adapters = gpu_world
     pool = pool_for(experts=2, rank=16)
-    pool.register_path("beta", str(adapters["beta"].path), (digests - {adapters["beta"].sha256}).pop())
+    pool.register_path("beta", str(adapters["beta"].path), weights_sha256(adapters["beta"].path))
     pool.acquire(["beta"])
     assert pool.is_resident("beta")
+    assert adapter_digests(adapters["beta"].path) == {adapters["beta"].sha256, weights_sha256(adapters["beta"].path)}
 
 
 def test_a_pickled_adapter_is_never_loaded(gpu_world, tmp_path):
