@@ -7,10 +7,10 @@ Each operation first asks the generic path builder which complete subtrees it ne
 """
 from collections.abc import Callable
 
-from django.db.models import Q
+from django.db import connection
 
 from ledger import merkle
-from ledger.models import Entry, MerkleNode
+from ledger.models import Entry
 
 
 class MissingNode(LookupError):
@@ -18,18 +18,26 @@ class MissingNode(LookupError):
 
 
 def _read(keys: set[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
-    found: dict[tuple[int, int], bytes] = {}
+    """The stored hashes of these complete subtrees, in one query."""
     leaves = [index for level, index in keys if level == 0]
-    if leaves:
-        for sequence, h in Entry.objects.filter(sequence__in=leaves).values_list("sequence", "leaf_hash"):
-            found[(0, sequence)] = bytes(h)
     upper = [key for key in keys if key[0] > 0]
+    parts, params = [], []
+    if leaves:
+        parts.append(
+            "SELECT 0, sequence, leaf_hash FROM ledger_entry WHERE sequence IN (" + ", ".join(["%s"] * len(leaves)) + ")"
+        )
+        params += leaves
     if upper:
-        condition = Q()
-        for level, index in upper:
-            condition |= Q(level=level, index=index)
-        for level, index, h in MerkleNode.objects.filter(condition).values_list("level", "index", "hash"):
-            found[(level, index)] = bytes(h)
+        parts.append(
+            'SELECT "level", "index", "hash" FROM ledger_merklenode WHERE ("level", "index") IN (VALUES '
+            + ", ".join(["(%s, %s)"] * len(upper)) + ")"
+        )
+        params += [value for key in upper for value in key]
+    found: dict[tuple[int, int], bytes] = {}
+    if parts:
+        with connection.cursor() as cursor:
+            cursor.execute(" UNION ALL ".join(parts), params)
+            found = {(level, index): bytes(h) for level, index, h in cursor.fetchall()}
     missing = keys - found.keys()
     if missing:
         raise MissingNode(f"the ledger's Merkle storage lacks complete subtrees {sorted(missing)[:5]}")

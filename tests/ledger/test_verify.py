@@ -54,7 +54,7 @@ def test_a_changed_payload_is_named(signed_ledger):
     assert "entry 4: its entry hash does not match its contents" in err
 
 
-def test_a_rewritten_entry_with_recomputed_hashes_breaks_the_chain_or_a_checkpoint(signed_ledger):
+def test_a_rewritten_entry_with_recomputed_hashes_is_caught_by_the_stored_tree(signed_ledger):
     from ledger.canonical import format_time, leaf_data
     from ledger.merkle import leaf_hash
     from ledger.models import Entry
@@ -70,7 +70,14 @@ def test_a_rewritten_entry_with_recomputed_hashes_breaks_the_chain_or_a_checkpoi
     )
     ok, err = _verify()
     assert not ok
-    assert "entry 5: the stored Merkle node" in err or "checkpoint" in err
+    assert "entry 5: the stored Merkle node (level 1, index 2) does not match the entries" in err
+
+
+def test_a_missing_entry_is_named(signed_ledger):
+    tamper("UPDATE ledger_entry SET sequence = 100 WHERE sequence = 2")
+    ok, err = _verify()
+    assert not ok
+    assert "entry 2 is missing (the next entry found is 3)" in err
 
 
 def test_a_forged_checkpoint_signature_is_named(signed_ledger):
