@@ -99,3 +99,5 @@ class ExpertVersionAdmin(ReadOnlyAdmin):
 class LicenseTermsAdmin(ReadOnlyAdmin):
     list_display = ["expert", "spdx_id", "commercial_use", "derivatives_allowed", "attribution_required",
                     "share_alike", "created_at"]
+
+from marketplace import admin_systems  # noqa: E402,F401  (composed systems, organizations, plans, usage)

@@ -50,6 +50,16 @@ def _usable_experts(*, expert_ids: list[int], base_model: BaseModel) -> list[Exp
     return experts
 
 
+def system_validate(
+    *, base_model: BaseModel, strategy: str, strategy_config: dict, expert_ids: list[int], actor: str
+) -> tuple[list[Expert], dict, dict]:
+    """Checks a composition without writing it: (experts, normalised config, license summary) or a refusal."""
+    experts = _usable_experts(expert_ids=expert_ids, base_model=base_model)
+    config = _validated_config(strategy=strategy, config=strategy_config, experts=experts)
+    license_summary = policy.composition_license_summary(strategy=strategy, experts=experts, actor=actor)
+    return experts, config, license_summary
+
+
 def _ledger_safe(value):
     """Ledger payloads hold no floats: strategy parameters are written as their shortest decimal strings."""
     if isinstance(value, float):
@@ -103,9 +113,9 @@ def system_create(
     attribution_alpha_bp: int = 5000,
     on_revocation: str = ComposedSystem.OnRevocation.RUN_WITHOUT,
 ) -> ComposedSystem:
-    experts = _usable_experts(expert_ids=expert_ids, base_model=base_model)
-    config = _validated_config(strategy=strategy, config=strategy_config, experts=experts)
-    license_summary = policy.composition_license_summary(strategy=strategy, experts=experts, actor=actor)
+    experts, config, license_summary = system_validate(
+        base_model=base_model, strategy=strategy, strategy_config=strategy_config, expert_ids=expert_ids, actor=actor
+    )
     with transaction.atomic():
         if ComposedSystem.objects.filter(slug=slug).exists():
             raise Conflict(f"A system with slug {slug!r} already exists.", param="slug")
@@ -138,12 +148,11 @@ def system_update(
         strategy = strategy if strategy is not None else system.strategy
         if expert_ids is None:
             expert_ids = list(system.memberships.values_list("expert_id", flat=True))
-        experts = _usable_experts(expert_ids=expert_ids, base_model=system.base_model)
-        config = _validated_config(
-            strategy=strategy, config=strategy_config if strategy_config is not None else system.strategy_config,
-            experts=experts,
+        experts, config, license_summary = system_validate(
+            base_model=system.base_model, strategy=strategy,
+            strategy_config=strategy_config if strategy_config is not None else system.strategy_config,
+            expert_ids=expert_ids, actor=actor,
         )
-        license_summary = policy.composition_license_summary(strategy=strategy, experts=experts, actor=actor)
     with transaction.atomic():
         system = ComposedSystem.objects.select_for_update().get(pk=system.pk)
         before = _snapshot(system)

@@ -84,7 +84,7 @@ def client_for(user) -> APIClient:
 @pytest.fixture
 def staff(db):
     user = UserFactory(username="operator")
-    user.is_staff = True
+    user.is_staff = user.is_superuser = True
     user.save()
     return user
 

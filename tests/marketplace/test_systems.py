@@ -117,3 +117,26 @@ def test_private_systems_are_seen_only_by_their_organization_and_staff(staff, ex
     assert slugs(api) == ["alice-only", "bob-only", "public-duo"]
     bob_only = ComposedSystem.objects.get(slug="bob-only")
     assert client_for(alice).get(f"/api/systems/{bob_only.pk}").status_code == 404
+
+
+def test_staff_compose_through_the_admin_and_the_ledger_records_it(client, staff, experts, base):
+    client.force_login(staff)
+    form = {"slug": "admin-duo", "name": "Admin duo", "description": "", "base_model": base.pk, "strategy": "merge",
+            "strategy_config": "{}", "experts": [e.pk for e in experts], "owner_organization": "",
+            "price_per_1k_tokens_minor": "", "attribution_alpha_bp": 5000, "on_revocation": "run_without",
+            "status": "active"}
+    response = client.post("/admin/marketplace/composedsystem/add/", form)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    system = ComposedSystem.objects.get(slug="admin-duo")
+    assert system.license_summary["derivative_work"] is True and system.memberships.count() == 2
+    assert ledger_payload("system.composed")["slug"] == "admin-duo"
+
+
+def test_the_admin_shows_a_bad_composition_as_a_form_error(client, staff, experts, base):
+    client.force_login(staff)
+    form = {"slug": "bad", "name": "Bad", "base_model": base.pk, "strategy": "single", "strategy_config": "{}",
+            "experts": [e.pk for e in experts], "attribution_alpha_bp": 5000, "on_revocation": "run_without",
+            "status": "active"}
+    response = client.post("/admin/marketplace/composedsystem/add/", form)
+    assert response.status_code == 200 and b"is required when the system has several experts" in response.content
+    assert not ComposedSystem.objects.exists()
