@@ -4,6 +4,8 @@ import json
 import tempfile
 
 from django.http import FileResponse, HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import AllowAny
@@ -84,6 +86,7 @@ class EntryListView(AuditorView):
         sequence_from = serializers.IntegerField(required=False, min_value=0)
         sequence_to = serializers.IntegerField(required=False, min_value=0)
 
+    @extend_schema(operation_id="ledger_entries_list", parameters=[FilterInput], responses=EntryOutput(many=True))
     def get(self, request):
         filters = self.FilterInput(data=request.query_params)
         filters.is_valid(raise_exception=True)
@@ -93,6 +96,7 @@ class EntryListView(AuditorView):
 
 
 class EntryDetailView(AuditorView):
+    @extend_schema(operation_id="ledger_entry_with_inclusion_proof", responses=OpenApiTypes.OBJECT)
     def get(self, request, sequence: int):
         entry = selectors.entry_get(sequence=sequence)
         checkpoint = selectors.checkpoint_latest()
@@ -112,6 +116,7 @@ class EntryDetailView(AuditorView):
 
 
 class CheckpointListView(AuditorView):
+    @extend_schema(operation_id="ledger_checkpoints_list", responses=CheckpointOutput(many=True))
     def get(self, request):
         paginator = CheckpointPagination()
         page = paginator.paginate_queryset(selectors.checkpoint_list(), request, view=self)
@@ -119,6 +124,7 @@ class CheckpointListView(AuditorView):
 
 
 class LatestCheckpointView(AuditorView):
+    @extend_schema(operation_id="ledger_checkpoint_latest", responses={(200, "text/plain"): OpenApiTypes.STR})
     def get(self, request):
         checkpoint = selectors.checkpoint_latest()
         if checkpoint is None:
@@ -131,6 +137,7 @@ class ConsistencyView(AuditorView):
         first = serializers.IntegerField(min_value=0)
         second = serializers.IntegerField(min_value=0)
 
+    @extend_schema(operation_id="ledger_consistency_proof", parameters=[Input], responses=OpenApiTypes.OBJECT)
     def get(self, request):
         sizes = self.Input(data=request.query_params)
         sizes.is_valid(raise_exception=True)
@@ -145,6 +152,7 @@ class ConsistencyView(AuditorView):
 
 
 class ExportView(AuditorView):
+    @extend_schema(operation_id="ledger_export", responses={(200, "application/gzip"): OpenApiTypes.BINARY})
     def get(self, request):
         bundle = tempfile.TemporaryFile()
         write_bundle(bundle)
@@ -156,5 +164,6 @@ class VerifierKeyView(APIView):
     permission_classes = [AllowAny]
     authentication_classes: list = []
 
+    @extend_schema(operation_id="ledger_verifier_key", responses={(200, "text/plain"): OpenApiTypes.STR})
     def get(self, request):
         return HttpResponse(ledger_signer().verifier_key + "\n", content_type="text/plain; charset=utf-8")
