@@ -23,6 +23,7 @@ from composition.errors import CompositionError
 from composition.experts import Expert, load_expert
 from composition.strategies import CompletionRequest, build_strategy
 from gpu_workers.adapter_pool import AdapterError, adapter_digests
+from gpu_workers.batching import GenerationBatcher
 from gpu_workers.engine import MosaicEngine, get_engine
 
 ATTRIBUTION_PLACES = Decimal("0.000001")
@@ -162,9 +163,10 @@ class ServingEngine:
     """The engine as strategies see it: forwards everything, and when a listener is set for this thread,
     streams the text of single-request generations of the user's prompt (one per choice, in order)."""
 
-    def __init__(self, engine: MosaicEngine):
+    def __init__(self, engine: MosaicEngine, *, max_batch: int = 64, window_s: float = 0.005):
         self.engine = engine
         self.tokenizer = engine.tokenizer
+        self.batcher = GenerationBatcher(engine, max_batch=max_batch, window_s=window_s)
         self._local = threading.local()
 
     def listen(self, prompt: str | None, listener) -> None:
@@ -185,10 +187,10 @@ class ServingEngine:
     def generate(self, requests, on_token=None):
         listener = getattr(self._local, "listener", None)
         if listener is None or len(requests) != 1 or requests[0].prompt != self._local.prompt:
-            return self.engine.generate(requests, on_token=on_token)
+            return self.batcher.generate(requests, on_token=on_token)
         choice = self._local.choice
         self._local.choice += 1
-        return self.engine.generate(requests, on_token=lambda _index, text: listener(choice, text))
+        return self.batcher.generate(requests, on_token=lambda _index, text: listener(choice, text))
 
 
 _serving_engines: dict[int, ServingEngine] = {}
@@ -215,10 +217,22 @@ def engine_options_from_env(environ=None) -> dict:
     return options
 
 
+def batching_options_from_env(environ=None) -> dict:
+    """MOSAIC_MAX_BATCH (requests per merged generation), MOSAIC_BATCH_WINDOW_MS (how long to gather them)."""
+    environ = os.environ if environ is None else environ
+    try:
+        return {"max_batch": int(environ.get("MOSAIC_MAX_BATCH") or 64),
+                "window_s": float(environ.get("MOSAIC_BATCH_WINDOW_MS") or 5) / 1000}
+    except ValueError as error:
+        raise ValueError(f"MOSAIC_MAX_BATCH / MOSAIC_BATCH_WINDOW_MS must be numbers: {error}") from error
+
+
 def serving_engine(base_model_path: str) -> ServingEngine:
     engine = get_engine(base_model_path, **engine_options_from_env())
     with _serving_lock:
-        return _serving_engines.setdefault(id(engine), ServingEngine(engine))
+        if id(engine) not in _serving_engines:
+            _serving_engines[id(engine)] = ServingEngine(engine, **batching_options_from_env())
+        return _serving_engines[id(engine)]
 
 
 def attribution_strings(attribution: dict[str, float], expert_ids: list[str]) -> dict[str, str]:

@@ -6,6 +6,12 @@
 Each GPU worker consumes the queue of the base model it holds (MOSAIC_WORKER_BASE_MODEL_PATH, loaded when the
 worker process starts). Tasks are acknowledged late (a task lost with its worker is redelivered) and are
 idempotent by request id: a redelivered request gets the result this process already computed.
+
+Running a GPU worker, one per GPU:
+    MOSAIC_WORKER_BASE_MODEL_PATH=/models/base celery -A mosaic worker -Q base.<name> -P threads -c 64
+With the threads pool, concurrent requests are merged into shared batches (gpu_workers.batching). Celery
+enforces time limits only with the prefork pool (-P prefork -c 1: one request at a time, limits enforced);
+with threads, max_tokens bounds each request's work.
 """
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ import threading
 from collections import OrderedDict
 
 from celery import shared_task
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 
 from gpu_workers.serving import run_message
 
@@ -64,11 +70,24 @@ def run_completion(message: dict) -> dict:
     return run_idempotent(message)
 
 
-@worker_process_init.connect
-def load_base_model_at_start(**_kwargs) -> None:
-    """Load the worker's base model before the first task arrives (prefork children start here)."""
+def preload_base_model() -> None:
+    """Load the base model named by MOSAIC_WORKER_BASE_MODEL_PATH, so the first task does not wait for it."""
     path = os.environ.get("MOSAIC_WORKER_BASE_MODEL_PATH")
     if path:
         from gpu_workers.serving import serving_engine
 
         serving_engine(path)
+
+
+@worker_process_init.connect
+def load_base_model_in_child(**_kwargs) -> None:
+    """prefork: each child process loads the model itself (never the parent: CUDA does not survive a fork)."""
+    preload_base_model()
+
+
+@worker_init.connect
+def load_base_model_in_worker(sender=None, **_kwargs) -> None:
+    """solo and threads pools run tasks in the worker process itself: load it there."""
+    pool = getattr(sender, "pool_cls", None)
+    if pool is not None and "prefork" not in getattr(pool, "__module__", str(pool)):
+        preload_base_model()
