@@ -182,7 +182,8 @@ class MosaicEngine:
             dtype=torch.int32,
         )
 
-    def _forward(self, input_ids, attention_mask, position_ids, lane_slots, cache):
+    def _forward(self, input_ids, attention_mask, position_ids, lane_slots, cache, *, last_only: bool = False):
+        """last_only: compute the vocabulary projection for the last position only (decoding)."""
         self.context.set(
             lane_slots, input_ids.shape[1], n_slots=self.pool.capacity, device=self.device,
             use_plan=self.device.type == "cuda" and self.lora_backend != "torch",
@@ -190,7 +191,7 @@ class MosaicEngine:
         try:
             return self.model(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                past_key_values=cache, use_cache=cache is not None,
+                past_key_values=cache, use_cache=cache is not None, logits_to_keep=1 if last_only else 0,
             )
         finally:
             self.context.clear()
@@ -247,7 +248,7 @@ class MosaicEngine:
             lane_slots = self._lane_slots(lanes)
             input_ids, attention, positions = self._left_padded([self._encode(requests[l.request_index].prompt)
                                                                  for l in lanes])
-            logits = self._forward(input_ids, attention, positions, lane_slots, None).logits[:, -1]
+            logits = self._forward(input_ids, attention, positions, lane_slots, None, last_only=True).logits[:, -1]
             return self._mix(logits.float(), lanes, len(requests)).cpu()
 
     @torch.inference_mode()
@@ -265,7 +266,7 @@ class MosaicEngine:
             cache = DynamicCache()
             active = list(range(len(requests)))  # requests still decoding, in lane order
             while True:
-                output = self._forward(input_ids, attention, positions, lane_slots, cache)
+                output = self._forward(input_ids, attention, positions, lane_slots, cache, last_only=True)
                 mixed = self._mix(output.logits[:, -1].float(), lanes, len(active))
                 step_inputs = self._step_inputs(mixed, [states[request_index] for request_index in active])
                 tokens = []
