@@ -22,5 +22,11 @@ KINDS: dict[str, str] = {
     "policy.refused": "a license policy refused an action, with the reason",
     "subscription.changed": "an organization subscribed, changed or cancelled a plan",
     "settlement.closed": "an operator closed a settlement period",
+    "base_model.registered": "an operator registered a base model (experts are adapters on it)",
+    "organization.created": "an organization signed up",
+    "subscription.created": "an organization subscribed to a plan",
+    "credit.reversed": "credit allocated earlier was reversed (double entry), naming what it reverses",
+    "payout.created": "a payout to a contributor was prepared for a settlement period",
+    "payout.paid": "a payout was confirmed paid by the payment provider",
     "entry.corrected": "a correction of an earlier entry (payload: corrects, reason)",
 }

@@ -99,3 +99,11 @@ def test_stored_tree_roots_and_proofs_equal_the_pure_ones(db):
             assert stored_tree.inclusion_proof(index, size) == merkle.inclusion_proof(leaves[:size], index)
         for old in range(0, size + 1):
             assert stored_tree.consistency_proof(old, size) == merkle.consistency_proof(leaves[:size], old)
+
+
+def test_every_known_kind_is_a_valid_kind_name_with_a_meaning():
+    from ledger.kinds import KINDS
+    from ledger.services import KIND_PATTERN
+
+    for kind, meaning in KINDS.items():
+        assert KIND_PATTERN.match(kind) and meaning, kind
