@@ -12,6 +12,7 @@ from ledger.models import Checkpoint, Entry
 from ledger.signing import ledger_signer
 
 README = Path(__file__).with_name("README.md")
+OFFLINE_VERIFIER = Path(__file__).with_name("offline_verify.py")
 
 
 def _add(bundle: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -22,7 +23,7 @@ def _add(bundle: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_bundle(target, *, chunk: int = 20_000) -> None:
-    """Write entries.jsonl, checkpoints/<id>.note, verifier-key.txt and README.md to `target`
+    """Write entries.jsonl, checkpoints/<id>.note, verifier-key.txt, README.md and verify.py to `target`
     (a binary file object). Entries up to the size at the start; checkpoints no larger."""
     size = stored_tree.tree_size()
     with tempfile.TemporaryFile() as lines, tarfile.open(fileobj=target, mode="w:gz") as bundle:
@@ -50,3 +51,4 @@ def write_bundle(target, *, chunk: int = 20_000) -> None:
             _add(bundle, f"checkpoints/{checkpoint.id:08d}.note", checkpoint.note.encode())
         _add(bundle, "verifier-key.txt", (ledger_signer().verifier_key + "\n").encode())
         _add(bundle, "README.md", README.read_bytes())
+        _add(bundle, "verify.py", OFFLINE_VERIFIER.read_bytes())

@@ -119,3 +119,44 @@ def test_an_export_bundle_verifies_offline_and_tampering_is_named(signed_ledger,
     ok, err = _verify("--bundle", str(forged))
     assert not ok
     assert "entry 3: its entry hash does not match its contents" in err
+
+
+def _run_standalone(bundle, *args):
+    import subprocess
+    import sys
+
+    with tarfile.open(bundle) as opened:
+        script = opened.extractfile("verify.py").read()
+    path = bundle.parent / "verify.py"
+    path.write_bytes(script)
+    return subprocess.run([sys.executable, str(path), str(bundle), *args], capture_output=True, text=True, cwd=bundle.parent)
+
+
+def test_the_bundles_standalone_verifier_agrees(signed_ledger, tmp_path):
+    from ledger.signing import ledger_signer
+
+    bundle = tmp_path / "ledger.tar.gz"
+    call_command("ledger", "export", str(bundle), stdout=io.StringIO())
+    done = _run_standalone(bundle, ledger_signer().verifier_key)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "OK: 6 entries hold" in done.stdout
+
+
+def test_the_standalone_verifier_names_a_tampered_entry(signed_ledger, tmp_path):
+    bundle = tmp_path / "ledger.tar.gz"
+    call_command("ledger", "export", str(bundle), stdout=io.StringIO())
+    with tarfile.open(bundle) as original:
+        members = {m.name: original.extractfile(m).read() for m in original.getmembers()}
+    lines = members["entries.jsonl"].decode().splitlines()
+    changed = json.loads(lines[2])
+    changed["actor"] = "org:mallory"
+    lines[2] = json.dumps(changed)
+    members["entries.jsonl"] = ("\n".join(lines) + "\n").encode()
+    with tarfile.open(bundle, "w:gz") as out:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            out.addfile(info, io.BytesIO(data))
+    done = _run_standalone(bundle)
+    assert done.returncode == 1
+    assert "FAILED: entry 2: its entry hash does not match its contents" in done.stdout
