@@ -72,7 +72,7 @@ class ConfigReader:
 
     def number(self, key: str, default=None, *, minimum=None, maximum=None) -> float | None:
         value, given = self._get(key, default)
-        if value is None and not given:
+        if value is None and (not given or default is None):
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise self._error(key, f"must be a number, got {value!r}")
@@ -84,7 +84,7 @@ class ConfigReader:
 
     def integer(self, key: str, default=None, *, minimum=None, maximum=None) -> int | None:
         value, given = self._get(key, default)
-        if value is None and not given:
+        if value is None and (not given or default is None):
             return None
         if isinstance(value, bool) or not isinstance(value, int):
             raise self._error(key, f"must be an integer, got {value!r}")
@@ -96,7 +96,7 @@ class ConfigReader:
 
     def text(self, key: str, default=None) -> str | None:
         value, given = self._get(key, default)
-        if value is None and not given:
+        if value is None and (not given or default is None):
             return None
         if not isinstance(value, str):
             raise self._error(key, f"must be a string, got {value!r}")
@@ -110,7 +110,7 @@ class ConfigReader:
 
     def expert(self, key: str, default=None, *, extra: tuple[str, ...] = ()) -> str | None:
         value, given = self._get(key, default)
-        if value is None and not given:
+        if value is None and (not given or default is None):
             return None
         if not isinstance(value, str):
             raise self._error(key, f"must be an expert id (a string), got {value!r}")
@@ -135,7 +135,7 @@ class ConfigReader:
     def weights(self, key: str, default=None) -> dict[str, float] | None:
         """{expert_id: weight}: known experts, non-negative numbers summing to 1."""
         value, given = self._get(key, default)
-        if value is None and not given:
+        if value is None and (not given or default is None):
             return None
         if not isinstance(value, dict) or not value:
             raise self._error(key, f"must be a non-empty object of expert id -> weight, got {value!r}")
