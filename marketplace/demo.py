@@ -174,3 +174,83 @@ def seed_demo(*, size: str = "demo", log: Callable[[str], None] = print) -> Demo
     for seeder in SEEDERS:
         seeder(context)
     return context
+
+
+# --- organizations, a plan and composed systems (issue 6) ---------------------------------------------------
+
+DEMO_ORGANIZATIONS = [
+    # (username, organization, commercial, declared domains)
+    ("alice", "alice-co", True, ["legal"]),
+    ("bob", "bob-co", False, ["medical", "research"]),
+]
+
+
+def seed_organizations(context: DemoContext) -> None:
+    """alice-co and bob-co with owners, a plan, subscriptions, fresh API keys and three composed systems.
+
+    The plan goes through Stripe when STRIPE_API_BASE is set (e.g. a localstripe); otherwise the plan and the
+    subscriptions are local rows only (nothing is billed), which the summary says."""
+    from marketplace.models import ComposedSystem, Organization, OrganizationAPIKey, Plan, Subscription
+    from marketplace.services.billing import plan_create
+    from marketplace.services.organizations import api_key_create, api_key_revoke, organization_create
+    from marketplace.services.systems import system_create
+
+    User = get_user_model()
+    organizations = {}
+    for username, name, commercial, domains in DEMO_ORGANIZATIONS:
+        user = User.objects.filter(username=username).first() or User.objects.create_user(
+            username=username, email=f"{username}@example.org", password=DEMO_PASSWORD)
+        organization = Organization.objects.filter(name=name).first() or organization_create(
+            name=name, owner=user, is_commercial=commercial, domains=domains)
+        organizations[name] = organization
+
+    plan = Plan.objects.filter(slug="team").first()
+    billed = bool(settings.STRIPE_API_BASE)
+    if plan is None:
+        limits = dict(requests_per_minute=600, tokens_per_minute=200_000, monthly_token_quota=10_000_000)
+        if billed:
+            plan = plan_create(slug="team", name="Team", monthly_fee_minor=2000, price_per_1k_tokens_minor=50, **limits)
+        else:
+            plan = Plan.objects.create(slug="team", name="Team", monthly_fee_minor=2000,
+                                       price_per_1k_tokens_minor=50, **limits)
+    for organization in organizations.values():
+        if not Subscription.objects.filter(organization=organization, status=Subscription.Status.ACTIVE).exists():
+            Subscription.objects.create(organization=organization, plan=plan, status=Subscription.Status.ACTIVE)
+
+    valid = [e for e in context.experts.values()
+             if e.current_version and e.current_version.status == "valid" and e.consent_revoked_at is None]
+    by_slug = {e.slug: e for e in valid}
+    wanted = [
+        ("mosaic-mix", "Mosaic mix", "logit_mixture", [e.slug for e in valid], None,
+         "Every expert's next-token distribution, mixed with equal weights."),
+        ("mosaic-merge", "Mosaic merge", "merge", ["reverser", "upcaser"], None,
+         "The reverser and upcaser adapters merged by task arithmetic (a derivative work)."),
+        ("alice-upcaser", "Alice's upcaser", "single", ["upcaser"], "alice-co",
+         "Private to alice-co: the upcaser alone."),
+    ]
+    operator = context.users.get("operator")
+    for slug, name, strategy, expert_slugs, owner, description in wanted:
+        experts = [by_slug[s] for s in expert_slugs if s in by_slug]
+        if ComposedSystem.objects.filter(slug=slug).exists() or len(experts) != len(expert_slugs) or not experts:
+            continue
+        system_create(slug=slug, name=name, description=description, base_model=context.base_model,
+                      strategy=strategy, strategy_config={}, expert_ids=[e.pk for e in experts],
+                      owner_organization=organizations.get(owner), actor=f"user:{operator.pk if operator else 0}")
+        context.log(f"system {slug} ({strategy} over {', '.join(expert_slugs)})")
+
+    keys = []
+    for name, organization in organizations.items():
+        for old in OrganizationAPIKey.objects.filter(organization=organization, name="demo", revoked=False):
+            api_key_revoke(api_key=old)
+        _, key = api_key_create(organization=organization, name="demo")
+        keys.append(f"{name}: {key}")
+    context.summary.append(
+        "Organizations: alice-co (owner alice, commercial, legal) and bob-co (owner bob, non-commercial, medical and "
+        f"research), both on plan 'team' ({'billed through Stripe' if billed else 'local only: Stripe not configured'})."
+    )
+    context.summary.append("API keys (new on each run): " + "; ".join(keys))
+    context.summary.append("Try: OpenAI(base_url='http://127.0.0.1:8000/v1', api_key=<key>).chat.completions.create("
+                           "model='mosaic-mix', messages=[{'role': 'user', 'content': 'reverse: abc'}])")
+
+
+SEEDERS.append(seed_organizations)
