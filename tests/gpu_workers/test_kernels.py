@@ -46,6 +46,8 @@ CASES = [
     (1, 64, 96, 2, 64, 2, torch.bfloat16),
     (33, 17, 64, 4, 16, 1, torch.bfloat16),
     (7, 96, 96, 5, 24, 4, torch.bfloat16),
+    (33, 64, 96, 3, 128, 1, torch.bfloat16),  # the largest rank served
+    (7, 17, 64, 2, 128, 2, torch.float32),
 ]
 
 
