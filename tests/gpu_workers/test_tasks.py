@@ -178,6 +178,13 @@ def test_streaming_sends_the_text_as_it_is_generated_then_the_result(gpu_world):
     assert len(events) - 1 >= 5  # token by token, not one chunk at the end
 
 
+def test_streaming_several_choices_keeps_each_choices_text_apart(gpu_world):
+    message = make_message(gpu_world, max_tokens=6, n=2, temperature=1.0, seed=21)
+    events, texts = collect(stream_completion(message))
+    result = events[-1]["result"]
+    assert texts == {choice["index"]: choice["text"] for choice in result["choices"]}
+
+
 def test_streaming_never_sends_text_that_a_stop_sequence_removes(gpu_world):
     probe = reference_text(gpu_world, "alpha", "hello", max_tokens=10).text
     message = make_message(gpu_world, max_tokens=10, stop=[probe[5:8]])
