@@ -61,24 +61,28 @@ def record_event(*, kind: str, payload: dict, actor: str) -> Entry:
             sequence=sequence, kind=kind, payload=payload_bytes, actor=actor, created_at=created_at,
             prev_hash=prev_hash, entry_hash=hashlib.sha256(data).digest(), leaf_hash=leaf_hash(data),
         )
-        cursor.execute(
+        closed = closed_subtrees(cursor, sequence, entry.leaf_hash, prev_leaf)
+        insert_entry = (
             "INSERT INTO ledger_entry (sequence, kind, payload, actor, created_at, prev_hash, entry_hash, leaf_hash)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-            [
-                sequence, kind, payload_bytes, actor,
-                Entry._meta.get_field("created_at").get_db_prep_value(created_at, connection),
-                prev_hash, entry.entry_hash, entry.leaf_hash,
-            ],
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"
         )
+        entry_values = [
+            sequence, kind, payload_bytes, actor,
+            Entry._meta.get_field("created_at").get_db_prep_value(created_at, connection),
+            prev_hash, entry.entry_hash, entry.leaf_hash,
+        ]
+        insert_nodes = 'INSERT INTO ledger_merklenode ("level", "index", "hash") VALUES ' + ", ".join(
+            ["(%s, %s, %s)"] * len(closed)
+        )
+        node_values = [value for node in closed for value in node]
+        if closed and connection.vendor == "postgresql":  # one round trip for both
+            cursor.execute(f"WITH nodes AS ({insert_nodes}) {insert_entry}", node_values + entry_values)
+        else:
+            if closed:
+                cursor.execute(insert_nodes, node_values)
+            cursor.execute(insert_entry, entry_values)
         entry.id = cursor.fetchone()[0]
         entry._state.adding, entry._state.db = False, connection.alias
-        closed = closed_subtrees(cursor, sequence, entry.leaf_hash, prev_leaf)
-        if closed:
-            cursor.execute(
-                'INSERT INTO ledger_merklenode ("level", "index", "hash") VALUES '
-                + ", ".join(["(%s, %s, %s)"] * len(closed)),
-                [value for node in closed for value in node],
-            )
     return entry
 
 
