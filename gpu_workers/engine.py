@@ -153,6 +153,11 @@ class MosaicEngine:
         attach_multi_lora(self.model, self.pool, self.context, lora_backend)
         self.lock = threading.RLock()
 
+    @property
+    def uses_triton(self) -> bool:
+        """Whether the LoRA runs through the Triton kernels (then one plan per forward serves every layer)."""
+        return self.lora_backend == "triton" or (self.lora_backend == "auto" and self.device.type == "cuda")
+
     # -- experts ------------------------------------------------------------------------------------------
     def register_expert(self, expert: Expert) -> None:
         self.pool.register(expert)
@@ -186,7 +191,7 @@ class MosaicEngine:
         """last_only: compute the vocabulary projection for the last position only (decoding)."""
         self.context.set(
             lane_slots, input_ids.shape[1], n_slots=self.pool.capacity, device=self.device,
-            use_plan=self.device.type == "cuda" and self.lora_backend != "torch",
+            use_plan=self.uses_triton,
         )
         try:
             return self.model(
