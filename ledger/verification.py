@@ -11,6 +11,7 @@ import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from ledger.canonical import ZERO_HASH, PayloadError, canonical_json, format_time, leaf_data, parse_time
 from ledger.checkpoints import open_checkpoint
@@ -40,8 +41,7 @@ class Result:
     checkpoints: int = 0
 
 
-@dataclass(frozen=True)
-class EntryRecord:
+class EntryRecord(NamedTuple):
     sequence: int
     kind: str
     payload: bytes
