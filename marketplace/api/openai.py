@@ -269,6 +269,7 @@ class _CompletionApi(OpenAIView):
                 raise
             usage = self._record(result=result, **context)
             response = Response(self._body(result=result, usage=usage, **context))
+            response["x-mosaic-engine-ms"] = str(usage.engine_ms)
         for name, value in reservation.headers.items():
             response[name] = value
         response["x-request-id"] = request_id

@@ -1,13 +1,15 @@
 """Composed systems (reads): who may see and call what."""
-from django.db.models import Q, QuerySet
+from django.db.models import Prefetch, Q, QuerySet
 
-from marketplace.models import ComposedSystem, Organization
+from marketplace.models import ComposedSystem, Organization, SystemExpert
 from mosaic.errors import NotFound
 
 
 def _with_relations(queryset: QuerySet[ComposedSystem]) -> QuerySet[ComposedSystem]:
+    """Two queries in all: the systems with their base model and owner, then every membership with its expert,
+    contributor and pinned version."""
     return queryset.select_related("base_model", "owner_organization").prefetch_related(
-        "memberships__expert__owner", "memberships__version"
+        Prefetch("memberships", queryset=SystemExpert.objects.select_related("expert__owner", "version"))
     )
 
 
