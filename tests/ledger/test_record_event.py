@@ -107,3 +107,27 @@ def test_every_known_kind_is_a_valid_kind_name_with_a_meaning():
 
     for kind, meaning in KINDS.items():
         assert KIND_PATTERN.match(kind) and meaning, kind
+
+
+def _synchronous_commit_after(action) -> str:
+    from django.db import connection
+
+    with transaction.atomic():
+        action()
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            return cursor.fetchone()[0]
+
+
+def test_asynchronous_commit_is_opt_in_and_checkpoints_stay_durable(db, settings):
+    from django.db import connection
+
+    from ledger.services import create_checkpoint
+
+    if connection.vendor != "postgresql":
+        pytest.skip("synchronous_commit is a PostgreSQL setting")
+    append = lambda: record_event(kind="usage.recorded", payload={}, actor="org:1")  # noqa: E731
+    assert _synchronous_commit_after(append) == "on"
+    settings.LEDGER_SYNCHRONOUS_COMMIT = False
+    assert _synchronous_commit_after(append) == "off"
+    assert _synchronous_commit_after(create_checkpoint) == "on"
