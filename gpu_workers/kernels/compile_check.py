@@ -109,7 +109,7 @@ def compile_all(capability: int = 90) -> list[dict]:
         compiled = _compile(
             mixture._mixture_kernel,
             {"logits_ptr": f"*{dtype}", "log_w_ptr": "*fp32", "inv_temp_ptr": "*fp32", "out_ptr": "*fp32",
-             "lse_out_ptr": "*fp32", "K": "i32", "V": "i32", "stride_lb": "i32", "stride_lk": "i32",
+             "K": "i32", "V": "i32", "stride_lb": "i32", "stride_lk": "i32",
              "stride_ob": "i32"},
             {"stride_lv": 1, "BLOCK_K": 4, "BLOCK_V": 512},
             ["logits_ptr", "out_ptr", "V", "stride_lb", "stride_lk", "stride_ob"],

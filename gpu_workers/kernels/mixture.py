@@ -6,7 +6,8 @@ then temperature (divide by T and renormalise) and top-p (keep the smallest set 
 mass reaches p, renormalise). The result is float32 log-probabilities [B, V], -inf outside the top-p set.
 
 The Triton kernel runs one program per row: an online-softmax sweep over the vocabulary gives every
-expert's log-normaliser at once, a second sweep writes the tempered mixture and its own online normaliser.
+expert's log-normaliser at once, a second sweep writes the tempered mixture and computes its own normaliser
+online, a third normalises the row in place (the row is in L2 by then).
 Top-p, which needs an order over the vocabulary, is applied afterwards with a sort, only for rows with p < 1.
 """
 from __future__ import annotations
@@ -66,7 +67,7 @@ if triton is not None:
 
     @triton.jit
     def _mixture_kernel(
-        logits_ptr, log_w_ptr, inv_temp_ptr, out_ptr, lse_out_ptr,
+        logits_ptr, log_w_ptr, inv_temp_ptr, out_ptr,
         K, V,
         stride_lb, stride_lk, stride_lv, stride_ob,
         BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
@@ -109,24 +110,31 @@ if triton is not None:
             mz_new = tl.maximum(mz, tl.max(z, axis=0))
             sz = sz * tl.exp(mz - mz_new) + tl.sum(tl.exp(z - mz_new), axis=0)
             mz = mz_new
-        tl.store(lse_out_ptr + row, mz + tl.log(sz))
+        lse_z = mz + tl.log(sz)
+
+        # Sweep 3: normalise what sweep 2 wrote (each thread reads back its own elements).
+        tl.debug_barrier()
+        for v0 in range(0, V, BLOCK_V):
+            offs_v = v0 + tl.arange(0, BLOCK_V)
+            v_mask = offs_v < V
+            z = tl.load(out_ptr + row * stride_ob + offs_v, mask=v_mask, other=0.0)
+            tl.store(out_ptr + row * stride_ob + offs_v, z - lse_z, mask=v_mask)
 
 
 def _mixture_triton(logits, log_w, temperature):
     rows, k, vocab = logits.shape
     out = torch.empty((rows, vocab), dtype=torch.float32, device=logits.device)
-    lse = torch.empty((rows,), dtype=torch.float32, device=logits.device)
     block_k = max(2, 1 << (k - 1).bit_length())
     block_v = max(16, min(2048 // block_k, 1 << (vocab - 1).bit_length()))
     interpreted = logits.device.type != "cuda"
     _mixture_kernel[(rows,)](
-        logits, log_w, (1.0 / temperature).contiguous(), out, lse,
+        logits, log_w, (1.0 / temperature).contiguous(), out,
         k, vocab,
         logits.stride(0), logits.stride(1), logits.stride(2), out.stride(0),
         BLOCK_K=block_k, BLOCK_V=block_v,
         **({} if interpreted else {"num_warps": 8}),
     )
-    return out - lse[:, None]
+    return out
 
 
 def mix_next_token_logprobs(
