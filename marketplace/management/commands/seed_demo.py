@@ -2,18 +2,19 @@ import time
 
 from django.core.management.base import BaseCommand
 
-from marketplace.demo import SIZES, seed_demo
+from marketplace.demo import DEFAULT_SIZE, SIZES, seed_demo
 
 
 class Command(BaseCommand):
-    help = ("Create the demo data (idempotent): a pretrained small base model, staff and auditor users, "
+    help = ("Create the demo data (idempotent): a lightly pretrained small base model, staff and auditor users, "
             "contributors with real peft experts uploaded and validated through the upload service, and "
             "whatever the other seeders in marketplace.demo.SEEDERS add.")
 
     def add_arguments(self, parser):
-        parser.add_argument("--size", choices=sorted(SIZES), default="demo",
-                            help="demo: 4-layer 128-wide base, experts that learn their skill; "
-                                 "tiny: 2-layer 64-wide, few steps (for tests)")
+        parser.add_argument("--size", choices=SIZES, default=DEFAULT_SIZE,
+                            help="small: 2-layer 64-wide base, 120 pretraining steps, experts 60 steps (default); "
+                                 "full: 4-layer 128-wide, 400 and 220 steps (experts learn their skills well); "
+                                 "tiny: a few steps (tests)")
 
     def handle(self, *args, size, **options):
         started = time.monotonic()
