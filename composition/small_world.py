@@ -4,8 +4,8 @@
 
 Builds (or reuses, keyed by a hash of the configuration) a 4-layer, 128-wide Llama with a
 character vocabulary, pretrained on every skill's prompt format followed by random strings over
-the answers' alphabet (so it has read and written every token the experts need, but knows no
-skill), then trains one peft LoRA expert per skill (r=8, all projections). Each skill stands for
+the answers' alphabet, and on copying strings ("cpy abc=abc", general knowledge that is no skill's
+answer), so it has read and written every token the experts need but knows no skill, then trains one peft LoRA expert per skill (r=8, all projections). Each skill stands for
 one contributor's priority. It then scores the base, each expert alone and several composed
 systems on a held-out set (strict match: the answer exactly), counts the items each system solves
 that every single expert fails, measures each expert's Shapley value for the best composed system,
@@ -55,15 +55,16 @@ SKILLS = {
 }
 
 SIZES = {
-    "full": dict(layers=4, hidden=128, base_steps=400, expert_steps=220, rank=8, lengths=(3, 6),
-                 train_items=600, eval_items=20, shapley_items=8, router_examples=16, dev_items=3,
-                 search_samples=3, batch_size=32, extra_systems=True),
+    "full": dict(layers=4, hidden=128, base_steps=500, expert_steps=300, rank=8, lengths=(3, 6),
+                 train_items=600, eval_items=16, shapley_items=8, router_examples=16, dev_items=3,
+                 search_samples=3, batch_size=32, expert_lr=1e-2, extra_systems=True),
     "reduced": dict(layers=2, hidden=64, base_steps=120, expert_steps=60, rank=4, lengths=(3, 4),
                     train_items=200, eval_items=4, shapley_items=2, router_examples=6, dev_items=1,
-                    search_samples=1, batch_size=16, extra_systems=False),
+                    search_samples=1, batch_size=16, expert_lr=1e-2, extra_systems=False),
 }
 SEED = 0
 FORMAT_VERSION = "small-world-1"
+COPY_PREFIX = "cpy"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -104,6 +105,9 @@ def build_base(directory: Path, config: dict) -> Path:
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(*config["lengths"])))
         answer = "".join(rng.choice(ANSWER_ALPHABET) for _ in range(rng.randint(1, 2 * config["lengths"][1])))
         corpus.append(prompt_for(skill, text) + answer)
+        # General knowledge that is no skill's answer: copying a string over the whole answer alphabet.
+        source = "".join(rng.choice(ANSWER_ALPHABET) for _ in range(rng.randint(*config["lengths"])))
+        corpus.append(f"{COPY_PREFIX} {source}={source}")
     return build_base_model(directory, layers=config["layers"], hidden=config["hidden"], seed=SEED,
                             train_steps=config["base_steps"], corpus=corpus, batch_size=config["batch_size"])
 
@@ -119,7 +123,7 @@ def train_expert(base_dir: Path, directory: Path, skill: str, config: dict, seed
     items = make_items(skill, config["train_items"], random.Random(seed), config["lengths"])
     tokenizer = build_char_tokenizer()
     loss = train_causal_lm(model, tokenizer, [item.prompt + item.answers[0] for item in items],
-                           steps=config["expert_steps"], batch_size=config["batch_size"], learning_rate=5e-3,
+                           steps=config["expert_steps"], batch_size=config["batch_size"], learning_rate=config["expert_lr"],
                            seed=seed, loss_from=[len(item.prompt) for item in items])
     model.save_pretrained(str(directory))
     return loss
@@ -159,7 +163,6 @@ def system_configs(config: dict, dev_set: list[Item]) -> dict[str, tuple[str, di
         "merge_ties": ("merge", {"method": "ties", "density": 0.5}),
     }
     if config["extra_systems"]:
-        systems["logit_mixture_router"] = ("logit_mixture", {"source": "router", "router_temperature": 0.02})
         systems["merge_dare_linear"] = ("merge", {"method": "dare_linear", "density": 0.5})
         systems["merge_search"] = ("merge_search", {
             "method": "task_arithmetic", "samples": config["search_samples"], "max_tokens": max_tokens_for(config),
