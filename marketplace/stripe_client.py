@@ -104,3 +104,8 @@ def report_meter_event(*, customer_id: str, value: int, identifier: str, timesta
 
 def construct_event(*, payload: bytes, signature: str):
     return stripe.Webhook.construct_event(payload, signature, settings.STRIPE_WEBHOOK_SECRET)
+
+
+def list_invoices(*, customer_id: str, limit: int = 24) -> list[dict]:
+    _configured()
+    return [invoice.to_dict() for invoice in _call(stripe.Invoice.list, customer=customer_id, limit=limit).data]

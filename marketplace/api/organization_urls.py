@@ -14,6 +14,8 @@ urlpatterns = [
          name="organization-key-revoke"),
     path("organizations/<int:organization_id>/subscription", organizations.SubscriptionApi.as_view(),
          name="organization-subscription"),
+    path("organizations/<int:organization_id>/invoices", organizations.InvoiceListApi.as_view(),
+         name="organization-invoices"),
     path("organizations/<int:organization_id>/usage", organizations.UsageApi.as_view(), name="organization-usage"),
     path("systems", systems.SystemListApi.as_view(), name="systems"),
     path("systems/<int:system_id>", systems.SystemDetailApi.as_view(), name="system"),

@@ -4,6 +4,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from marketplace import stripe_client
 from marketplace.models import Membership, Plan, Subscription
 from marketplace.selectors.organizations import (
     api_keys_for_organization,
@@ -164,6 +165,21 @@ class SubscriptionApi(APIView):
             payment_method=serializer.validated_data.get("payment_method"), actor=f"user:{request.user.pk}",
         )
         return Response({**subscription_output(subscription), "unavailable_systems": unavailable}, status=201)
+
+
+class InvoiceListApi(APIView):
+    def get(self, request, organization_id: int):
+        membership = membership_for(user=request.user, organization_id=organization_id)
+        require_role(membership=membership, roles=OWNER_OR_BILLING, action="see invoices")
+        organization = membership.organization
+        if not organization.stripe_customer_id:
+            return Response([])
+        return Response([
+            {"id": i["id"], "status": i.get("status"), "amount_due": i.get("amount_due"), "total": i.get("total"),
+             "currency": i.get("currency"), "created": i.get("created") or i.get("date"),
+             "hosted_invoice_url": i.get("hosted_invoice_url")}
+            for i in stripe_client.list_invoices(customer_id=organization.stripe_customer_id)
+        ])
 
 
 class UsageApi(APIView):

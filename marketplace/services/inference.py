@@ -40,8 +40,9 @@ def build_message(
 def _checked(result: dict) -> dict:
     if "error" in result:
         error = result["error"]
-        raise EngineFailed(f"The engine could not complete this request: {error.get('message')}",
-                           code=error.get("code") or "engine_error")
+        raise EngineFailed(
+            f"The engine could not complete this request ({error.get('code') or 'engine_error'}): {error.get('message')}"
+        )
     return result
 
 

@@ -26,8 +26,22 @@ class Api:
 
 
 @pytest.fixture
-def client(live_server, served):
-    return openai.OpenAI(base_url=live_server.url + "/v1", api_key=served.key, max_retries=0)
+def connect(live_server):
+    """OpenAI clients on the live server, closed after the test so no keep-alive connection outlives it."""
+    opened = []
+
+    def make(key: str) -> openai.OpenAI:
+        opened.append(openai.OpenAI(base_url=live_server.url + "/v1", api_key=key, max_retries=0))
+        return opened[-1]
+
+    yield make
+    for client in opened:
+        client.close()
+
+
+@pytest.fixture
+def client(connect, served):
+    return connect(served.key)
 
 
 def test_models_list(client):
@@ -63,19 +77,19 @@ def test_completion(client):
     assert len(completion.choices) == 2 and completion.usage.total_tokens > 0
 
 
-def test_unknown_model_and_bad_key_raise_the_clients_errors(client, live_server, served):
+def test_unknown_model_and_bad_key_raise_the_clients_errors(client, connect):
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="missing", messages=[{"role": "user", "content": "x"}], max_tokens=2)
-    bad = openai.OpenAI(base_url=live_server.url + "/v1", api_key="mos_nope.nope", max_retries=0)
+    bad = connect("mos_nope.nope")
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
     assert not Usage.objects.exists()
 
 
-def test_alice_co_and_bob_co_cannot_see_each_others_keys_usage_or_private_systems(client, live_server, served,
-                                                                                   alice, bob):
+def test_alice_co_and_bob_co_cannot_see_each_others_keys_usage_or_private_systems(client, connect, live_server,
+                                                                                   served, alice, bob):
     client.chat.completions.create(model="alice-private", messages=[{"role": "user", "content": "x"}], max_tokens=2)
-    bob_client = openai.OpenAI(base_url=live_server.url + "/v1", api_key=served.bob_key, max_retries=0)
+    bob_client = connect(served.bob_key)
     assert [m.id for m in bob_client.models.list().data] == ["bob-private", "duo"]
     with pytest.raises(openai.NotFoundError):
         bob_client.chat.completions.create(model="alice-private", messages=[{"role": "user", "content": "x"}],

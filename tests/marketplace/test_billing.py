@@ -203,3 +203,25 @@ def test_a_failed_invoice_payment_makes_the_subscription_past_due(client, settin
     assert signed(client, settings, event).json()["result"] == "applied"
     subscription.refresh_from_db()
     assert subscription.status == "past_due"
+
+
+def test_owners_and_billing_members_see_the_stripe_invoices_developers_do_not(alice, alice_co, charlie, plan,
+                                                                               stripe_api):
+    from marketplace.models import Membership
+
+    client_for(alice).post(f"/api/organizations/{alice_co.pk}/subscription",
+                           {"plan": "team", "payment_method": card(stripe_api)}, format="json")
+    [invoice] = client_for(alice).get(f"/api/organizations/{alice_co.pk}/invoices").json()
+    assert (invoice["total"], invoice["currency"], invoice["status"]) == (2000, "usd", "paid")
+    Membership.objects.create(organization=alice_co, user=charlie, role="developer")
+    assert client_for(charlie).get(f"/api/organizations/{alice_co.pk}/invoices").status_code == 403
+
+
+def test_report_usage_command_reports_through_the_same_service(alice_co, recording_stripe, capsys):
+    alice_co.stripe_customer_id = "cus_alice"
+    alice_co.save()
+    Usage.objects.create(request_id="r1", organization=alice_co, system=ComposedSystemFactory(), prompt_tokens=1,
+                         completion_tokens=1, latency_ms=1, charge_minor=1)
+    call_command("report_usage")
+    assert "Reported 1 usage records." in capsys.readouterr().out
+    assert len(recording_stripe) == 1

@@ -242,3 +242,30 @@ def test_members_see_usage_by_day_and_system_and_others_do_not(client, served, a
     assert sum(r["total_tokens"] for r in rows) == sum(u.total_tokens for u in Usage.objects.all())
     assert client_for(bob).get(f"/api/organizations/{served.organization.pk}/usage").status_code == 404
     assert client_for(alice).get(f"/api/organizations/{served.organization.pk}/usage?group_by=week").status_code == 400
+
+
+# --- engine failures ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def broken_adapter(served, tmp_path):
+    """The pinned version of one expert points at a directory whose adapter is gone."""
+    version = served.poetry.current_version
+    version.storage_path = str(tmp_path / "gone")
+    version.save()
+    return served
+
+
+def test_an_engine_failure_is_a_502_in_openai_shape_and_nothing_is_billed(client, broken_adapter):
+    response = call(client, "/v1/chat/completions", chat_body(), broken_adapter.key)
+    error = assert_refused(response, 502, "engine_error")
+    assert error["type"] == "server_error" and "adapter" in error["message"]
+    assert QuotaWindow.objects.get(kind="minute").tokens == 0
+
+
+def test_an_engine_failure_mid_stream_is_an_error_data_line_then_done(client, broken_adapter):
+    response = call(client, "/v1/chat/completions", chat_body(stream=True), broken_adapter.key)
+    assert response.status_code == 200
+    events = sse(response)
+    assert "error" in events[-1] and events[-1]["error"]["message"]
+    assert not Usage.objects.exists()
