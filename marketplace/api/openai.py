@@ -329,8 +329,9 @@ class _CompletionApi(OpenAIView):
             return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
         started_choices: set[int] = set()
+        events = inference.stream_system_request(message=message)
         try:
-            for event in inference.stream_system_request(message=message):
+            for event in events:
                 if event.get("done"):
                     result = event["result"]
                     usage = self._record(result=result, **context)
@@ -347,6 +348,10 @@ class _CompletionApi(OpenAIView):
                 first = index not in started_choices
                 started_choices.add(index)
                 yield line({**envelope, "choices": [self._chunk_choice(index, event["text_delta"], None, first)]})
+        except GeneratorExit:
+            # The client went away mid-stream. The engine finishes the answer anyway, so it is recorded and billed.
+            self._finish_after_disconnect(events=events, context=context)
+            raise
         except DomainError as error:
             quotas.release(reservation=context["reservation"])
             yield line(error_body(error.message, code=error.code, param=error.param))
@@ -354,6 +359,16 @@ class _CompletionApi(OpenAIView):
             quotas.release(reservation=context["reservation"])
             yield line(error_body(f"The engine failed: {type(error).__name__}: {error}", code="engine_error"))
         yield b"data: [DONE]\n\n"
+
+
+    def _finish_after_disconnect(self, *, events, context) -> None:
+        try:
+            for event in events:
+                if event.get("done"):
+                    self._record(result=event["result"], **context)
+                    return
+        except Exception:  # noqa: BLE001 - nothing was served in full: give the reserved tokens back
+            quotas.release(reservation=context["reservation"])
 
 
 class ChatCompletionApi(_CompletionApi):

@@ -269,3 +269,12 @@ def test_an_engine_failure_mid_stream_is_an_error_data_line_then_done(client, br
     events = sse(response)
     assert "error" in events[-1] and events[-1]["error"]["message"]
     assert not Usage.objects.exists()
+
+
+def test_a_client_that_leaves_mid_stream_is_still_metered(client, served):
+    response = call(client, "/v1/chat/completions", chat_body(stream=True, max_tokens=6), served.key)
+    first = next(iter(response.streaming_content))
+    assert first.startswith(b"data: {")
+    response.close()
+    usage = Usage.objects.get()
+    assert 0 < usage.completion_tokens <= 6
