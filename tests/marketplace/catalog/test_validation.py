@@ -101,3 +101,10 @@ def test_a_failed_upload_keeps_identical_files_that_another_expert_stored(alice_
     assert stored_files() == files
     assert list(Expert.objects.values_list("slug", flat=True)) == ["first"]
     assert Path(Expert.objects.get().current_version.storage_path).is_dir()
+
+
+def test_gpu_workers_check_adapters_against_the_same_content_address(adapter_dirs):
+    from gpu_workers.adapter_pool import adapter_content_sha256
+
+    for directory in adapter_dirs.values():
+        assert adapter_content_sha256(directory) == content_sha256(directory)
