@@ -35,15 +35,18 @@ class SignUpForm(forms.Form):
     display_name = forms.CharField(max_length=120, required=False)
     email = forms.EmailField(required=False)
     password = forms.CharField(widget=forms.PasswordInput, strip=False)
-    priorities = forms.CharField(required=False, help_text="Domains or tasks you care about, comma-separated.")
+    priorities = forms.CharField(required=False,
+                                 help_text="Domains or tasks you care about, comma-separated.")
 
 
 class AdapterForm(forms.Form):
     adapter_config = forms.FileField(required=False, label="adapter_config.json")
     adapter_model = forms.FileField(required=False, label="adapter_model.safetensors")
     adapter_archive = forms.FileField(required=False, label="or one .zip / .tar.gz archive")
-    model_card = forms.CharField(widget=forms.Textarea(attrs={"rows": 8}), required=False, strip=False,
-                                 help_text="Markdown with YAML front matter (license, base_model, tags, description).")
+    model_card = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 8}), required=False, strip=False,
+        help_text="Markdown with YAML front matter (license, base_model, tags, description).",
+    )
 
     def adapter(self) -> AdapterUpload:
         data = self.cleaned_data
@@ -61,16 +64,17 @@ class ExpertForm(AdapterForm):
     is_public = forms.BooleanField(required=False, initial=True)
     spdx_id = forms.CharField(max_length=100, label="License (SPDX id)", initial="Apache-2.0", required=False)
     commercial_use = forms.BooleanField(required=False, initial=True)
-    derivatives_allowed = forms.BooleanField(required=False, initial=True, help_text="Weight merging makes one.")
+    derivatives_allowed = forms.BooleanField(required=False, initial=True,
+                                             help_text="Weight merging makes one.")
     attribution_required = forms.BooleanField(required=False)
     share_alike = forms.BooleanField(required=False)
     allowed_domains = forms.CharField(required=False, help_text="comma-separated; empty means every domain")
     prohibited_domains = forms.CharField(required=False, help_text="comma-separated")
 
-    field_order = ["name", "slug", "description", "base_model", "tags", "priorities", "is_public", "spdx_id",
-                   "commercial_use", "derivatives_allowed", "attribution_required", "share_alike",
-                   "allowed_domains", "prohibited_domains", "adapter_config", "adapter_model", "adapter_archive",
-                   "model_card"]
+    field_order = ["name", "slug", "description", "base_model", "tags", "priorities", "is_public",
+                   "spdx_id", "commercial_use", "derivatives_allowed", "attribution_required", "share_alike",
+                   "allowed_domains", "prohibited_domains", "adapter_config", "adapter_model",
+                   "adapter_archive", "model_card"]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -156,8 +160,8 @@ def expert_detail(request, expert_id: int):
     status = 200
     if request.method == "POST":
         if not is_owner:
-            return render(request, "marketplace/not_found.html", {"message": f"No expert {expert_id} of yours."},
-                          status=404)
+            return render(request, "marketplace/not_found.html",
+                          {"message": f"No expert {expert_id} of yours."}, status=404)
         if form.is_valid():
             try:
                 expert_version_contribute(expert=expert_get_owned(user=request.user, expert_id=expert_id),

@@ -129,7 +129,8 @@ def _copy_limited(source: BinaryIO, target: Path, staged: StagedAdapter) -> None
 def _receive_files(config_file, weights_file, staged: StagedAdapter) -> None:
     if config_file is None or weights_file is None:
         raise AdapterRejected(
-            f"Upload the adapter as two files ({CONFIG_FILE} and {WEIGHTS_FILE}) or as one .zip/.tar.gz archive."
+            f"Upload the adapter as two files ({CONFIG_FILE} and {WEIGHTS_FILE}) "
+            "or as one .zip/.tar.gz archive."
         )
     for upload in (config_file, weights_file):
         refuse_pickle_name(upload.name or "")
@@ -160,7 +161,9 @@ def _safe_member_path(name: str) -> PurePosixPath:
         raise AdapterRejected(f"Archive member {name!r} has an unsafe name.")
     path = PurePosixPath(name)
     if path.is_absolute() or (len(name) > 1 and name[1] == ":"):
-        raise AdapterRejected(f"Archive member {name!r} has an absolute path; members must stay inside the archive.")
+        raise AdapterRejected(
+            f"Archive member {name!r} has an absolute path; members must stay inside the archive."
+        )
     if ".." in path.parts:
         raise AdapterRejected(f"Archive member {name!r} escapes its folder with '..'.")
     return path
@@ -170,7 +173,9 @@ def _pick_members(entries: list[tuple[str, str]]) -> dict[str, str]:
     """From (member name, kind) pairs, choose the adapter files: all at the root or all in one folder.
     Returns {canonical file name: member name}."""
     if len(entries) > MAX_ARCHIVE_MEMBERS:
-        raise AdapterRejected(f"The archive holds {len(entries)} members; at most {MAX_ARCHIVE_MEMBERS} are allowed.")
+        raise AdapterRejected(
+            f"The archive holds {len(entries)} members; at most {MAX_ARCHIVE_MEMBERS} are allowed."
+        )
     chosen: dict[str, str] = {}
     folders = set()
     for name, kind in entries:
@@ -186,7 +191,8 @@ def _pick_members(entries: list[tuple[str, str]]) -> dict[str, str]:
             continue
         if path.name not in ADAPTER_FILES:
             raise AdapterRejected(
-                f"Unexpected file {name!r} in the archive; it may hold only {CONFIG_FILE}, {WEIGHTS_FILE} and README.md."
+                f"Unexpected file {name!r} in the archive; "
+                f"it may hold only {CONFIG_FILE}, {WEIGHTS_FILE} and README.md."
             )
         if path.name in chosen:
             raise AdapterRejected(f"The archive holds more than one {path.name}.")
@@ -194,7 +200,9 @@ def _pick_members(entries: list[tuple[str, str]]) -> dict[str, str]:
         folders.add(path.parent)
     missing = [name for name in ADAPTER_FILES if name not in chosen]
     if missing:
-        raise AdapterRejected(f"The archive has no {missing[0]}; it must hold {CONFIG_FILE} and {WEIGHTS_FILE}.")
+        raise AdapterRejected(
+            f"The archive has no {missing[0]}; it must hold {CONFIG_FILE} and {WEIGHTS_FILE}."
+        )
     if len(folders) > 1:
         raise AdapterRejected(f"{CONFIG_FILE} and {WEIGHTS_FILE} must be in the same folder of the archive.")
     return chosen

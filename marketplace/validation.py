@@ -60,7 +60,7 @@ class AdapterReport:
     lora_alpha: float
     target_modules: list[str]
     base_model_name_or_path: str
-    # module path inside the base model ("model.layers.0.self_attn.q_proj") -> {"lora_A": TensorInfo, "lora_B": ...}
+    # module path in the base model ("model.layers.0.self_attn.q_proj") -> {"lora_A": info, "lora_B": info}
     modules: dict[str, dict[str, TensorInfo]] = field(default_factory=dict)
 
     def rank_of(self, module_name: str) -> int:
@@ -76,7 +76,8 @@ def refuse_pickle_name(name: str) -> None:
     if name.lower().endswith(PICKLE_SUFFIXES):
         raise AdapterRejected(
             f"{name!r} is a pickle-based file. Mosaic never unpickles uploads: save the adapter with "
-            f"safetensors (peft: model.save_pretrained(dir, safe_serialization=True)) and upload {WEIGHTS_FILE}."
+            "safetensors (peft: model.save_pretrained(dir, safe_serialization=True)) "
+            f"and upload {WEIGHTS_FILE}."
         )
 
 
@@ -121,7 +122,7 @@ def read_safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
         if dtype not in DTYPE_BYTES:
             raise AdapterRejected(f"{WEIGHTS_FILE} is corrupt: tensor {name!r} has unknown dtype {dtype!r}.")
         if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
-            raise AdapterRejected(f"{WEIGHTS_FILE} is corrupt: tensor {name!r} has an invalid shape {shape!r}.")
+            raise AdapterRejected(f"{WEIGHTS_FILE} is corrupt: tensor {name!r} has invalid shape {shape!r}.")
         if not (
             isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
             and 0 <= offsets[0] <= offsets[1]
@@ -173,17 +174,18 @@ def check_lora_config(config: dict) -> tuple[int, float, list[str]]:
     if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= 1024:
         raise AdapterRejected(f"{CONFIG_FILE}: r must be a whole number between 1 and 1024, not {rank!r}.")
     alpha = config.get("lora_alpha", rank)
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha) or alpha <= 0:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
         raise AdapterRejected(f"{CONFIG_FILE}: lora_alpha must be a positive number, not {alpha!r}.")
     targets = config.get("target_modules")
-    if isinstance(targets, str) or not (isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets)):
+    if not (isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets)):
         raise AdapterRejected(f"{CONFIG_FILE}: target_modules must be a non-empty list of module names.")
     for flag, meaning in (("use_dora", "DoRA"), ("fan_in_fan_out", "fan_in_fan_out layouts")):
         if config.get(flag):
             raise AdapterRejected(f"{CONFIG_FILE}: {meaning} adapters are not supported; use plain LoRA.")
     if config.get("modules_to_save"):
         raise AdapterRejected(
-            f"{CONFIG_FILE}: modules_to_save ships full copies of base model weights; only LoRA weights are accepted."
+            f"{CONFIG_FILE}: modules_to_save ships full copies of base model weights; "
+            "only LoRA weights are accepted."
         )
     if config.get("bias", "none") != "none":
         raise AdapterRejected(f"{CONFIG_FILE}: bias must be 'none'; trained biases are not LoRA weights.")
@@ -218,7 +220,7 @@ def inspect_adapter(directory: str | Path) -> AdapterReport:
     for module, parts in modules.items():
         missing = {"lora_A", "lora_B"} - set(parts)
         if missing:
-            raise AdapterRejected(f"Module {module!r} has no {missing.pop()} weight; LoRA needs both A and B.")
+            raise AdapterRejected(f"Module {module!r} has no {missing.pop()} weight; LoRA needs A and B.")
     base_name = config.get("base_model_name_or_path") or ""
     if not isinstance(base_name, str):
         raise AdapterRejected(f"{CONFIG_FILE}: base_model_name_or_path must be a string.")

@@ -49,8 +49,8 @@ class BaseModelOutput(serializers.ModelSerializer):
 class LicenseOutput(serializers.ModelSerializer):
     class Meta:
         model = LicenseTerms
-        fields = ["id", "spdx_id", "commercial_use", "derivatives_allowed", "attribution_required", "share_alike",
-                  "allowed_domains", "prohibited_domains", "created_at"]
+        fields = ["id", "spdx_id", "commercial_use", "derivatives_allowed", "attribution_required",
+                  "share_alike", "allowed_domains", "prohibited_domains", "created_at"]
 
 
 class VersionOutput(serializers.ModelSerializer):
@@ -69,8 +69,8 @@ class ExpertOutput(serializers.ModelSerializer):
 
     class Meta:
         model = Expert
-        fields = ["id", "slug", "name", "description", "tags", "priorities", "owner", "base_model", "is_public",
-                  "status", "current_version", "license", "consent_revoked_at", "created_at"]
+        fields = ["id", "slug", "name", "description", "tags", "priorities", "owner", "base_model",
+                  "is_public", "status", "current_version", "license", "consent_revoked_at", "created_at"]
 
     def get_status(self, expert) -> str:
         """Status of the newest version: pending, valid or failed."""
@@ -92,6 +92,13 @@ class ExpertWithVersionOutput(ExpertOutput):
 # ---------------------------------------------------------------- input serializers
 
 
+
+def priorities_field() -> serializers.ListField:
+    # Blank phrases pass here so that the service's rule says why they are refused.
+    return serializers.ListField(child=serializers.CharField(max_length=200, allow_blank=True),
+                                 required=False)
+
+
 class LicenseInput(serializers.Serializer):
     spdx_id = serializers.CharField(max_length=100)
     commercial_use = serializers.BooleanField(required=False, allow_null=True, default=None)
@@ -109,8 +116,10 @@ class AdapterInput(serializers.Serializer):
                                           help_text="adapter_model.safetensors (with adapter_config)")
     adapter_archive = serializers.FileField(required=False, allow_empty_file=True,
                                             help_text=".zip or .tar.gz holding both adapter files")
-    model_card = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False,
-                                       help_text="Markdown with YAML front matter: license, base_model, tags, description")
+    model_card = serializers.CharField(
+        required=False, allow_blank=True, trim_whitespace=False,
+        help_text="Markdown with YAML front matter: license, base_model, tags, description",
+    )
 
     def adapter(self) -> AdapterUpload:
         data = self.validated_data
@@ -123,8 +132,9 @@ class ExpertCreateInput(AdapterInput):
     slug = serializers.CharField(max_length=100)
     description = serializers.CharField(required=False, allow_blank=True)
     tags = serializers.ListField(child=serializers.CharField(max_length=200), required=False)
-    priorities = serializers.ListField(child=serializers.CharField(max_length=200, allow_blank=True), required=False)
-    base_model = serializers.CharField(required=False, allow_blank=True, help_text="Registered base model name")
+    priorities = priorities_field()
+    base_model = serializers.CharField(required=False, allow_blank=True,
+                                       help_text="Registered base model name")
     is_public = serializers.BooleanField(required=False, allow_null=True, default=None)
     spdx_id = serializers.CharField(required=False, allow_blank=True, max_length=100)
     commercial_use = serializers.BooleanField(required=False, allow_null=True, default=None)
@@ -146,7 +156,7 @@ class RegisterInput(serializers.Serializer):
     email = serializers.EmailField(required=False, allow_blank=True)
     display_name = serializers.CharField(required=False, allow_blank=True, max_length=120)
     bio = serializers.CharField(required=False, allow_blank=True, max_length=5000)
-    priorities = serializers.ListField(child=serializers.CharField(max_length=200, allow_blank=True), required=False)
+    priorities = priorities_field()
 
 
 class TokenInput(serializers.Serializer):
@@ -157,12 +167,13 @@ class TokenInput(serializers.Serializer):
 class ProfileInput(serializers.Serializer):
     display_name = serializers.CharField(required=False, max_length=120)
     bio = serializers.CharField(required=False, allow_blank=True, max_length=5000)
-    priorities = serializers.ListField(child=serializers.CharField(max_length=200, allow_blank=True), required=False)
+    priorities = priorities_field()
 
 
 class BaseModelInput(serializers.Serializer):
     name = serializers.CharField(max_length=200)
-    path = serializers.CharField(max_length=500, help_text="Local directory with config.json and *.safetensors")
+    path = serializers.CharField(max_length=500,
+                                 help_text="Local directory with config.json and *.safetensors")
 
 
 def validated(serializer_class, data, **kwargs):
@@ -192,7 +203,8 @@ class TokenApi(APIView):
     permission_classes = [permissions.AllowAny]
     authentication_classes: list = []
 
-    @extend_schema(request=TokenInput, responses={200: inline_serializer("Token", {"token": serializers.CharField()})})
+    @extend_schema(request=TokenInput,
+                   responses={200: inline_serializer("Token", {"token": serializers.CharField()})})
     def post(self, request):
         data = validated(TokenInput, request.data).validated_data
         return Response({"token": token_issue(**data).key})
@@ -255,7 +267,8 @@ class ExpertFilter(django_filters.FilterSet):
         fields = ["base_model", "tag", "status", "owner"]
 
     def filter_tag(self, queryset, name, value):
-        # Tags are stored lowercase in a JSON list; matching the quoted element works on SQLite and PostgreSQL.
+        # Tags are stored lowercase in a JSON list; matching the quoted element works on SQLite and
+        # PostgreSQL alike.
         word = value.strip().lower()
         if not word or '"' in word or "\\" in word:
             return queryset.none()
@@ -278,7 +291,8 @@ class ExpertListApi(generics.ListAPIView):
             return Expert.objects.none()
         return expert_list_visible(user=self.request.user)
 
-    @extend_schema(request={"multipart/form-data": ExpertCreateInput}, responses={201: ExpertWithVersionOutput})
+    @extend_schema(request={"multipart/form-data": ExpertCreateInput},
+                   responses={201: ExpertWithVersionOutput})
     def post(self, request):
         contributor = contributor_for_user(user=request.user)
         form = validated(ExpertCreateInput, request.data)
@@ -332,7 +346,8 @@ class ExpertVersionDetailApi(APIView):
     @extend_schema(responses=VersionOutput)
     def get(self, request, expert_id: int, number: int):
         expert = expert_get_visible(user=request.user, expert_id=expert_id)
-        return Response(VersionOutput(version_get_visible(user=request.user, expert=expert, number=number)).data)
+        version = version_get_visible(user=request.user, expert=expert, number=number)
+        return Response(VersionOutput(version).data)
 
 
 class ExpertLicenseApi(APIView):

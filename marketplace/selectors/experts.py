@@ -32,8 +32,9 @@ def expert_list_visible(*, user) -> QuerySet:
 
 
 def expert_list_owned(*, user) -> QuerySet:
-    queryset = Expert.objects.filter(owner__user=user).select_related("owner__user", "base_model", "current_version",
-                                                                       "license")
+    queryset = Expert.objects.filter(owner__user=user).select_related(
+        "owner__user", "base_model", "current_version", "license"
+    )
     return _with_latest_status(queryset).order_by("-created_at", "-pk")
 
 

@@ -27,7 +27,8 @@ def clean_priorities(priorities, *, param: str = "priorities") -> list[str]:
             raise DomainError("Each priority must be a non-empty phrase.", param=param)
         phrase = " ".join(item.split())
         if len(phrase) > MAX_PRIORITY_CHARS:
-            raise DomainError(f"Priority {phrase[:20]!r}... is longer than {MAX_PRIORITY_CHARS} characters.", param=param)
+            raise DomainError(f"Priority {phrase[:20]!r}... is longer than {MAX_PRIORITY_CHARS} characters.",
+                              param=param)
         if phrase.casefold() not in {p.casefold() for p in cleaned}:
             cleaned.append(phrase)
     if len(cleaned) > MAX_PRIORITIES:
@@ -62,7 +63,8 @@ def contributor_register(
         with transaction.atomic():
             user = User.objects.create_user(username=username, email=email, password=password)
             contributor = Contributor.objects.create(
-                user=user, display_name=(display_name or username).strip()[:120], bio=bio, priorities=priorities
+                user=user, display_name=(display_name or username).strip()[:120], bio=bio,
+                priorities=priorities,
             )
             record_event(
                 kind="contributor.registered",
@@ -84,7 +86,8 @@ def token_issue(*, username: str, password: str) -> Token:
     return token
 
 
-def contributor_update(*, contributor: Contributor, display_name=None, bio=None, priorities=None) -> Contributor:
+def contributor_update(*, contributor: Contributor, display_name=None, bio=None,
+                       priorities=None) -> Contributor:
     if display_name is not None:
         display_name = display_name.strip()
         if not display_name:

@@ -34,7 +34,9 @@ def linear_module_shapes(directory: Path) -> dict[str, list[int]]:
 
     files = sorted(directory.glob("*.safetensors"))
     if not files:
-        raise DomainError(f"{directory} holds no .safetensors weights (save the model with safe_serialization=True).")
+        raise DomainError(
+            f"{directory} holds no .safetensors weights (save the model with safe_serialization=True)."
+        )
     shapes: dict[str, list[int]] = {}
     for path in files:
         try:
@@ -85,8 +87,8 @@ def base_model_register(*, name: str, path: str | Path, registered_by=None) -> B
         base_model = BaseModel.objects.create(name=name, registered_by=registered_by, **facts)
         record_event(
             kind="base_model.registered",
-            payload={"base_model": f"base_model:{base_model.pk}", "name": name, "architecture": facts["architecture"],
-                     "content_hash": facts["content_hash"]},
+            payload={"base_model": f"base_model:{base_model.pk}", "name": name,
+                     "architecture": facts["architecture"], "content_hash": facts["content_hash"]},
             actor=f"user:{registered_by.pk}" if registered_by else "system",
         )
     return base_model

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 VALIDATION_ACTOR = "system:validation"
 SPDX_ID = re.compile(r"^(LicenseRef-)?[A-Za-z0-9][A-Za-z0-9.+-]{0,99}$")
+TAG = re.compile(r"[a-z0-9][a-z0-9._+-]{0,39}")
 SLUG = re.compile(r"^[a-z0-9]+(?:[-_][a-z0-9]+)*$")
 MAX_TAGS = 20
 LICENSE_FLAGS = ("commercial_use", "derivatives_allowed", "attribution_required", "share_alike")
@@ -61,9 +62,10 @@ def clean_tags(tags, *, param: str = "tags") -> list[str]:
     if not isinstance(tags, (list, tuple)) or not all(isinstance(t, str) for t in tags):
         raise DomainError("Tags must be a list of words.", param=param)
     cleaned = sorted({word.lower() for tag in tags for word in re.split(r"[,\s]+", tag) if word})
-    if len(cleaned) > MAX_TAGS or any(len(t) > 40 or not re.fullmatch(r"[a-z0-9][a-z0-9._+-]*", t) for t in cleaned):
+    if len(cleaned) > MAX_TAGS or not all(TAG.fullmatch(t) for t in cleaned):
         raise DomainError(
-            f"Tags are at most {MAX_TAGS} words of letters, digits, '.', '_', '+' or '-' (40 characters each).",
+            f"Tags are at most {MAX_TAGS} words of letters, digits, '.', '_', '+' or '-' "
+            "(40 characters each).",
             param=param,
         )
     return cleaned
@@ -88,7 +90,8 @@ def clean_license_terms(terms: dict) -> dict:
         raise DomainError("License terms must be an object.", param="license")
     spdx_id = str(terms.get("spdx_id") or "").strip()
     if not spdx_id:
-        raise DomainError("Give the license as an SPDX id (for example Apache-2.0 or CC-BY-4.0).", param="spdx_id")
+        raise DomainError("Give the license as an SPDX id (for example Apache-2.0 or CC-BY-4.0).",
+                          param="spdx_id")
     if not SPDX_ID.match(spdx_id):
         raise DomainError(f"{spdx_id!r} is not an SPDX license id (for example Apache-2.0).", param="spdx_id")
     cleaned = {"spdx_id": spdx_id}
@@ -113,18 +116,20 @@ def _base_model_named(name: str) -> BaseModel:
     base_model = BaseModel.objects.filter(name=name).first()
     if base_model is None:
         known = ", ".join(BaseModel.objects.order_by("name").values_list("name", flat=True)) or "none yet"
-        raise DomainError(f"No base model named {name!r} is registered (registered: {known}).", param="base_model")
+        raise DomainError(f"No base model named {name!r} is registered (registered: {known}).",
+                          param="base_model")
     return base_model
 
 
 def _stored_version(*, expert: Expert, staged: uploads.StagedAdapter, report, model_card: str,
                     card_metadata: dict, actor: str) -> ExpertVersion:
-    """Store the staged files and create the version row; the caller holds a transaction and a lock on expert."""
+    """Store the staged files and create the version row (inside the caller's transaction)."""
     duplicate = expert.versions.filter(sha256=staged.sha256).first()
     if duplicate is not None:
         raise Conflict(
-            f"This adapter is identical to version {duplicate.number} of {expert.slug!r} (sha256 {staged.sha256}); "
-            "versions are immutable and content-addressed, so it was not uploaded again.",
+            f"This adapter is identical to version {duplicate.number} of {expert.slug!r} "
+            f"(sha256 {staged.sha256}); versions are immutable and content-addressed, "
+            "so it was not uploaded again.",
             code="duplicate_version",
         )
     number = (expert.versions.aggregate(top=Max("number"))["top"] or 0) + 1
@@ -239,10 +244,12 @@ def expert_contribute(
     return version
 
 
-def expert_version_contribute(*, expert: Expert, adapter: AdapterUpload, model_card: str = "") -> ExpertVersion:
+def expert_version_contribute(*, expert: Expert, adapter: AdapterUpload,
+                              model_card: str = "") -> ExpertVersion:
     """A new immutable version of an existing expert (pending validation)."""
     if expert.consent_revoked_at is not None:
-        raise DomainError("Consent for this expert was revoked; it accepts no new versions.", code="consent_revoked")
+        raise DomainError("Consent for this expert was revoked; it accepts no new versions.",
+                          code="consent_revoked")
     card_metadata = parse_model_card(model_card)
     reconcile(card_metadata, {"license": expert.license.spdx_id if expert.license else "",
                               "base_model": expert.base_model.name})
