@@ -322,3 +322,32 @@ def test_a_refused_new_version_leaves_the_expert_as_it_was(alice_api, base_model
     assert "qkv_proj" in error_message(response)
     assert stored_files() == files_before
     assert ExpertVersion.objects.count() == 1
+
+
+class Booby:
+    """Unpickling this would create the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("filename", ["adapter_model.safetensors", "adapter_model.bin"])
+def test_a_booby_trapped_pickle_is_never_unpickled(alice_api, base_model, adapter_dirs, tmp_path, filename):
+    import pickle
+
+    marker = tmp_path / "unpickled"
+    payload = pickle.dumps(Booby(marker), protocol=4)
+    pickle.loads(payload)  # the trap works when something does unpickle it
+    assert marker.exists()
+    marker.unlink()
+
+    response = upload_expert(alice_api, files={
+        "adapter_config": (adapter_dirs["qv"] / CONFIG).open("rb"),
+        "adapter_model": SimpleUploadedFile(filename, payload),
+    })
+
+    refused(response, 400, "pickle")
+    assert not marker.exists()
