@@ -9,15 +9,20 @@ _PG_CHECK = """
 CREATE OR REPLACE FUNCTION accounting_check_balanced() RETURNS trigger AS $$
 DECLARE total numeric;
 BEGIN
+    -- Deferred events fire in insertion order, so a transaction's postings come together: sum them
+    -- once, not once per posting (remembered until the end of the database transaction).
+    IF current_setting('accounting.balanced_checked', true) = NEW.transaction_id::text THEN
+        RETURN NULL;
+    END IF;
     SELECT COALESCE(SUM(amount), 0) INTO total FROM accounting_posting
     WHERE transaction_id = NEW.transaction_id;
     IF total <> 0 THEN
         RAISE EXCEPTION 'accounting transaction % postings sum to %, not zero', NEW.transaction_id, total;
     END IF;
+    PERFORM set_config('accounting.balanced_checked', NEW.transaction_id::text, true);
     RETURN NULL;
 END $$ LANGUAGE plpgsql
 """
-
 
 def install_balance_check(apps, schema_editor) -> None:
     if schema_editor.connection.vendor != "postgresql":

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from ledger.accounting.services import PostingSpec, post_transaction
 from marketplace.credit import accounts
-from marketplace.credit.rules import EXPERT_KEY, PLAIN_DECIMAL
+from marketplace.credit.rules import PLAIN_DECIMAL
 
 ADVISORY_LOCK_KEY = 7_000_007
 ACTOR = "system:credit"
@@ -29,7 +29,7 @@ def _dialect() -> dict[str, str]:
                 "CROSS JOIN LATERAL jsonb_each_text(CASE WHEN jsonb_typeof(b.attribution) = 'object' "
                 "THEN b.attribution ELSE '{}'::jsonb END) AS a(key, value)"
             ),
-            "expert_key": "CASE WHEN a.key ~ %(key_re)s THEN a.key::bigint END",
+            "expert_key": "e.id::text",
             "ppm": (
                 "CASE WHEN a.value ~ %(decimal_re)s "
                 "THEN floor(a.value::numeric * 1000000)::bigint ELSE 0 END"
@@ -42,7 +42,7 @@ def _dialect() -> dict[str, str]:
         "each": (
             "JOIN json_each(CASE WHEN json_type(b.attribution) = 'object' THEN b.attribution ELSE '{}' END) AS a"
         ),
-        "expert_key": "CASE WHEN a.key REGEXP %(key_re)s THEN CAST(a.key AS INTEGER) END",
+        "expert_key": "CAST(e.id AS TEXT)",
         "ppm": (
             f"CASE WHEN {value} REGEXP %(decimal_re)s THEN "
             f"CASE WHEN {dot} = 0 THEN CAST({value} AS INTEGER) * 1000000 "
@@ -62,7 +62,7 @@ PENDING = """
 
 LINES = """
 WITH batch AS (
-    SELECT u.id, u.system_id, u.created_at, u.attribution,
+    SELECT u.id, u.system_id, u.created_at, u.attribution, u.charge_minor,
            u.charge_minor - u.charge_minor * %(fee_bp)s / 10000 AS pool,
            CASE WHEN s.attribution_alpha_bp > 10000 THEN 10000 ELSE s.attribution_alpha_bp END AS alpha
     FROM marketplace_usage u JOIN marketplace_composedsystem s ON s.id = u.system_id
@@ -72,7 +72,7 @@ served AS (
     SELECT b.id AS usage_id, b.system_id, b.pool, b.alpha, e.id AS expert_id, e.owner_id AS contributor_id,
            {ppm} AS a_ppm
     FROM batch b {each}
-    JOIN marketplace_expert e ON e.id = {expert_key}
+    JOIN marketplace_expert e ON {expert_key} = a.key
     WHERE e.consent_revoked_at IS NULL OR e.consent_revoked_at > b.created_at
 ),
 latest AS (
@@ -98,46 +98,50 @@ weighted AS (
         FROM shared sh
     ) x
 ),
-per_contributor AS (
-    SELECT usage_id, contributor_id, MAX(pool) AS pool, CAST(SUM(num) AS BIGINT) AS n
-    FROM weighted GROUP BY usage_id, contributor_id
+-- Window functions over expert rows only (no regrouping and joining back): N per contributor,
+-- D per usage, and a marker on each contributor's first row so that contributor sums count once.
+totals AS (
+    SELECT w.*,
+           CAST(SUM(num) OVER (PARTITION BY usage_id, contributor_id) AS BIGINT) AS n,
+           CAST(SUM(num) OVER (PARTITION BY usage_id) AS BIGINT) AS d,
+           ROW_NUMBER() OVER (PARTITION BY usage_id, contributor_id ORDER BY expert_id) AS nth
+    FROM weighted w
 ),
-with_total AS (
-    SELECT pc.*, CAST(SUM(n) OVER (PARTITION BY usage_id) AS BIGINT) AS d FROM per_contributor pc
+contributor_split AS (
+    SELECT t.*, pool * n / d AS cq, pool * n %% d AS cr FROM totals t WHERE d > 0
 ),
-ranked AS (
-    SELECT usage_id, contributor_id, n, pool * n / d AS q,
-           pool - CAST(SUM(pool * n / d) OVER (PARTITION BY usage_id) AS BIGINT) AS left_over,
-           ROW_NUMBER() OVER (PARTITION BY usage_id ORDER BY pool * n %% d DESC, contributor_id) AS rk
-    FROM with_total WHERE d > 0
+contributor_ranked AS (
+    SELECT c.*,
+           pool - CAST(SUM(CASE WHEN nth = 1 THEN cq ELSE 0 END) OVER (PARTITION BY usage_id) AS BIGINT) AS c_left,
+           DENSE_RANK() OVER (PARTITION BY usage_id ORDER BY cr DESC, contributor_id) AS c_rank
+    FROM contributor_split c
 ),
-contributor_parts AS (
-    SELECT usage_id, contributor_id, n, q + CASE WHEN rk <= left_over THEN 1 ELSE 0 END AS amount FROM ranked
-),
-expert_parts AS (
-    SELECT w.usage_id, w.expert_id, w.contributor_id, cp.amount, cp.n, w.num,
-           CASE WHEN cp.n > 0 THEN cp.amount * w.num / cp.n ELSE 0 END AS q,
-           CASE WHEN cp.n > 0 THEN cp.amount * w.num %% cp.n ELSE 0 END AS r
-    FROM weighted w JOIN contributor_parts cp ON cp.usage_id = w.usage_id AND cp.contributor_id = w.contributor_id
+expert_split AS (
+    SELECT usage_id, expert_id, contributor_id, amount,
+           CASE WHEN n > 0 THEN amount * num / n ELSE 0 END AS q,
+           CASE WHEN n > 0 THEN amount * num %% n ELSE 0 END AS r
+    FROM (
+        SELECT cr.*, cq + CASE WHEN c_rank <= c_left THEN 1 ELSE 0 END AS amount FROM contributor_ranked cr
+    ) y
 ),
 expert_ranked AS (
     SELECT usage_id, expert_id, contributor_id, q,
            amount - CAST(SUM(q) OVER (PARTITION BY usage_id, contributor_id) AS BIGINT) AS left_over,
            ROW_NUMBER() OVER (PARTITION BY usage_id, contributor_id ORDER BY r DESC, expert_id) AS rk
-    FROM expert_parts
+    FROM expert_split
+),
+final AS (
+    SELECT usage_id, expert_id, contributor_id, q + CASE WHEN rk <= left_over THEN 1 ELSE 0 END AS amount
+    FROM expert_ranked
+),
+paid AS (
+    SELECT usage_id, SUM(amount) AS total FROM final GROUP BY usage_id
 )
 INSERT INTO marketplace_creditline (batch, usage_id, expert_id, contributor_id, amount_minor)
-SELECT %(batch)s, usage_id, expert_id, contributor_id, q + CASE WHEN rk <= left_over THEN 1 ELSE 0 END
-FROM expert_ranked
-WHERE q + CASE WHEN rk <= left_over THEN 1 ELSE 0 END > 0
-"""
-
-PLATFORM_LINES = """
-INSERT INTO marketplace_creditline (batch, usage_id, expert_id, contributor_id, amount_minor)
-SELECT %(batch)s, u.id, NULL, NULL, u.charge_minor - COALESCE((
-    SELECT SUM(l.amount_minor) FROM marketplace_creditline l WHERE l.usage_id = u.id AND l.batch = %(batch)s
-), 0)
-FROM marketplace_usage u WHERE {pending}
+SELECT %(batch)s, usage_id, expert_id, contributor_id, amount FROM final WHERE amount > 0
+UNION ALL
+SELECT %(batch)s, b.id, NULL, NULL, b.charge_minor - COALESCE(p.total, 0)
+FROM batch b LEFT JOIN paid p ON p.usage_id = b.id
 """
 
 BATCH_END = """
@@ -155,7 +159,7 @@ FROM marketplace_creditline l JOIN marketplace_usage u ON u.id = l.usage_id
 WHERE l.batch = %(batch)s GROUP BY 1, 2, 3, 4
 """
 
-MARK_ALLOCATED = "UPDATE marketplace_usage SET allocated = %(yes)s WHERE id IN (SELECT u.id FROM marketplace_usage u WHERE {pending})"
+MARK_ALLOCATED = "UPDATE marketplace_usage AS u SET allocated = %(yes)s WHERE {pending}"
 
 REFUSED = """
 SELECT COUNT(*) FROM marketplace_usage u WHERE u.allocated = %(no)s AND u.created_at < %(until)s AND EXISTS (
@@ -201,12 +205,14 @@ def _allocate_batch(*, after: int, until: datetime, batch_size: int, actor: str)
         "until": connection.ops.adapt_datetimefield_value(until),
         "limit": batch_size,
         "fee_bp": fee_bp,
-        "key_re": EXPERT_KEY,
         "decimal_re": PLAIN_DECIMAL,
     }
     with transaction.atomic(), connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ADVISORY_LOCK_KEY])
+            # One big set-based statement per batch: sort in memory, and skip JIT compilation.
+            cursor.execute("SET LOCAL work_mem = '256MB'")
+            cursor.execute("SET LOCAL jit = off")
         cursor.execute(_sql(BATCH_END), params)
         last = cursor.fetchone()[0]
         if last is None:
@@ -214,7 +220,6 @@ def _allocate_batch(*, after: int, until: datetime, batch_size: int, actor: str)
         params["upto"] = last
         params["batch"] = last
         cursor.execute(_sql(LINES), params)
-        cursor.execute(_sql(PLATFORM_LINES), params)
         cursor.execute(_sql(RECEIVABLES), params)
         receivables = cursor.fetchall()
         cursor.execute(_sql(PAYABLES), params)

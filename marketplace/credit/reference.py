@@ -1,7 +1,9 @@
 """The Python reference allocation of stored usage rows, to check the SQL allocation against."""
+import re
+
 from django.conf import settings
 
-from marketplace.credit.rules import UsageAllocation, allocate_usage
+from marketplace.credit.rules import EXPERT_KEY, UsageAllocation, allocate_usage
 from marketplace.models import ContributionMeasurement, Expert, Usage
 
 
@@ -14,7 +16,7 @@ def latest_shares(*, system_id: int) -> dict[int, int]:
 
 def reference_allocation(*, usage: Usage) -> UsageAllocation:
     attribution = usage.attribution if isinstance(usage.attribution, dict) else {}
-    expert_ids = [int(key) for key in attribution if str(key).isdigit() and len(str(key)) <= 18]
+    expert_ids = [int(key) for key in attribution if re.match(EXPERT_KEY, str(key))]
     experts = Expert.objects.filter(id__in=expert_ids).only("id", "owner_id", "consent_revoked_at")
     return allocate_usage(
         charge_minor=usage.charge_minor,

@@ -2,7 +2,8 @@
 
 For one usage charge:
 1. fee = charge * PLATFORM_FEE_BASIS_POINTS // 10000 (rounded down); pool = charge - fee.
-2. The experts that served the request are the keys of its attribution. An expert whose consent
+2. The experts that served the request are the keys of its attribution (an expert id written as
+   a plain decimal integer, e.g. "42"; any other key names no expert). An expert whose consent
    was revoked at or before the request's time is dropped; the rest are renormalised. A weight that
    is not a plain decimal string with at most 6 integer digits counts as zero.
 3. Each expert's attribution a_e is read in parts per million (decimal digits past the 6th are
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 PPM = 1_000_000
 BASIS_POINTS = 10_000
 PLAIN_DECIMAL = r"^[0-9]{1,6}(\.[0-9]+)?$"
-EXPERT_KEY = r"^[0-9]{1,18}$"
+EXPERT_KEY = r"^[1-9][0-9]{0,17}$"
 _PLAIN_DECIMAL = re.compile(PLAIN_DECIMAL)
 _EXPERT_KEY = re.compile(EXPERT_KEY)
 

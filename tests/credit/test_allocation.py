@@ -129,3 +129,15 @@ def test_usage_in_the_future_of_the_cutoff_waits(world):
 
     assert run.usage_count == 0
     assert not Usage.objects.get(pk=usage.pk).allocated
+
+
+@pytest.mark.django_db
+def test_an_attribution_key_must_be_an_expert_id_written_plainly(world):
+    a1, a2, b, c = world.experts
+    usage = UsageFactory(organization=world.organization, system=world.system, charge_minor=1000,
+                         attribution={f"0{a1.id}": "0.5", f" {b.id}": "0.25", str(c.id): "0.25"})
+
+    allocate_pending_usage()
+
+    assert list(CreditLine.objects.filter(usage=usage).exclude(expert=None).values_list("expert_id", flat=True)) == [c.id]
+    assert reference_allocation(usage=usage).experts == {c.id: 800}

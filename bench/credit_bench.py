@@ -1,0 +1,247 @@
+"""Credit benchmark (issue 7), on PostgreSQL in its own database `mosaic_bench_credit`.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/mosaic python -m bench.credit_bench
+
+1. Allocation of 1,000,000 usage records across 1,000 experts of 500 contributors (50 systems of
+   20 experts, 1 to 3 experts attributed per request, measured shares for every expert).
+2. Closing a period for 10,000 contributors (9,500 more contributors with one expert each and
+   50,000 more requests, then allocation and the close: statements and payouts for everyone).
+Rows are bulk-loaded with COPY. Prints a table; writes bench/results/credit.json and credit.md.
+Sizes can be lowered for a quick run: CREDIT_BENCH_USAGE, CREDIT_BENCH_CONTRIBUTORS.
+"""
+import json
+import os
+import platform
+import random
+import sys
+import time
+from datetime import date, datetime, timedelta, timezone as dt_timezone
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+BENCH_DB = "mosaic_bench_credit"
+RESULTS = Path(__file__).resolve().parent / "results"
+USAGE = int(os.environ.get("CREDIT_BENCH_USAGE", 1_000_000))
+CLOSE_CONTRIBUTORS = int(os.environ.get("CREDIT_BENCH_CONTRIBUTORS", 10_000))
+EXPERTS, CONTRIBUTORS, SYSTEMS = 1_000, 500, 50
+OCTOBER = date(2026, 10, 1)
+
+
+def _bench_database_url() -> str:
+    url = os.environ.get("DATABASE_URL", "")
+    if not url.startswith(("postgres://", "postgresql://")):
+        sys.exit("The credit benchmark runs on PostgreSQL: set DATABASE_URL=postgres://user@host:port/any")
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{BENCH_DB}"))
+
+
+def _recreate_database(url: str) -> None:
+    import psycopg
+
+    admin = urlunsplit(urlsplit(url)._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {BENCH_DB}")
+
+
+def _copy(cursor, table: str, columns: list[str], rows) -> None:
+    with cursor.cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def _timed(label: str, results: dict, fn):
+    started = time.perf_counter()
+    value = fn()
+    results[label] = round(time.perf_counter() - started, 2)
+    print(f"  {label}: {results[label]} s", flush=True)
+    return value
+
+
+def _load_world(cursor, *, contributors: int, experts_per_contributor: int, first_user: int, systems: int,
+                experts_per_system: int, payouts_enabled: bool) -> tuple[list[int], dict[int, list[int]]]:
+    """Users, contributors, experts (with a valid version), systems, members and measurements."""
+    now = datetime.now(dt_timezone.utc)
+    rng = random.Random(first_user)
+    cursor.execute("SELECT COALESCE(MAX(id), 0) FROM auth_user")
+    user0 = cursor.fetchone()[0]
+    _copy(cursor, "auth_user", ["id", "password", "is_superuser", "username", "first_name", "last_name", "email",
+                                "is_staff", "is_active", "date_joined"],
+          ((user0 + i + 1, "!", False, f"bench{first_user + i}", "", "", "", False, True, now) for i in range(contributors)))
+    cursor.execute("SELECT COALESCE(MAX(id), 0) FROM marketplace_contributor")
+    contributor0 = cursor.fetchone()[0]
+    _copy(cursor, "marketplace_contributor", ["id", "user_id", "display_name", "bio", "priorities", "stripe_account_id",
+                                              "payouts_enabled", "created_at"],
+          ((contributor0 + i + 1, user0 + i + 1, f"Bench {first_user + i}", "", "[]",
+            f"acct_bench{first_user + i}", payouts_enabled, now) for i in range(contributors)))
+    cursor.execute("SELECT id FROM marketplace_basemodel LIMIT 1")
+    base = cursor.fetchone()
+    if base is None:
+        cursor.execute(
+            "INSERT INTO marketplace_basemodel (name, local_path, architecture, hidden_size, num_layers, vocab_size, "
+            "module_shapes, content_hash, created_at) VALUES ('bench-base', '/none', 'llama', 128, 4, 96, '{}', %s, %s) "
+            "RETURNING id", ["0" * 64, now])
+        base = cursor.fetchone()
+    base_id = base[0]
+    cursor.execute("SELECT COALESCE(MAX(id), 0) FROM marketplace_expert")
+    expert0 = cursor.fetchone()[0]
+    expert_ids = [expert0 + i + 1 for i in range(contributors * experts_per_contributor)]
+    _copy(cursor, "marketplace_expert", ["id", "owner_id", "slug", "name", "description", "tags", "priorities",
+                                         "base_model_id", "is_public", "created_at"],
+          ((e, contributor0 + 1 + (e - expert0 - 1) // experts_per_contributor, f"e{e}", f"Expert {e}", "", "[]", "[]",
+            base_id, True, now) for e in expert_ids))
+    _copy(cursor, "marketplace_expertversion", ["id", "expert_id", "number", "sha256", "storage_path", "size_bytes",
+                                                "model_card", "card_metadata", "adapter_config", "target_modules",
+                                                "status", "failure_reason", "created_at"],
+          ((e, e, 1, f"{e:064x}", f"/none/{e}", 0, "", "{}", "{}", "[]", "valid", "", now) for e in expert_ids))
+    cursor.execute("SELECT COALESCE(MAX(id), 0) FROM marketplace_composedsystem")
+    system0 = cursor.fetchone()[0]
+    system_ids = [system0 + i + 1 for i in range(systems)]
+    _copy(cursor, "marketplace_composedsystem", ["id", "slug", "name", "description", "base_model_id", "strategy",
+                                                 "strategy_config", "attribution_alpha_bp", "on_revocation", "status",
+                                                 "quality", "license_summary", "created_at", "updated_at"],
+          ((s, f"bench-system-{s}", f"System {s}", "", base_id, "routing", "{}", 5000, "run_without", "active", "{}",
+            "{}", now, now) for s in system_ids))
+    members: dict[int, list[int]] = {}
+    for index, system in enumerate(system_ids):
+        members[system] = expert_ids[index * experts_per_system:(index + 1) * experts_per_system]
+    _copy(cursor, "marketplace_systemexpert", ["system_id", "expert_id", "version_id", "position"],
+          ((s, e, e, p) for s, es in members.items() for p, e in enumerate(es)))
+    _copy(cursor, "marketplace_contributionmeasurement", ["system_id", "expert_id", "method", "metric", "dataset_hash",
+                                                          "value", "share_bp", "samples", "std_error", "measured_at"],
+          ((s, e, "shapley_mc", "exact_match", "0" * 64, "0", rng.randint(0, 2000), 200, "", now)
+           for s, es in members.items() for e in es))
+    return system_ids, members
+
+
+def _load_usage(cursor, *, count: int, members: dict[int, list[int]], organizations: list[int], seed: int,
+                max_experts: int) -> None:
+    rng = random.Random(seed)
+    systems = list(members)
+    cursor.execute("SELECT COALESCE(MAX(id), 0) FROM marketplace_usage")
+    usage0 = cursor.fetchone()[0]
+
+    def rows():
+        for i in range(count):
+            system = systems[i % len(systems)]
+            chosen = rng.sample(members[system], rng.randint(1, min(max_experts, len(members[system]))))
+            raw = [rng.randint(1, 1000) for _ in chosen]
+            total = sum(raw)
+            attribution = {str(e): f"{w / total:.6f}" for e, w in zip(chosen, raw)}
+            # Ids follow arrival time, as they do in production: spread evenly over October.
+            created = datetime.combine(OCTOBER, datetime.min.time(), tzinfo=dt_timezone.utc)
+            created += timedelta(seconds=i * (31 * 86_400 - 1) // count)
+            tokens = rng.randint(10, 600)
+            yield (f"bench-{usage0 + i + 1}", rng.choice(organizations), system, tokens // 3, tokens - tokens // 3,
+                   rng.randint(5, 900), 0, json.dumps(attribution), tokens * 2, False, False, created)
+
+    _copy(cursor, "marketplace_usage", ["request_id", "organization_id", "system_id", "prompt_tokens",
+                                        "completion_tokens", "latency_ms", "engine_ms", "attribution", "charge_minor",
+                                        "reported_to_stripe", "allocated", "created_at"], rows())
+
+
+def main() -> None:
+    url = _bench_database_url()
+    _recreate_database(url)
+    os.environ["DATABASE_URL"] = url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mosaic.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection, transaction
+
+    from ledger.accounting.selectors import balances
+    from ledger.accounting.verification import check_balances
+    from marketplace.credit.allocation import allocate_pending_usage
+    from marketplace.credit.settlement import close_period
+    from marketplace.models import CreditLine, Usage
+
+    results: dict = {}
+    print(f"credit benchmark on {BENCH_DB}: migrating", flush=True)
+    call_command("migrate", verbosity=0)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("INSERT INTO marketplace_organization (name, slug, is_commercial, domains, stripe_customer_id, "
+                       "created_at) SELECT 'Org ' || g, 'org-' || g, true, '[]', '', now() FROM generate_series(1, 20) g "
+                       "RETURNING id")
+        organizations = [row[0] for row in cursor.fetchall()]
+        print(f"loading {CONTRIBUTORS} contributors, {EXPERTS} experts, {SYSTEMS} systems, {USAGE} usage rows (COPY)",
+              flush=True)
+        _, members = _timed("load_world_s", results, lambda: _load_world(
+            cursor, contributors=CONTRIBUTORS, experts_per_contributor=EXPERTS // CONTRIBUTORS, first_user=0,
+            systems=SYSTEMS, experts_per_system=EXPERTS // SYSTEMS, payouts_enabled=True))
+        _timed("load_usage_s", results, lambda: _load_usage(
+            cursor, count=USAGE, members=members, organizations=organizations, seed=1, max_experts=3))
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
+
+    print("allocating", flush=True)
+
+    def trace(execute, sql, params, many, context):
+        started = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            elapsed = time.perf_counter() - started
+            if elapsed > 0.5:
+                print(f"    {elapsed:7.2f} s  {' '.join(sql.split())[:110]}", flush=True)
+
+    with connection.execute_wrapper(trace):
+        run = _timed("allocate_1m_s", results, lambda: allocate_pending_usage(batch_size=100_000))
+    results["allocated_usage"] = run.usage_count
+    results["allocation_batches"] = run.batches
+    results["credit_lines"] = CreditLine.objects.count()
+    results["allocate_usage_per_s"] = round(run.usage_count / results["allocate_1m_s"])
+    again = _timed("allocate_again_s", results, lambda: allocate_pending_usage(batch_size=100_000))
+    results["allocate_again_usage"] = again.usage_count
+
+    more = CLOSE_CONTRIBUTORS - CONTRIBUTORS
+    print(f"loading {more} more contributors with one expert each, {more * 5} more usage rows", flush=True)
+    with transaction.atomic(), connection.cursor() as cursor:
+        _, members_more = _load_world(cursor, contributors=more, experts_per_contributor=1, first_user=CONTRIBUTORS,
+                                      systems=max(1, more // 100), experts_per_system=100, payouts_enabled=True)
+        _load_usage(cursor, count=more * 5, members=members_more, organizations=organizations, seed=2, max_experts=2)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
+    _timed("allocate_more_s", results, lambda: allocate_pending_usage(batch_size=100_000))
+    print("closing October", flush=True)
+    closed = _timed("close_period_s", results, lambda: close_period(start=OCTOBER, end=date(2026, 10, 31)))
+    results["close_statements"] = closed.statements
+    results["close_payouts"] = closed.payouts
+    results["close_paid_out_minor"] = closed.paid_out_minor
+    _timed("close_again_s", results, lambda: close_period(start=OCTOBER, end=date(2026, 10, 31)))
+    check = _timed("verify_balances_s", results, check_balances)
+    results["verify_balances_ok"] = check.ok
+    results["unallocated_left"] = Usage.objects.filter(allocated=False).count()
+    results["platform_revenue_minor"] = -balances(prefix="platform:revenue").get("platform:revenue", 0)
+
+    results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
+                          "postgres": connection.cursor().connection.info.server_version}
+    results["sizes"] = {"usage": USAGE, "experts": EXPERTS, "contributors": CONTRIBUTORS, "systems": SYSTEMS,
+                        "close_contributors": CLOSE_CONTRIBUTORS}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "credit.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    rows = [
+        ("allocate 1M usage (1,000 experts, 500 contributors)", f"{results['allocate_1m_s']} s", "goal <= 60 s"),
+        ("  usage allocated / batches / credit lines",
+         f"{results['allocated_usage']} / {results['allocation_batches']} / {results['credit_lines']}", ""),
+        ("allocate again (idempotent)", f"{results['allocate_again_s']} s", f"{results['allocate_again_usage']} usage"),
+        (f"close a period for {closed.statements} contributors", f"{results['close_period_s']} s",
+         f"{closed.payouts} payouts"),
+        ("close the same period again", f"{results['close_again_s']} s", "no-op"),
+        ("recompute every balance from the ledger", f"{results['verify_balances_s']} s",
+         "ok" if check.ok else check.message),
+    ]
+    width = max(len(r[0]) for r in rows)
+    table = "\n".join(f"| {a.ljust(width)} | {b:>24} | {c} |" for a, b, c in rows)
+    header = f"| {'step'.ljust(width)} | {'result':>24} | note |\n|{'-' * (width + 2)}|{'-' * 26}|------|"
+    print(header + "\n" + table)
+    (RESULTS / "credit.md").write_text(
+        "# Credit benchmark (issue 7)\n\n"
+        f"PostgreSQL {results['machine']['postgres']}, {results['machine']['cpus']} CPUs (shared), "
+        f"`python -m bench.credit_bench`.\n\n" + header + "\n" + table + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
