@@ -81,13 +81,13 @@ def post_transaction(
     posting the same reference again returns the existing transaction and writes nothing.
     `closing` is the period being closed in the same database transaction: the close itself may
     still post into it (its payouts); nothing else may post into a closed period."""
-    existing = Transaction.objects.filter(reference=reference).first()
-    if existing is not None:
-        return existing
     _validate(postings)
     postings = [p for p in postings if p.amount != 0] or postings
     memo = memo or {}
     with db_transaction.atomic():
+        existing = Transaction.objects.select_for_update().filter(reference=reference).first()
+        if existing is not None:
+            return existing
         _refuse_closed_dates(postings, closing)
         payload = transaction_payload(
             reference=reference,
