@@ -10,7 +10,7 @@ on a free loopback port, and drives it with N concurrent client threads (bounded
 - the same completion from one client at a time, where total latency minus the engine time the server reports
   (x-mosaic-engine-ms) is Mosaic's own overhead, free of queueing.
 Also reports the server's own view: Usage.latency_ms - Usage.engine_ms over every completion served.
-Writes bench/results/api.json and bench/results/api.md.
+Writes bench/results/api.json and .md (api_postgres.json and .md with --postgres).
 """
 import argparse
 import http.client
@@ -27,6 +27,14 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
+BENCH_DB = "mosaic_api_bench"
+
+
+def _postgres_admin(server_url: str, sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(server_url + "/postgres", autocommit=True) as connection:
+        connection.execute(sql)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -187,14 +195,23 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--sequential", type=int, default=100, help="one-at-a-time completions for the overhead")
-    parser.add_argument("--postgres", action="store_true", help="use DATABASE_URL (PostgreSQL) instead of SQLite")
+    parser.add_argument("--postgres", action="store_true",
+                        help=f"use a fresh database {BENCH_DB} on DATABASE_URL's PostgreSQL server instead of SQLite")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="mosaic-api-bench-"))
     env = {**os.environ, "MOSAIC_VAR_DIR": str(workdir / "var"), "OMP_NUM_THREADS": "1", "DEBUG": "0",
            "DJANGO_SETTINGS_MODULE": "mosaic.settings", "LOG_LEVEL": "ERROR"}
-    if not args.postgres:
-        env["DATABASE_URL"] = f"sqlite:///{workdir / 'bench.sqlite3'}"
+    if args.postgres:
+        server_url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/mosaic").rsplit("/", 1)[0]
+        _postgres_admin(server_url, f"DROP DATABASE IF EXISTS {BENCH_DB}")
+        _postgres_admin(server_url, f"CREATE DATABASE {BENCH_DB}")
+        env["DATABASE_URL"] = f"{server_url}/{BENCH_DB}?conn_max_age=600"
+    else:
+        # Deployment settings for SQLite: persistent connections; WAL (set on the file below) with
+        # synchronous=NORMAL, so a commit appends to the WAL without an fsync (durable across process crashes).
+        env["DATABASE_URL"] = (f"sqlite:///{workdir / 'bench.sqlite3'}?conn_max_age=600"
+                               "&init_command=PRAGMA+synchronous%3DNORMAL")
     os.environ.update(env)
     import django
 
@@ -202,6 +219,11 @@ def main() -> None:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
+    if not args.postgres:
+        from django.db import connection
+
+        with connection.cursor() as cursor:  # persistent on the file: gunicorn's connections use it too
+            cursor.execute("PRAGMA journal_mode=WAL")
     base, adapters = build_world(workdir / "world")
     key = seed(base, adapters)
 
@@ -240,16 +262,23 @@ def main() -> None:
         "overhead_p50_ms": percentile(server_overheads, 50), "overhead_p99_ms": percentile(server_overheads, 99),
         "engine_p50_ms": percentile(engine, 50),
     }
+    if args.postgres:
+        from django.db import connections
+
+        connections.close_all()
+        _postgres_admin(server_url, f"DROP DATABASE IF EXISTS {BENCH_DB}")
     results["setup"] = {
-        "database": "postgresql" if args.postgres else "sqlite", "gunicorn_workers": args.workers,
+        "database": ("postgresql, persistent connections" if args.postgres
+                     else "sqlite, WAL + synchronous=NORMAL, persistent connections"), "gunicorn_workers": args.workers,
         "gunicorn_threads": args.threads, "cpus": os.cpu_count(), "python": platform.python_version(),
         "machine": platform.machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "goals": {"non_inference_p99_ms": 50, "overhead_p50_ms": 10},
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "api.json").write_text(json.dumps(results, indent=2) + "\n")
+    name = "api_postgres" if args.postgres else "api"
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     table = render(results)
-    (RESULTS / "api.md").write_text(table)
+    (RESULTS / f"{name}.md").write_text(table)
     print(table)
 
 

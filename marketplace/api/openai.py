@@ -7,6 +7,8 @@ import uuid
 
 from django.conf import settings
 from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -83,6 +85,7 @@ def model_object(system: ComposedSystem) -> dict:
 
 
 class ModelListApi(OpenAIView):
+    @extend_schema(summary="The systems this organization may call (OpenAI list of models)", responses=OpenApiTypes.OBJECT)
     def get(self, request):
         api_key = authenticate(request, scope="read")
         systems = systems_callable_by(organization=api_key.organization)
@@ -90,6 +93,7 @@ class ModelListApi(OpenAIView):
 
 
 class ModelDetailApi(OpenAIView):
+    @extend_schema(summary="One model (system)", responses=OpenApiTypes.OBJECT)
     def get(self, request, model: str):
         api_key = authenticate(request, scope="read")
         return Response(model_object(system_for_organization(organization=api_key.organization, slug=model)))
@@ -98,6 +102,7 @@ class ModelDetailApi(OpenAIView):
 # --- completions --------------------------------------------------------------------------------------------
 
 
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}]})
 class StopField(serializers.Field):
     def to_internal_value(self, data):
         stops = [data] if isinstance(data, str) else data
@@ -375,7 +380,17 @@ class ChatCompletionApi(_CompletionApi):
     input_serializer = ChatCompletionInputSerializer
     chat = True
 
+    @extend_schema(request=ChatCompletionInputSerializer, responses=OpenApiTypes.OBJECT,
+                   summary="Chat completion (OpenAI-compatible; stream=true answers with server-sent events)")
+    def post(self, request):
+        return super().post(request)
+
 
 class CompletionApi(_CompletionApi):
     input_serializer = CompletionInputSerializer
     chat = False
+
+    @extend_schema(request=CompletionInputSerializer, responses=OpenApiTypes.OBJECT,
+                   summary="Text completion (OpenAI-compatible; stream=true answers with server-sent events)")
+    def post(self, request):
+        return super().post(request)

@@ -1,5 +1,7 @@
 """Organizations, members, API keys, subscription and usage."""
 from django.contrib.auth import get_user_model
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -41,11 +43,13 @@ def organization_output(organization, role: str) -> dict:
 
 
 class OrganizationListApi(APIView):
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     def get(self, request):
         memberships = Membership.objects.filter(user=request.user).select_related("organization")
         roles = {m.organization_id: m.role for m in memberships}
         return Response([organization_output(o, roles[o.pk]) for o in organizations_for_user(user=request.user)])
 
+    @extend_schema(request=OrganizationInputSerializer, responses=OpenApiTypes.OBJECT)
     def post(self, request):
         serializer = OrganizationInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -54,6 +58,7 @@ class OrganizationListApi(APIView):
 
 
 class OrganizationDetailApi(APIView):
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     def get(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         return Response(organization_output(membership.organization, membership.role))
@@ -69,11 +74,13 @@ def member_output(membership) -> dict:
 
 
 class MemberListApi(APIView):
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     def get(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         members = membership.organization.memberships.select_related("user").order_by("created_at")
         return Response([member_output(m) for m in members])
 
+    @extend_schema(request=MemberInputSerializer, responses=OpenApiTypes.OBJECT)
     def post(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         require_role(membership=membership, roles=OWNER, action="manage members")
@@ -87,6 +94,7 @@ class MemberListApi(APIView):
 
 
 class MemberDetailApi(APIView):
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     def delete(self, request, organization_id: int, user_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         require_role(membership=membership, roles=OWNER, action="manage members")
@@ -108,11 +116,13 @@ def api_key_output(api_key) -> dict:
 
 
 class APIKeyListApi(APIView):
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     def get(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         require_role(membership=membership, roles=OWNER_OR_DEVELOPER, action="see API keys")
         return Response([api_key_output(k) for k in api_keys_for_organization(organization=membership.organization)])
 
+    @extend_schema(request=APIKeyInputSerializer, responses=OpenApiTypes.OBJECT)
     def post(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         require_role(membership=membership, roles=OWNER, action="create API keys")
@@ -123,6 +133,7 @@ class APIKeyListApi(APIView):
 
 
 class APIKeyRevokeApi(APIView):
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     def post(self, request, organization_id: int, prefix: str):
         membership = membership_for(user=request.user, organization_id=organization_id)
         require_role(membership=membership, roles=OWNER, action="revoke API keys")
@@ -145,6 +156,7 @@ def subscription_output(subscription) -> dict:
 
 
 class SubscriptionApi(APIView):
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     def get(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         subscription = (
@@ -155,6 +167,7 @@ class SubscriptionApi(APIView):
             raise NotFound("This organization has no subscription.")
         return Response(subscription_output(subscription))
 
+    @extend_schema(request=SubscriptionInputSerializer, responses=OpenApiTypes.OBJECT)
     def post(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         require_role(membership=membership, roles=OWNER_OR_BILLING, action="subscribe")
@@ -168,6 +181,7 @@ class SubscriptionApi(APIView):
 
 
 class InvoiceListApi(APIView):
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     def get(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         require_role(membership=membership, roles=OWNER_OR_BILLING, action="see invoices")
@@ -183,6 +197,7 @@ class InvoiceListApi(APIView):
 
 
 class UsageApi(APIView):
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     def get(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         group_by = [g for g in request.query_params.get("group_by", "day,system").split(",") if g]

@@ -1,5 +1,7 @@
 """POST /api/stripe/webhook: Stripe-signed events, each applied once."""
 import stripe
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -13,6 +15,7 @@ class StripeWebhookApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
 
+    @extend_schema(request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT, summary="Stripe webhook (signed)")
     def post(self, request):
         signature = request.META.get("HTTP_STRIPE_SIGNATURE", "")
         try:

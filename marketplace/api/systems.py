@@ -1,4 +1,6 @@
 """Composed systems: staff compose and change them; everyone lists what they may see."""
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny, IsAdminUser
 from rest_framework.response import Response
@@ -24,10 +26,10 @@ class SystemOutputSerializer(serializers.ModelSerializer):
             "quality", "license_summary", "created_at", "updated_at",
         ]
 
-    def get_owner_organization(self, system):
+    def get_owner_organization(self, system) -> str | None:
         return system.owner_organization.slug if system.owner_organization_id else None
 
-    def get_experts(self, system):
+    def get_experts(self, system) -> list[dict]:
         return [
             {"id": m.expert_id, "slug": m.expert.slug, "contributor": m.expert.owner.display_name,
              "version": m.version.number, "consent_revoked": m.expert.consent_revoked_at is not None}
@@ -70,9 +72,11 @@ class SystemListApi(APIView):
     def get_permissions(self):
         return [AllowAny()] if self.request.method == "GET" else [IsAdminUser()]
 
+    @extend_schema(responses=SystemOutputSerializer(many=True))
     def get(self, request):
         return Response(SystemOutputSerializer(systems_visible_to_user(user=request.user), many=True).data)
 
+    @extend_schema(request=SystemCreateInputSerializer, responses=SystemOutputSerializer)
     def post(self, request):
         serializer = SystemCreateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -86,12 +90,14 @@ class SystemDetailApi(APIView):
     def get_permissions(self):
         return [AllowAny()] if self.request.method == "GET" else [IsAdminUser()]
 
+    @extend_schema(responses=SystemOutputSerializer)
     def get(self, request, system_id: int):
         system = systems_visible_to_user(user=request.user).filter(pk=system_id).first()
         if system is None:
             raise NotFound("No such system.")
         return Response(SystemOutputSerializer(system).data)
 
+    @extend_schema(request=SystemUpdateInputSerializer, responses=SystemOutputSerializer)
     def patch(self, request, system_id: int):
         system = system_get(system_id=system_id)
         serializer = SystemUpdateInputSerializer(data=request.data)
@@ -105,6 +111,7 @@ class SystemDetailApi(APIView):
 
 
 class ExpertRevokeConsentApi(APIView):
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT, summary="Revoke consent (the expert's contributor)")
     def post(self, request, expert_id: int):
         expert = Expert.objects.filter(pk=expert_id).first()
         if expert is None:
