@@ -159,7 +159,9 @@ FROM marketplace_creditline l JOIN marketplace_usage u ON u.id = l.usage_id
 WHERE l.batch = %(batch)s GROUP BY 1, 2, 3, 4
 """
 
-MARK_ALLOCATED = "UPDATE marketplace_usage AS u SET allocated = %(yes)s WHERE {pending}"
+MARK_ALLOCATED = """
+UPDATE marketplace_usage SET allocated = %(yes)s WHERE id IN (SELECT u.id FROM marketplace_usage u WHERE {pending})
+"""
 
 REFUSED = """
 SELECT COUNT(*) FROM marketplace_usage u WHERE u.allocated = %(no)s AND u.created_at < %(until)s AND EXISTS (
