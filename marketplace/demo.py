@@ -39,8 +39,8 @@ def _sizes() -> dict:
         # The small world's reduced size: 2-layer 64-wide base, light pretraining (120 steps), experts trained
         # 60 steps: ready in about 2.5 minutes on 2 busy cores.
         "small": dict(WORLD_SIZES["reduced"]),
-        # The small world's full size: 4-layer 128-wide base (400 steps), experts trained 220 steps, which
-        # learn their skills well; several times the compute of "small".
+        # The small world's full size: 4-layer 128-wide base, experts trained long enough to learn their
+        # skills well; several times the compute of "small".
         "full": dict(WORLD_SIZES["full"]),
         # For tests of the demo itself: the same shapes of things, a few optimisation steps.
         "tiny": {**WORLD_SIZES["reduced"], "base_steps": 2, "expert_steps": 2, "train_items": 8},

@@ -13,7 +13,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--size", choices=SIZES, default=DEFAULT_SIZE,
                             help="small: 2-layer 64-wide base, 120 pretraining steps, experts 60 steps (default); "
-                                 "full: 4-layer 128-wide, 400 and 220 steps (experts learn their skills well); "
+                                 "full: the small world's full size, 4-layer 128-wide (experts learn their "
+                                 "skills well; several times the compute); "
                                  "tiny: a few steps (tests)")
 
     def handle(self, *args, size, **options):
