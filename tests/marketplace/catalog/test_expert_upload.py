@@ -171,3 +171,30 @@ def test_model_card_metadata_fills_fields_the_form_leaves_out(alice_api, base_mo
     assert body["tags"] == ["poetry", "rhyme"]
     assert body["description"] == "Writes rhymes."
     assert body["version"]["card_metadata"]["base_model"] == "mosaic-tiny"
+
+
+def test_validate_pending_requeues_versions_left_pending(alice_api, base_model, adapter_dirs, capsys):
+    from django.core.management import call_command
+
+    app.conf.task_always_eager = False
+    upload_expert(alice_api, adapter_dirs["qv"])
+    app.conf.task_always_eager = True
+    assert ExpertVersion.objects.get().status == "pending"
+
+    call_command("validate_pending")
+
+    assert ExpertVersion.objects.get().status == "valid"
+    assert Expert.objects.get().current_version.number == 1
+    assert "1 pending" in capsys.readouterr().out
+
+
+def test_license_terms_that_contradict_themselves_are_refused(alice_api, base_model, adapter_dirs):
+    expert_id = upload_expert(alice_api, adapter_dirs["qv"]).json()["id"]
+
+    response = alice_api.put(f"/api/experts/{expert_id}/license", {
+        "spdx_id": "MIT", "allowed_domains": ["legal", "medical"], "prohibited_domains": ["medical"],
+    }, format="json")
+
+    assert response.status_code == 400
+    assert "both allowed and prohibited" in error_message(response)
+    assert Expert.objects.get().license_history.count() == 1
