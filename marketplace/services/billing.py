@@ -123,6 +123,11 @@ def _subscription_status_from(event_type: str, obj: dict) -> str | None:
     return None
 
 
+def _is_mosaics(obj: dict) -> bool:
+    metadata = obj.get("metadata") or (obj.get("subscription_details") or {}).get("metadata") or {}
+    return "mosaic_organization" in metadata
+
+
 def stripe_event_apply(*, event: dict) -> str:
     """Handles one verified webhook event exactly once. Returns what happened, for the response."""
     obj = event["data"]["object"]
@@ -140,7 +145,11 @@ def stripe_event_apply(*, event: dict) -> str:
         subscription_id = obj.get("id") if obj.get("object") == "subscription" else obj.get("subscription")
         subscription = Subscription.objects.select_for_update().filter(stripe_subscription_id=subscription_id).first()
         if subscription is None:
-            return "unknown subscription"
+            if _is_mosaics(obj):
+                # Delivered before the subscription row committed: refused (the event row rolls back) so Stripe
+                # retries it later.
+                raise Conflict(f"Subscription {subscription_id} is not known yet; retry later.", code="retry_later")
+            return "not a Mosaic subscription"
         if int(event["created"]) < subscription.last_event_created:
             return "stale"
         previous = subscription.status

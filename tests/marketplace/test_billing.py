@@ -225,3 +225,22 @@ def test_report_usage_command_reports_through_the_same_service(alice_co, recordi
     call_command("report_usage")
     assert "Reported 1 usage records." in capsys.readouterr().out
     assert len(recording_stripe) == 1
+
+
+def test_an_event_for_a_mosaic_subscription_not_yet_stored_is_refused_so_stripe_retries(client, settings, alice_co):
+    event = subscription_event("evt_early", 100, "sub_later", "active")
+    event["data"]["object"]["metadata"] = {"mosaic_organization": str(alice_co.pk)}
+    response = signed(client, settings, event)
+    assert response.status_code == 409 and response.json()["error"]["code"] == "retry_later"
+    assert not StripeEvent.objects.exists()
+    subscription = SubscriptionFactory(organization=alice_co, stripe_subscription_id="sub_later",
+                                       status=Subscription.Status.INCOMPLETE)
+    assert signed(client, settings, event).json()["result"] == "applied"
+    subscription.refresh_from_db()
+    assert subscription.status == "active"
+
+
+def test_events_about_other_subscriptions_on_the_account_are_stored_and_ignored(client, settings, db):
+    response = signed(client, settings, subscription_event("evt_other", 100, "sub_not_ours", "active"))
+    assert response.json()["result"] == "not a Mosaic subscription"
+    assert StripeEvent.objects.filter(event_id="evt_other").exists()
