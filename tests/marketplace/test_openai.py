@@ -278,3 +278,10 @@ def test_a_client_that_leaves_mid_stream_is_still_metered(client, served):
     response.close()
     usage = Usage.objects.get()
     assert 0 < usage.completion_tokens <= 6
+
+
+def test_a_past_due_subscription_stops_the_api_with_a_402(client, served):
+    from marketplace.models import Subscription
+
+    Subscription.objects.filter(organization=served.organization).update(status=Subscription.Status.PAST_DUE)
+    assert_refused(call(client, "/v1/chat/completions", chat_body(), served.key), 402, "no_active_subscription")

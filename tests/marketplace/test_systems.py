@@ -140,3 +140,16 @@ def test_the_admin_shows_a_bad_composition_as_a_form_error(client, staff, expert
     response = client.post("/admin/marketplace/composedsystem/add/", form)
     assert response.status_code == 200 and b"is required when the system has several experts" in response.content
     assert not ComposedSystem.objects.exists()
+
+
+def test_changing_the_experts_pins_the_new_ones_at_their_current_version(staff, experts, base):
+    client = client_for(staff)
+    system_id = compose(client, experts).json()["id"]
+    third = ExpertFactory(base_model=base, slug="third")
+    response = client.patch(f"/api/systems/{system_id}", {"experts": [experts[0].pk, third.pk],
+                                                           "strategy_config": {}}, format="json")
+    assert response.status_code == 200, response.content
+    assert [e["slug"] for e in response.json()["experts"]] == ["french", "third"]
+    payload = ledger_payload("system.changed")
+    assert "experts" in payload["changed"]
+    assert payload["experts"][1] == {"expert": f"expert:{third.pk}", "version": 1, "sha256": third.current_version.sha256}
