@@ -1,4 +1,16 @@
-"""The account references the marketplace posts to (opaque strings to the accounting app)."""
+"""The account references the marketplace posts to (opaque strings to the accounting app).
+
+Amounts are signed integer minor units: a debit is positive, a credit negative. So a contributor's
+payable is negative while Mosaic owes them money (the API shows it as a positive balance).
+
+    credit.allocated   organization:<id>:receivable  +charge
+                       platform:revenue              -(fee + whatever no contributor could earn)
+                       contributor:<id>:payable      -earned        (dimension system:<s>/expert:<e>)
+    credit.reversed    the negation of a usage's allocation (refund: against the receivable;
+                       chargeback: against `refunds`), or of a failed payout's legs
+    payout.created     contributor:<id>:payable +amount, payouts:clearing -amount  (dimension payout:<id>)
+    payout.paid        payouts:clearing +amount, platform:cash -amount
+"""
 import re
 
 PLATFORM_REVENUE = "platform:revenue"

@@ -30,6 +30,7 @@ def _dialect() -> dict[str, str]:
                 "THEN b.attribution ELSE '{}'::jsonb END) AS a(key, value)"
             ),
             "expert_key": "e.id::text",
+            "mark_allocated": "UPDATE marketplace_usage AS u SET allocated = %(yes)s WHERE {pending}",
             "ppm": (
                 "CASE WHEN a.value ~ %(decimal_re)s "
                 "THEN floor(a.value::numeric * 1000000)::bigint ELSE 0 END"
@@ -43,6 +44,10 @@ def _dialect() -> dict[str, str]:
             "JOIN json_each(CASE WHEN json_type(b.attribution) = 'object' THEN b.attribution ELSE '{}' END) AS a"
         ),
         "expert_key": "CAST(e.id AS TEXT)",
+        "mark_allocated": (
+            "UPDATE marketplace_usage SET allocated = %(yes)s "
+            "WHERE id IN (SELECT u.id FROM marketplace_usage u WHERE {pending})"
+        ),
         "ppm": (
             f"CASE WHEN {value} REGEXP %(decimal_re)s THEN "
             f"CASE WHEN {dot} = 0 THEN CAST({value} AS INTEGER) * 1000000 "
@@ -159,10 +164,6 @@ FROM marketplace_creditline l JOIN marketplace_usage u ON u.id = l.usage_id
 WHERE l.batch = %(batch)s GROUP BY 1, 2, 3, 4
 """
 
-MARK_ALLOCATED = """
-UPDATE marketplace_usage SET allocated = %(yes)s WHERE id IN (SELECT u.id FROM marketplace_usage u WHERE {pending})
-"""
-
 REFUSED = """
 SELECT COUNT(*) FROM marketplace_usage u WHERE u.allocated = %(no)s AND u.created_at < %(until)s AND EXISTS (
     SELECT 1 FROM accounting_settlementperiod p WHERE {day} BETWEEN p.start_date AND p.end_date
@@ -189,6 +190,11 @@ def _sql(template: str) -> str:
     dialect = _dialect()
     pending = PENDING.format(**dialect)
     return template.format(pending=pending, **dialect)
+
+
+def _mark_allocated_sql() -> str:
+    dialect = _dialect()
+    return dialect["mark_allocated"].format(pending=PENDING.format(**dialect))
 
 
 def allocation_reference(batch: int) -> str:
@@ -226,7 +232,7 @@ def _allocate_batch(*, after: int, until: datetime, batch_size: int, actor: str)
         receivables = cursor.fetchall()
         cursor.execute(_sql(PAYABLES), params)
         payables = cursor.fetchall()
-        cursor.execute(_sql(MARK_ALLOCATED), params)
+        cursor.execute(_mark_allocated_sql(), params)
 
         postings: list[PostingSpec] = []
         usage_count = charged = first_usage = 0
