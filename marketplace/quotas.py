@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from marketplace.models import Organization, Plan, QuotaWindow
@@ -41,9 +41,29 @@ def _windows(now: datetime) -> tuple[datetime, datetime, datetime]:
     return minute, month, next_month
 
 
-def _window(organization_id: int, kind: str, start: datetime) -> QuotaWindow:
-    window, _ = QuotaWindow.objects.get_or_create(organization_id=organization_id, kind=kind, window_start=start)
-    return window
+def _take(*, organization_id: int, kind: str, start: datetime, tokens: int, token_limit: int,
+          request_limit: int | None = None) -> bool:
+    """One conditional UPDATE that takes a request and `tokens` from the window only if that stays within the
+    limits; the window row is created the first time it is needed."""
+    window = QuotaWindow.objects.filter(organization_id=organization_id, kind=kind, window_start=start)
+    conditions = {"tokens__lte": token_limit - tokens}
+    if request_limit is not None:
+        conditions["requests__lte"] = request_limit - 1
+    change = {"requests": F("requests") + 1, "tokens": F("tokens") + tokens}
+    if window.filter(**conditions).update(**change):
+        return True
+    QuotaWindow.objects.get_or_create(organization_id=organization_id, kind=kind, window_start=start)
+    return bool(window.filter(**conditions).update(**change))
+
+
+def _current(*, organization_id: int, minute_start: datetime, month_start: datetime) -> tuple[QuotaWindow, QuotaWindow]:
+    rows = QuotaWindow.objects.filter(
+        Q(kind=QuotaWindow.Kind.MINUTE, window_start=minute_start) | Q(kind=QuotaWindow.Kind.MONTH, window_start=month_start),
+        organization_id=organization_id,
+    )
+    by_kind = {row.kind: row for row in rows}
+    empty = QuotaWindow(organization_id=organization_id, requests=0, tokens=0)
+    return by_kind.get(QuotaWindow.Kind.MINUTE, empty), by_kind.get(QuotaWindow.Kind.MONTH, empty)
 
 
 def _headers(*, plan: Plan, minute: QuotaWindow, reset_seconds: float) -> dict:
@@ -62,47 +82,37 @@ def reserve(*, organization: Organization, plan: Plan, estimated_tokens: int, no
     now = now or timezone.now()
     minute_start, month_start, next_month = _windows(now)
     minute_reset = (minute_start + timedelta(minutes=1) - now).total_seconds()
+    if estimated_tokens > plan.tokens_per_minute:
+        raise DomainError(
+            f"This request may use up to {estimated_tokens} tokens, more than your plan's "
+            f"{plan.tokens_per_minute} tokens per minute; lower max_tokens or n.",
+            param="max_tokens",
+        )
     with transaction.atomic():
-        minute = _window(organization.pk, QuotaWindow.Kind.MINUTE, minute_start)
-        month = _window(organization.pk, QuotaWindow.Kind.MONTH, month_start)
-        if estimated_tokens > plan.tokens_per_minute:
-            raise DomainError(
-                f"This request may use up to {estimated_tokens} tokens, more than your plan's "
-                f"{plan.tokens_per_minute} tokens per minute; lower max_tokens or n.",
-                param="max_tokens",
-            )
-        minute_ok = QuotaWindow.objects.filter(
-            pk=minute.pk,
-            requests__lte=plan.requests_per_minute - 1,
-            tokens__lte=plan.tokens_per_minute - estimated_tokens,
-        ).update(requests=F("requests") + 1, tokens=F("tokens") + estimated_tokens)
+        minute_ok = _take(organization_id=organization.pk, kind=QuotaWindow.Kind.MINUTE, start=minute_start,
+                          tokens=estimated_tokens, token_limit=plan.tokens_per_minute,
+                          request_limit=plan.requests_per_minute)
+        month_ok = minute_ok and _take(organization_id=organization.pk, kind=QuotaWindow.Kind.MONTH,
+                                       start=month_start, tokens=estimated_tokens,
+                                       token_limit=plan.monthly_token_quota)
+        minute, month = _current(organization_id=organization.pk, minute_start=minute_start, month_start=month_start)
+        headers = _headers(plan=plan, minute=minute, reset_seconds=minute_reset)
         if not minute_ok:
-            minute.refresh_from_db()
-            headers = _headers(plan=plan, minute=minute, reset_seconds=minute_reset)
-            what = ("requests" if minute.requests >= plan.requests_per_minute else "tokens")
+            what = "requests" if minute.requests >= plan.requests_per_minute else "tokens"
             limit = plan.requests_per_minute if what == "requests" else plan.tokens_per_minute
             raise RateLimited(
                 f"Rate limit reached: your plan allows {limit} {what} per minute. Try again in "
                 f"{math.ceil(minute_reset)} s.",
                 retry_after=math.ceil(minute_reset), headers=headers,
             )
-        month_ok = QuotaWindow.objects.filter(
-            pk=month.pk, tokens__lte=plan.monthly_token_quota - estimated_tokens
-        ).update(requests=F("requests") + 1, tokens=F("tokens") + estimated_tokens)
-        if not month_ok:
-            minute.refresh_from_db()
-            month_reset = (next_month - now).total_seconds()
+        if not month_ok:  # raising rolls back this request's minute reservation too
             raise RateLimited(
                 f"Monthly quota reached: your plan allows {plan.monthly_token_quota} tokens per month; it renews "
                 f"on {next_month.date().isoformat()}.",
-                retry_after=math.ceil(month_reset),
-                headers=_headers(plan=plan, minute=minute, reset_seconds=minute_reset),
-                code="quota_exceeded",
+                retry_after=math.ceil((next_month - now).total_seconds()), headers=headers, code="quota_exceeded",
             )
-        minute.refresh_from_db()
     return Reservation(
-        organization_id=organization.pk, window_ids=[minute.pk, month.pk], tokens=estimated_tokens,
-        headers=_headers(plan=plan, minute=minute, reset_seconds=minute_reset),
+        organization_id=organization.pk, window_ids=[minute.pk, month.pk], tokens=estimated_tokens, headers=headers,
     )
 
 
