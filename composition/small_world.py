@@ -25,7 +25,16 @@ import torch
 
 from composition.contribution import measure_contribution, priority_report
 from composition.engine import MemoisingEngine, ReferenceEngine
-from composition.evaluation import Dataset, Item, compare, items_hash, mixture_predictor, strategy_predictor
+from composition.evaluation import (
+    Dataset,
+    Item,
+    compare,
+    item_scores,
+    items_hash,
+    mixture_predictor,
+    solved_where_every_expert_fails,
+    strategy_predictor,
+)
 from composition.experts import load_expert
 from composition.strategies import build_strategy
 from composition.strategies.base import CompletionRequest
@@ -163,6 +172,7 @@ def system_configs(config: dict, dev_set: list[Item]) -> dict[str, tuple[str, di
         "merge_ties": ("merge", {"method": "ties", "density": 0.5}),
     }
     if config["extra_systems"]:
+        systems["logit_mixture_router"] = ("logit_mixture", {"source": "router", "router_temperature": 0.02})
         systems["merge_dare_linear"] = ("merge", {"method": "dare_linear", "density": 0.5})
         systems["merge_search"] = ("merge_search", {
             "method": "task_arithmetic", "samples": config["search_samples"], "max_tokens": max_tokens_for(config),
@@ -214,8 +224,6 @@ def run(size: str, cache_dir: Path, out: Path) -> dict:
         system_seconds[name] = round(time.time() - tick, 1)
         log(f"{name}: {summaries[name]['overall'].mean:.3f} ({system_seconds[name]} s)")
     expert_scores = {name: comparison_scores[name] for name in expert_names}
-    from composition.evaluation import solved_where_every_expert_fails
-
     for name, values in comparison_scores.items():
         if name not in expert_names:
             solved[name] = solved_where_every_expert_fails(values, expert_scores)
@@ -248,8 +256,8 @@ def run(size: str, cache_dir: Path, out: Path) -> dict:
             members = [by_id[expert_id] for expert_id in sorted(coalition)]
             predict = strategy_predictor(build_strategy(strategy_name, strategy_config, members), engine,
                                          max_tokens=max_tokens)
-        predictions = predict(shapley_items)
-        return sum(float(p.strip() == item.answers[0]) for p, item in zip(predictions, shapley_items)) / len(shapley_items)
+        scores = item_scores(predict(shapley_items), shapley_items, metric)
+        return sum(scores) / len(scores)
 
     tick = time.time()
     log(f"exact Shapley for {best} over {len(experts)} experts on {len(shapley_items)} items")

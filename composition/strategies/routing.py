@@ -7,7 +7,6 @@ from composition.engine import Engine
 from composition.errors import CompositionError
 from composition.strategies.base import (
     Choice,
-    CompletionRequest,
     ConfigReader,
     Strategy,
     decode_step_by_step,
