@@ -192,3 +192,18 @@ def test_merge_search_is_deterministic_and_attributes_the_winning_weights(engine
     best = max(first.search_results, key=lambda pair: pair[1])
     assert result.attribution == pytest.approx(best[0])
     assert_attribution(result.attribution)
+
+
+def test_aggregate_compares_the_answers_its_pattern_extracts(experts):
+    strategy = build_strategy("aggregate", {"extract": r"answer: (\w+)"}, experts)
+    assert strategy.extract("so the answer: Paris, surely") == "paris"
+    assert strategy.extract("no idea") == ""
+
+
+def test_a_request_for_no_choices_is_refused(engine, experts):
+    from composition.errors import CompositionError
+
+    with pytest.raises(CompositionError, match="n must be at least 1"):
+        build_strategy("single", {"expert": "alpha"}, experts).run(ask("x", n=0), engine)
+    with pytest.raises(CompositionError, match="top_p"):
+        build_strategy("single", {"expert": "alpha"}, experts).run(ask("x", top_p=0.0), engine)
