@@ -4,6 +4,8 @@ import json
 import stripe
 from django.conf import settings
 from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -18,13 +20,97 @@ from mosaic.errors import DomainError
 
 
 class EarningsView(APIView):
+    class Output(serializers.Serializer):
+        class Meta:
+            ref_name = "CreditEarningsOutput"
+
+        class BySystem(serializers.Serializer):
+            class Meta:
+                ref_name = "CreditBySystem"
+
+            system_id = serializers.IntegerField()
+            system = serializers.CharField()
+            earned_minor = serializers.IntegerField()
+
+        class ByExpert(serializers.Serializer):
+            class Meta:
+                ref_name = "CreditByExpert"
+
+            expert_id = serializers.IntegerField()
+            expert = serializers.CharField()
+            attribution = serializers.CharField(help_text="Set when the expert's license requires attribution.")
+            earned_minor = serializers.IntegerField()
+
+        class ByPeriod(serializers.Serializer):
+            class Meta:
+                ref_name = "CreditByPeriod"
+
+            start = serializers.DateField()
+            end = serializers.DateField()
+            opening_minor = serializers.IntegerField()
+            earned_minor = serializers.IntegerField()
+            payout_minor = serializers.IntegerField()
+            closing_minor = serializers.IntegerField()
+            statement_id = serializers.IntegerField()
+
+        class OpenPeriod(serializers.Serializer):
+            class Meta:
+                ref_name = "CreditOpenPeriod"
+
+            since = serializers.DateField(allow_null=True)
+            earned_minor = serializers.IntegerField()
+
+        class PayoutRow(serializers.Serializer):
+            class Meta:
+                ref_name = "CreditPayoutRow"
+
+            id = serializers.IntegerField()
+            amount_minor = serializers.IntegerField()
+            currency = serializers.CharField()
+            status = serializers.CharField()
+            failure_reason = serializers.CharField()
+            created_at = serializers.DateTimeField()
+
+        contributor_id = serializers.IntegerField()
+        account = serializers.CharField()
+        currency = serializers.CharField()
+        balance_minor = serializers.IntegerField(help_text="Owed to the contributor now: earned minus paid out.")
+        open_period = OpenPeriod()
+        by_system = BySystem(many=True)
+        by_expert = ByExpert(many=True)
+        by_period = ByPeriod(many=True)
+        payouts = PayoutRow(many=True)
+
+    @extend_schema(responses=Output, summary="The logged-in contributor's credit, with its breakdown")
     def get(self, request):
-        return Response(contributor_earnings(contributor=contributor_for(user=request.user)))
+        return Response(self.Output(contributor_earnings(contributor=contributor_for(user=request.user))).data)
 
 
 class AccountView(APIView):
+    class Output(serializers.Serializer):
+        class Meta:
+            ref_name = "CreditAccountOutput"
+
+        class PostingRow(serializers.Serializer):
+            class Meta:
+                ref_name = "CreditPostingRow"
+
+            transaction = serializers.CharField()
+            kind = serializers.CharField()
+            ledger_sequence = serializers.IntegerField()
+            reverses = serializers.CharField(allow_null=True)
+            value_date = serializers.DateField()
+            dimension = serializers.CharField()
+            amount = serializers.IntegerField(help_text="Minor units; a debit is positive, a credit negative.")
+
+        account = serializers.CharField()
+        balance = serializers.IntegerField()
+        postings_count = serializers.IntegerField()
+        postings = PostingRow(many=True, help_text="The most recent postings first.")
+
+    @extend_schema(responses=Output, summary="Any account's balance and postings (auditors and staff)")
     def get(self, request, ref: str):
-        return Response(account_detail(user=request.user, account=ref))
+        return Response(self.Output(account_detail(user=request.user, account=ref)).data)
 
 
 class StatementListView(APIView):
@@ -34,8 +120,10 @@ class StatementListView(APIView):
 
         class Meta:
             model = CreditStatement
+            ref_name = "CreditStatement"
             fields = ["id", "start", "end", "opening_minor", "earned_minor", "payout_minor", "closing_minor", "currency"]
 
+    @extend_schema(responses=Output(many=True), summary="The logged-in contributor's statements")
     def get(self, request):
         contributor = contributor_for(user=request.user)
         statements = CreditStatement.objects.filter(contributor=contributor).select_related("period")
@@ -43,7 +131,11 @@ class StatementListView(APIView):
 
 
 class StatementFileView(APIView):
+    @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR, (200, "text/html"): OpenApiTypes.STR},
+                   summary="A statement as CSV or HTML")
     def get(self, request, pk: int, fmt: str):
+        if fmt not in ("csv", "html"):
+            raise DomainError("A statement comes as .csv or .html.", param="format")
         statement = statement_for(user=request.user, statement_id=pk)
         name = f"statement-{statement.period.start_date}-{statement.period.end_date}"
         if fmt == "csv":
@@ -56,14 +148,26 @@ class StatementFileView(APIView):
 
 class OnboardingView(APIView):
     class Input(serializers.Serializer):
+        class Meta:
+            ref_name = "CreditOnboardingInput"
+
         refresh_url = serializers.URLField()
         return_url = serializers.URLField()
 
+    class Output(serializers.Serializer):
+        class Meta:
+            ref_name = "CreditOnboardingOutput"
+
+        account = serializers.CharField()
+        url = serializers.URLField()
+        expires_at = serializers.IntegerField()
+
+    @extend_schema(request=Input, responses={201: Output}, summary="Stripe Connect Express onboarding link")
     def post(self, request):
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
         contributor = contributor_for(user=request.user)
-        return Response(start_onboarding(contributor=contributor, **data.validated_data), status=201)
+        return Response(self.Output(start_onboarding(contributor=contributor, **data.validated_data)).data, status=201)
 
 
 class ConnectWebhookView(APIView):
@@ -72,6 +176,15 @@ class ConnectWebhookView(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
 
+    class Output(serializers.Serializer):
+        class Meta:
+            ref_name = "CreditConnectWebhookOutput"
+
+        received = serializers.BooleanField()
+        result = serializers.CharField()
+
+    @extend_schema(request=OpenApiTypes.OBJECT, responses={200: Output, 400: OpenApiResponse(description="bad signature")},
+                   summary="Stripe Connect webhook")
     def post(self, request):
         payload = request.body
         try:
@@ -83,4 +196,4 @@ class ConnectWebhookView(APIView):
         event = json.loads(payload)
         if not isinstance(event, dict) or "id" not in event or "type" not in event:
             raise DomainError("A Stripe event has an id and a type.")
-        return Response({"received": True, "result": handle_connect_event(event=event)})
+        return Response(self.Output({"received": True, "result": handle_connect_event(event=event)}).data)
