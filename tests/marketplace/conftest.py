@@ -17,27 +17,38 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def localstripe_url():
-    """A real localstripe server for the whole session (the real stripe SDK talks to it over HTTP)."""
+def _start_localstripe() -> tuple[subprocess.Popen, str] | None:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "localstripe", "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
         try:
             urllib.request.urlopen(
-                urllib.request.Request(url + "/v1/customers", headers={"Authorization": "Bearer sk_test_x"}), timeout=1
+                urllib.request.Request(url + "/v1/customers", headers={"Authorization": "Bearer sk_test_x"}), timeout=2
             )
-            break
+            return process, url
         except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError("localstripe did not start")
             time.sleep(0.2)
+    process.kill()
+    process.wait()
+    return None
+
+
+@pytest.fixture(scope="session")
+def localstripe_url():
+    """A real localstripe server for the whole session (the real stripe SDK talks to it over HTTP). A port taken
+    by another process between choosing and binding it makes localstripe exit: then another port is tried."""
+    for _attempt in range(3):
+        started = _start_localstripe()
+        if started is not None:
+            break
+    else:
+        raise RuntimeError("localstripe did not start")
+    process, url = started
     yield url
     process.terminate()
     process.wait(timeout=10)
