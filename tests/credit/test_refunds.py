@@ -59,3 +59,14 @@ def test_an_unallocated_usage_cannot_be_reversed(world):
 
     with pytest.raises(Conflict, match="not been allocated"):
         reverse_usage(usage=usage, reason="refund")
+
+
+@pytest.mark.django_db
+def test_an_operator_reverses_a_usage_by_its_request_id(two_usages, capsys):
+    from django.core.management import call_command
+
+    kept, refunded, _ = two_usages
+
+    call_command("reverse_usage", refunded.request_id, "--reason", "chargeback")
+
+    assert capsys.readouterr().out.startswith(f"reversal:usage:{refunded.pk} reverses credit:batch:")
