@@ -1,9 +1,13 @@
 """Admin for staff: composed systems (composed and changed through the same service, so the ledger records
 them), organizations, plans, subscriptions and usage (read-only)."""
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from rest_framework_api_key.admin import APIKeyModelAdmin
 
-from marketplace.models import ComposedSystem, Expert, Organization, Plan, Subscription, Usage
+from marketplace.models import (
+    ComposedSystem, Expert, Organization, OrganizationAPIKey, Plan, Subscription, Usage,
+)
+from marketplace.services.organizations import api_key_create
 from marketplace.services.systems import system_create, system_update, system_validate
 from mosaic.errors import DomainError
 
@@ -85,6 +89,23 @@ class ComposedSystemAdmin(admin.ModelAdmin):
 class OrganizationAdmin(admin.ModelAdmin):
     list_display = ["name", "slug", "is_commercial", "stripe_customer_id", "created_at"]
     search_fields = ["name", "slug"]
+
+
+@admin.register(OrganizationAPIKey)
+class OrganizationAPIKeyAdmin(APIKeyModelAdmin):
+    """The library's admin; keys are created by the same service as the API and shown once, as clients use them."""
+
+    list_display = [*APIKeyModelAdmin.list_display, "organization", "scopes", "last_used_at"]
+    list_filter = [*APIKeyModelAdmin.list_filter, "organization"]
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            obj.save()
+            return
+        api_key, key = api_key_create(organization=obj.organization, name=obj.name, scopes=obj.scopes or None)
+        obj.id, obj.prefix, obj.hashed_key, obj.scopes = api_key.id, api_key.prefix, api_key.hashed_key, api_key.scopes
+        messages.warning(request, f"The API key for {obj.name} is: {key} . Store it somewhere safe: it is not "
+                                  "shown again.")
 
 
 @admin.register(Plan)

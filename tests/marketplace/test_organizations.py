@@ -99,3 +99,22 @@ def test_create_api_key_command_names_an_unknown_organization(db):
 
     with pytest.raises(CommandError, match="nobody-co"):
         call_command("create_api_key", "--org", "nobody-co")
+
+
+def test_staff_create_a_key_in_the_admin_and_see_it_once(client, alice_co):
+    from tests.marketplace.factories import UserFactory
+
+    operator = UserFactory(username="operator")
+    operator.is_staff = operator.is_superuser = True
+    operator.save()
+    client.force_login(operator)
+    response = client.post("/admin/marketplace/organizationapikey/add/",
+                           {"name": "from-admin", "organization": alice_co.pk, "scopes": '["read"]'}, follow=True)
+    assert response.status_code == 200
+    [message] = [str(m) for m in response.context["messages"] if "mos_" in str(m)]
+    key = message.split("is: ")[1].split(" ")[0]
+    from marketplace.selectors.organizations import api_key_from_presented
+
+    found = api_key_from_presented(presented=key)
+    assert found.organization == alice_co and found.scopes == ["read"] and found.name == "from-admin"
+    assert OrganizationAPIKey.objects.count() == 1
