@@ -33,7 +33,8 @@ class PaymentRequired(DomainError):
     code = "no_active_subscription"
 
 
-def authenticate(request, *, scope: str) -> OrganizationAPIKey:
+def authenticate(request, *, scopes: tuple[str, ...]) -> OrganizationAPIKey:
+    """The organization key presented as a bearer token, holding at least one of `scopes`."""
     header = request.META.get("HTTP_AUTHORIZATION", "")
     scheme, _, presented = header.partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():
@@ -41,8 +42,8 @@ def authenticate(request, *, scope: str) -> OrganizationAPIKey:
     api_key = api_key_from_presented(presented=presented)
     if api_key is None:
         raise Unauthenticated("Incorrect, revoked or expired API key.")
-    if scope not in api_key.scopes:
-        raise DomainError(f"This API key lacks the {scope!r} scope.", code="forbidden", status_code=403)
+    if not set(scopes) & set(api_key.scopes):
+        raise DomainError(f"This API key lacks the {' or '.join(scopes)} scope.", code="forbidden", status_code=403)
     api_key_mark_used(api_key=api_key)
     return api_key
 
@@ -87,7 +88,7 @@ def model_object(system: ComposedSystem) -> dict:
 class ModelListApi(OpenAIView):
     @extend_schema(summary="The systems this organization may call (OpenAI list of models)", responses=OpenApiTypes.OBJECT)
     def get(self, request):
-        api_key = authenticate(request, scope="read")
+        api_key = authenticate(request, scopes=("read", "use"))
         systems = systems_callable_by(organization=api_key.organization)
         return Response({"object": "list", "data": [model_object(s) for s in systems]})
 
@@ -95,7 +96,7 @@ class ModelListApi(OpenAIView):
 class ModelDetailApi(OpenAIView):
     @extend_schema(summary="One model (system)", responses=OpenApiTypes.OBJECT)
     def get(self, request, model: str):
-        api_key = authenticate(request, scope="read")
+        api_key = authenticate(request, scopes=("read", "use"))
         return Response(model_object(system_for_organization(organization=api_key.organization, slug=model)))
 
 
@@ -230,7 +231,7 @@ class _CompletionApi(OpenAIView):
 
     def post(self, request):
         started = time.monotonic()
-        api_key = authenticate(request, scope="use")
+        api_key = authenticate(request, scopes=("use",))
         organization = api_key.organization
         data = _validated(self.input_serializer, request)
         system = system_for_organization(organization=organization, slug=data["model"])

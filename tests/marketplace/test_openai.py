@@ -295,3 +295,10 @@ def test_a_past_due_subscription_stops_the_api_with_a_402(client, served):
 
     Subscription.objects.filter(organization=served.organization).update(status=Subscription.Status.PAST_DUE)
     assert_refused(call(client, "/v1/chat/completions", chat_body(), served.key), 402, "no_active_subscription")
+
+
+def test_a_use_only_key_may_list_models(client, served):
+    from marketplace.services.organizations import api_key_create
+
+    _, use_key = api_key_create(organization=served.organization, name="use-only", scopes=["use"])
+    assert client.get("/v1/models", HTTP_AUTHORIZATION=f"Bearer {use_key}").status_code == 200
