@@ -20,7 +20,9 @@ def free_port() -> int:
 def _start_localstripe() -> tuple[subprocess.Popen, str] | None:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "localstripe", "--port", str(port)],
+        # --from-scratch: every localstripe writes /tmp/localstripe.pickle; loading another instance's half-written
+        # file at start makes it exit (seen under pytest -n 2).
+        [sys.executable, "-m", "localstripe", "--port", str(port), "--from-scratch"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
