@@ -17,16 +17,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+LOCALSTRIPE_IN_MEMORY = (
+    "import localstripe.resources as r; r.Store.dump_to_disk = lambda self: None; "
+    "from localstripe.server import start; start()"
+)
+
+
 def _start_localstripe() -> tuple[subprocess.Popen, str] | None:
     port = free_port()
     process = subprocess.Popen(
-        # --from-scratch: every localstripe writes /tmp/localstripe.pickle; loading another instance's half-written
-        # file at start makes it exit (seen under pytest -n 2).
-        [sys.executable, "-m", "localstripe", "--port", str(port), "--from-scratch"],
+        # Every localstripe persists its store to the one file /tmp/localstripe.pickle; concurrent instances
+        # (pytest -n 2, other test runs) would share it. The tests need no persistence: it is switched off.
+        [sys.executable, "-c", LOCALSTRIPE_IN_MEMORY, "--port", str(port), "--from-scratch"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         try:
             urllib.request.urlopen(
