@@ -110,6 +110,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Participatory model marketplace: contributors, experts, composed systems, ledger.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "ENUM_NAME_OVERRIDES": {"OnRevocationEnum": "marketplace.models.ComposedSystem.OnRevocation"},
 }
 API_KEY_CUSTOM_HEADER = "HTTP_AUTHORIZATION"
 

@@ -86,7 +86,8 @@ def model_object(system: ComposedSystem) -> dict:
 
 
 class ModelListApi(OpenAIView):
-    @extend_schema(summary="The systems this organization may call (OpenAI list of models)", responses=OpenApiTypes.OBJECT)
+    @extend_schema(summary="The systems this organization may call (OpenAI list of models)",
+                   responses=OpenApiTypes.OBJECT, operation_id="v1_models_list")
     def get(self, request):
         api_key = authenticate(request, scopes=("read", "use"))
         systems = systems_callable_by(organization=api_key.organization)

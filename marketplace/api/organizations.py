@@ -43,7 +43,7 @@ def organization_output(organization, role: str) -> dict:
 
 
 class OrganizationListApi(APIView):
-    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT, operation_id="api_organizations_list")
     def get(self, request):
         memberships = Membership.objects.filter(user=request.user).select_related("organization")
         roles = {m.organization_id: m.role for m in memberships}

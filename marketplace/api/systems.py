@@ -48,7 +48,7 @@ class _SystemFieldsSerializer(serializers.Serializer):
     )
     price_per_1k_tokens_minor = serializers.IntegerField(min_value=0, required=False, allow_null=True, default=None)
     attribution_alpha_bp = serializers.IntegerField(min_value=0, max_value=10000, required=False, default=5000)
-    on_revocation = serializers.ChoiceField(choices=ComposedSystem.OnRevocation.values, required=False,
+    on_revocation = serializers.ChoiceField(choices=ComposedSystem.OnRevocation.choices, required=False,
                                             default=ComposedSystem.OnRevocation.RUN_WITHOUT)
 
 
