@@ -2,7 +2,8 @@
 
 `build_char_tokenizer` gives one token per character (printable ASCII and newline) plus
 <pad>, <bos>, <eos>, <unk>; encoding adds <bos>; decoding concatenates characters, so
-encode -> decode round-trips any printable text.
+encode -> decode round-trips any printable text (even text that spells a special token: special
+tokens are never read from text).
 `build_base_model` saves a seeded LlamaForCausalLM (untrained unless train_steps > 0) and the
 tokenizer into a directory that transformers, peft and the engines load with from_pretrained.
 """
@@ -44,6 +45,7 @@ def build_char_tokenizer(directory: str | Path | None = None) -> PreTrainedToken
         unk_token=UNK,
         clean_up_tokenization_spaces=False,
         model_max_length=1024,
+        split_special_tokens=True,  # text that spells "<eos>" is read as characters, never as the token
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     if directory is not None:

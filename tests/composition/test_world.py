@@ -20,6 +20,13 @@ def test_encode_then_decode_returns_any_printable_text(text):
     assert tokenizer.decode(ids, skip_special_tokens=True) == text
 
 
+def test_text_that_spells_a_special_token_is_read_as_characters():
+    tokenizer = build_char_tokenizer()
+    ids = tokenizer("x<eos><pad>")["input_ids"]
+    assert tokenizer.eos_token_id not in ids and tokenizer.pad_token_id not in ids
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "x<eos><pad>"
+
+
 def test_every_character_is_its_own_token_and_specials_are_distinct():
     tokenizer = build_char_tokenizer()
     specials = {tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id}
@@ -50,6 +57,7 @@ def test_base_model_directory_loads_with_transformers_and_is_seeded(tmp_path):
     for (name, a), (_, b) in zip(model_one.state_dict().items(), model_two.state_dict().items()):
         assert torch.equal(a, b), name
     assert tokenizer.decode(tokenizer("x y\nz")["input_ids"], skip_special_tokens=True) == "x y\nz"
+    assert tokenizer.eos_token_id not in tokenizer("<eos>")["input_ids"]  # survives save and load
 
 
 def test_pretraining_lowers_the_loss_on_its_corpus(tmp_path):
