@@ -21,17 +21,14 @@ KIND_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 def _lock_and_read_tail(cursor) -> tuple | None:
     """Serialise appends until the end of the transaction, then read the committed tail.
 
-    PostgreSQL: a transaction-level advisory lock, then the last entry in a fresh snapshot (one
-    round trip: each statement of a multi-statement query takes its own snapshot). SQLite:
-    transactions are IMMEDIATE (see settings), so the database write lock is already held."""
-    tail = "SELECT sequence, entry_hash, leaf_hash FROM ledger_entry ORDER BY sequence DESC LIMIT 1"
-    if connection.vendor != "postgresql":
-        cursor.execute(tail)
-        return cursor.fetchone()
-    durability = "" if settings.LEDGER_SYNCHRONOUS_COMMIT else "SET LOCAL synchronous_commit TO OFF; "
-    cursor.execute(f"{durability}SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY}); {tail}")
-    while cursor.nextset():
-        pass
+    PostgreSQL: a transaction-level advisory lock, then the last entry (READ COMMITTED: the read takes
+    a snapshot after the lock is held). SQLite: transactions are IMMEDIATE (see settings), so the
+    database write lock is already held."""
+    if connection.vendor == "postgresql":
+        if not settings.LEDGER_SYNCHRONOUS_COMMIT:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        cursor.execute(f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})")
+    cursor.execute("SELECT sequence, entry_hash, leaf_hash FROM ledger_entry ORDER BY sequence DESC LIMIT 1")
     return cursor.fetchone()
 
 

@@ -130,5 +130,6 @@ def test_the_beat_schedule_includes_the_checkpoint_task():
 
     from mosaic.celery import app
 
+    app.loader.import_default_modules()  # what a worker or beat does at start
     entry = settings.CELERY_BEAT_SCHEDULE["ledger-checkpoint"]
     assert entry["task"] in app.tasks
