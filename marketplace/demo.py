@@ -254,8 +254,12 @@ def seed_organizations(context: DemoContext) -> None:
         f"research), both on plan 'team' ({'billed through Stripe' if billed else 'local only: Stripe not configured'})."
     )
     context.summary.append("API keys (new on each run): " + "; ".join(keys))
-    context.summary.append("Try: OpenAI(base_url='http://127.0.0.1:8000/v1', api_key=<key>).chat.completions.create("
-                           "model='mosaic-mix', messages=[{'role': 'user', 'content': 'reverse: abc'}])")
+    from composition.small_world import prompt_for
+
+    first_skill = DEMO_CONTRIBUTORS[0][4]
+    context.summary.append("Try: OpenAI(base_url='http://127.0.0.1:8000/v1', api_key=<key>).completions.create("
+                           f"model='mosaic-mix', prompt={prompt_for(first_skill, 'abc')!r}, max_tokens=8, "
+                           "temperature=0)")
 
 
 SEEDERS.append(seed_organizations)
