@@ -15,6 +15,7 @@ SECRET_KEY = env.str("SECRET_KEY", default="mosaic-embedded-default-not-for-prod
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
 
 VAR_DIR = Path(env.str("MOSAIC_VAR_DIR", default=str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)  # the embedded SQLite file and local files live here
 MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(VAR_DIR / "media")))
 EXPERT_STORAGE_DIR = Path(env.str("EXPERT_STORAGE_DIR", default=str(VAR_DIR / "experts")))
 BASE_MODEL_DIR = Path(env.str("BASE_MODEL_DIR", default=str(VAR_DIR / "base_models")))
