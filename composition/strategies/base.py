@@ -203,7 +203,7 @@ class Strategy:
         self.experts_by_id = {expert.id: expert for expert in experts}
         self.expert_ids = [expert.id for expert in experts]
         self.config = self.validate(config, self.expert_ids)
-        self._prepared_for: int | None = None
+        self._prepared_for = None  # the engine this strategy last prepared
 
     @classmethod
     def validate(cls, config: dict, expert_ids: list[str]) -> dict:
@@ -227,9 +227,9 @@ class Strategy:
             raise CompositionError("n must be at least 1")
         check_request(GenerationRequest(prompt=request.prompt, max_tokens=request.max_tokens,
                                         temperature=request.temperature, top_p=request.top_p))
-        if self._prepared_for != id(engine):
+        if self._prepared_for is not engine:
             self.prepare(engine)
-            self._prepared_for = id(engine)
+            self._prepared_for = engine
         choices = []
         for index in range(request.n):
             seed = None if request.seed is None else request.seed + index
