@@ -19,3 +19,12 @@ def validate_expert_version(version_id: int) -> str:
     from marketplace.services.experts import expert_version_validate
 
     return expert_version_validate(version_id=version_id).status
+
+
+@shared_task(name="marketplace.report_usage_to_stripe", soft_time_limit=240, time_limit=300)
+def report_usage_to_stripe(limit: int = 500) -> int:
+    """Report usage not yet sent to Stripe (on a Celery beat schedule). Overlapping runs are safe: each
+    meter event carries the usage id as its identifier and idempotency key, so Stripe counts it once."""
+    from marketplace.services.billing import usage_report_to_stripe
+
+    return usage_report_to_stripe(limit=limit)

@@ -134,6 +134,10 @@ CELERY_IMPORTS = ["marketplace.credit.tasks"]
 CELERY_BEAT_SCHEDULE["credit-allocate"] = {"task": "credit.allocate", "schedule": 300}
 # Daily; closes last calendar month once (later runs are no-ops) and sends its payouts.
 CELERY_BEAT_SCHEDULE["credit-close-previous-month"] = {"task": "credit.close_previous_month", "schedule": 86400}
+CELERY_BEAT_SCHEDULE["stripe-report-usage"] = {
+    "task": "marketplace.report_usage_to_stripe",
+    "schedule": env.int("STRIPE_USAGE_REPORT_INTERVAL_SECONDS", default=60),
+}
 CELERY_BEAT_SCHEDULE["ledger-checkpoint"] = {
     "task": "ledger.make_checkpoint",
     "schedule": env.int("LEDGER_CHECKPOINT_INTERVAL_SECONDS", default=300),

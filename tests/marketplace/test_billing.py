@@ -227,6 +227,19 @@ def test_report_usage_command_reports_through_the_same_service(alice_co, recordi
     assert len(recording_stripe) == 1
 
 
+def test_usage_is_reported_to_stripe_on_a_beat_schedule(alice_co, recording_stripe, settings):
+    from mosaic.celery import app
+
+    app.loader.import_default_modules()
+    entry = settings.CELERY_BEAT_SCHEDULE["stripe-report-usage"]
+    alice_co.stripe_customer_id = "cus_alice"
+    alice_co.save()
+    Usage.objects.create(request_id="r1", organization=alice_co, system=ComposedSystemFactory(), prompt_tokens=1,
+                         completion_tokens=1, latency_ms=1, charge_minor=3)
+    assert app.tasks[entry["task"]].delay().get() == 1
+    assert [sent["form"]["payload[value]"] for sent in recording_stripe] == ["3"]
+
+
 def test_an_event_for_a_mosaic_subscription_not_yet_stored_is_refused_so_stripe_retries(client, settings, alice_co):
     event = subscription_event("evt_early", 100, "sub_later", "active")
     event["data"]["object"]["metadata"] = {"mosaic_organization": str(alice_co.pk)}
