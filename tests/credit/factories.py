@@ -1,38 +1,19 @@
 import hashlib
 
 import factory
-from django.contrib.auth import get_user_model
 
 from marketplace.models import (
     BaseModel,
     ComposedSystem,
     ContributionMeasurement,
-    Contributor,
     Expert,
     ExpertVersion,
     LicenseTerms,
-    Organization,
     SystemExpert,
     Usage,
 )
-
-
-class UserFactory(factory.django.DjangoModelFactory):
-    class Meta:
-        model = get_user_model()
-        django_get_or_create = ("username",)
-
-    username = factory.Sequence(lambda n: f"user{n}")
-    email = factory.LazyAttribute(lambda u: f"{u.username}@example.org")
-    password = factory.django.Password("correct horse battery staple")
-
-
-class ContributorFactory(factory.django.DjangoModelFactory):
-    class Meta:
-        model = Contributor
-
-    user = factory.SubFactory(UserFactory)
-    display_name = factory.LazyAttribute(lambda c: c.user.username.title())
+# People and organizations are the marketplace tests' factories; the credit tests import them from here too.
+from tests.marketplace.factories import ContributorFactory, OrganizationFactory, UserFactory  # noqa: F401
 
 
 class BaseModelFactory(factory.django.DjangoModelFactory):
@@ -77,14 +58,6 @@ class LicenseTermsFactory(factory.django.DjangoModelFactory):
     expert = factory.SubFactory(ExpertFactory)
     spdx_id = "CC-BY-4.0"
     attribution_required = True
-
-
-class OrganizationFactory(factory.django.DjangoModelFactory):
-    class Meta:
-        model = Organization
-
-    name = factory.Sequence(lambda n: f"Organization {n}")
-    slug = factory.Sequence(lambda n: f"org-{n}")
 
 
 class ComposedSystemFactory(factory.django.DjangoModelFactory):
