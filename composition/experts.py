@@ -7,6 +7,7 @@ Adapters are read from and written to the standard peft directory layout
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -115,6 +116,21 @@ def _pattern_value(pattern: dict, module_name: str, default):
         if module_name == key or module_name.endswith("." + key):
             return value
     return default
+
+
+def adapter_content_sha256(adapter_dir: str | Path) -> str:
+    """An adapter's content address: sha256 over adapter_config.json and adapter_model.safetensors, in name
+    order, each as name NUL size NUL content. The marketplace stores versions under it; workers check what
+    they load against it."""
+    adapter_dir = Path(adapter_dir)
+    digest = hashlib.sha256()
+    for name in sorted((CONFIG_FILE, WEIGHTS_FILE)):
+        path = adapter_dir / name
+        digest.update(f"{name}\0{path.stat().st_size}\0".encode())
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_adapter(adapter_dir: str | Path) -> LoraAdapter:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from composition.errors import CompositionError
-from composition.experts import CONFIG_FILE, WEIGHTS_FILE, Expert, load_expert
+from composition.experts import CONFIG_FILE, WEIGHTS_FILE, Expert, adapter_content_sha256, load_expert
 
 
 class AdapterError(ValueError):
@@ -34,20 +34,6 @@ def _file_sha256(path: Path) -> str:
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
-    return digest.hexdigest()
-
-
-def adapter_content_sha256(directory: str | Path) -> str:
-    """The adapter's canonical content hash, as the marketplace records it for an expert version: sha256 over
-    adapter_config.json and adapter_model.safetensors, in name order, each as name NUL size NUL content."""
-    directory = Path(directory)
-    digest = hashlib.sha256()
-    for name in sorted((CONFIG_FILE, WEIGHTS_FILE)):
-        path = directory / name
-        digest.update(f"{name}\0{path.stat().st_size}\0".encode())
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -6,7 +6,6 @@ Leaving the `staged_adapter` block by an exception removes everything it wrote.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import stat
@@ -20,6 +19,7 @@ from typing import BinaryIO, Iterator
 
 from django.conf import settings
 
+from composition.experts import adapter_content_sha256 as content_sha256
 from marketplace.validation import (
     ADAPTER_FILES,
     CONFIG_FILE,
@@ -91,18 +91,6 @@ def store(staged: StagedAdapter) -> tuple[Path, bool]:
 
 def discard(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
-
-
-def content_sha256(directory: Path) -> str:
-    """sha256 over the canonical adapter files: for each, in name order, name NUL size NUL content."""
-    digest = hashlib.sha256()
-    for name in sorted(ADAPTER_FILES):
-        path = directory / name
-        digest.update(f"{name}\0{path.stat().st_size}\0".encode())
-        with path.open("rb") as handle:
-            while chunk := handle.read(CHUNK):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _max_bytes() -> int:
