@@ -117,6 +117,32 @@ def test_a_paid_transfer_settles_the_clearing_account(client, settings, payouts)
 
 
 @pytest.mark.django_db
+def test_an_error_while_applying_an_event_rolls_back_its_record_so_stripes_retry_applies_it(
+    client, settings, payouts, monkeypatch
+):
+    from django.db import OperationalError
+
+    from marketplace.credit import payouts as payouts_module
+
+    mark_paid = payouts_module.mark_paid
+
+    def fails_once(**kwargs):
+        monkeypatch.setattr(payouts_module, "mark_paid", mark_paid)
+        raise OperationalError("the connection dropped while applying the event")
+
+    monkeypatch.setattr(payouts_module, "mark_paid", fails_once)
+    client.raise_request_exception = False
+    paid = event(1, "transfer.paid", payouts["alice"], 10)
+
+    assert post_event(client, settings, paid).status_code == 500
+    assert not StripeEvent.objects.exists()
+    assert post_event(client, settings, paid).json()["result"] == "paid"
+    assert post_event(client, settings, paid).json()["result"] == "duplicate"
+    assert Payout.objects.get(pk=payouts["alice"].pk).status == Payout.Status.PAID
+    assert balances()[PLATFORM_CASH] == -1600
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_every_webhook_replayed_twice_and_out_of_order_ends_with_the_in_order_balances(client, settings, payouts, seed):
     alice, bob = payouts["alice"], payouts["bob"]
