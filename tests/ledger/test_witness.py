@@ -251,3 +251,17 @@ def test_the_witness_follows_a_log_in_another_database_by_its_url(another_databa
 
     assert status == 0 and "at size 9 (before: size 4)" in out
     assert WitnessStore(store).cosigned().checkpoint.tree_size == 9
+
+
+def test_an_exports_consistency_proofs_are_rfc_9162s(tmp_path):
+    from ledger import merkle
+    from ledger.witness import ExportLog
+
+    leaves = [f"entry {i}".encode() for i in range(17)]
+    lines = "".join(f'{{"leaf_hash": "{merkle.leaf_hash(data).hex()}"}}\n' for data in leaves)
+    (tmp_path / "entries.jsonl").write_text(lines)
+    export = ExportLog(tmp_path)
+
+    for new_size in range(1, len(leaves) + 1):
+        for old_size in range(new_size + 1):
+            assert export.consistency_proof(old_size, new_size) == merkle.consistency_proof(leaves[:new_size], old_size)
