@@ -194,7 +194,9 @@ def _apply_connect_event(*, event: dict) -> str:
 
 
 def _apply_account_update(*, event: dict, account: dict) -> str:
-    contributor = Contributor.objects.filter(stripe_account_id=account.get("id", "")).first()
+    # Locked before looking for newer events: a concurrent delivery of a newer event about this account
+    # has then committed its StripeEvent row (and its change) before this one reads, so it is seen.
+    contributor = Contributor.objects.select_for_update().filter(stripe_account_id=account.get("id", "")).first()
     if contributor is None:
         return "ignored"
     newer = (
