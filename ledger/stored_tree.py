@@ -17,7 +17,7 @@ class MissingNode(LookupError):
     pass
 
 
-def _read(keys: set[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+def _read(keys: set[tuple[int, int]], database) -> dict[tuple[int, int], bytes]:
     """The stored hashes of these complete subtrees, in one query."""
     leaves = [index for level, index in keys if level == 0]
     upper = [key for key in keys if key[0] > 0]
@@ -35,7 +35,7 @@ def _read(keys: set[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
         params += [value for key in upper for value in key]
     found: dict[tuple[int, int], bytes] = {}
     if parts:
-        with connection.cursor() as cursor:
+        with database.cursor() as cursor:
             cursor.execute(" UNION ALL ".join(parts), params)
             found = {(level, index): bytes(h) for level, index, h in cursor.fetchall()}
     missing = keys - found.keys()
@@ -44,7 +44,7 @@ def _read(keys: set[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
     return found
 
 
-def _with_stored_subtrees(build: Callable[[merkle.SubtreeHash], object]):
+def _with_stored_subtrees(build: Callable[[merkle.SubtreeHash], object], database=None):
     wanted: set[tuple[int, int]] = set()
 
     def record(level: int, index: int) -> bytes:
@@ -52,7 +52,7 @@ def _with_stored_subtrees(build: Callable[[merkle.SubtreeHash], object]):
         return b""
 
     build(lambda start, end: merkle.subtree_hash(start, end, record))
-    stored = _read(wanted)
+    stored = _read(wanted, database or connection)
     return build(lambda start, end: merkle.subtree_hash(start, end, lambda lv, ix: stored[(lv, ix)]))
 
 
@@ -66,8 +66,9 @@ def inclusion_proof(index: int, tree_size: int) -> list[bytes]:
     return _with_stored_subtrees(lambda subtree: merkle.inclusion_path(index, tree_size, subtree))
 
 
-def consistency_proof(old_size: int, tree_size: int) -> list[bytes]:
-    return _with_stored_subtrees(lambda subtree: merkle.consistency_path(old_size, tree_size, subtree))
+def consistency_proof(old_size: int, tree_size: int, *, database=None) -> list[bytes]:
+    """`database`: a connection to another log's database (for a witness); by default this project's."""
+    return _with_stored_subtrees(lambda subtree: merkle.consistency_path(old_size, tree_size, subtree), database)
 
 
 def tree_size() -> int:

@@ -153,14 +153,22 @@ def _payout_for(obj: dict) -> Payout | None:
 
 
 def handle_connect_event(*, event: dict) -> str:
-    """Apply one verified Connect webhook event, once per event id. Returns what was done."""
-    try:
-        with transaction.atomic():
-            StripeEvent.objects.create(
-                event_id=event["id"], type=event["type"], created=int(event.get("created") or 0), payload=event
-            )
-    except IntegrityError:
-        return "duplicate"
+    """Apply one verified Connect webhook event exactly once. Returns what was done.
+
+    The StripeEvent row and the event's effect commit in one transaction: an error while applying
+    rolls the row back too, so Stripe's retry of the event applies it (instead of answering "duplicate")."""
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                StripeEvent.objects.create(
+                    event_id=event["id"], type=event["type"], created=int(event.get("created") or 0), payload=event
+                )
+        except IntegrityError:
+            return "duplicate"
+        return _apply_connect_event(event=event)
+
+
+def _apply_connect_event(*, event: dict) -> str:
     kind = event["type"]
     obj = (event.get("data") or {}).get("object") or {}
     if kind == "account.updated":
@@ -169,12 +177,11 @@ def handle_connect_event(*, event: dict) -> str:
     if payout is None:
         return "ignored"
     if kind == "transfer.created":
-        with transaction.atomic():
-            locked = Payout.objects.select_for_update().get(pk=payout.pk)
-            if locked.status == Payout.Status.PENDING:
-                locked.status = Payout.Status.SENT
-                locked.stripe_transfer_id = obj.get("id", "")
-                locked.save(update_fields=["status", "stripe_transfer_id", "updated_at"])
+        locked = Payout.objects.select_for_update().get(pk=payout.pk)
+        if locked.status == Payout.Status.PENDING:
+            locked.status = Payout.Status.SENT
+            locked.stripe_transfer_id = obj.get("id", "")
+            locked.save(update_fields=["status", "stripe_transfer_id", "updated_at"])
         return "sent"
     if kind in PAID_EVENTS:
         mark_paid(payout_id=payout.pk, transfer_id=obj.get("id", "") if kind.startswith("transfer") else "")
@@ -187,7 +194,9 @@ def handle_connect_event(*, event: dict) -> str:
 
 
 def _apply_account_update(*, event: dict, account: dict) -> str:
-    contributor = Contributor.objects.filter(stripe_account_id=account.get("id", "")).first()
+    # Locked before looking for newer events: a concurrent delivery of a newer event about this account
+    # has then committed its StripeEvent row (and its change) before this one reads, so it is seen.
+    contributor = Contributor.objects.select_for_update().filter(stripe_account_id=account.get("id", "")).first()
     if contributor is None:
         return "ignored"
     newer = (

@@ -123,6 +123,24 @@ def _subscription_status_from(event_type: str, obj: dict) -> str | None:
     return None
 
 
+# How far along its life a subscription is, for events Stripe sent in the same second (its `created` has
+# one-second resolution, and delivery order is not event order). Within one second the life only moves one
+# way: a failed invoice payment (past_due) can be followed by a successful retry (active), and cancellation
+# ends everything. So of two same-second events, the one that carries the further state is the later one,
+# whichever was delivered last.
+STATUS_PROGRESS = {
+    Subscription.Status.INCOMPLETE: 0,
+    Subscription.Status.PAST_DUE: 1,
+    Subscription.Status.ACTIVE: 2,
+    Subscription.Status.CANCELED: 3,
+}
+
+
+def _event_order(*, created: int, status: str) -> tuple[int, int]:
+    """The order of the subscription state an event carries: Stripe's `created`, then the state's progress."""
+    return created, STATUS_PROGRESS[status]
+
+
 def _is_mosaics(obj: dict) -> bool:
     metadata = obj.get("metadata") or (obj.get("subscription_details") or {}).get("metadata") or {}
     return "mosaic_organization" in metadata
@@ -150,7 +168,8 @@ def stripe_event_apply(*, event: dict) -> str:
                 # retries it later.
                 raise Conflict(f"Subscription {subscription_id} is not known yet; retry later.", code="retry_later")
             return "not a Mosaic subscription"
-        if int(event["created"]) < subscription.last_event_created:
+        applied = _event_order(created=subscription.last_event_created, status=subscription.status)
+        if _event_order(created=int(event["created"]), status=status) < applied:
             return "stale"
         previous = subscription.status
         subscription.status = status

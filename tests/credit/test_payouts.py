@@ -11,6 +11,7 @@ from marketplace.credit.accounts import PAYOUTS_CLEARING, PLATFORM_CASH, payable
 from marketplace.credit.payouts import send_payout
 from marketplace.credit.settlement import close_period
 from marketplace.models import Payout, StripeEvent
+from tests.conftest import is_postgres
 from tests.credit.conftest import signed_webhook, usage_on
 
 WEBHOOK = "/api/stripe/connect-webhook"
@@ -117,6 +118,32 @@ def test_a_paid_transfer_settles_the_clearing_account(client, settings, payouts)
 
 
 @pytest.mark.django_db
+def test_an_error_while_applying_an_event_rolls_back_its_record_so_stripes_retry_applies_it(
+    client, settings, payouts, monkeypatch
+):
+    from django.db import OperationalError
+
+    from marketplace.credit import payouts as payouts_module
+
+    mark_paid = payouts_module.mark_paid
+
+    def fails_once(**kwargs):
+        monkeypatch.setattr(payouts_module, "mark_paid", mark_paid)
+        raise OperationalError("the connection dropped while applying the event")
+
+    monkeypatch.setattr(payouts_module, "mark_paid", fails_once)
+    client.raise_request_exception = False
+    paid = event(1, "transfer.paid", payouts["alice"], 10)
+
+    assert post_event(client, settings, paid).status_code == 500
+    assert not StripeEvent.objects.exists()
+    assert post_event(client, settings, paid).json()["result"] == "paid"
+    assert post_event(client, settings, paid).json()["result"] == "duplicate"
+    assert Payout.objects.get(pk=payouts["alice"].pk).status == Payout.Status.PAID
+    assert balances()[PLATFORM_CASH] == -1600
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_every_webhook_replayed_twice_and_out_of_order_ends_with_the_in_order_balances(client, settings, payouts, seed):
     alice, bob = payouts["alice"], payouts["bob"]
@@ -160,3 +187,53 @@ def test_an_account_update_enables_payouts_and_an_older_one_delivered_late_chang
 
     charlie.refresh_from_db()
     assert charlie.payouts_enabled
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not is_postgres(), reason="SQLite runs one write transaction at a time: no race to lose")
+@pytest.mark.django_db(transaction=True)
+def test_an_older_account_update_delivered_while_a_newer_one_applies_changes_nothing(settings, monkeypatch):
+    import threading
+    import time
+
+    from django.db import connection
+    from django.test import Client
+
+    from marketplace.models import Contributor
+    from tests.marketplace.factories import ContributorFactory
+
+    contributor = ContributorFactory(stripe_account_id="acct_race")
+    newer_saved, release_newer = threading.Event(), threading.Event()
+    save = Contributor.save
+
+    def save_then_wait_once(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        if threading.current_thread().name == "newer":
+            newer_saved.set()
+            release_newer.wait(10)
+
+    monkeypatch.setattr(Contributor, "save", save_then_wait_once)
+
+    def account_event(n, created, enabled):
+        return {"id": f"evt_race_{n}", "type": "account.updated", "created": created,
+                "data": {"object": {"id": "acct_race", "object": "account", "payouts_enabled": enabled}}}
+
+    def deliver(body):
+        try:
+            post_event(Client(), settings, body)
+        finally:
+            connection.close()
+
+    newer = threading.Thread(target=deliver, args=(account_event(2, 200, True),), name="newer")
+    older = threading.Thread(target=deliver, args=(account_event(1, 100, False),), name="older")
+    newer.start()
+    assert newer_saved.wait(10)
+    older.start()  # delivered while the newer event's transaction is still open
+    time.sleep(0.5)
+    release_newer.set()
+    newer.join(10)
+    older.join(10)
+
+    contributor.refresh_from_db()
+    assert contributor.payouts_enabled
+    assert StripeEvent.objects.count() == 2

@@ -257,3 +257,61 @@ def test_events_about_other_subscriptions_on_the_account_are_stored_and_ignored(
     response = signed(client, settings, subscription_event("evt_other", 100, "sub_not_ours", "active"))
     assert response.json()["result"] == "not a Mosaic subscription"
     assert StripeEvent.objects.filter(event_id="evt_other").exists()
+
+
+def invoice_event(event_id: str, created: int, type_: str, invoice_status: str):
+    return {"id": event_id, "object": "event", "type": type_, "created": created,
+            "data": {"object": {"id": "in_1", "object": "invoice", "subscription": "sub_alice",
+                                "status": invoice_status}}}
+
+
+SAME_SECOND = {
+    "a failed payment and its successful retry": (
+        [invoice_event("evt_failed", 500, "invoice.payment_failed", "open"),
+         invoice_event("evt_paid", 500, "invoice.paid", "paid")],
+        "active",
+    ),
+    "a failed payment and the cancellation": (
+        [subscription_event("evt_past_due", 500, "sub_alice", "past_due"),
+         subscription_event("evt_deleted", 500, "sub_alice", "canceled", type_="customer.subscription.deleted")],
+        "canceled",
+    ),
+}
+
+
+@pytest.mark.parametrize("delivered_in_order", [True, False], ids=["in order", "reversed"])
+@pytest.mark.parametrize("case", SAME_SECOND)
+def test_events_of_the_same_second_end_in_the_same_state_whatever_the_delivery_order(client, settings, subscription,
+                                                                                      case, delivered_in_order):
+    events, expected = SAME_SECOND[case]
+    for event in events if delivered_in_order else reversed(events):
+        assert signed(client, settings, event).status_code == 200
+    subscription.refresh_from_db()
+    assert subscription.status == expected
+    assert StripeEvent.objects.count() == 2
+
+
+def test_an_error_while_applying_an_event_rolls_back_its_record_so_stripes_retry_applies_it(
+    client, settings, subscription, monkeypatch
+):
+    from django.db import OperationalError
+
+    from marketplace.services import billing
+
+    record_event = billing.record_event
+
+    def fails_once(**kwargs):
+        monkeypatch.setattr(billing, "record_event", record_event)
+        raise OperationalError("the connection dropped while applying the event")
+
+    monkeypatch.setattr(billing, "record_event", fails_once)
+    client.raise_request_exception = False
+    event = subscription_event("evt_1", 100, "sub_alice", "past_due")
+
+    assert signed(client, settings, event).status_code == 500
+    assert not StripeEvent.objects.exists()
+    assert signed(client, settings, event).json()["result"] == "applied"
+    assert signed(client, settings, event).json()["result"] == "duplicate"
+    subscription.refresh_from_db()
+    assert subscription.status == "past_due"
+    assert Entry.objects.filter(kind="subscription.changed").count() == 1
