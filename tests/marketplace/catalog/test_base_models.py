@@ -4,10 +4,12 @@ from pathlib import Path
 
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from rest_framework.test import APIClient
 
 from marketplace.models import BaseModel
-from marketplace.services.base_models import directory_sha256
+from marketplace.services.base_models import base_model_register, directory_sha256
+from mosaic.errors import DomainError
 from tests.marketplace.catalog.support import error_message, ledger_entries
 
 pytestmark = pytest.mark.django_db
@@ -91,3 +93,94 @@ def test_staff_register_a_base_model_in_the_admin(operator, tiny_base_dir):
     assert BaseModel.objects.get().name == "admin-added"
     assert BaseModel.objects.get().module_shapes["lm_head"] == [100, 64]
     assert ledger_entries("base_model.registered")[0][1]["name"] == "admin-added"
+
+
+# ---------------------------------------------------------------- any decoder transformers provides
+
+
+def save_random_decoder(directory: Path, config) -> Path:
+    """A randomly initialised model of `config`'s architecture, saved with safetensors (no download)."""
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def qwen2_dir(tmp_path_factory) -> Path:
+    """A tiny random Qwen2 with a generation_config naming two end tokens, a chat template and a model card."""
+    from transformers import GenerationConfig, Qwen2Config
+
+    directory = save_random_decoder(tmp_path_factory.mktemp("qwen2") / "qwen2-tiny", Qwen2Config(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=120, max_position_embeddings=512, eos_token_id=7,
+    ))
+    GenerationConfig(eos_token_id=[7, 9]).save_pretrained(directory)
+    (directory / "chat_template.jinja").write_text("{% for m in messages %}<|im_start|>{{ m['content'] }}{% endfor %}")
+    (directory / "README.md").write_text("---\nlicense: apache-2.0\n---\n# A tiny Qwen2\n")
+    return directory
+
+
+def test_a_qwen2_model_registers_with_its_own_facts(qwen2_dir):
+    base_model = base_model_register(name="qwen2-tiny", path=qwen2_dir)
+
+    assert base_model.architecture == "Qwen2ForCausalLM"
+    assert (base_model.hidden_size, base_model.num_layers, base_model.vocab_size) == (32, 2, 120)
+    assert base_model.module_shapes["model.layers.1.self_attn.k_proj"] == [16, 32]  # 2 kv heads of 8
+    assert base_model.context_length == 512
+    assert base_model.end_token_ids == [7, 9]
+    assert base_model.chat_template.startswith("{% for m in messages %}")
+    assert base_model.license == "apache-2.0"  # from the model card
+    assert ledger_entries("base_model.registered")[0][1]["license"] == "apache-2.0"
+
+
+def test_a_given_license_must_be_an_spdx_id(qwen2_dir):
+    with pytest.raises(DomainError, match="not an SPDX license id"):
+        base_model_register(name="qwen2-tiny", path=qwen2_dir, license="free for all")
+
+    assert not BaseModel.objects.exists() and ledger_entries("base_model.") == []
+
+
+def test_a_model_with_other_module_names_registers_every_linear_module(tmp_path):
+    from transformers import Phi3Config
+
+    directory = save_random_decoder(tmp_path / "phi3", Phi3Config(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+        vocab_size=120, max_position_embeddings=256, pad_token_id=0,
+    ))
+
+    base_model = base_model_register(name="phi3-tiny", path=directory)
+
+    assert base_model.architecture == "Phi3ForCausalLM"
+    assert base_model.module_shapes["model.layers.0.self_attn.qkv_proj"] == [96, 32]
+    assert base_model.module_shapes["model.layers.0.mlp.gate_up_proj"] == [128, 32]
+
+
+def test_a_model_that_is_not_a_causal_decoder_is_refused_and_nothing_is_stored(qwen2_dir, tmp_path):
+    directory = tmp_path / "encoder"
+    directory.mkdir()
+    (directory / "model.safetensors").write_bytes((qwen2_dir / "model.safetensors").read_bytes())
+    (directory / "config.json").write_text(json.dumps({"architectures": ["BertForMaskedLM"], "hidden_size": 32,
+                                                       "num_hidden_layers": 2, "vocab_size": 120}))
+
+    with pytest.raises(CommandError, match="BertForMaskedLM is not a causal language model"):
+        call_command("register_base_model", "--name", "encoder", "--path", str(directory))
+
+    assert not BaseModel.objects.exists() and ledger_entries("base_model.") == []
+
+
+def test_a_directory_without_safetensors_is_refused_and_nothing_is_stored(qwen2_dir, tmp_path):
+    directory = tmp_path / "pickled"
+    directory.mkdir()
+    (directory / "config.json").write_bytes((qwen2_dir / "config.json").read_bytes())
+    (directory / "pytorch_model.bin").write_bytes(b"\x80\x04not really")
+
+    with pytest.raises(CommandError, match="holds no .safetensors weights"):
+        call_command("register_base_model", "--name", "pickled", "--path", str(directory))
+
+    assert not BaseModel.objects.exists() and ledger_entries("base_model.") == []
+
+
+def test_the_register_command_needs_a_name_for_a_directory(tiny_base_dir):
+    with pytest.raises(CommandError, match="--name is required"):
+        call_command("register_base_model", "--path", str(tiny_base_dir))
