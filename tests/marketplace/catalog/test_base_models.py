@@ -43,10 +43,12 @@ def test_staff_register_a_base_model_over_the_api(operator, tiny_base_dir):
     client = APIClient()
     client.force_authenticate(operator)
 
-    response = client.post("/api/base-models", {"name": "tiny-two", "path": str(tiny_base_dir)}, format="json")
+    response = client.post("/api/base-models", {"name": "tiny-two", "path": str(tiny_base_dir), "license": "MIT"},
+                           format="json")
 
     assert response.status_code == 201, response.content
     assert response.json()["num_layers"] == 2
+    assert response.json()["license"] == "MIT"
     assert ledger_entries("base_model.")[0][1]["name"] == "tiny-two"
 
 
