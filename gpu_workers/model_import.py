@@ -116,6 +116,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     try:
         plain.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        staging.chmod(0o755)  # mkdtemp makes it private; the model is for every process on the machine
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
