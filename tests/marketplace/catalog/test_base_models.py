@@ -186,3 +186,81 @@ def test_a_directory_without_safetensors_is_refused_and_nothing_is_stored(qwen2_
 def test_the_register_command_needs_a_name_for_a_directory(tiny_base_dir):
     with pytest.raises(CommandError, match="--name is required"):
         call_command("register_base_model", "--path", str(tiny_base_dir))
+
+
+# ---------------------------------------------------------------- GGUF files
+
+
+def write_tiny_llama_gguf(path: Path, *, layers: int = 2, hidden: int = 16, ffn: int = 32) -> Path:
+    """A small random Llama in GGUF (float32, a byte-level BPE vocabulary, a chat template, license MIT)."""
+    import numpy as np
+    from gguf import GGUFWriter, TokenType
+
+    tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [chr(code) for code in range(33, 127)] + ["Ġ", "Ċ"]
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_license("mit")
+    writer.add_context_length(256)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(2)
+    writer.add_head_count_kv(1)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_dimension_count(hidden // 2)
+    writer.add_vocab_size(len(tokens))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([TokenType.CONTROL] * 3 + [TokenType.NORMAL] * (len(tokens) - 3))
+    writer.add_token_scores([0.0] * len(tokens))
+    writer.add_token_merges([])
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_chat_template("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                             "{% endfor %}")
+    rng = np.random.default_rng(0)
+
+    def weight(*shape):
+        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
+
+    writer.add_tensor("token_embd.weight", weight(len(tokens), hidden))
+    writer.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
+    writer.add_tensor("output.weight", weight(len(tokens), hidden))
+    for layer in range(layers):
+        for name, shape in (("attn_q", (hidden, hidden)), ("attn_k", (hidden // 2, hidden)),
+                            ("attn_v", (hidden // 2, hidden)), ("attn_output", (hidden, hidden)),
+                            ("ffn_gate", (ffn, hidden)), ("ffn_up", (ffn, hidden)), ("ffn_down", (hidden, ffn))):
+            writer.add_tensor(f"blk.{layer}.{name}.weight", weight(*shape))
+        for norm in ("attn_norm", "ffn_norm"):
+            writer.add_tensor(f"blk.{layer}.{norm}.weight", np.ones(hidden, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_gguf_file_is_converted_into_the_base_model_directory_and_registered(settings, tmp_path):
+    settings.BASE_MODEL_DIR = tmp_path / "base_models"
+    gguf_file = write_tiny_llama_gguf(tmp_path / "tiny.gguf")
+
+    call_command("register_base_model", "--name", "tiny-gguf", "--gguf", str(gguf_file))
+
+    base_model = BaseModel.objects.get()
+    assert base_model.local_path == str(settings.BASE_MODEL_DIR / "tiny-gguf")
+    assert (base_model.architecture, base_model.num_layers, base_model.hidden_size) == ("LlamaForCausalLM", 2, 16)
+    assert base_model.license == "mit"  # the GGUF's general.license
+    assert base_model.context_length == 256 and base_model.end_token_ids == [2]
+    assert base_model.chat_template.startswith("{% for m in messages %}<|im_start|>")
+    assert base_model.module_shapes["model.layers.1.self_attn.k_proj"] == [8, 16]
+    assert base_model.content_hash == directory_sha256(settings.BASE_MODEL_DIR / "tiny-gguf")
+    assert ledger_entries("base_model.registered")[0][1]["name"] == "tiny-gguf"
+
+
+def test_a_gguf_under_a_taken_name_is_refused_before_converting(settings, tmp_path, tiny_base_dir):
+    settings.BASE_MODEL_DIR = tmp_path / "base_models"
+    base_model_register(name="taken", path=tiny_base_dir)
+
+    with pytest.raises(CommandError, match="'taken' is already registered"):
+        call_command("register_base_model", "--name", "taken", "--gguf", str(tmp_path / "never-read.gguf"))
+
+    assert not (settings.BASE_MODEL_DIR / "taken").exists()
