@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from marketplace.models import BaseModel
 from marketplace.services.experts import SPDX_ID
 from mosaic.errors import Conflict, DomainError
 
+BASE_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")  # also a directory and a queue name
 LINEAR_SUFFIX = ".weight"
 HASH_CHUNK = 1024 * 1024
 
@@ -157,6 +159,8 @@ def _refuse_taken_name(name: str) -> str:
     name = (name or "").strip()
     if not name:
         raise DomainError("A base model needs a name.", param="name")
+    if not BASE_MODEL_NAME.match(name):
+        raise DomainError(f"{name!r} is not a base model name: use letters, digits, '.', '_' and '-'.", param="name")
     if BaseModel.objects.filter(name=name).exists():
         raise Conflict(f"A base model named {name!r} is already registered.", param="name")
     return name

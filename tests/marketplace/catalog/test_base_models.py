@@ -264,3 +264,12 @@ def test_a_gguf_under_a_taken_name_is_refused_before_converting(settings, tmp_pa
         call_command("register_base_model", "--name", "taken", "--gguf", str(tmp_path / "never-read.gguf"))
 
     assert not (settings.BASE_MODEL_DIR / "taken").exists()
+
+
+def test_a_name_that_is_not_a_plain_directory_name_is_refused(settings, tmp_path):
+    settings.BASE_MODEL_DIR = tmp_path / "base_models"
+
+    with pytest.raises(CommandError, match="is not a base model name"):
+        call_command("register_base_model", "--name", "../outside", "--gguf", str(tmp_path / "never-read.gguf"))
+
+    assert not (tmp_path / "outside").exists() and not BaseModel.objects.exists()
