@@ -9,12 +9,16 @@ distribution is the weighted mixture of each expert's own distribution:
 experts of their own). `next_token_logits` returns log p, i.e. normalised log-probabilities,
 [batch, vocab]. Decoding then follows `pick_next_token`: greedy (argmax) when temperature == 0,
 otherwise softmax(log p / temperature), nucleus-filtered to top_p, sampled with the request's own
-torch.Generator seeded by the request seed. Generation ends on <eos> or a stop sequence
-(finish_reason "stop"; the stop text is cut off) or after max_tokens (finish_reason "length").
+torch.Generator seeded by the request seed. Generation ends on an end token (`end_token_ids`: <eos>, and
+an instruct model's end-of-turn tokens such as <|im_end|>) or a stop sequence (finish_reason "stop"; the
+stop text is cut off) or after max_tokens (finish_reason "length").
 """
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -138,6 +142,24 @@ def check_request(request: GenerationRequest) -> None:
         raise CompositionError("top_p must be in (0, 1]")
 
 
+@functools.lru_cache(maxsize=64)
+def _generation_config_eos_ids(directory: str) -> frozenset[int]:
+    try:
+        value = json.loads((Path(directory) / "generation_config.json").read_text()).get("eos_token_id")
+    except (OSError, ValueError, AttributeError):
+        return frozenset()
+    values = value if isinstance(value, list) else [value]
+    return frozenset(v for v in values if isinstance(v, int) and not isinstance(v, bool))
+
+
+def end_token_ids(tokenizer) -> frozenset[int]:
+    """The tokens that end a generation: the tokenizer's eos, and every eos id in the generation_config.json of
+    the model directory the tokenizer was loaded from (chat models list their end-of-turn tokens there, e.g.
+    Qwen2's <|im_end|> beside <|endoftext|>, Llama 3's <|eot_id|>)."""
+    ids = _generation_config_eos_ids(str(getattr(tokenizer, "name_or_path", "") or ""))
+    return ids | {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else ids
+
+
 class DecodeState:
     """One request's progress through decoding; shared by every engine so they stop alike."""
 
@@ -150,6 +172,7 @@ class DecodeState:
         self.token_logprobs: list[float] = []
         self.finish_reason: str | None = None
         self.text = ""
+        self.end_token_ids = end_token_ids(tokenizer)
 
     @property
     def done(self) -> bool:
@@ -162,7 +185,7 @@ class DecodeState:
         )
         self.token_ids.append(token)
         self.token_logprobs.append(float(logprobs[token]))
-        if token == self.tokenizer.eos_token_id:
+        if token in self.end_token_ids:
             self.finish_reason = "stop"
             return token
         self.text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)

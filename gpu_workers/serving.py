@@ -254,9 +254,18 @@ def error_result(request_id, message: str, code: str) -> dict:
 
 
 def render_prompt(parsed: ParsedMessage, tokenizer) -> str:
+    """The prompt text, or the chat messages rendered with the base model's own chat template. The engine
+    encodes that text with the tokenizer's special tokens, so a <bos> that the template writes is left to the
+    tokenizer (Llama 3 and Mistral templates start with it; it must not appear twice)."""
     if parsed.prompt is not None:
         return parsed.prompt
-    return tokenizer.apply_chat_template(parsed.messages, tokenize=False, add_generation_prompt=True)
+    if not tokenizer.chat_template:
+        raise MessageError("this base model has no chat template: use /v1/completions with a prompt")
+    text = tokenizer.apply_chat_template(parsed.messages, tokenize=False, add_generation_prompt=True)
+    bos = tokenizer.bos_token
+    if bos and text.startswith(bos) and tokenizer("")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        text = text[len(bos):]
+    return text
 
 
 def run_message(message: dict, *, listener=None) -> dict:

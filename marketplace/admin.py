@@ -44,9 +44,9 @@ class BaseModelAddForm(forms.ModelForm):
 
 @admin.register(BaseModel)
 class BaseModelAdmin(admin.ModelAdmin):
-    list_display = ["name", "architecture", "num_layers", "hidden_size", "vocab_size", "created_at"]
-    readonly_fields = ["architecture", "hidden_size", "num_layers", "vocab_size", "module_shapes", "content_hash",
-                       "registered_by", "created_at"]
+    list_display = ["name", "architecture", "num_layers", "hidden_size", "license", "created_at"]
+    readonly_fields = ["architecture", "hidden_size", "num_layers", "vocab_size", "context_length", "license",
+                       "end_token_ids", "chat_template", "module_shapes", "content_hash", "registered_by", "created_at"]
 
     def get_form(self, request, obj=None, **kwargs):
         if obj is None:

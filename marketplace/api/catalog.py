@@ -43,7 +43,7 @@ class BaseModelOutput(serializers.ModelSerializer):
     class Meta:
         model = BaseModel
         fields = ["id", "name", "architecture", "hidden_size", "num_layers", "vocab_size", "module_shapes",
-                  "content_hash", "created_at"]
+                  "content_hash", "license", "context_length", "chat_template", "end_token_ids", "created_at"]
 
 
 class LicenseOutput(serializers.ModelSerializer):
@@ -174,6 +174,8 @@ class BaseModelInput(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     path = serializers.CharField(max_length=500,
                                  help_text="Local directory with config.json and *.safetensors")
+    license = serializers.CharField(max_length=100, required=False, allow_blank=True,
+                                    help_text="SPDX id; default: the license in the directory's model card")
 
 
 def validated(serializer_class, data, **kwargs):
@@ -242,7 +244,8 @@ class BaseModelListApi(generics.ListAPIView):
     @extend_schema(request=BaseModelInput, responses={201: BaseModelOutput})
     def post(self, request):
         data = validated(BaseModelInput, request.data).validated_data
-        base_model = base_model_register(name=data["name"], path=data["path"], registered_by=request.user)
+        base_model = base_model_register(name=data["name"], path=data["path"], license=data.get("license", ""),
+                                         registered_by=request.user)
         return Response(BaseModelOutput(base_model).data, status=status.HTTP_201_CREATED)
 
 

@@ -14,6 +14,11 @@ class BaseModel(models.Model):
     # {"model.layers.0.self_attn.q_proj": [out_features, in_features], ...} for every Linear module.
     module_shapes = models.JSONField(default=dict)
     content_hash = models.CharField(max_length=64)
+    license = models.CharField(max_length=100, blank=True, help_text="SPDX id of the weights' license")
+    context_length = models.PositiveIntegerField(null=True, blank=True, help_text="max_position_embeddings")
+    chat_template = models.TextField(blank=True, help_text="the tokenizer's Jinja chat template, if it has one")
+    # Token ids that end a generation: eos and end-of-turn tokens from config.json and generation_config.json.
+    end_token_ids = models.JSONField(default=list)
     registered_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
 
