@@ -54,7 +54,7 @@ class OpenAIView(APIView):
 
     def handle_exception(self, exc):
         response = super().handle_exception(exc)
-        if isinstance(exc, quotas.RateLimited):
+        if isinstance(exc, (quotas.RateLimited, inference.EngineUnavailable)):
             response["Retry-After"] = str(exc.retry_after)
             for name, value in exc.headers.items():
                 response[name] = value
