@@ -54,10 +54,12 @@ class OpenAIView(APIView):
 
     def handle_exception(self, exc):
         response = super().handle_exception(exc)
-        if isinstance(exc, (quotas.RateLimited, inference.EngineUnavailable)):
+        if isinstance(exc, quotas.RateLimited):
             response["Retry-After"] = str(exc.retry_after)
             for name, value in exc.headers.items():
                 response[name] = value
+        if isinstance(exc, inference.EngineUnavailable):
+            response["Retry-After"] = str(exc.retry_after)
         return response
 
 
