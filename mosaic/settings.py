@@ -138,6 +138,7 @@ CELERY_BEAT_SCHEDULE["stripe-report-usage"] = {
     "task": "marketplace.report_usage_to_stripe",
     "schedule": env.int("STRIPE_USAGE_REPORT_INTERVAL_SECONDS", default=60),
 }
+CELERY_BEAT_SCHEDULE["idempotency-purge"] = {"task": "marketplace.purge_idempotency_keys", "schedule": 3600}
 CELERY_BEAT_SCHEDULE["ledger-checkpoint"] = {
     "task": "ledger.make_checkpoint",
     "schedule": env.int("LEDGER_CHECKPOINT_INTERVAL_SECONDS", default=300),
