@@ -4,16 +4,18 @@ Embedded (Celery eager, no broker): the request runs in this process on a thread
 engine produces it, for strategies whose answer is one generation of the user's prompt (single, routers,
 merges, a fixed logit mixture); text held back by a possible stop sequence is sent once it is certain.
 Whatever was not streamed live (other strategies) is sent in chunks when the result is ready.
-With a broker the task runs on a GPU worker and the final text is streamed in chunks when it returns.
+With a broker the task runs on a GPU worker and the final text is streamed in chunks when it returns; no
+answer by the message's deadline ends the stream with an `engine_unavailable` error.
 """
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 
 from gpu_workers.serving import error_result
-from gpu_workers.tasks import HARD_TIME_LIMIT_S, run_completion, run_idempotent
+from gpu_workers.tasks import HARD_TIME_LIMIT_S, await_result, run_completion, run_idempotent
 
 CHUNK_CHARS = 16
 _DONE = object()
@@ -73,12 +75,15 @@ def _stream_in_process(message: dict) -> Iterator[dict]:
 def _stream_through_broker(message: dict) -> Iterator[dict]:
     request_id = message.get("request_id")
     queue_name = f"base.{message.get('base_model', {}).get('name', 'default')}"
+    deadline = message.get("deadline") or time.time() + HARD_TIME_LIMIT_S
     try:
-        result = run_completion.apply_async(
-            kwargs={"message": message}, task_id=request_id, queue=queue_name
-        ).get(timeout=HARD_TIME_LIMIT_S + 30)
-    except Exception as error:  # the worker died or timed out
-        result = error_result(request_id, f"engine error: {type(error).__name__}: {error}", "engine_error")
+        run_completion.apply_async(kwargs={"message": message}, task_id=request_id, queue=queue_name)
+        result = await_result(request_id, deadline=deadline)
+    except Exception as error:  # noqa: BLE001 - the broker or the result backend is unreachable
+        result = error_result(request_id, f"the engine queue is unreachable: {type(error).__name__}: {error}",
+                              "engine_unavailable")
+    if result is None:
+        result = error_result(request_id, "no engine answered before the request's deadline", "engine_unavailable")
     yield from _finish(result, {})
 
 

@@ -4,8 +4,11 @@
                                queue=f"base.{base_model_name}")
 
 Each GPU worker consumes the queue of the base model it holds (MOSAIC_WORKER_BASE_MODEL_PATH, loaded when the
-worker process starts). Tasks are acknowledged late (a task lost with its worker is redelivered) and are
-idempotent by request id: a redelivered request gets the result this process already computed.
+worker process starts). Tasks are acknowledged late and rejected when their worker is lost, so a message held by a dead worker is
+redelivered (at once for a lost prefork child; after the broker's visibility timeout for a dead worker).
+The message carries its deadline (epoch seconds): a task taken after it is dropped, never run, since nobody
+waits for it any more. Tasks are idempotent by request id: a redelivered request gets the result this process
+already computed, and the web side bills a request id at most once.
 
 Running a GPU worker, one per GPU:
     MOSAIC_WORKER_BASE_MODEL_PATH=/models/base celery -A mosaic worker -Q base.<name> -P threads -c 64
@@ -15,14 +18,19 @@ with threads, max_tokens bounds each request's work.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 
-from celery import shared_task
+from celery import shared_task, states
+from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.signals import worker_init, worker_process_init
 
-from gpu_workers.serving import run_message
+from gpu_workers.serving import error_result, run_message
+
+logger = logging.getLogger(__name__)
 
 SOFT_TIME_LIMIT_S = int(os.environ.get("MOSAIC_TASK_SOFT_TIME_LIMIT", "120"))
 HARD_TIME_LIMIT_S = int(os.environ.get("MOSAIC_TASK_TIME_LIMIT", str(SOFT_TIME_LIMIT_S + 30)))
@@ -45,10 +53,22 @@ def _remember(request_id: str, result: dict) -> None:
             _results.popitem(last=False)
 
 
+def past_deadline(message, *, now: float | None = None) -> bool:
+    deadline = message.get("deadline") if isinstance(message, dict) else None
+    if not isinstance(deadline, (int, float)) or isinstance(deadline, bool):
+        return False
+    return (time.time() if now is None else now) > deadline
+
+
 def run_idempotent(message: dict, *, listener=None) -> dict:
     """run_message, once per request id in this process (results of handled failures are not kept, so a
-    retry after, say, a missing adapter file is fixed gets a fresh run)."""
+    retry after, say, a missing adapter file is fixed gets a fresh run). A message past its deadline is
+    dropped: answered with a `deadline_exceeded` error, never run."""
     request_id = message.get("request_id") if isinstance(message, dict) else None
+    if past_deadline(message):
+        logger.warning("request %s dropped: its deadline passed before it ran", request_id)
+        return error_result(request_id, "the request's deadline passed before a worker could run it",
+                            "deadline_exceeded")
     if isinstance(request_id, str):
         cached = completed_result(request_id)
         if cached is not None:
@@ -68,6 +88,22 @@ def run_idempotent(message: dict, *, listener=None) -> dict:
 )
 def run_completion(message: dict) -> dict:
     return run_idempotent(message)
+
+
+def await_result(request_id: str, *, deadline: float) -> dict | None:
+    """The worker's result for a task sent with task_id=request_id, or None when none came by the deadline
+    (epoch seconds): its worker died, or no worker took it in time. Called on the web side, never in a task,
+    hence disable_sync_subtasks=False: Celery's guard is a process-wide flag that eager tasks on other threads
+    of a threaded server can leave set."""
+    pending = run_completion.AsyncResult(request_id)
+    try:
+        result = pending.get(timeout=max(deadline - time.time(), 0.001), propagate=False,
+                             disable_sync_subtasks=False)
+    except CeleryTimeout:
+        return None
+    if pending.state == states.SUCCESS and isinstance(result, dict):
+        return result
+    return error_result(request_id, f"the worker failed: {pending.state}: {result}", "engine_error")
 
 
 def preload_base_model() -> None:

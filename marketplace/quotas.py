@@ -1,9 +1,12 @@
 """Rate limits and quotas per organization, from its plan: requests/minute, tokens/minute, tokens/month.
 
 Fixed windows (the current UTC minute, the current calendar month), one QuotaWindow row each. A request first
-reserves one request and an estimate of its tokens (prompt estimate + max_tokens × n) with a conditional
-UPDATE ... WHERE used + n <= limit, so concurrent requests can never overrun a limit; when it finishes, the
-reservation is settled to the tokens actually used (or released if nothing was served)."""
+reserves one request and an estimate of its tokens (prompt estimate + max_tokens × n): it locks both rows and
+takes from them only if that stays within every limit, so concurrent requests can never overrun one; when it
+finishes, the reservation is settled to the tokens actually used (or released if nothing was served).
+
+Lock order: every path locks window rows in primary-key order (`_locked`), and settle runs before the usage
+transaction takes the ledger's append lock, so quota locks and the ledger lock can never wait on each other."""
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -41,29 +44,19 @@ def _windows(now: datetime) -> tuple[datetime, datetime, datetime]:
     return minute, month, next_month
 
 
-def _take(*, organization_id: int, kind: str, start: datetime, tokens: int, token_limit: int,
-          request_limit: int | None = None) -> bool:
-    """One conditional UPDATE that takes a request and `tokens` from the window only if that stays within the
-    limits; the window row is created the first time it is needed."""
-    window = QuotaWindow.objects.filter(organization_id=organization_id, kind=kind, window_start=start)
-    conditions = {"tokens__lte": token_limit - tokens}
-    if request_limit is not None:
-        conditions["requests__lte"] = request_limit - 1
-    change = {"requests": F("requests") + 1, "tokens": F("tokens") + tokens}
-    if window.filter(**conditions).update(**change):
-        return True
-    QuotaWindow.objects.get_or_create(organization_id=organization_id, kind=kind, window_start=start)
-    return bool(window.filter(**conditions).update(**change))
-
-
-def _current(*, organization_id: int, minute_start: datetime, month_start: datetime) -> tuple[QuotaWindow, QuotaWindow]:
-    rows = QuotaWindow.objects.filter(
-        Q(kind=QuotaWindow.Kind.MINUTE, window_start=minute_start) | Q(kind=QuotaWindow.Kind.MONTH, window_start=month_start),
-        organization_id=organization_id,
+def _ensure_windows(*, organization_id: int, starts: dict[str, datetime]) -> None:
+    """Create the window rows a request needs, if missing, before any row is locked (INSERT ... ON CONFLICT DO
+    NOTHING, committed on its own unless the caller holds a transaction)."""
+    QuotaWindow.objects.bulk_create(
+        [QuotaWindow(organization_id=organization_id, kind=kind, window_start=start) for kind, start in starts.items()],
+        ignore_conflicts=True,
     )
-    by_kind = {row.kind: row for row in rows}
-    empty = QuotaWindow(organization_id=organization_id, requests=0, tokens=0)
-    return by_kind.get(QuotaWindow.Kind.MINUTE, empty), by_kind.get(QuotaWindow.Kind.MONTH, empty)
+
+
+def _locked(rows) -> list[QuotaWindow]:
+    """Lock window rows in primary-key order: the one global order that reserve, settle and release all take,
+    so no two requests can each hold a row the other is waiting for. Call inside a transaction."""
+    return list(rows.select_for_update().order_by("pk"))
 
 
 def _headers(*, plan: Plan, minute: QuotaWindow, reset_seconds: float) -> dict:
@@ -88,41 +81,57 @@ def reserve(*, organization: Organization, plan: Plan, estimated_tokens: int, no
             f"{plan.tokens_per_minute} tokens per minute; lower max_tokens or n.",
             param="max_tokens",
         )
+    starts = {QuotaWindow.Kind.MINUTE: minute_start, QuotaWindow.Kind.MONTH: month_start}
+    _ensure_windows(organization_id=organization.pk, starts=starts)
     with transaction.atomic():
-        minute_ok = _take(organization_id=organization.pk, kind=QuotaWindow.Kind.MINUTE, start=minute_start,
-                          tokens=estimated_tokens, token_limit=plan.tokens_per_minute,
-                          request_limit=plan.requests_per_minute)
-        month_ok = minute_ok and _take(organization_id=organization.pk, kind=QuotaWindow.Kind.MONTH,
-                                       start=month_start, tokens=estimated_tokens,
-                                       token_limit=plan.monthly_token_quota)
-        minute, month = _current(organization_id=organization.pk, minute_start=minute_start, month_start=month_start)
+        rows = _locked(QuotaWindow.objects.filter(
+            Q(kind=QuotaWindow.Kind.MINUTE, window_start=minute_start) | Q(kind=QuotaWindow.Kind.MONTH, window_start=month_start),
+            organization_id=organization.pk,
+        ))
+        by_kind = {row.kind: row for row in rows}
+        minute, month = by_kind[QuotaWindow.Kind.MINUTE], by_kind[QuotaWindow.Kind.MONTH]
+        minute_ok = (minute.requests + 1 <= plan.requests_per_minute
+                     and minute.tokens + estimated_tokens <= plan.tokens_per_minute)
+        month_ok = month.tokens + estimated_tokens <= plan.monthly_token_quota
+        if minute_ok and month_ok:
+            QuotaWindow.objects.filter(pk__in=[minute.pk, month.pk]).update(
+                requests=F("requests") + 1, tokens=F("tokens") + estimated_tokens
+            )
+            for row in (minute, month):
+                row.requests, row.tokens = row.requests + 1, row.tokens + estimated_tokens
         headers = _headers(plan=plan, minute=minute, reset_seconds=minute_reset)
-        if not minute_ok:
-            what = "requests" if minute.requests >= plan.requests_per_minute else "tokens"
-            limit = plan.requests_per_minute if what == "requests" else plan.tokens_per_minute
-            raise RateLimited(
-                f"Rate limit reached: your plan allows {limit} {what} per minute. Try again in "
-                f"{math.ceil(minute_reset)} s.",
-                retry_after=math.ceil(minute_reset), headers=headers,
-            )
-        if not month_ok:  # raising rolls back this request's minute reservation too
-            raise RateLimited(
-                f"Monthly quota reached: your plan allows {plan.monthly_token_quota} tokens per month; it renews "
-                f"on {next_month.date().isoformat()}.",
-                retry_after=math.ceil((next_month - now).total_seconds()), headers=headers, code="quota_exceeded",
-            )
+    if not minute_ok:
+        what = "requests" if minute.requests >= plan.requests_per_minute else "tokens"
+        limit = plan.requests_per_minute if what == "requests" else plan.tokens_per_minute
+        raise RateLimited(
+            f"Rate limit reached: your plan allows {limit} {what} per minute. Try again in "
+            f"{math.ceil(minute_reset)} s.",
+            retry_after=math.ceil(minute_reset), headers=headers,
+        )
+    if not month_ok:
+        raise RateLimited(
+            f"Monthly quota reached: your plan allows {plan.monthly_token_quota} tokens per month; it renews "
+            f"on {next_month.date().isoformat()}.",
+            retry_after=math.ceil((next_month - now).total_seconds()), headers=headers, code="quota_exceeded",
+        )
     return Reservation(
         organization_id=organization.pk, window_ids=[minute.pk, month.pk], tokens=estimated_tokens, headers=headers,
     )
 
 
+def _add_tokens(*, window_ids: list[int], tokens: int) -> None:
+    with transaction.atomic():
+        _locked(QuotaWindow.objects.filter(pk__in=window_ids))
+        QuotaWindow.objects.filter(pk__in=window_ids).update(tokens=F("tokens") + tokens)
+
+
 def settle(*, reservation: Reservation, actual_tokens: int) -> None:
-    """Replace the reserved estimate by the tokens used. Call inside the usage transaction."""
-    QuotaWindow.objects.filter(pk__in=reservation.window_ids).update(
-        tokens=F("tokens") + (actual_tokens - reservation.tokens)
-    )
+    """Replace the reserved estimate by the tokens used. Call inside the usage transaction, before anything
+    there takes the ledger's append lock (marketplace.services.usage does), so that lock is never held while
+    waiting for a window row."""
+    _add_tokens(window_ids=reservation.window_ids, tokens=actual_tokens - reservation.tokens)
 
 
 def release(*, reservation: Reservation) -> None:
     """Nothing was served: give the reserved tokens back (the request still counts against requests/minute)."""
-    QuotaWindow.objects.filter(pk__in=reservation.window_ids).update(tokens=F("tokens") - reservation.tokens)
+    _add_tokens(window_ids=reservation.window_ids, tokens=-reservation.tokens)

@@ -28,3 +28,11 @@ def report_usage_to_stripe(limit: int = 500) -> int:
     from marketplace.services.billing import usage_report_to_stripe
 
     return usage_report_to_stripe(limit=limit)
+
+
+@shared_task(name="marketplace.purge_idempotency_keys")
+def purge_idempotency_keys() -> int:
+    """Forget Idempotency-Keys older than 24 hours (on a Celery beat schedule)."""
+    from marketplace.services.idempotency import purge_expired
+
+    return purge_expired()

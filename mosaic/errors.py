@@ -76,7 +76,7 @@ def error_type_for(code: str) -> str:
         return "permission_error"
     if code in ("throttled", "rate_limit_exceeded", "quota_exceeded"):
         return "rate_limit_error"
-    if code in ("server_error", "engine_error"):
+    if code in ("server_error", "engine_error", "engine_unavailable"):
         return "server_error"
     return "invalid_request_error"
 

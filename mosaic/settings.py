@@ -124,7 +124,7 @@ CELERY_RESULT_BACKEND = env.str(
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=CELERY_BROKER_URL == "memory://")
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
-CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True  # a task whose worker process died goes back to the queue
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -138,6 +138,7 @@ CELERY_BEAT_SCHEDULE["stripe-report-usage"] = {
     "task": "marketplace.report_usage_to_stripe",
     "schedule": env.int("STRIPE_USAGE_REPORT_INTERVAL_SECONDS", default=60),
 }
+CELERY_BEAT_SCHEDULE["idempotency-purge"] = {"task": "marketplace.purge_idempotency_keys", "schedule": 3600}
 CELERY_BEAT_SCHEDULE["ledger-checkpoint"] = {
     "task": "ledger.make_checkpoint",
     "schedule": env.int("LEDGER_CHECKPOINT_INTERVAL_SECONDS", default=300),
@@ -164,8 +165,18 @@ PLATFORM_FEE_BASIS_POINTS = env.int("PLATFORM_FEE_BASIS_POINTS", default=2000)
 PAYOUT_MINIMUM_MINOR = env.int("PAYOUT_MINIMUM_MINOR", default=1000)
 CURRENCY = env.str("CURRENCY", default="usd")
 
-# Inference
-INFERENCE_TIMEOUT_SECONDS = env.int("INFERENCE_TIMEOUT_SECONDS", default=120)
+# Inference. The deadline: how long the web side waits for a worker's answer before a 503
+# `engine_unavailable` (Retry-After: INFERENCE_RETRY_AFTER_SECONDS); the task message carries it and a worker
+# drops a message taken after it. (INFERENCE_TIMEOUT_SECONDS is the deadline's former name.)
+INFERENCE_DEADLINE_SECONDS = env.int("INFERENCE_DEADLINE_SECONDS", default=env.int("INFERENCE_TIMEOUT_SECONDS", default=60))
+INFERENCE_RETRY_AFTER_SECONDS = env.int("INFERENCE_RETRY_AFTER_SECONDS", default=2)
+# Redis hands a message held by a dead worker to another one after the visibility timeout. Past the deadline
+# (by a margin for clock skew), so a task still running is never given to a second worker, and a message that
+# comes back is already past its deadline: dropped, not run. Tasks of every kind share it: a non-inference task
+# that may run longer must be idempotent, or this must be raised for its workers.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT_SECONDS", default=INFERENCE_DEADLINE_SECONDS + 30),
+}
 MAX_TOKENS_LIMIT = env.int("MAX_TOKENS_LIMIT", default=512)
 
 LOGGING = {

@@ -17,7 +17,7 @@ from marketplace import policy, quotas
 from marketplace.models import ComposedSystem, OrganizationAPIKey, Subscription
 from marketplace.selectors.organizations import api_key_from_presented
 from marketplace.selectors.systems import system_for_organization, systems_callable_by
-from marketplace.services import inference
+from marketplace.services import idempotency, inference
 from marketplace.services.organizations import api_key_mark_used
 from marketplace.services.usage import usage_record
 from mosaic.errors import DomainError, error_body
@@ -54,8 +54,9 @@ class OpenAIView(APIView):
 
     def handle_exception(self, exc):
         response = super().handle_exception(exc)
-        if isinstance(exc, quotas.RateLimited):
+        if getattr(exc, "retry_after", None) is not None:  # RateLimited, EngineUnavailable, KeyInUse
             response["Retry-After"] = str(exc.retry_after)
+        if isinstance(exc, quotas.RateLimited):
             for name, value in exc.headers.items():
                 response[name] = value
         return response
@@ -235,6 +236,35 @@ class _CompletionApi(OpenAIView):
         api_key = authenticate(request, scopes=("use",))
         organization = api_key.organization
         data = _validated(self.input_serializer, request)
+        if "Idempotency-Key" in request.headers:
+            return self._serve_once(request, key=request.headers["Idempotency-Key"], started=started,
+                                    api_key=api_key, data=data)
+        return self._serve(started=started, api_key=api_key, data=data)
+
+    def _serve_once(self, request, *, key, started, api_key, data):
+        """Served once per Idempotency-Key; retries get the stored response (marketplace.services.idempotency)."""
+        key = idempotency.checked_key(key)
+        if data["stream"]:
+            raise DomainError("Idempotency-Key cannot be used with stream=true: a stream is not replayed.",
+                              param="Idempotency-Key", code="invalid_idempotency_key")
+        record, replay = idempotency.claim(organization=api_key.organization, key=key,
+                                           fingerprint=idempotency.fingerprint(path=request.path, body=request.data))
+        if replay:
+            response = Response(record.response_body, status=record.status_code)
+            response["x-request-id"] = record.request_id
+            response["Idempotent-Replayed"] = "true"
+            return response
+        try:
+            response = self._serve(started=started, api_key=api_key, data=data)
+        except BaseException:
+            idempotency.release(record=record)
+            raise
+        idempotency.complete(record=record, status_code=response.status_code, body=response.data,
+                             request_id=response["x-request-id"])
+        return response
+
+    def _serve(self, *, started, api_key, data):
+        organization = api_key.organization
         system = system_for_organization(organization=organization, slug=data["model"])
         plan = _active_plan(organization)
         serving = policy.request_plan(organization=organization, system=system, actor=f"organization:{organization.pk}")

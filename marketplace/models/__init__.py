@@ -1,6 +1,7 @@
 from marketplace.models.accounts import Contributor
 from marketplace.models.billing import Plan, StripeEvent, Subscription
 from marketplace.models.catalog import BaseModel, Expert, ExpertVersion, LicenseTerms
+from marketplace.models.idempotency import IdempotencyRecord
 from marketplace.models.credit import CreditLine, CreditStatement, Payout
 from marketplace.models.organizations import Membership, Organization, OrganizationAPIKey
 from marketplace.models.quotas import QuotaWindow
@@ -15,6 +16,7 @@ __all__ = [
     "CreditStatement",
     "Expert",
     "ExpertVersion",
+    "IdempotencyRecord",
     "LicenseTerms",
     "Membership",
     "Organization",

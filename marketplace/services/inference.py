@@ -1,4 +1,12 @@
-"""The one place the marketplace calls the engine: a Celery task on gpu_workers (eager when embedded)."""
+"""The one place the marketplace calls the engine.
+
+Embedded (Celery eager, no broker): the engine runs in this process, called directly on the request's thread
+(the engine batches concurrent callers itself); no Celery task and no result .get() are involved, so any number
+of threads may serve at once. With a broker: a Celery task on the base model's queue; the web side waits for
+its result until the message's deadline, and answers 503 `engine_unavailable` with Retry-After when none came
+(its worker died, or no worker took it in time)."""
+import math
+import time
 from collections.abc import Iterator
 
 from django.conf import settings
@@ -7,20 +15,33 @@ from marketplace.models import ComposedSystem
 from marketplace.policy import ServingPlan
 from mosaic.errors import DomainError
 
+UNAVAILABLE_CODES = ("engine_unavailable", "deadline_exceeded")
+
 
 class EngineFailed(DomainError):
     status_code = 502
     code = "engine_error"
 
 
+class EngineUnavailable(DomainError):
+    status_code = 503
+    code = "engine_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 def build_message(
     *, request_id: str, system: ComposedSystem, plan: ServingPlan, params: dict,
     prompt: str | None = None, messages: list[dict] | None = None,
 ) -> dict:
-    """The task message: everything a worker needs, no database access required (see SHARED CONTRACTS)."""
+    """The task message: everything a worker needs, no database access required (see SHARED CONTRACTS).
+    `deadline` (epoch seconds) is when the web side stops waiting; a worker drops the message after it."""
     base = system.base_model
     message = {
         "request_id": request_id,
+        "deadline": time.time() + settings.INFERENCE_DEADLINE_SECONDS,
         "base_model": {"name": base.name, "path": base.local_path, "content_hash": base.content_hash},
         "experts": [
             {"id": str(m.expert_id), "adapter_path": m.version.storage_path, "sha256": m.version.sha256}
@@ -37,27 +58,44 @@ def build_message(
     return message
 
 
+def _unavailable(reason: str) -> EngineUnavailable:
+    retry_after = settings.INFERENCE_RETRY_AFTER_SECONDS
+    return EngineUnavailable(f"No engine could serve this request now ({reason}); retry in {retry_after} s.",
+                             retry_after=retry_after)
+
+
 def _checked(result: dict) -> dict:
     if "error" in result:
         error = result["error"]
+        if error.get("code") in UNAVAILABLE_CODES:
+            raise _unavailable(str(error.get("message")))
         raise EngineFailed(
             f"The engine could not complete this request ({error.get('code') or 'engine_error'}): {error.get('message')}"
         )
     return result
 
 
-def run_system_request(*, message: dict) -> dict:
-    from gpu_workers.tasks import run_completion
+def embedded() -> bool:
+    from mosaic.celery import app
 
-    async_result = run_completion.apply_async(
-        kwargs={"message": message}, task_id=message["request_id"], queue=f"base.{message['base_model']['name']}"
-    )
+    return bool(app.conf.task_always_eager)
+
+
+def run_system_request(*, message: dict) -> dict:
+    from gpu_workers.tasks import await_result, run_completion, run_idempotent
+
+    if embedded():
+        return _checked(run_idempotent(message))
     try:
-        result = async_result.get(timeout=settings.INFERENCE_TIMEOUT_SECONDS, propagate=True)
-    except DomainError:
-        raise
-    except Exception as error:  # the worker crashed or timed out: the client gets a 502, never a 500
-        raise EngineFailed(f"The engine failed: {type(error).__name__}: {error}") from error
+        run_completion.apply_async(
+            kwargs={"message": message}, task_id=message["request_id"], queue=f"base.{message['base_model']['name']}"
+        )
+        result = await_result(message["request_id"], deadline=message["deadline"])
+    except Exception as error:  # noqa: BLE001 - broker or result backend unreachable: the client may retry
+        raise _unavailable(f"the engine queue is unreachable: {type(error).__name__}") from error
+    if result is None:
+        waited = math.ceil(settings.INFERENCE_DEADLINE_SECONDS)
+        raise _unavailable(f"no engine answered within {waited} s")
     return _checked(result)
 
 

@@ -1,10 +1,10 @@
-"""Usage: one row and one ledger entry per served request, in one transaction.
+"""Usage: one row and one ledger entry per served request, in one transaction, at most once per request id.
 
 Charge rounding: charge_minor = ceil(total_tokens × price_per_1k_tokens_minor / 1000), per request, in integer
 minor units; the price is the system's when it sets one, else the plan's."""
 from decimal import Decimal
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from ledger.services import record_event
 from marketplace import quotas
@@ -40,6 +40,26 @@ def usage_record(
     attribution: dict,
     reservation: quotas.Reservation | None = None,
 ) -> Usage:
+    """Record a served request once: a second call with the same request id (a retried or redelivered request)
+    returns the first call's row and records, bills and settles nothing more."""
+    existing = Usage.objects.filter(request_id=request_id).first()
+    if existing is not None:
+        return existing
+    try:
+        return _record(
+            request_id=request_id, organization=organization, api_key=api_key, system=system, plan=plan,
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, latency_ms=latency_ms,
+            engine_ms=engine_ms, attribution=attribution, reservation=reservation,
+        )
+    except IntegrityError:  # the same request id recorded concurrently: its transaction won, ours rolled back
+        existing = Usage.objects.filter(request_id=request_id).first()
+        if existing is None:
+            raise
+        return existing
+
+
+def _record(*, request_id, organization, api_key, system, plan, prompt_tokens, completion_tokens, latency_ms,
+            engine_ms, attribution, reservation) -> Usage:
     total = prompt_tokens + completion_tokens
     attribution = normalised_attribution(attribution)
     with transaction.atomic():
@@ -49,6 +69,8 @@ def usage_record(
             engine_ms=engine_ms, attribution=attribution,
             charge_minor=charge_minor(total_tokens=total, price_per_1k_tokens_minor=price_for(system=system, plan=plan)),
         )
+        if reservation is not None:  # before record_event: never wait for a quota row holding the ledger lock
+            quotas.settle(reservation=reservation, actual_tokens=total)
         record_event(
             kind="usage.recorded",
             payload={
@@ -64,8 +86,6 @@ def usage_record(
             },
             actor=f"organization:{organization.pk}",
         )
-        if reservation is not None:
-            quotas.settle(reservation=reservation, actual_tokens=total)
     return usage
 
 

@@ -256,3 +256,22 @@ def test_worker_engine_settings_are_read_strictly_from_the_environment():
         serving.engine_options_from_env({"MOSAIC_ADAPTER_BUDGET_MB": "lots"})
     with pytest.raises(ValueError, match="MOSAIC_LORA_BACKEND must be"):
         serving.engine_options_from_env({"MOSAIC_LORA_BACKEND": "cuda"})
+
+
+def test_a_message_taken_after_its_deadline_is_dropped_not_run(gpu_world):
+    import time
+
+    message = {**make_message(gpu_world), "deadline": time.time() - 1}
+
+    result = submit(message)
+
+    assert result == {"request_id": message["request_id"], "error": {
+        "message": "the request's deadline passed before a worker could run it", "code": "deadline_exceeded"}}
+
+
+def test_a_message_within_its_deadline_runs(gpu_world):
+    import time
+
+    result = submit({**make_message(gpu_world), "deadline": time.time() + 60})
+
+    assert "error" not in result and result["choices"][0]["text"] == reference_text(gpu_world, "alpha", "hello").text
