@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('marketplace', '0003_credit'),
+        ('marketplace', '0004_base_model_facts'),
     ]
 
     operations = [
