@@ -163,9 +163,10 @@ class Stack:
         self.key, self.user_token = self.world.pop("key"), self.world.pop("user_token")
         self.setup_s["world"] = round(time.monotonic() - mark, 1)
         mark = time.monotonic()
+        self.spawn_worker()  # loads torch and the model while gunicorn starts
         self.start_gunicorn()
         self.setup_s["gunicorn"] = round(time.monotonic() - mark, 1)
-        self.setup_s["worker"] = round(self.start_worker(), 1)
+        self.setup_s["worker"] = round(self.wait_for_worker(mark), 1)
 
     def _postgres_admin(self, sql: str) -> None:
         import psycopg
@@ -210,16 +211,21 @@ class Stack:
     def start_worker(self) -> float:
         """Starts the Celery worker and waits until it consumes its queue. Returns the seconds it took."""
         started = time.monotonic()
+        self.spawn_worker()
+        return self.wait_for_worker(started)
+
+    def spawn_worker(self) -> None:
         self.worker_starts += 1
-        log_path = self.workdir / f"worker-{self.worker_starts}.log"
         env = {**self.env, "MOSAIC_WORKER_BASE_MODEL_PATH": self.world["base_path"]}
         self.worker = self._spawn(f"worker-{self.worker_starts}", [
             sys.executable, "-m", "celery", "-A", "mosaic", "worker", "-Q", f"base.{BASE_MODEL_NAME}",
             "-P", "threads", "-c", "64", "-n", f"drills{self.worker_starts}@%h", "--loglevel", "INFO",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
         ], env)
-        deadline = started + 120
-        while time.monotonic() < deadline:
+
+    def wait_for_worker(self, started: float) -> float:
+        log_path = self.workdir / f"worker-{self.worker_starts}.log"
+        while time.monotonic() < started + 120:
             if self.worker.poll() is not None:
                 raise SetupFailed(f"the Celery worker exited early; see {log_path}")
             if b" ready." in log_path.read_bytes():
@@ -921,7 +927,10 @@ def _interrupt(signum, _frame):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)  # a kill from outside tears down like Ctrl-C does
+    # Ctrl-C and a kill from outside tear down alike (SIGINT set explicitly: a shell starts background jobs with
+    # it ignored, and Python then never raises KeyboardInterrupt).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     load_start = load_average()
     stack = Stack(postgres_server=postgres_server(), database=args.database, redis_url=args.redis_url,
                   deadline_s=args.deadline, gunicorn_workers=args.gunicorn_workers,
