@@ -22,6 +22,9 @@ gpu_workers/tasks.py documents). All traffic goes to 127.0.0.1; every drill is b
 4. schemathesis: `schemathesis run` against the served OpenAPI schema on /api (DRF token) and /v1 (API key)
    for --schemathesis-seconds. Invariants: 0 × 5xx (not_a_server_error), 0 schema violations
    (response_schema_conformance). Undeclared status codes are counted, not judged.
+5. hostile: the inputs schemathesis does not generate (deeply nested JSON, a body over 2 MB, top_p 0, a seed
+   beyond 64 bits, a lone surrogate, a prompt beyond the context, malformed signed webhooks). Invariant: each
+   one refused with a 4xx in the project's JSON error shape, none a 5xx.
 
 Each drill prints its table; the run writes bench/results/drills.md and .json (git commit, load average).
 Exit status: 0 when every invariant holds, 1 otherwise, 2 when the stack could not be set up.
@@ -34,6 +37,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import socket
@@ -48,12 +52,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
-DRILLS = ("load", "kill", "webhooks", "schemathesis")
+DRILLS = ("load", "kill", "webhooks", "schemathesis", "hostile")
 BASE_MODEL_NAME = "drills-tiny"
 SYSTEM_SLUG = "drills-mix"
 WEBHOOK_SECRET = "whsec_drills_billing"
 CONNECT_WEBHOOK_SECRET = "whsec_drills_connect"
 RESPONSE_MARGIN_S = 10  # how long past the inference deadline a client waits before it counts as left hanging
+KILL_MAX_TOKENS = 48  # longer answers in the kill drill, so that the worker holds tasks when it dies
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -249,6 +254,14 @@ class Stack:
         return {"usage_rows": Usage.objects.count(),
                 "usage_recorded_entries": Entry.objects.filter(kind="usage.recorded").count()}
 
+    def broker_backlog(self) -> dict:
+        """Messages the broker still holds: delivered to a worker and never acknowledged (Celery's Redis
+        transport keeps them in the hash `unacked` until the visibility timeout), and waiting in the queue."""
+        import redis
+
+        client = redis.Redis.from_url(self.redis_url, socket_timeout=10)
+        return {"unacked": client.hlen("unacked"), "queued": client.llen(f"base.{BASE_MODEL_NAME}")}
+
     def ledger_verify(self) -> tuple[bool, str]:
         completed = subprocess.run([sys.executable, "manage.py", "ledger", "verify"], cwd=ROOT, env=self.env,
                                    capture_output=True, text=True, timeout=300)
@@ -283,20 +296,23 @@ class Stack:
 
 
 def _stop(process: subprocess.Popen | None) -> None:
-    if process is None or process.poll() is not None:
+    """SIGTERM to the process's group, SIGKILL to what is left of it after 10 s."""
+    if process is None:
         return
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=10)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            pass
+    try:  # what did not stop, and children (gunicorn's workers) that outlived their parent
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     try:
-        os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=10)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    except ProcessLookupError:
-        pass
-    try:  # gunicorn's or celery's children that outlived their parent
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+        print(f"drills: process {process.pid} did not exit after SIGKILL", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -304,12 +320,11 @@ def _stop(process: subprocess.Popen | None) -> None:
 
 
 def seed_world(root: Path) -> dict:
-    import hashlib
-
     from django.contrib.auth import get_user_model
     from rest_framework.authtoken.models import Token
 
     from bench.api_bench import build_world
+    from composition.experts import adapter_content_sha256
     from marketplace.models import (
         BaseModel, Contributor, Expert, ExpertVersion, LicenseTerms, Plan, Subscription,
     )
@@ -325,9 +340,9 @@ def seed_world(root: Path) -> dict:
         contributor = Contributor.objects.create(user=User.objects.create_user(username=name, password=None),
                                                  display_name=name.title())
         expert = Expert.objects.create(owner=contributor, slug=name, name=name, base_model=base_model)
-        sha256 = hashlib.sha256((path / "adapter_model.safetensors").read_bytes()).hexdigest()
         expert.current_version = ExpertVersion.objects.create(
-            expert=expert, number=1, sha256=sha256, storage_path=str(path), status=ExpertVersion.Status.VALID)
+            expert=expert, number=1, sha256=adapter_content_sha256(path), storage_path=str(path),
+            status=ExpertVersion.Status.VALID)
         expert.license = LicenseTerms.objects.create(expert=expert, spdx_id="Apache-2.0")
         expert.save()
         expert_ids.append(expert.pk)
@@ -381,8 +396,9 @@ STREAMED_CHAT = {"model": SYSTEM_SLUG, "messages": [{"role": "user", "content": 
                  "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
 
 
-def call_once(port: int, key: str, kind: str, patience_s: float) -> Outcome:
+def call_once(port: int, key: str, kind: str, patience_s: float, max_tokens: int = 4) -> Outcome:
     path, body = ("/v1/chat/completions", STREAMED_CHAT) if kind == "stream" else ("/v1/completions", COMPLETION)
+    body = {**body, "max_tokens": max_tokens}
     started = time.monotonic()
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=patience_s)
     try:
@@ -408,7 +424,7 @@ def call_once(port: int, key: str, kind: str, patience_s: float) -> Outcome:
 
 
 def run_clients(*, port: int, key: str, clients: int, seconds: float, patience_s: float,
-                max_requests_per_client: int, during=None) -> tuple[list[Outcome], float, dict]:
+                max_requests_per_client: int, during=None, max_tokens: int = 4) -> tuple[list[Outcome], float, dict]:
     """`clients` threads in a closed loop (every fourth one streams chat) for `seconds`, or, given `during`,
     until `during(started)` returns (the kill drill's fault runs on this thread meanwhile). Returns the
     outcomes, the wall time and what `during` returned."""
@@ -422,7 +438,7 @@ def run_clients(*, port: int, key: str, clients: int, seconds: float, patience_s
             if stop.is_set():
                 return
             sent_at = time.monotonic() - started
-            outcome = call_once(port, key, kind, patience_s)
+            outcome = call_once(port, key, kind, patience_s, max_tokens)
             outcome.sent_at = sent_at
             with lock:
                 outcomes.append(outcome)
@@ -457,7 +473,9 @@ def summarize(outcomes: list[Outcome], wall_s: float) -> dict:
     failures: dict[str, int] = {}
     for outcome in outcomes:
         if not outcome.served and outcome.detail:
-            failures[outcome.detail[:160]] = failures.get(outcome.detail[:160], 0) + 1
+            # One line, numbers (process ids, transaction ids) folded, so that alike failures count together.
+            text = re.sub(r"\d+", "N", " ".join(outcome.detail.split()))[:160]
+            failures[text] = failures.get(text, 0) + 1
     return {
         "requests": len(outcomes), "served": len(served), "statuses": dict(sorted(statuses.items())),
         "wall_s": round(wall_s, 1), "served_per_s": round(len(served) / wall_s, 1) if wall_s else 0.0,
@@ -520,6 +538,12 @@ def drill_kill(stack: Stack, args) -> dict:
 
     def fault(started: float) -> dict:
         time.sleep(args.kill_seconds * 0.25)
+        # Kill while the worker holds tasks (delivered, not yet acknowledged): a worker idle at that instant would
+        # lose nothing and prove nothing.
+        waited_until = time.monotonic() + 10
+        while stack.broker_backlog()["unacked"] == 0 and time.monotonic() < waited_until:
+            time.sleep(0.01)
+        moments["in_flight_at_kill"] = stack.broker_backlog()["unacked"]
         moments["killed_at_s"] = round(time.monotonic() - started, 1)
         stack.kill_worker()
         moments["worker_restart_s"] = round(stack.start_worker(), 1)
@@ -529,14 +553,17 @@ def drill_kill(stack: Stack, args) -> dict:
 
     outcomes, wall, _ = run_clients(
         port=stack.port, key=stack.key, clients=args.clients, seconds=args.kill_seconds, patience_s=patience,
-        max_requests_per_client=args.max_requests_per_client, during=fault)
+        max_requests_per_client=args.max_requests_per_client, during=fault, max_tokens=KILL_MAX_TOKENS)
     summary = summarize(outcomes, wall)
+    backlog = stack.broker_backlog()
     allowed = [o for o in outcomes if o.status == 200 or (o.status == 503 and o.retry_after)]
     others = len(outcomes) - len(allowed)
     late = [o for o in outcomes if o.status and o.seconds > patience]
     unanswered = sum(1 for o in outcomes if o.status == 0)
     served_after = sum(1 for o in outcomes if o.served and o.sent_at >= moments.get("back_at_s", float("inf")))
     checks = [
+        check("the kill hit tasks in flight", moments.get("in_flight_at_kill", 0) > 0,
+              f"{moments.get('in_flight_at_kill', 0)} unacknowledged tasks at the kill"),
         check("every answer a 200 or a 503 with Retry-After", others == 0,
               f"{others} of {len(outcomes)} were something else"),
         check(f"every client answered within the deadline + {RESPONSE_MARGIN_S} s", not late and unanswered == 0,
@@ -545,7 +572,7 @@ def drill_kill(stack: Stack, args) -> dict:
         *billing_checks(stack, before, summary["served"]),
     ]
     return {"clients": args.clients, "seconds": args.kill_seconds, "deadline_s": stack.deadline_s, **moments,
-            **summary, "checks": checks}
+            **summary, "broker_after": backlog, "checks": checks}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -800,6 +827,72 @@ def read_schemathesis_events(report_dir: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Drill 5: hostile inputs that schemathesis does not generate (the inputs of issue 11's findings 2 and 3)
+
+
+def hostile_inputs(key: str) -> list[tuple[str, str, bytes, dict]]:
+    """(what, path, body, headers): each one a client mistake or an attack, each to be refused with a 4xx."""
+    import stripe
+
+    bearer = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    plain = {"Content-Type": "application/json"}
+
+    def completion(**fields) -> bytes:
+        return json.dumps({**COMPLETION, **fields}).encode()
+
+    def signed(event: dict) -> dict:
+        return {**plain, "Stripe-Signature": stripe.WebhookSignature.generate_signature_header(
+            json.dumps(event), WEBHOOK_SECRET)}
+
+    nested = b"[" * 5000 + b"]" * 5000
+    no_data = {"id": "evt_drills_hostile_1", "object": "event", "type": "invoice.paid", "created": 1}
+    bad_created = {"id": "evt_drills_hostile_2", "object": "event", "type": "invoice.paid", "created": "abc",
+                   "data": {"object": {"object": "invoice", "subscription": "sub_x"}}}
+    return [
+        ("deeply nested JSON, unauthenticated", "/api/auth/token", b'{"username": ' + nested + b"}", plain),
+        ("deeply nested JSON on /v1/completions", "/v1/completions", b'{"model": ' + nested + b"}", bearer),
+        ("a body over 2 MB", "/v1/completions", completion(prompt="a" * (3 * 1024 * 1024)), bearer),
+        ("top_p = 0", "/v1/completions", completion(top_p=0), bearer),
+        ("seed beyond 64 bits", "/v1/completions", completion(seed=2**70), bearer),
+        ("a lone surrogate in chat content", "/v1/chat/completions",
+         b'{"model": "%s", "max_tokens": 4, "messages": [{"role": "user", "content": "a\\ud800b"}]}'
+         % SYSTEM_SLUG.encode(), bearer),
+        ("a prompt beyond the base model's context", "/v1/completions", completion(prompt="a" * 100_000), bearer),
+        ("a signed webhook without data", "/api/stripe/webhook", json.dumps(no_data).encode(), signed(no_data)),
+        ("a signed webhook with created 'abc'", "/api/stripe/webhook", json.dumps(bad_created).encode(),
+         signed(bad_created)),
+    ]
+
+
+def drill_hostile(stack: Stack, args) -> dict:
+    answers = []
+    for what, path, body, headers in hostile_inputs(stack.key):
+        started = time.monotonic()
+        connection = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=stack.deadline_s + RESPONSE_MARGIN_S)
+        try:
+            connection.request("POST", path, body=body, headers=headers)
+            response = connection.getresponse()
+            raw = response.read()
+            status, content_type = response.status, response.getheader("Content-Type", "")
+        except (http.client.HTTPException, OSError) as error:
+            status, content_type, raw = 0, "", type(error).__name__.encode()
+        finally:
+            connection.close()
+        answers.append({"input": what, "path": path, "status": status, "json": content_type.startswith("application/json"),
+                        "seconds": round(time.monotonic() - started, 2),
+                        "body": " ".join(raw[:200].decode("utf-8", "replace").split())[:160]})
+    refused = [a for a in answers if 400 <= a["status"] < 500 and a["json"]]
+    server_errors = [a for a in answers if a["status"] >= 500 or a["status"] == 0]
+    checks = [
+        check("0 × 5xx", not server_errors, ", ".join(f"{a['input']}: {a['status']}" for a in server_errors) or "none"),
+        check("every one refused with a 4xx in the error shape", len(refused) == len(answers),
+              ", ".join(f"{a['input']}: {a['status']}{'' if a['json'] else ' (not JSON)'}"
+                        for a in answers if a not in refused) or f"{len(answers)} of {len(answers)}"),
+    ]
+    return {"answers": answers, "checks": checks}
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Report
 
 
@@ -825,14 +918,14 @@ def render(results: dict) -> str:
 
 def render_drill(name: str, result: dict) -> list[str]:
     titles = {"load": "1. Load", "kill": "2. kill -9 of the worker mid-load", "webhooks": "3. Webhook replay storm",
-              "schemathesis": "4. schemathesis"}
+              "schemathesis": "4. schemathesis", "hostile": "5. Hostile inputs"}
     lines = [f"## {titles[name]}", ""]
     if "error" in result:
         return lines + [f"The drill itself failed: `{result['error']}`"]
     if name in ("load", "kill"):
         if name == "kill":
-            what = (f"{result['clients']} clients (every fourth streams chat); the worker got kill -9 at "
-                    f"{result.get('killed_at_s')} s, was restarted (ready in {result.get('worker_restart_s')} s, "
+            what = (f"{result['clients']} clients (every fourth streams chat, max_tokens {KILL_MAX_TOKENS}); the worker "
+                    f"got kill -9 at {result.get('killed_at_s')} s holding {result.get('in_flight_at_kill')} tasks, was restarted (ready in {result.get('worker_restart_s')} s, "
                     f"at {result.get('back_at_s')} s) and the load went on for {result['seconds'] * 0.5:g} s more; "
                     f"inference deadline {result['deadline_s']} s.")
         else:
@@ -846,6 +939,9 @@ def render_drill(name: str, result: dict) -> list[str]:
             f"{result['served']} | {result['served_per_s']} | {result['p50_ms']} | {result['p99_ms']} | "
             f"{result['max_ms']} |",
         ]
+        if name == "kill":
+            lines += ["", f"Left in the broker when the clients were done (not judged): "
+                          f"{result['broker_after']['unacked']} unacknowledged, {result['broker_after']['queued']} queued."]
         if result.get("failure_samples"):
             lines += ["", "Failures seen (count: body):"]
             lines += [f"- {count}: `{text}`" for text, count in result["failure_samples"].items()]
@@ -855,6 +951,10 @@ def render_drill(name: str, result: dict) -> list[str]:
             f"deliveries) by {result['senders']} concurrent senders, shuffled, in {result['wall_s']} s; answers "
             f"{json.dumps(result['statuses'])}, results {json.dumps(result['results'])}.",
         ]
+    elif name == "hostile":
+        lines += ["| input | endpoint | status | JSON | seconds | answer |", "|---|---|---|---|---|---|"]
+        lines += [f"| {a['input']} | {a['path']} | {a['status']} | {'yes' if a['json'] else 'no'} | {a['seconds']} | "
+                  f"`{a['body'].replace('|', '/').replace('`', '')}` |" for a in result["answers"]]
     else:
         lines += [
             "| run | operations | test cases | exit | seconds | server errors | schema violations | undeclared status codes |",
@@ -947,7 +1047,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
             return 2
         runners = {"load": drill_load, "kill": drill_kill, "webhooks": drill_webhooks,
-                   "schemathesis": drill_schemathesis}
+                   "schemathesis": drill_schemathesis, "hostile": drill_hostile}
         for name in args.drills:
             print(f"drills: {name} ...", flush=True)
             try:

@@ -88,3 +88,9 @@ def test_the_drills_leave_no_database_behind(results):
     with psycopg.connect(drills.postgres_server() + "/postgres", connect_timeout=5) as connection:
         left = connection.execute("SELECT 1 FROM pg_database WHERE datname = 'mosaic_drills_ci'").fetchall()
     assert left == []
+
+
+def test_hostile_inputs_are_refused_with_a_4xx_never_a_5xx(results):
+    hostile = results["drills"]["hostile"]
+    assert len(hostile["answers"]) >= 9
+    assert _failed_checks(hostile) == []
