@@ -185,11 +185,11 @@ class Stack:
         redis.Redis.from_url(self.redis_url, socket_timeout=10).flushdb()
 
     def _spawn(self, name: str, command: list[str], env: dict) -> subprocess.Popen:
-        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - the child holds it; closed with the process
         # A session of its own: the whole group (gunicorn's workers too) is stopped by its id, and a Ctrl-C in the
         # terminal reaches only this process, which then stops the group in order.
-        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        with open(self.workdir / f"{name}.log", "ab") as log:
+            return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
 
     def start_gunicorn(self) -> None:
         self.port = free_port()
