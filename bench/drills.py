@@ -150,7 +150,7 @@ class Stack:
             "TRITON_INTERPRET": "1",
         }
         self.env.pop("BASE_MODEL_DIR", None)
-        mark = time.monotonic()
+        mark = opened = time.monotonic()
         self._flush_redis()
         self._postgres_admin(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
         self._postgres_admin(f'CREATE DATABASE "{self.database}"')
@@ -171,7 +171,8 @@ class Stack:
         self.spawn_worker()  # loads torch and the model while gunicorn starts
         self.start_gunicorn()
         self.setup_s["gunicorn"] = round(time.monotonic() - mark, 1)
-        self.setup_s["worker"] = round(self.wait_for_worker(mark), 1)
+        self.setup_s["worker"] = round(self.wait_for_worker(mark), 1)  # started beside gunicorn
+        self.setup_s["total"] = round(time.monotonic() - opened, 1)
 
     def _postgres_admin(self, sql: str) -> None:
         import psycopg
@@ -905,7 +906,9 @@ def render(results: dict) -> str:
         f"{setup['gunicorn_workers']} workers × {setup['gunicorn_threads']} threads, one Celery worker (threads "
         f"pool), tiny 2-layer model, inference deadline {setup['deadline_s']} s, loopback only. {setup['cpus']} CPUs "
         f"shared with other work: load average {setup['load_average_start']} at the start, "
-        f"{setup['load_average_end']} at the end.",
+        f"{setup['load_average_end']} at the end. Setup: {setup['setup_s'].get('total')} s (database "
+        f"{setup['setup_s'].get('database')} s, world {setup['setup_s'].get('world')} s, then gunicorn "
+        f"{setup['setup_s'].get('gunicorn')} s and the worker {setup['setup_s'].get('worker')} s side by side).",
         "",
     ]
     for name in DRILLS:
@@ -919,7 +922,7 @@ def render(results: dict) -> str:
 def render_drill(name: str, result: dict) -> list[str]:
     titles = {"load": "1. Load", "kill": "2. kill -9 of the worker mid-load", "webhooks": "3. Webhook replay storm",
               "schemathesis": "4. schemathesis", "hostile": "5. Hostile inputs"}
-    lines = [f"## {titles[name]}", ""]
+    lines = [f"## {titles[name]}" + (f" ({result['drill_s']} s)" if "drill_s" in result else ""), ""]
     if "error" in result:
         return lines + [f"The drill itself failed: `{result['error']}`"]
     if name in ("load", "kill"):
@@ -1050,6 +1053,7 @@ def main(argv: list[str] | None = None) -> int:
                    "schemathesis": drill_schemathesis, "hostile": drill_hostile}
         for name in args.drills:
             print(f"drills: {name} ...", flush=True)
+            started = time.monotonic()
             try:
                 result = runners[name](stack, args)
             except KeyboardInterrupt:
@@ -1057,6 +1061,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as error:  # noqa: BLE001 - one drill failing must not skip the others or the cleanup
                 result = {"error": f"{type(error).__name__}: {error}",
                           "checks": [check("the drill ran", False, f"{type(error).__name__}: {error}")]}
+            result["drill_s"] = round(time.monotonic() - started, 1)
             results["drills"][name] = result
             print("\n".join(render_drill(name, result)) + "\n", flush=True)
         from django.db import connection
