@@ -1,4 +1,4 @@
-"""Drills: `python -m bench.drills [--quick] [--drills load,kill,webhooks,schemathesis]`.
+"""Drills: `python -m bench.drills [--quick] [--drills load,kill,webhooks,schemathesis,hostile]`.
 
 Sets up a whole stack of its own in a temporary directory and tears it down at the end, on failure and on
 Ctrl-C too: a fresh PostgreSQL database (DATABASE_URL's server, database `mosaic_drills`, created and dropped),
@@ -113,6 +113,7 @@ class Stack:
     deadline_s: int
     gunicorn_workers: int
     gunicorn_threads: int
+    worker_app: str = "mosaic"
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mosaic-drills-")))
     env: dict = field(default_factory=dict)
     port: int = 0
@@ -224,7 +225,7 @@ class Stack:
         self.worker_starts += 1
         env = {**self.env, "MOSAIC_WORKER_BASE_MODEL_PATH": self.world["base_path"]}
         self.worker = self._spawn(f"worker-{self.worker_starts}", [
-            sys.executable, "-m", "celery", "-A", "mosaic", "worker", "-Q", f"base.{BASE_MODEL_NAME}",
+            sys.executable, "-m", "celery", "-A", self.worker_app, "worker", "-Q", f"base.{BASE_MODEL_NAME}",
             "-P", "threads", "-c", "64", "-n", f"drills{self.worker_starts}@%h", "--loglevel", "INFO",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
         ], env)
@@ -987,7 +988,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--drills", default=",".join(DRILLS), help=f"comma-separated, from {','.join(DRILLS)}")
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--seconds", type=float, help="load duration (default 60, --quick 10)")
-    parser.add_argument("--kill-seconds", type=float, help="kill drill duration (default 40, --quick 12)")
+    parser.add_argument("--kill-seconds", type=float, help="kill drill: a quarter of it before the kill, half of it after the restart (default 40, --quick 12)")
     parser.add_argument("--deadline", type=int, help="INFERENCE_TIMEOUT_SECONDS for the stack (default 30, --quick 15)")
     parser.add_argument("--schemathesis-seconds", type=int, help="default 120, --quick 20")
     parser.add_argument("--schemathesis-phases", help="default all four; --quick: fuzzing (the coverage phase "
@@ -995,6 +996,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--webhook-copies", type=int, help="deliveries of each event (default 12, --quick 5)")
     parser.add_argument("--webhook-senders", type=int, default=16)
     parser.add_argument("--max-requests-per-client", type=int, default=2000)
+    parser.add_argument("--worker-app", default="mosaic", help="the Celery app the worker runs (celery -A)")
     parser.add_argument("--gunicorn-workers", type=int, default=2)
     parser.add_argument("--gunicorn-threads", type=int, default=12)
     parser.add_argument("--seed", type=int, default=1)
@@ -1034,10 +1036,10 @@ def main(argv: list[str] | None = None) -> int:
     # it ignored, and Python then never raises KeyboardInterrupt).
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    load_start = load_average()
+    load_start, commit = load_average(), git_commit()  # the code that runs is the code at the start
     stack = Stack(postgres_server=postgres_server(), database=args.database, redis_url=args.redis_url,
                   deadline_s=args.deadline, gunicorn_workers=args.gunicorn_workers,
-                  gunicorn_threads=args.gunicorn_threads)
+                  gunicorn_threads=args.gunicorn_threads, worker_app=args.worker_app)
     results: dict = {"drills": {}}
     try:
         try:
@@ -1075,7 +1077,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.close()
         signal.signal(signal.SIGINT, signal.default_int_handler)
     results["setup"] = {
-        "quick": args.quick, "commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "quick": args.quick, "commit": commit, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "postgres": f"{postgres // 10000}.{postgres % 10000}", "gunicorn_workers": args.gunicorn_workers,
         "gunicorn_threads": args.gunicorn_threads, "deadline_s": args.deadline, "cpus": os.cpu_count(),
         "python": platform.python_version(), "load_average_start": load_start, "load_average_end": load_average(),
