@@ -5,7 +5,7 @@ import django_filters
 from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
 from rest_framework import generics, permissions, serializers, status
 from rest_framework.pagination import PageNumberPagination
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -27,6 +27,7 @@ from marketplace.services.experts import (
     expert_license_set,
     expert_version_contribute,
 )
+from mosaic.parsers import LimitedJSONParser
 
 # ---------------------------------------------------------------- output serializers
 
@@ -351,7 +352,7 @@ class ExpertVersionDetailApi(APIView):
 
 
 class ExpertLicenseApi(APIView):
-    parser_classes = [JSONParser, FormParser, MultiPartParser]
+    parser_classes = [LimitedJSONParser, FormParser, MultiPartParser]
 
     @extend_schema(request=LicenseInput, responses={200: LicenseOutput})
     def put(self, request, expert_id: int):
