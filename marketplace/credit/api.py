@@ -1,7 +1,4 @@
 """Thin DRF views for credit: earnings, accounts for auditors, statements, Stripe Connect."""
-import json
-
-import stripe
 from django.conf import settings
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -16,6 +13,7 @@ from marketplace.credit.selectors import account_detail, contributor_earnings, c
 from marketplace.credit.statements import statement_html
 from marketplace.credit.stripe_connect import start_onboarding
 from marketplace.models import CreditStatement
+from marketplace.stripe_client import verified_event
 from mosaic.errors import DomainError
 
 
@@ -186,14 +184,6 @@ class ConnectWebhookView(APIView):
     @extend_schema(request=OpenApiTypes.OBJECT, responses={200: Output, 400: OpenApiResponse(description="bad signature")},
                    summary="Stripe Connect webhook")
     def post(self, request):
-        payload = request.body
-        try:
-            stripe.Webhook.construct_event(
-                payload, request.META.get("HTTP_STRIPE_SIGNATURE"), settings.STRIPE_CONNECT_WEBHOOK_SECRET
-            )
-        except (ValueError, stripe.SignatureVerificationError):
-            raise DomainError("The webhook's Stripe signature does not verify.", code="invalid_signature")
-        event = json.loads(payload)
-        if not isinstance(event, dict) or "id" not in event or "type" not in event:
-            raise DomainError("A Stripe event has an id and a type.")
+        event = verified_event(payload=request.body, signature=request.META.get("HTTP_STRIPE_SIGNATURE", ""),
+                               secret=settings.STRIPE_CONNECT_WEBHOOK_SECRET)
         return Response(self.Output({"received": True, "result": handle_connect_event(event=event)}).data)
