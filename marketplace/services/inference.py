@@ -3,6 +3,7 @@ from collections.abc import Iterator
 
 from django.conf import settings
 
+from gpu_workers import contract
 from marketplace.models import ComposedSystem
 from marketplace.policy import ServingPlan
 from mosaic.errors import DomainError
@@ -40,6 +41,8 @@ def build_message(
 def _checked(result: dict) -> dict:
     if "error" in result:
         error = result["error"]
+        if error.get("code") in contract.CLIENT_ERROR_CODES:  # the client's mistake, found by the worker: a 400
+            raise DomainError(error.get("message") or "", code=error["code"], param=error.get("param"))
         raise EngineFailed(
             f"The engine could not complete this request ({error.get('code') or 'engine_error'}): {error.get('message')}"
         )
