@@ -22,6 +22,7 @@ from marketplace.services import inference
 from marketplace.services.organizations import api_key_mark_used
 from marketplace.services.usage import usage_record
 from mosaic.errors import DomainError, error_body
+from mosaic.parsers import LimitedJSONParser
 
 
 class Unauthenticated(DomainError):
@@ -52,6 +53,8 @@ def authenticate(request, *, scopes: tuple[str, ...]) -> OrganizationAPIKey:
 class OpenAIView(APIView):
     authentication_classes: list = []
     permission_classes: list = []
+    authenticates_itself = True  # the API key, in authenticate() (see mosaic.schema)
+    parser_classes = [LimitedJSONParser]  # OpenAI's API takes JSON bodies only
 
     def handle_exception(self, exc):
         response = super().handle_exception(exc)
@@ -243,6 +246,7 @@ def attribution_list(*, attribution: dict, members) -> list[dict]:
 class _CompletionApi(OpenAIView):
     input_serializer: type
     chat: bool
+    error_statuses = (400, 402, 404, 429, 502, 503)
 
     def post(self, request):
         started = time.monotonic()

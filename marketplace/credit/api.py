@@ -2,7 +2,7 @@
 from django.conf import settings
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -125,11 +125,12 @@ class StatementListView(APIView):
     def get(self, request):
         contributor = contributor_for(user=request.user)
         statements = CreditStatement.objects.filter(contributor=contributor).select_related("period")
-        return Response({"data": self.Output(statements, many=True).data})
+        return Response(self.Output(statements, many=True).data)
 
 
 class StatementFileView(APIView):
     @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR, (200, "text/html"): OpenApiTypes.STR},
+                   parameters=[OpenApiParameter("fmt", str, OpenApiParameter.PATH, enum=["csv", "html"])],
                    summary="A statement as CSV or HTML")
     def get(self, request, pk: int, fmt: str):
         if fmt not in ("csv", "html"):
