@@ -63,3 +63,13 @@ def test_an_id_beyond_64_bits_is_a_json_404_not_a_500(alice_client):
 def test_an_unknown_api_path_is_a_json_404(client):
     response = client.get("/api/no-such-thing")
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("page_size", ["abc", "0", "null", "100000"])
+def test_a_page_size_that_is_not_a_whole_number_in_range_is_a_400(alice_client, page_size):
+    response = alice_client.get(f"/api/experts?page_size={page_size}")
+    assert response.status_code == 400 and response.json()["error"]["param"] == "page_size"
+
+
+def test_a_page_size_in_range_is_used(alice_client):
+    assert alice_client.get("/api/experts?page_size=5").status_code == 200

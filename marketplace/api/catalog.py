@@ -27,6 +27,7 @@ from marketplace.services.experts import (
     expert_license_set,
     expert_version_contribute,
 )
+from mosaic.pagination import StrictPageSizeMixin
 from mosaic.parsers import LimitedJSONParser
 
 # ---------------------------------------------------------------- output serializers
@@ -276,7 +277,7 @@ class ExpertFilter(django_filters.FilterSet):
         return queryset.filter(tags__icontains=f'"{word}"')
 
 
-class CatalogPagination(PageNumberPagination):
+class CatalogPagination(StrictPageSizeMixin, PageNumberPagination):
     page_size_query_param = "page_size"
     max_page_size = 200
 
