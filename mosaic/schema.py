@@ -47,9 +47,14 @@ class MosaicAutoSchema(AutoSchema):
             statuses.add(404)
         if self.method in ("POST", "PUT", "PATCH"):
             statuses |= {400, 409, 413}
-        elif self._get_filter_parameters() or self._get_pagination_parameters() or self._is_list_view():
+        elif self._reads_query_parameters():
             statuses.add(400)
         return statuses
+
+    def _reads_query_parameters(self) -> bool:
+        declared = [p for p in self.get_override_parameters() if getattr(p, "location", None) == "query"]
+        return bool(declared or self._get_filter_parameters() or self._get_pagination_parameters()
+                    or self._is_list_view())
 
     def _get_response_bodies(self, direction="response"):
         responses = super()._get_response_bodies(direction)

@@ -73,3 +73,9 @@ def test_a_page_size_that_is_not_a_whole_number_in_range_is_a_400(alice_client, 
 
 def test_a_page_size_in_range_is_used(alice_client):
     assert alice_client.get("/api/experts?page_size=5").status_code == 200
+
+
+def test_statuses_that_views_answer_beyond_the_defaults_are_declared(client):
+    paths = client.get("/api/schema/?format=json").json()["paths"]
+    assert "401" in paths["/api/auth/token"]["post"]["responses"]  # a wrong password
+    assert "400" in paths["/api/organizations/{organization_id}/usage"]["get"]["responses"]  # a bad group_by

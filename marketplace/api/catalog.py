@@ -204,6 +204,7 @@ class RegisterApi(APIView):
 class TokenApi(APIView):
     permission_classes = [permissions.AllowAny]
     authentication_classes: list = []
+    error_statuses = (401,)  # a wrong user name or password (see mosaic.schema)
 
     @extend_schema(request=TokenInput,
                    responses={200: inline_serializer("Token", {"token": serializers.CharField()})})

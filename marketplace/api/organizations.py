@@ -6,7 +6,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from marketplace import stripe_client
-from marketplace.models import Membership, Plan, Subscription
+from marketplace.models import Membership, OrganizationAPIKey, Plan, Subscription
 from marketplace.selectors.organizations import (
     api_keys_for_organization,
     membership_for,
@@ -122,7 +122,11 @@ class MemberDetailApi(APIView):
 
 class APIKeyInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=50)
-    scopes = serializers.ListField(child=serializers.CharField(), required=False)
+    scopes = serializers.ListField(
+        child=serializers.ChoiceField(choices=OrganizationAPIKey.Scope.choices, error_messages={
+            "invalid_choice": f"{{input}} is not a scope; scopes are {', '.join(OrganizationAPIKey.Scope.values)}."}),
+        required=False, allow_empty=False,
+    )
 
 
 class APIKeyOutputSerializer(serializers.Serializer):
