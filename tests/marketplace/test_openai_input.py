@@ -87,3 +87,17 @@ def test_chat_messages_beyond_the_context_window_are_a_400_naming_messages(clien
 def test_a_prompt_that_fits_with_its_max_tokens_is_served(client, served):
     response = call(client, "/v1/completions", {"model": "duo", "prompt": "a" * 900, "max_tokens": 4}, served.key)
     assert response.status_code == 200, response.content
+
+
+def test_a_body_over_the_limit_is_a_413_in_openais_error_shape(client, served, settings):
+    body = chat(messages=[{"role": "user", "content": "x" * settings.DATA_UPLOAD_MAX_MEMORY_SIZE}])
+    response = call(client, "/v1/chat/completions", body, served.key)
+    assert response.status_code == 413 and response["Content-Type"] == "application/json"
+    assert set(response.json()["error"]) >= {"message", "type", "param", "code"}
+    assert response.json()["error"]["code"] == "request_too_large"
+
+
+def test_deeply_nested_json_is_a_400_naming_the_reason(client, served):
+    response = client.post("/v1/completions", b"[" * 10_000 + b"]" * 10_000, content_type="application/json",
+                           HTTP_AUTHORIZATION=f"Bearer {served.key}")
+    assert response.status_code == 400 and "nested" in response.json()["error"]["message"]
