@@ -84,7 +84,7 @@ def checked_stop(stop, param: str = "stop") -> list[str]:
         raise ParamError(param, f"{param} must be a string or a list of up to {MAX_STOP_SEQUENCES} strings.")
     for position, text in enumerate(stops):
         if checked_text(text, f"{param}[{position}]") == "":
-            raise ParamError(param, f"{param}[{position}] is empty; a stop sequence needs at least one character.")
+            raise ParamError(param, f"{param}[{position}] is empty; a stop sequence needs a character.")
     return stops
 
 
@@ -100,7 +100,7 @@ def sampling_params(params: dict, *, max_tokens_limit: int | None = None) -> Sam
 
     temperature = _number(given("temperature"), "temperature")
     if not 0.0 <= temperature <= TEMPERATURE_MAX:
-        raise ParamError("temperature", f"temperature must be between 0 and {TEMPERATURE_MAX:g}, not {temperature:g}.")
+        raise ParamError("temperature", f"temperature must be from 0 to {TEMPERATURE_MAX:g}.")
     top_p = _number(given("top_p"), "top_p")
     if not 0.0 < top_p <= 1.0:
         raise ParamError("top_p", f"top_p must be greater than 0 and at most 1, not {top_p:g}.")
@@ -136,7 +136,7 @@ def checked_messages(messages) -> list[dict]:
 
 
 def check_context_length(*, prompt_tokens: int, max_tokens: int, context_length: int, param: str) -> None:
-    """The prompt (`param`: prompt or messages) and the tokens asked for must fit in the base model's context."""
+    """The prompt (`param`: prompt or messages) and max_tokens must fit in the base model's context window."""
     if prompt_tokens + max_tokens > context_length:
         raise ContextLengthExceeded(
             param,

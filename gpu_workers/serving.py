@@ -226,8 +226,8 @@ def error_result(request_id, message: str, code: str, param: str | None = None) 
 
 
 def check_fits_context(parsed: ParsedMessage, prompt: str, engine: ServingEngine) -> None:
-    """Refuse (contract.ContextLengthExceeded) a prompt that, with max_tokens, overflows the base model's context
-    window: it costs one tokenisation, where generating would hold the worker for seconds."""
+    """Refuse (contract.ContextLengthExceeded) a prompt that, with max_tokens, overflows the base model's
+    context window: it costs one tokenisation, where generating would hold the worker for seconds."""
     context_length = getattr(getattr(engine.engine.model, "config", None), "max_position_embeddings", None)
     if context_length:
         contract.check_context_length(

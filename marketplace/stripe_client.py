@@ -114,7 +114,8 @@ def verified_event(*, payload: bytes, signature: str, secret: str) -> dict:
     try:
         event = loads_limited(payload)
     except JSONRefused as error:
-        raise DomainError(f"Rejected webhook: the payload is not valid JSON: {error}.", code="invalid_event") from None
+        raise DomainError(f"Rejected webhook: the payload is not valid JSON: {error}.",
+                          code="invalid_event") from None
     if not isinstance(event, dict):
         raise DomainError("Rejected webhook: the event must be a JSON object.", code="invalid_event")
     for field in ("id", "type"):

@@ -63,7 +63,7 @@ class AdapterReport:
     modules: dict[str, dict[str, TensorInfo]] = field(default_factory=dict)
 
     def rank_of(self, module_name: str) -> int:
-        return pattern_value(self.config, "rank_pattern", module_name, self.rank)  # checked by check_lora_config
+        return pattern_value(self.config, "rank_pattern", module_name, self.rank)  # see check_lora_config
 
 
 def looks_like_pickle(head: bytes) -> bool:
@@ -171,12 +171,18 @@ def check_lora_config(config: dict) -> tuple[int, float, list[str]]:
         )
     rank = config.get("r")
     if not _is_rank(rank):
-        raise AdapterRejected(f"{CONFIG_FILE}: r must be a whole number between 1 and {MAX_RANK}, not {_shown(rank)}.")
+        raise AdapterRejected(
+            f"{CONFIG_FILE}: r must be a whole number between 1 and {MAX_RANK}, not {_shown(rank)}."
+        )
     alpha = positive_number(config.get("lora_alpha", rank))
     if alpha is None:
-        raise AdapterRejected(f"{CONFIG_FILE}: lora_alpha must be a positive number, not {_shown(config['lora_alpha'])}.")
-    for pattern_field, is_valid, meaning in (("rank_pattern", _is_rank, f"whole numbers between 1 and {MAX_RANK}"),
-                                             ("alpha_pattern", positive_number, "positive numbers")):
+        raise AdapterRejected(
+            f"{CONFIG_FILE}: lora_alpha must be a positive number, not {_shown(config['lora_alpha'])}."
+        )
+    for pattern_field, is_valid, meaning in (
+        ("rank_pattern", _is_rank, f"whole numbers between 1 and {MAX_RANK}"),
+        ("alpha_pattern", positive_number, "positive numbers"),
+    ):
         pattern = config.get(pattern_field) or {}
         if not isinstance(pattern, dict) or not all(is_valid(value) for value in pattern.values()):
             raise AdapterRejected(

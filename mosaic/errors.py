@@ -65,7 +65,8 @@ def api_exception_handler(exc, context):
     elif isinstance(exc, RequestDataTooBig):
         from mosaic.parsers import RequestTooLarge
 
-        exc = RequestTooLarge(f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.")
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        exc = RequestTooLarge(f"The request body is larger than {limit} bytes.")
     elif isinstance(exc, TooManyFieldsSent):
         exc = exceptions.ParseError(str(exc))
     response = exception_handler(exc, context)
@@ -95,7 +96,7 @@ def error_body(message: str, *, code: str, param=None) -> dict:
 
 
 def not_found(request, exception=None):
-    """A URL that matches nothing: JSON in the API's error shape under /api/ and /v1/, the HTML page elsewhere."""
+    """A URL that matches nothing: JSON in the error shape under /api/ and /v1/, the HTML page elsewhere."""
     if request.path.startswith(("/api/", "/v1/")):
         return JsonResponse(error_body(f"Nothing at {request.path}.", code="not_found"), status=404)
     return page_not_found(request, exception)

@@ -13,8 +13,9 @@ class StrictPageSizeMixin:
         if raw is None:
             return self.page_size
         if not _WHOLE_NUMBER.fullmatch(raw) or not 1 <= int(raw) <= self.max_page_size:
+            limit = self.max_page_size
             raise ValidationError(
-                {self.page_size_query_param: f"must be a whole number from 1 to {self.max_page_size}, not {raw[:20]!r}."}
+                {self.page_size_query_param: f"must be a whole number from 1 to {limit}, not {raw[:20]!r}."}
             )
         return int(raw)
 

@@ -28,7 +28,7 @@ class ErrorDetailSerializer(serializers.Serializer):
     type = serializers.CharField()
     param = serializers.CharField(allow_null=True)
     code = serializers.CharField()
-    detail = serializers.JSONField(required=False, help_text="DRF's field-by-field errors, when there are several.")
+    detail = serializers.JSONField(required=False, help_text="DRF's errors field by field, if any.")
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -60,7 +60,6 @@ class MosaicAutoSchema(AutoSchema):
         responses = super()._get_response_bodies(direction)
         for status_code in sorted(self.error_statuses()):
             if str(status_code) not in responses:
-                responses[str(status_code)] = self._get_response_for_code(
-                    OpenApiResponse(ErrorSerializer, description=ERROR_DESCRIPTIONS[status_code]), str(status_code)
-                )
+                error = OpenApiResponse(ErrorSerializer, description=ERROR_DESCRIPTIONS[status_code])
+                responses[str(status_code)] = self._get_response_for_code(error, str(status_code))
         return responses

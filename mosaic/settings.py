@@ -116,7 +116,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Participatory model marketplace: contributors, experts, composed systems, ledger.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
-    "COMPONENT_SPLIT_REQUEST": True,  # request bodies get their own components, with minLength 1 where blank is refused
+    "COMPONENT_SPLIT_REQUEST": True,  # request components of their own: minLength 1 where blank is refused
     "PATH_CONVERTER_OVERRIDES": {"id": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}},
     "ENUM_NAME_OVERRIDES": {
         "OnRevocationEnum": "marketplace.models.ComposedSystem.OnRevocation",

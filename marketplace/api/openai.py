@@ -133,7 +133,8 @@ class StrictFloat(serializers.FloatField):
         return super().to_internal_value(data)
 
 
-@extend_schema_field({"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1, "nullable": True})
+@extend_schema_field({"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1,
+                      "nullable": True})
 class TopPField(StrictFloat):
     """top_p is in (0, 1]: the schema says so; contract.sampling_params refuses 0."""
 
@@ -165,13 +166,13 @@ class CompletionParamsSerializer(serializers.Serializer):
     top_p = TopPField(required=False, min_value=0, max_value=1, default=1.0, allow_null=True)
     stop = StopField(required=False, allow_null=True, default=None)
     n = StrictInteger(required=False, min_value=1, max_value=contract.MAX_CHOICES, default=1, allow_null=True)
-    seed = StrictInteger(required=False, min_value=contract.SEED_MIN, max_value=contract.SEED_MAX, allow_null=True,
-                         default=None)
+    seed = StrictInteger(required=False, min_value=contract.SEED_MIN, max_value=contract.SEED_MAX,
+                         allow_null=True, default=None)
     stream = StrictBoolean(required=False, default=False)
     stream_options = StreamOptionsSerializer(required=False, allow_null=True, default=None)
 
     def validate(self, attrs):
-        """The contract's rules (gpu_workers.contract), which the worker checks again: a 400 naming the parameter."""
+        """The rules of gpu_workers.contract, checked again by the worker: a 400 naming the parameter."""
         attrs["max_tokens"] = attrs.get("max_completion_tokens") or attrs.get("max_tokens") or 16
         try:
             contract.checked_text(attrs["model"], "model")

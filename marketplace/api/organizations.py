@@ -25,6 +25,7 @@ from marketplace.services.organizations import (
 from mosaic.errors import DomainError, NotFound
 
 OWNER = (Membership.Role.OWNER,)
+SCOPES = ", ".join(OrganizationAPIKey.Scope.values)
 OWNER_OR_BILLING = (Membership.Role.OWNER, Membership.Role.BILLING)
 OWNER_OR_DEVELOPER = (Membership.Role.OWNER, Membership.Role.DEVELOPER)
 
@@ -52,7 +53,8 @@ def organization_output(organization, role: str) -> dict:
 
 
 class OrganizationListApi(APIView):
-    @extend_schema(request=None, responses=OrganizationOutputSerializer(many=True), operation_id="api_organizations_list")
+    @extend_schema(request=None, responses=OrganizationOutputSerializer(many=True),
+                   operation_id="api_organizations_list")
     def get(self, request):
         memberships = Membership.objects.filter(user=request.user).select_related("organization")
         roles = {m.organization_id: m.role for m in memberships}
@@ -124,7 +126,8 @@ class APIKeyInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=50)
     scopes = serializers.ListField(
         child=serializers.ChoiceField(choices=OrganizationAPIKey.Scope.choices, error_messages={
-            "invalid_choice": f"{{input}} is not a scope; scopes are {', '.join(OrganizationAPIKey.Scope.values)}."}),
+            "invalid_choice": "{input} is not a scope; scopes are " + SCOPES + "."
+        }),
         required=False, allow_empty=False,
     )
 
@@ -191,7 +194,9 @@ class SubscriptionOutputSerializer(serializers.Serializer):
 
 class SubscriptionCreatedOutputSerializer(SubscriptionOutputSerializer):
     unavailable_systems = serializers.ListField(
-        child=serializers.CharField(), help_text="Systems this organization's license terms do not allow it to call.")
+        child=serializers.CharField(),
+        help_text="Systems this organization's license terms do not allow it to call.",
+    )
 
 
 def subscription_output(subscription) -> dict:

@@ -114,6 +114,7 @@ class SystemDetailApi(APIView):
 class ExpertRevokeConsentApi(APIView):
     @extend_schema(request=None, responses=OpenApiTypes.OBJECT, summary="Revoke consent (the expert's contributor)")
     def post(self, request, expert_id: int):
-        expert = expert_get_owned(user=request.user, expert_id=expert_id)  # anyone else's is 404, as a missing one
+        # Another contributor's expert is 404, like a missing one: the answer does not reveal that it exists.
+        expert = expert_get_owned(user=request.user, expert_id=expert_id)
         expert = expert_revoke_consent(expert=expert, user=request.user)
         return Response({"id": expert.pk, "slug": expert.slug, "consent_revoked_at": expert.consent_revoked_at})

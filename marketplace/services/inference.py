@@ -41,7 +41,7 @@ def build_message(
 def _checked(result: dict) -> dict:
     if "error" in result:
         error = result["error"]
-        if error.get("code") in contract.CLIENT_ERROR_CODES:  # the client's mistake, found by the worker: a 400
+        if error.get("code") in contract.CLIENT_ERROR_CODES:  # the client's mistake, found by the worker
             raise DomainError(error.get("message") or "", code=error["code"], param=error.get("param"))
         raise EngineFailed(
             f"The engine could not complete this request ({error.get('code') or 'engine_error'}): {error.get('message')}"

@@ -14,7 +14,8 @@ def test_defaults_fill_missing_and_null_parameters():
 
 @pytest.mark.parametrize(("params", "param"), [
     ({"top_p": 0}, "top_p"), ({"top_p": 1.01}, "top_p"), ({"temperature": -0.1}, "temperature"),
-    ({"temperature": 2.5}, "temperature"), ({"temperature": True}, "temperature"), ({"temperature": 10**400}, "temperature"),
+    ({"temperature": 2.5}, "temperature"), ({"temperature": True}, "temperature"),
+    ({"temperature": 10**400}, "temperature"),
     ({"seed": 2**63}, "seed"), ({"seed": -(2**63) - 1}, "seed"), ({"seed": 1.5}, "seed"),
     ({"max_tokens": 0}, "max_tokens"), ({"n": 9}, "n"), ({"n": 0}, "n"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop"), ({"stop": [""]}, "stop"), ({"stop": "\ud800"}, "stop[0]"),
@@ -46,8 +47,10 @@ def test_a_lone_surrogate_in_any_chat_content_or_prompt_is_refused():
 
 def test_a_prompt_longer_than_the_context_window_is_refused_stating_the_limit():
     contract.check_context_length(prompt_tokens=1000, max_tokens=24, context_length=1024, param="prompt")
-    with pytest.raises(contract.ContextLengthExceeded, match="maximum context length is 1024 tokens") as refused:
-        contract.check_context_length(prompt_tokens=1001, max_tokens=24, context_length=1024, param="messages")
+    limit_stated = "maximum context length is 1024 tokens"
+    with pytest.raises(contract.ContextLengthExceeded, match=limit_stated) as refused:
+        contract.check_context_length(prompt_tokens=1001, max_tokens=24, context_length=1024,
+                                      param="messages")
     assert refused.value.code == "context_length_exceeded" and refused.value.param == "messages"
 
 

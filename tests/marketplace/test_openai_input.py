@@ -12,7 +12,8 @@ pytestmark = pytest.mark.django_db
 
 
 def call(client, path, body, key):
-    return client.post(path, json.dumps(body), content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}")
+    return client.post(path, json.dumps(body), content_type="application/json",
+                       HTTP_AUTHORIZATION=f"Bearer {key}")
 
 
 def chat(**extra):
@@ -24,7 +25,8 @@ WORKER_WOULD_REFUSE = [
     ({"seed": 2**64}, "seed"),
     ({"seed": -(2**63) - 1}, "seed"),
     ({"messages": [{"role": "user", "content": "a\ud800b"}]}, "messages[0].content"),
-    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]}, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]},
+     "messages[0].content"),
     ({"stop": ["ok", "\ud800"]}, "stop"),
     ({"model": "du\ud800o"}, "model"),
 ]
@@ -43,7 +45,8 @@ def test_the_worker_refuses_the_same_parameters_with_the_same_rules(tiny_world):
     for change, _param in WORKER_WOULD_REFUSE:
         if "model" in change:
             continue  # the model is resolved by the web; the worker gets a path
-        message = {"request_id": "r", "base_model": {"path": str(base_dir)}, "experts": [], "strategy": "single",
+        message = {"request_id": "r", "base_model": {"path": str(base_dir)}, "experts": [],
+                   "strategy": "single",
                    "messages": change.get("messages", [{"role": "user", "content": "hi"}]),
                    "params": {k: v for k, v in change.items() if k != "messages"}}
         with pytest.raises(MessageError):
@@ -67,7 +70,8 @@ def no_generation(monkeypatch):
 def test_a_prompt_beyond_the_context_window_is_a_400_stating_the_limit(client, served, no_generation):
     served.plan.tokens_per_minute = 1_000_000  # a 100,000-character prompt within quota
     served.plan.save()
-    response = call(client, "/v1/completions", {"model": "duo", "prompt": "a" * 100_000, "max_tokens": 4}, served.key)
+    body = {"model": "duo", "prompt": "a" * 100_000, "max_tokens": 4}
+    response = call(client, "/v1/completions", body, served.key)
     assert response.status_code == 400, response.content
     error = response.json()["error"]
     assert error["code"] == "context_length_exceeded" and error["param"] == "prompt"
@@ -85,7 +89,8 @@ def test_chat_messages_beyond_the_context_window_are_a_400_naming_messages(clien
 
 
 def test_a_prompt_that_fits_with_its_max_tokens_is_served(client, served):
-    response = call(client, "/v1/completions", {"model": "duo", "prompt": "a" * 900, "max_tokens": 4}, served.key)
+    body = {"model": "duo", "prompt": "a" * 900, "max_tokens": 4}
+    response = call(client, "/v1/completions", body, served.key)
     assert response.status_code == 200, response.content
 
 

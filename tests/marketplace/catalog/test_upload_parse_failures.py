@@ -46,7 +46,8 @@ def test_a_deeply_nested_safetensors_header_is_refused(alice_api, base_model, ad
 
 
 def test_an_integer_of_more_than_4300_digits_is_refused(alice_api, base_model, adapter_copy):
-    directory = edit_config_text(adapter_copy("qv"), lambda text: text[:-1] + ', "r_big": ' + "7" * 5000 + "}")
+    huge = "7" * 5000
+    directory = edit_config_text(adapter_copy("qv"), lambda text: text[:-1] + f', "r_big": {huge}}}')
 
     refused_naming(upload_expert(alice_api, directory), CONFIG, "4300")
 
@@ -59,7 +60,8 @@ def test_a_rank_pattern_that_is_not_a_map_to_ranks_is_refused(alice_api, base_mo
 
 
 @pytest.mark.parametrize("pattern", ["abc", {"v_proj": "x"}, {"v_proj": -1}])
-def test_an_alpha_pattern_that_is_not_a_map_to_numbers_is_refused(alice_api, base_model, adapter_copy, pattern):
+def test_an_alpha_pattern_that_is_not_a_map_to_numbers_is_refused(alice_api, base_model, adapter_copy,
+                                                                    pattern):
     directory = with_config(adapter_copy("qv"), alpha_pattern=pattern)
 
     refused_naming(upload_expert(alice_api, directory), CONFIG, "alpha_pattern")
