@@ -249,6 +249,8 @@ def run_message(message: dict, *, listener=None) -> dict:
     try:
         parsed = parse_message(message)
         engine = serving_engine(parsed.base_model_path)
+        prompt = render_prompt(parsed, engine.tokenizer)
+        check_fits_context(parsed, prompt, engine)  # before loading adapters or generating anything
         experts = [_checked_expert(ref) for ref in parsed.experts]
         strategy_key = (
             parsed.base_model_path, parsed.strategy, json.dumps(parsed.strategy_config, sort_keys=True),
@@ -257,8 +259,6 @@ def run_message(message: dict, *, listener=None) -> dict:
         strategy = _strategies.get_or_make(
             strategy_key, lambda: build_strategy(parsed.strategy, parsed.strategy_config, experts)
         )
-        prompt = render_prompt(parsed, engine.tokenizer)
-        check_fits_context(parsed, prompt, engine)
         request = CompletionRequest(**{**parsed.request.__dict__, "prompt": prompt})
         started = time.perf_counter()
         engine.listen(prompt, listener)
