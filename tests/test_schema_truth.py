@@ -79,3 +79,8 @@ def test_statuses_that_views_answer_beyond_the_defaults_are_declared(client):
     paths = client.get("/api/schema/?format=json").json()["paths"]
     assert "401" in paths["/api/auth/token"]["post"]["responses"]  # a wrong password
     assert "400" in paths["/api/organizations/{organization_id}/usage"]["get"]["responses"]  # a bad group_by
+
+
+def test_a_statement_in_another_format_is_a_declared_400(client):
+    operation = client.get("/api/schema/?format=json").json()["paths"]["/api/credit/statements/{id}.{fmt}"]["get"]
+    assert "400" in operation["responses"]

@@ -277,7 +277,8 @@ class UsageOutputSerializer(serializers.Serializer):
 
 class UsageApi(APIView):
     @extend_schema(request=None, responses=UsageOutputSerializer, parameters=[
-        OpenApiParameter("group_by", str, description="day, system or day,system (the default)")])
+        OpenApiParameter("group_by", str, pattern=r"^(day|system)(,(day|system))?$",
+                         description="day, system or day,system (the default)")])
     def get(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         group_by = [g for g in request.query_params.get("group_by", "day,system").split(",") if g]

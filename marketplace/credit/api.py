@@ -129,6 +129,8 @@ class StatementListView(APIView):
 
 
 class StatementFileView(APIView):
+    error_statuses = (400,)  # a format other than csv or html (see mosaic.schema)
+
     @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR, (200, "text/html"): OpenApiTypes.STR},
                    parameters=[OpenApiParameter("fmt", str, OpenApiParameter.PATH, enum=["csv", "html"])],
                    summary="A statement as CSV or HTML")
