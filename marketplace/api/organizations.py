@@ -128,7 +128,7 @@ class APIKeyInputSerializer(serializers.Serializer):
         child=serializers.ChoiceField(choices=OrganizationAPIKey.Scope.choices, error_messages={
             "invalid_choice": "{input} is not a scope; scopes are " + SCOPES + "."
         }),
-        required=False, allow_empty=False,
+        required=False, allow_empty=False, min_length=1,
     )
 
 
