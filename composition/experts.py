@@ -110,8 +110,23 @@ class Expert:
         return str(self.metadata.get("base_model") or self.adapter.base_model)
 
 
-def _pattern_value(pattern: dict, module_name: str, default):
-    """peft's rank_pattern / alpha_pattern: a key matches a module whose name ends with it."""
+def positive_number(value) -> float | None:
+    """A JSON number that is positive and finite as a float, else None (booleans, strings, 1e999, 10**400)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if 0 < number < math.inf else None
+
+
+def pattern_value(config: dict, field: str, module_name: str, default):
+    """peft's rank_pattern / alpha_pattern (`field` of adapter_config.json): the value of the first key that
+    names this module (its whole name, or its name ends with "." + key), else `default`."""
+    pattern = config.get(field) or {}
+    if not isinstance(pattern, dict):
+        raise CompositionError(f"{CONFIG_FILE}: {field} must be an object mapping module names to numbers")
     for key, value in pattern.items():
         if module_name == key or module_name.endswith("." + key):
             return value
@@ -142,7 +157,7 @@ def read_adapter(adapter_dir: str | Path) -> LoraAdapter:
         raise CompositionError(f"{adapter_dir} has no {WEIGHTS_FILE} (only safetensors adapters are accepted)")
     try:
         config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError, too-long integers
         raise CompositionError(f"{CONFIG_FILE} is not valid JSON: {error}") from error
     if not isinstance(config, dict) or str(config.get("peft_type", "")).upper() != "LORA":
         raise CompositionError(f"{CONFIG_FILE} must describe a LoRA adapter (peft_type LORA)")
@@ -169,7 +184,7 @@ def read_adapter(adapter_dir: str | Path) -> LoraAdapter:
     if not pairs:
         raise CompositionError(f"{WEIGHTS_FILE} holds no LoRA weights")
 
-    default_alpha = float(config.get("lora_alpha", config.get("r", 8)))
+    default_alpha = config.get("lora_alpha", config.get("r", 8))
     modules = {}
     for module_name, pair in sorted(pairs.items()):
         if set(pair) != {"lora_A", "lora_B"}:
@@ -180,7 +195,9 @@ def read_adapter(adapter_dir: str | Path) -> LoraAdapter:
                 f"module {module_name}: lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)} do not form B @ A"
             )
         rank = A.shape[0]
-        alpha = float(_pattern_value(config.get("alpha_pattern") or {}, module_name, default_alpha))
+        alpha = positive_number(pattern_value(config, "alpha_pattern", module_name, default_alpha))
+        if alpha is None:
+            raise CompositionError(f"{CONFIG_FILE}: the lora_alpha of {module_name} is not a positive number")
         scaling = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
         modules[module_name] = LoraModule(A=A, B=B, scaling=scaling)
     return LoraAdapter(modules=modules, base_model=str(config.get("base_model_name_or_path") or ""))

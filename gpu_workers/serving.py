@@ -22,6 +22,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from composition.errors import CompositionError
 from composition.experts import Expert, load_expert
 from composition.strategies import CompletionRequest, build_strategy
+from gpu_workers import contract
 from gpu_workers.adapter_pool import AdapterError, adapter_digests
 from gpu_workers.batching import GenerationBatcher
 from gpu_workers.engine import MosaicEngine, get_engine
@@ -59,20 +60,6 @@ def _require(condition: bool, message: str) -> None:
         raise MessageError(message)
 
 
-def _number(params: dict, key: str, default, kind, *, minimum=None, maximum=None):
-    value = params.get(key, default)
-    if value is None:
-        value = default
-    if kind is int:
-        _require(isinstance(value, int) and not isinstance(value, bool), f"params.{key} must be an integer")
-    else:
-        _require(isinstance(value, (int, float)) and not isinstance(value, bool), f"params.{key} must be a number")
-        value = float(value)
-    _require(minimum is None or value >= minimum, f"params.{key} must be >= {minimum}")
-    _require(maximum is None or value <= maximum, f"params.{key} must be <= {maximum}")
-    return value
-
-
 def parse_message(message) -> ParsedMessage:
     _require(isinstance(message, dict), "the message must be a JSON object")
     request_id = message.get("request_id")
@@ -95,31 +82,15 @@ def parse_message(message) -> ParsedMessage:
 
     prompt, messages = message.get("prompt"), message.get("messages")
     _require((prompt is None) != (messages is None), "give exactly one of prompt and messages")
-    if prompt is not None:
-        _require(isinstance(prompt, str), "prompt must be a string")
-    else:
-        _require(isinstance(messages, list) and messages and all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in messages), "messages must be a non-empty list of {role, content} strings")
-
-    params = message.get("params") or {}
-    _require(isinstance(params, dict), "params must be a JSON object")
-    stop = params.get("stop") or []
-    if isinstance(stop, str):
-        stop = [stop]
-    _require(isinstance(stop, list) and all(isinstance(s, str) for s in stop), "params.stop must be a list of strings")
-    seed = params.get("seed")
-    _require(seed is None or (isinstance(seed, int) and not isinstance(seed, bool)), "params.seed must be an integer")
-    request = CompletionRequest(
-        prompt="",
-        max_tokens=_number(params, "max_tokens", 16, int, minimum=1),
-        temperature=_number(params, "temperature", 1.0, float, minimum=0.0),
-        top_p=_number(params, "top_p", 1.0, float, minimum=0.0, maximum=1.0),
-        stop=stop,
-        seed=seed,
-        n=_number(params, "n", 1, int, minimum=1, maximum=16),
-    )
-    _require(request.top_p > 0, "params.top_p must be > 0")
+    try:  # the rules the web checked already (gpu_workers.contract): a message that breaks them is malformed
+        if prompt is not None:
+            contract.checked_prompt(prompt)
+        else:
+            contract.checked_messages(messages)
+        sampling = contract.sampling_params(message.get("params") or {})
+    except contract.ParamError as error:
+        raise MessageError(error.message) from None
+    request = CompletionRequest(prompt="", **sampling.__dict__)
     return ParsedMessage(request_id, base["path"], tuple(refs), strategy, config, prompt, messages, request)
 
 
@@ -249,8 +220,20 @@ def attribution_strings(attribution: dict[str, float], expert_ids: list[str]) ->
     return {expert_id: str(value) for expert_id, value in floors.items()}
 
 
-def error_result(request_id, message: str, code: str) -> dict:
-    return {"request_id": request_id if isinstance(request_id, str) else "", "error": {"message": message, "code": code}}
+def error_result(request_id, message: str, code: str, param: str | None = None) -> dict:
+    error = {"message": message, "code": code, **({"param": param} if param else {})}
+    return {"request_id": request_id if isinstance(request_id, str) else "", "error": error}
+
+
+def check_fits_context(parsed: ParsedMessage, prompt: str, engine: ServingEngine) -> None:
+    """Refuse (contract.ContextLengthExceeded) a prompt that, with max_tokens, overflows the base model's
+    context window: it costs one tokenisation, where generating would hold the worker for seconds."""
+    context_length = getattr(getattr(engine.engine.model, "config", None), "max_position_embeddings", None)
+    if context_length:
+        contract.check_context_length(
+            prompt_tokens=len(engine.tokenizer(prompt)["input_ids"]), max_tokens=parsed.request.max_tokens,
+            context_length=context_length, param="prompt" if parsed.prompt is not None else "messages",
+        )
 
 
 def render_prompt(parsed: ParsedMessage, tokenizer) -> str:
@@ -275,6 +258,8 @@ def run_message(message: dict, *, listener=None) -> dict:
     try:
         parsed = parse_message(message)
         engine = serving_engine(parsed.base_model_path)
+        prompt = render_prompt(parsed, engine.tokenizer)
+        check_fits_context(parsed, prompt, engine)  # before loading adapters or generating anything
         experts = [_checked_expert(ref) for ref in parsed.experts]
         strategy_key = (
             parsed.base_model_path, parsed.strategy, json.dumps(parsed.strategy_config, sort_keys=True),
@@ -283,7 +268,6 @@ def run_message(message: dict, *, listener=None) -> dict:
         strategy = _strategies.get_or_make(
             strategy_key, lambda: build_strategy(parsed.strategy, parsed.strategy_config, experts)
         )
-        prompt = render_prompt(parsed, engine.tokenizer)
         request = CompletionRequest(**{**parsed.request.__dict__, "prompt": prompt})
         started = time.perf_counter()
         engine.listen(prompt, listener)
@@ -294,6 +278,8 @@ def run_message(message: dict, *, listener=None) -> dict:
         engine_ms = int((time.perf_counter() - started) * 1000)
     except MessageError as error:
         return error_result(request_id, str(error), "invalid_message")
+    except contract.ParamError as error:  # the client's request, refused before any generation
+        return error_result(request_id, error.message, error.code, error.param)
     except AdapterError as error:
         return error_result(request_id, str(error), "adapter_error")
     except CompositionError as error:

@@ -10,5 +10,5 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("dashboard/", pages.dashboard, name="dashboard"),
     path("experts/new/", pages.upload, name="expert-upload"),
-    path("experts/<int:expert_id>/", pages.expert_detail, name="expert-detail"),
+    path("experts/<id:expert_id>/", pages.expert_detail, name="expert-detail"),
 ]

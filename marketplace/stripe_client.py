@@ -8,6 +8,7 @@ import stripe
 from django.conf import settings
 
 from mosaic.errors import DomainError
+from mosaic.parsers import JSONRefused, loads_limited
 
 METER_EVENT_NAME = "mosaic_usage_minor"
 
@@ -102,8 +103,34 @@ def report_meter_event(*, customer_id: str, value: int, identifier: str, timesta
     )
 
 
-def construct_event(*, payload: bytes, signature: str):
-    return stripe.Webhook.construct_event(payload, signature, settings.STRIPE_WEBHOOK_SECRET)
+def verified_event(*, payload: bytes, signature: str, secret: str) -> dict:
+    """The event a webhook delivers, once its signature verifies and it has the shape every handler reads:
+    a JSON object with string `id` and `type`, an integer `created` and `data.object`. Anything else is a
+    DomainError (400): a signed but malformed event is the sender's mistake, never a 500."""
+    try:
+        stripe.WebhookSignature.verify_header(payload, signature, secret, stripe.Webhook.DEFAULT_TOLERANCE)
+    except (ValueError, stripe.SignatureVerificationError) as error:
+        raise DomainError(f"Rejected webhook: {error}", code="invalid_signature") from error
+    try:
+        event = loads_limited(payload)
+    except JSONRefused as error:
+        raise DomainError(f"Rejected webhook: the payload is not valid JSON: {error}.",
+                          code="invalid_event") from None
+    if not isinstance(event, dict):
+        raise DomainError("Rejected webhook: the event must be a JSON object.", code="invalid_event")
+    for field in ("id", "type"):
+        if not isinstance(event.get(field), str) or not event[field]:
+            raise DomainError(f"Rejected webhook: {field} must be a non-empty string.", code="invalid_event",
+                              param=field)
+    created = event.get("created")
+    if isinstance(created, bool) or not isinstance(created, int) or created < 0:
+        raise DomainError("Rejected webhook: created must be a Unix time (an integer).", code="invalid_event",
+                          param="created")
+    data = event.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
+        raise DomainError("Rejected webhook: data.object must be a JSON object.", code="invalid_event",
+                          param="data")
+    return event
 
 
 def list_invoices(*, customer_id: str, limit: int = 24) -> list[dict]:

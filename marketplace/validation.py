@@ -11,7 +11,6 @@ Everything here reads files without executing them: the safetensors header is pa
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 import struct
@@ -20,12 +19,12 @@ from pathlib import Path
 
 from django.conf import settings
 
+from composition.experts import CONFIG_FILE, PEFT_PREFIX, WEIGHTS_FILE, pattern_value, positive_number
 from mosaic.errors import DomainError
+from mosaic.parsers import JSONRefused, loads_limited
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
 ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE)
-PEFT_PREFIX = "base_model.model."
+MAX_RANK = 1024
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 
@@ -64,7 +63,7 @@ class AdapterReport:
     modules: dict[str, dict[str, TensorInfo]] = field(default_factory=dict)
 
     def rank_of(self, module_name: str) -> int:
-        return int(_pattern_value(self.config.get("rank_pattern") or {}, module_name, self.rank))
+        return pattern_value(self.config, "rank_pattern", module_name, self.rank)  # see check_lora_config
 
 
 def looks_like_pickle(head: bytes) -> bool:
@@ -102,9 +101,9 @@ def read_safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
             )
         raw = handle.read(header_length)
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise AdapterRejected(f"{WEIGHTS_FILE} is corrupt: its header is not valid JSON.") from None
+        header = loads_limited(raw)
+    except JSONRefused as error:
+        raise AdapterRejected(f"{WEIGHTS_FILE} is corrupt: its header is not valid JSON ({error}).") from None
     if not isinstance(header, dict):
         raise AdapterRejected(f"{WEIGHTS_FILE} is corrupt: its header is not a JSON object.")
     metadata = header.pop("__metadata__", None)
@@ -155,8 +154,8 @@ def read_safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
 
 def read_adapter_config(path: str | Path) -> dict:
     try:
-        config = json.loads(Path(path).read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        config = loads_limited(Path(path).read_bytes())
+    except JSONRefused as error:
         raise AdapterRejected(f"{CONFIG_FILE} is not valid JSON ({error}).") from None
     if not isinstance(config, dict):
         raise AdapterRejected(f"{CONFIG_FILE} must be a JSON object.")
@@ -171,11 +170,24 @@ def check_lora_config(config: dict) -> tuple[int, float, list[str]]:
             f"Only LoRA adapters are accepted, but {CONFIG_FILE} says peft_type {peft_type or 'nothing'!r}."
         )
     rank = config.get("r")
-    if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= 1024:
-        raise AdapterRejected(f"{CONFIG_FILE}: r must be a whole number between 1 and 1024, not {rank!r}.")
-    alpha = config.get("lora_alpha", rank)
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
-        raise AdapterRejected(f"{CONFIG_FILE}: lora_alpha must be a positive number, not {alpha!r}.")
+    if not _is_rank(rank):
+        raise AdapterRejected(
+            f"{CONFIG_FILE}: r must be a whole number between 1 and {MAX_RANK}, not {_shown(rank)}."
+        )
+    alpha = positive_number(config.get("lora_alpha", rank))
+    if alpha is None:
+        raise AdapterRejected(
+            f"{CONFIG_FILE}: lora_alpha must be a positive number, not {_shown(config['lora_alpha'])}."
+        )
+    for pattern_field, is_valid, meaning in (
+        ("rank_pattern", _is_rank, f"whole numbers between 1 and {MAX_RANK}"),
+        ("alpha_pattern", positive_number, "positive numbers"),
+    ):
+        pattern = config.get(pattern_field) or {}
+        if not isinstance(pattern, dict) or not all(is_valid(value) for value in pattern.values()):
+            raise AdapterRejected(
+                f"{CONFIG_FILE}: {pattern_field} must map module names to {meaning}, not {_shown(pattern)}."
+            )
     targets = config.get("target_modules")
     if not (isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets)):
         raise AdapterRejected(f"{CONFIG_FILE}: target_modules must be a non-empty list of module names.")
@@ -189,7 +201,17 @@ def check_lora_config(config: dict) -> tuple[int, float, list[str]]:
         )
     if config.get("bias", "none") != "none":
         raise AdapterRejected(f"{CONFIG_FILE}: bias must be 'none'; trained biases are not LoRA weights.")
-    return rank, float(alpha), sorted(set(targets))
+    return rank, alpha, sorted(set(targets))
+
+
+def _is_rank(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_RANK
+
+
+def _shown(value, limit: int = 60) -> str:
+    """A value for an error message, cut short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def inspect_adapter(directory: str | Path) -> AdapterReport:
@@ -222,8 +244,11 @@ def inspect_adapter(directory: str | Path) -> AdapterReport:
         if missing:
             raise AdapterRejected(f"Module {module!r} has no {missing.pop()} weight; LoRA needs A and B.")
     base_name = config.get("base_model_name_or_path") or ""
-    if not isinstance(base_name, str):
-        raise AdapterRejected(f"{CONFIG_FILE}: base_model_name_or_path must be a string.")
+    if not isinstance(base_name, str) or not base_name.isprintable():
+        raise AdapterRejected(
+            f"{CONFIG_FILE}: base_model_name_or_path must be a printable string (a model name or path), "
+            f"not {_shown(base_name)}."
+        )
     return AdapterReport(
         config=config, rank=rank, lora_alpha=alpha, target_modules=targets,
         base_model_name_or_path=base_name, modules=modules,
@@ -238,7 +263,7 @@ def names_base_model(name_or_path: str, base_model) -> bool:
         return True
     try:
         return Path(name_or_path).resolve() == Path(base_model.local_path).resolve()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL byte in the path
         return False
 
 
@@ -294,10 +319,3 @@ def verify_adapter_weights(directory: str | Path) -> None:
     except CompositionError as error:
         raise AdapterRejected(f"The serving engine cannot load this adapter: {error}") from None
 
-
-def _pattern_value(pattern: dict, module_name: str, default):
-    """peft's rank_pattern / alpha_pattern: a key matches a module whose name ends with it."""
-    for key, value in pattern.items():
-        if module_name == key or module_name.endswith("." + key):
-            return value
-    return default

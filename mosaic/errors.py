@@ -1,7 +1,10 @@
 """One exception type for domain refusals, mapped to HTTP in one handler."""
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404
+from django.http import Http404, JsonResponse
+from django.views.defaults import page_not_found
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -59,6 +62,13 @@ def api_exception_handler(exc, context):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
+    elif isinstance(exc, RequestDataTooBig):
+        from mosaic.parsers import RequestTooLarge
+
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        exc = RequestTooLarge(f"The request body is larger than {limit} bytes.")
+    elif isinstance(exc, TooManyFieldsSent):
+        exc = exceptions.ParseError(str(exc))
     response = exception_handler(exc, context)
     if response is None:
         return None
@@ -83,3 +93,10 @@ def error_type_for(code: str) -> str:
 
 def error_body(message: str, *, code: str, param=None) -> dict:
     return {"error": {"message": message, "type": error_type_for(code), "param": param, "code": code}}
+
+
+def not_found(request, exception=None):
+    """A URL that matches nothing: JSON in the error shape under /api/ and /v1/, the HTML page elsewhere."""
+    if request.path.startswith(("/api/", "/v1/")):
+        return JsonResponse(error_body(f"Nothing at {request.path}.", code="not_found"), status=404)
+    return page_not_found(request, exception)

@@ -100,10 +100,15 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": [
+        "mosaic.parsers.LimitedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "mosaic.schema.MosaicAutoSchema",
     "EXCEPTION_HANDLER": "mosaic.errors.api_exception_handler",
 }
 SPECTACULAR_SETTINGS = {
@@ -111,7 +116,14 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Participatory model marketplace: contributors, experts, composed systems, ledger.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
-    "ENUM_NAME_OVERRIDES": {"OnRevocationEnum": "marketplace.models.ComposedSystem.OnRevocation"},
+    "COMPONENT_SPLIT_REQUEST": True,  # request components of their own: minLength 1 where blank is refused
+    "PATH_CONVERTER_OVERRIDES": {"id": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}},
+    "ENUM_NAME_OVERRIDES": {
+        "OnRevocationEnum": "marketplace.models.ComposedSystem.OnRevocation",
+        "MembershipRoleEnum": "marketplace.models.Membership.Role",
+        "ChatRoleEnum": "gpu_workers.contract.CHAT_ROLES",
+        "SubscriptionStatusEnum": "marketplace.models.Subscription.Status",
+    },
 }
 API_KEY_CUSTOM_HEADER = "HTTP_AUTHORIZATION"
 

@@ -1,6 +1,12 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from mosaic.converters import DatabaseIdConverter
+
+register_converter(DatabaseIdConverter, "id")  # before the includes below import their URL modules
+
+handler404 = "mosaic.errors.not_found"
 
 urlpatterns = [
     path("admin/", admin.site.urls),

@@ -18,13 +18,14 @@ from ledger.canonical import format_time
 from ledger.export import write_bundle
 from ledger.signing import ledger_signer
 from mosaic.errors import NotFound
+from mosaic.pagination import StrictPageSizeMixin
 
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-class SequencePagination(CursorPagination):
+class SequencePagination(StrictPageSizeMixin, CursorPagination):
     ordering = "sequence"
     page_size = 100
     page_size_query_param = "page_size"

@@ -5,7 +5,7 @@ import django_filters
 from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
 from rest_framework import generics, permissions, serializers, status
 from rest_framework.pagination import PageNumberPagination
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -27,6 +27,8 @@ from marketplace.services.experts import (
     expert_license_set,
     expert_version_contribute,
 )
+from mosaic.pagination import StrictPageSizeMixin
+from mosaic.parsers import LimitedJSONParser
 
 # ---------------------------------------------------------------- output serializers
 
@@ -204,6 +206,7 @@ class RegisterApi(APIView):
 class TokenApi(APIView):
     permission_classes = [permissions.AllowAny]
     authentication_classes: list = []
+    error_statuses = (401,)  # a wrong user name or password (see mosaic.schema)
 
     @extend_schema(request=TokenInput,
                    responses={200: inline_serializer("Token", {"token": serializers.CharField()})})
@@ -278,7 +281,7 @@ class ExpertFilter(django_filters.FilterSet):
         return queryset.filter(tags__icontains=f'"{word}"')
 
 
-class CatalogPagination(PageNumberPagination):
+class CatalogPagination(StrictPageSizeMixin, PageNumberPagination):
     page_size_query_param = "page_size"
     max_page_size = 200
 
@@ -354,7 +357,7 @@ class ExpertVersionDetailApi(APIView):
 
 
 class ExpertLicenseApi(APIView):
-    parser_classes = [JSONParser, FormParser, MultiPartParser]
+    parser_classes = [LimitedJSONParser, FormParser, MultiPartParser]
 
     @extend_schema(request=LicenseInput, responses={200: LicenseOutput})
     def put(self, request, expert_id: int):

@@ -19,7 +19,7 @@ urlpatterns = [
     path("credit/earnings", api.EarningsView.as_view(), name="credit-earnings"),
     path("credit/accounts/<account:ref>", api.AccountView.as_view(), name="credit-account"),
     path("credit/statements", api.StatementListView.as_view(), name="credit-statements"),
-    path("credit/statements/<int:pk>.<str:fmt>", api.StatementFileView.as_view(), name="credit-statement-file"),
+    path("credit/statements/<id:pk>.<str:fmt>", api.StatementFileView.as_view(), name="credit-statement-file"),
     path("credit/stripe/onboarding", api.OnboardingView.as_view(), name="credit-stripe-onboarding"),
     path("stripe/connect-webhook", api.ConnectWebhookView.as_view(), name="stripe-connect-webhook"),
 ]

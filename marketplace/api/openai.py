@@ -13,6 +13,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from gpu_workers import contract
 from marketplace import policy, quotas
 from marketplace.models import ComposedSystem, OrganizationAPIKey, Subscription
 from marketplace.selectors.organizations import api_key_from_presented
@@ -21,6 +22,7 @@ from marketplace.services import idempotency, inference
 from marketplace.services.organizations import api_key_mark_used
 from marketplace.services.usage import usage_record
 from mosaic.errors import DomainError, error_body
+from mosaic.parsers import LimitedJSONParser
 
 
 class Unauthenticated(DomainError):
@@ -51,6 +53,8 @@ def authenticate(request, *, scopes: tuple[str, ...]) -> OrganizationAPIKey:
 class OpenAIView(APIView):
     authentication_classes: list = []
     permission_classes: list = []
+    authenticates_itself = True  # the API key, in authenticate() (see mosaic.schema)
+    parser_classes = [LimitedJSONParser]  # OpenAI's API takes JSON bodies only
 
     def handle_exception(self, exc):
         response = super().handle_exception(exc)
@@ -105,13 +109,15 @@ class ModelDetailApi(OpenAIView):
 # --- completions --------------------------------------------------------------------------------------------
 
 
-@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}]})
+@extend_schema_field({"oneOf": [{"type": "string", "minLength": 1},
+                                {"type": "array", "items": {"type": "string", "minLength": 1},
+                                 "maxItems": contract.MAX_STOP_SEQUENCES}]})
 class StopField(serializers.Field):
     def to_internal_value(self, data):
-        stops = [data] if isinstance(data, str) else data
-        if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > 4:
-            raise serializers.ValidationError("stop must be a non-empty string or a list of up to 4 of them.")
-        return stops
+        try:
+            return contract.checked_stop(data)
+        except contract.ParamError as error:
+            raise serializers.ValidationError(error.message) from None
 
 
 class StrictInteger(serializers.IntegerField):
@@ -126,6 +132,12 @@ class StrictFloat(serializers.FloatField):
         if isinstance(data, bool) or not isinstance(data, (int, float)):
             raise serializers.ValidationError("A JSON number is required.")
         return super().to_internal_value(data)
+
+
+@extend_schema_field({"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1,
+                      "nullable": True})
+class TopPField(StrictFloat):
+    """top_p is in (0, 1]: the schema says so; contract.sampling_params refuses 0."""
 
 
 class StrictBoolean(serializers.BooleanField):
@@ -150,27 +162,33 @@ class CompletionParamsSerializer(serializers.Serializer):
     model = StrictString()
     max_tokens = StrictInteger(required=False, min_value=1, allow_null=True)
     max_completion_tokens = StrictInteger(required=False, min_value=1, allow_null=True)
-    temperature = StrictFloat(required=False, min_value=0, max_value=2, default=1.0, allow_null=True)
-    top_p = StrictFloat(required=False, min_value=0, max_value=1, default=1.0, allow_null=True)
+    temperature = StrictFloat(required=False, min_value=0, max_value=contract.TEMPERATURE_MAX, default=1.0,
+                              allow_null=True)
+    top_p = TopPField(required=False, min_value=0, max_value=1, default=1.0, allow_null=True)
     stop = StopField(required=False, allow_null=True, default=None)
-    n = StrictInteger(required=False, min_value=1, max_value=8, default=1, allow_null=True)
-    seed = StrictInteger(required=False, allow_null=True, default=None)
+    n = StrictInteger(required=False, min_value=1, max_value=contract.MAX_CHOICES, default=1, allow_null=True)
+    seed = StrictInteger(required=False, min_value=contract.SEED_MIN, max_value=contract.SEED_MAX,
+                         allow_null=True, default=None)
     stream = StrictBoolean(required=False, default=False)
     stream_options = StreamOptionsSerializer(required=False, allow_null=True, default=None)
 
     def validate(self, attrs):
-        max_tokens = attrs.get("max_completion_tokens") or attrs.get("max_tokens") or 16
-        if max_tokens > settings.MAX_TOKENS_LIMIT:
-            raise DomainError(
-                f"max_tokens is {max_tokens}; the most this service generates is {settings.MAX_TOKENS_LIMIT}.",
-                param="max_tokens", code="invalid_value",
-            )
-        attrs["max_tokens"] = max_tokens
+        """The rules of gpu_workers.contract, checked again by the worker: a 400 naming the parameter."""
+        attrs["max_tokens"] = attrs.get("max_completion_tokens") or attrs.get("max_tokens") or 16
+        try:
+            contract.checked_text(attrs["model"], "model")
+            contract.sampling_params(attrs, max_tokens_limit=settings.MAX_TOKENS_LIMIT)
+            if "messages" in attrs:
+                contract.checked_messages(attrs["messages"])
+            if "prompt" in attrs:
+                contract.checked_prompt(attrs["prompt"])
+        except contract.ParamError as error:
+            raise DomainError(error.message, param=error.param, code="invalid_value") from None
         return attrs
 
 
 class MessageSerializer(serializers.Serializer):
-    role = serializers.ChoiceField(choices=["system", "user", "assistant", "developer"])
+    role = serializers.ChoiceField(choices=contract.CHAT_ROLES)
     content = serializers.JSONField()
 
     def validate_content(self, content):
@@ -230,6 +248,7 @@ def attribution_list(*, attribution: dict, members) -> list[dict]:
 class _CompletionApi(OpenAIView):
     input_serializer: type
     chat: bool
+    error_statuses = (400, 402, 404, 429, 502, 503)
 
     def post(self, request):
         started = time.monotonic()

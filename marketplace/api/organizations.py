@@ -1,13 +1,12 @@
 """Organizations, members, API keys, subscription and usage."""
 from django.contrib.auth import get_user_model
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from marketplace import stripe_client
-from marketplace.models import Membership, Plan, Subscription
+from marketplace.models import Membership, OrganizationAPIKey, Plan, Subscription
 from marketplace.selectors.organizations import (
     api_keys_for_organization,
     membership_for,
@@ -26,6 +25,7 @@ from marketplace.services.organizations import (
 from mosaic.errors import DomainError, NotFound
 
 OWNER = (Membership.Role.OWNER,)
+SCOPES = ", ".join(OrganizationAPIKey.Scope.values)
 OWNER_OR_BILLING = (Membership.Role.OWNER, Membership.Role.BILLING)
 OWNER_OR_DEVELOPER = (Membership.Role.OWNER, Membership.Role.DEVELOPER)
 
@@ -36,6 +36,16 @@ class OrganizationInputSerializer(serializers.Serializer):
     domains = serializers.ListField(child=serializers.SlugField(max_length=60), required=False, default=list)
 
 
+class OrganizationOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    slug = serializers.CharField()
+    is_commercial = serializers.BooleanField()
+    domains = serializers.ListField(child=serializers.CharField())
+    role = serializers.ChoiceField(choices=Membership.Role.choices, help_text="The caller's role in it.")
+    created_at = serializers.DateTimeField()
+
+
 def organization_output(organization, role: str) -> dict:
     return {"id": organization.pk, "name": organization.name, "slug": organization.slug,
             "is_commercial": organization.is_commercial, "domains": organization.domains, "role": role,
@@ -43,13 +53,14 @@ def organization_output(organization, role: str) -> dict:
 
 
 class OrganizationListApi(APIView):
-    @extend_schema(request=None, responses=OpenApiTypes.OBJECT, operation_id="api_organizations_list")
+    @extend_schema(request=None, responses=OrganizationOutputSerializer(many=True),
+                   operation_id="api_organizations_list")
     def get(self, request):
         memberships = Membership.objects.filter(user=request.user).select_related("organization")
         roles = {m.organization_id: m.role for m in memberships}
         return Response([organization_output(o, roles[o.pk]) for o in organizations_for_user(user=request.user)])
 
-    @extend_schema(request=OrganizationInputSerializer, responses=OpenApiTypes.OBJECT)
+    @extend_schema(request=OrganizationInputSerializer, responses={201: OrganizationOutputSerializer})
     def post(self, request):
         serializer = OrganizationInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -58,7 +69,7 @@ class OrganizationListApi(APIView):
 
 
 class OrganizationDetailApi(APIView):
-    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
+    @extend_schema(request=None, responses=OrganizationOutputSerializer)
     def get(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         return Response(organization_output(membership.organization, membership.role))
@@ -66,7 +77,13 @@ class OrganizationDetailApi(APIView):
 
 class MemberInputSerializer(serializers.Serializer):
     username = serializers.CharField()
-    role = serializers.ChoiceField(choices=Membership.Role.values)
+    role = serializers.ChoiceField(choices=Membership.Role.choices)
+
+
+class MemberOutputSerializer(serializers.Serializer):
+    user_id = serializers.IntegerField()
+    username = serializers.CharField()
+    role = serializers.ChoiceField(choices=Membership.Role.choices)
 
 
 def member_output(membership) -> dict:
@@ -74,13 +91,13 @@ def member_output(membership) -> dict:
 
 
 class MemberListApi(APIView):
-    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
+    @extend_schema(request=None, responses=MemberOutputSerializer(many=True))
     def get(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         members = membership.organization.memberships.select_related("user").order_by("created_at")
         return Response([member_output(m) for m in members])
 
-    @extend_schema(request=MemberInputSerializer, responses=OpenApiTypes.OBJECT)
+    @extend_schema(request=MemberInputSerializer, responses={201: MemberOutputSerializer})
     def post(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         require_role(membership=membership, roles=OWNER, action="manage members")
@@ -94,7 +111,7 @@ class MemberListApi(APIView):
 
 
 class MemberDetailApi(APIView):
-    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
+    @extend_schema(request=None, responses={204: None})
     def delete(self, request, organization_id: int, user_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         require_role(membership=membership, roles=OWNER, action="manage members")
@@ -107,7 +124,25 @@ class MemberDetailApi(APIView):
 
 class APIKeyInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=50)
-    scopes = serializers.ListField(child=serializers.CharField(), required=False)
+    scopes = serializers.ListField(
+        child=serializers.ChoiceField(choices=OrganizationAPIKey.Scope.choices, error_messages={
+            "invalid_choice": "{input} is not a scope; scopes are " + SCOPES + "."
+        }),
+        required=False, allow_empty=False, min_length=1,
+    )
+
+
+class APIKeyOutputSerializer(serializers.Serializer):
+    prefix = serializers.CharField()
+    name = serializers.CharField()
+    scopes = serializers.ListField(child=serializers.CharField())
+    revoked = serializers.BooleanField()
+    created = serializers.DateTimeField()
+    last_used_at = serializers.DateTimeField(allow_null=True)
+
+
+class APIKeyCreatedOutputSerializer(APIKeyOutputSerializer):
+    key = serializers.CharField(help_text="The whole key, shown this once; only its hash is stored.")
 
 
 def api_key_output(api_key) -> dict:
@@ -116,13 +151,13 @@ def api_key_output(api_key) -> dict:
 
 
 class APIKeyListApi(APIView):
-    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
+    @extend_schema(request=None, responses=APIKeyOutputSerializer(many=True))
     def get(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         require_role(membership=membership, roles=OWNER_OR_DEVELOPER, action="see API keys")
         return Response([api_key_output(k) for k in api_keys_for_organization(organization=membership.organization)])
 
-    @extend_schema(request=APIKeyInputSerializer, responses=OpenApiTypes.OBJECT)
+    @extend_schema(request=APIKeyInputSerializer, responses={201: APIKeyCreatedOutputSerializer})
     def post(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         require_role(membership=membership, roles=OWNER, action="create API keys")
@@ -133,7 +168,7 @@ class APIKeyListApi(APIView):
 
 
 class APIKeyRevokeApi(APIView):
-    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
+    @extend_schema(request=None, responses=APIKeyOutputSerializer)
     def post(self, request, organization_id: int, prefix: str):
         membership = membership_for(user=request.user, organization_id=organization_id)
         require_role(membership=membership, roles=OWNER, action="revoke API keys")
@@ -148,6 +183,22 @@ class SubscriptionInputSerializer(serializers.Serializer):
     payment_method = serializers.RegexField(r"^pm_[A-Za-z0-9_]+$", required=False, max_length=100)
 
 
+class SubscriptionOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    plan = serializers.CharField()
+    status = serializers.ChoiceField(choices=Subscription.Status.choices)
+    stripe_subscription_id = serializers.CharField(allow_blank=True)
+    current_period_start = serializers.DateTimeField(allow_null=True)
+    current_period_end = serializers.DateTimeField(allow_null=True)
+
+
+class SubscriptionCreatedOutputSerializer(SubscriptionOutputSerializer):
+    unavailable_systems = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="Systems this organization's license terms do not allow it to call.",
+    )
+
+
 def subscription_output(subscription) -> dict:
     return {"id": subscription.pk, "plan": subscription.plan.slug, "status": subscription.status,
             "stripe_subscription_id": subscription.stripe_subscription_id,
@@ -156,7 +207,7 @@ def subscription_output(subscription) -> dict:
 
 
 class SubscriptionApi(APIView):
-    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
+    @extend_schema(request=None, responses=SubscriptionOutputSerializer)
     def get(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         subscription = (
@@ -167,7 +218,7 @@ class SubscriptionApi(APIView):
             raise NotFound("This organization has no subscription.")
         return Response(subscription_output(subscription))
 
-    @extend_schema(request=SubscriptionInputSerializer, responses=OpenApiTypes.OBJECT)
+    @extend_schema(request=SubscriptionInputSerializer, responses={201: SubscriptionCreatedOutputSerializer})
     def post(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         require_role(membership=membership, roles=OWNER_OR_BILLING, action="subscribe")
@@ -180,8 +231,20 @@ class SubscriptionApi(APIView):
         return Response({**subscription_output(subscription), "unavailable_systems": unavailable}, status=201)
 
 
+class InvoiceOutputSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    status = serializers.CharField(allow_null=True)
+    amount_due = serializers.IntegerField(allow_null=True, help_text="Minor units.")
+    total = serializers.IntegerField(allow_null=True, help_text="Minor units.")
+    currency = serializers.CharField(allow_null=True)
+    created = serializers.IntegerField(allow_null=True, help_text="Unix time.")
+    hosted_invoice_url = serializers.URLField(allow_null=True)
+
+
 class InvoiceListApi(APIView):
-    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
+    error_statuses = (502,)  # Stripe could not be reached
+
+    @extend_schema(request=None, responses=InvoiceOutputSerializer(many=True))
     def get(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         require_role(membership=membership, roles=OWNER_OR_BILLING, action="see invoices")
@@ -196,8 +259,26 @@ class InvoiceListApi(APIView):
         ])
 
 
+class UsageRowSerializer(serializers.Serializer):
+    day = serializers.DateField(required=False, help_text="With group_by=day.")
+    system = serializers.CharField(required=False, help_text="With group_by=system.")
+    requests = serializers.IntegerField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+    charge_minor = serializers.IntegerField()
+
+
+class UsageOutputSerializer(serializers.Serializer):
+    organization = serializers.CharField()
+    group_by = serializers.ListField(child=serializers.ChoiceField(choices=["day", "system"]))
+    data = UsageRowSerializer(many=True)
+
+
 class UsageApi(APIView):
-    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
+    @extend_schema(request=None, responses=UsageOutputSerializer, parameters=[
+        OpenApiParameter("group_by", str, pattern=r"^(day|system)(,(day|system))?$",
+                         description="day, system or day,system (the default)")])
     def get(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         group_by = [g for g in request.query_params.get("group_by", "day,system").split(",") if g]

@@ -1,5 +1,5 @@
 """POST /api/stripe/webhook: Stripe-signed events, each applied once."""
-import stripe
+from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework.permissions import AllowAny
@@ -8,7 +8,6 @@ from rest_framework.views import APIView
 
 from marketplace import stripe_client
 from marketplace.services.billing import stripe_event_apply
-from mosaic.errors import DomainError
 
 
 class StripeWebhookApi(APIView):
@@ -17,9 +16,8 @@ class StripeWebhookApi(APIView):
 
     @extend_schema(request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT, summary="Stripe webhook (signed)")
     def post(self, request):
-        signature = request.META.get("HTTP_STRIPE_SIGNATURE", "")
-        try:
-            event = stripe_client.construct_event(payload=request.body, signature=signature)
-        except (ValueError, stripe.SignatureVerificationError) as error:
-            raise DomainError(f"Rejected webhook: {error}", code="invalid_signature") from error
-        return Response({"received": True, "result": stripe_event_apply(event=event.to_dict())})
+        event = stripe_client.verified_event(
+            payload=request.body, signature=request.META.get("HTTP_STRIPE_SIGNATURE", ""),
+            secret=settings.STRIPE_WEBHOOK_SECRET,
+        )
+        return Response({"received": True, "result": stripe_event_apply(event=event)})

@@ -6,7 +6,8 @@ from rest_framework.permissions import AllowAny, IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from marketplace.models import BaseModel, ComposedSystem, Expert, Organization
+from marketplace.models import BaseModel, ComposedSystem, Organization
+from marketplace.selectors.experts import expert_get_owned
 from marketplace.selectors.systems import systems_visible_to_user
 from marketplace.services.revocation import expert_revoke_consent
 from marketplace.services.systems import system_create, system_get, system_update
@@ -113,8 +114,7 @@ class SystemDetailApi(APIView):
 class ExpertRevokeConsentApi(APIView):
     @extend_schema(request=None, responses=OpenApiTypes.OBJECT, summary="Revoke consent (the expert's contributor)")
     def post(self, request, expert_id: int):
-        expert = Expert.objects.filter(pk=expert_id).first()
-        if expert is None:
-            raise NotFound("No such expert.")
+        # Another contributor's expert is 404, like a missing one: the answer does not reveal that it exists.
+        expert = expert_get_owned(user=request.user, expert_id=expert_id)
         expert = expert_revoke_consent(expert=expert, user=request.user)
         return Response({"id": expert.pk, "slug": expert.slug, "consent_revoked_at": expert.consent_revoked_at})

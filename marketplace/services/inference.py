@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 from django.conf import settings
 
+from gpu_workers import contract
 from marketplace.models import ComposedSystem
 from marketplace.policy import ServingPlan
 from mosaic.errors import DomainError
@@ -69,6 +70,8 @@ def _checked(result: dict) -> dict:
         error = result["error"]
         if error.get("code") in UNAVAILABLE_CODES:
             raise _unavailable(str(error.get("message")))
+        if error.get("code") in contract.CLIENT_ERROR_CODES:  # the client's mistake, found by the worker
+            raise DomainError(error.get("message") or "", code=error["code"], param=error.get("param"))
         raise EngineFailed(
             f"The engine could not complete this request ({error.get('code') or 'engine_error'}): {error.get('message')}"
         )

@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from composition.errors import CompositionError
-from composition.experts import check_same_base, load_expert, read_adapter
+from composition.experts import check_same_base, load_expert, pattern_value, read_adapter
 
 
 @pytest.fixture
@@ -79,6 +79,26 @@ def test_mismatched_a_and_b_shapes_are_refused(peft_adapter_dir):
     }, str(directory / "adapter_model.safetensors"))
     with pytest.raises(CompositionError, match="do not form B @ A"):
         load_expert("e", directory)
+
+
+@pytest.mark.parametrize("change", [{"alpha_pattern": "abc"}, {"alpha_pattern": {"q_proj": "x"}},
+                                    {"lora_alpha": "16"}, {"lora_alpha": 10**400}],
+                         ids=["pattern-string", "pattern-value-string", "alpha-string", "alpha-huge"])
+def test_an_alpha_that_is_not_a_positive_number_is_a_composition_error(peft_adapter_dir, change):
+    directory, _ = peft_adapter_dir
+    config = json.loads((directory / "adapter_config.json").read_text())
+    (directory / "adapter_config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(CompositionError, match="adapter_config.json"):
+        load_expert("e", directory)
+
+
+def test_pattern_value_matches_a_module_by_its_name_or_the_end_of_it():
+    config = {"rank_pattern": {"q_proj": 8, "model.layers.1.self_attn.v_proj": 2}}
+    assert pattern_value(config, "rank_pattern", "model.layers.0.self_attn.q_proj", 4) == 8
+    assert pattern_value(config, "rank_pattern", "model.layers.1.self_attn.v_proj", 4) == 2
+    assert pattern_value(config, "rank_pattern", "model.layers.0.self_attn.v_proj", 4) == 4
+    with pytest.raises(CompositionError, match="rank_pattern must be an object"):
+        pattern_value({"rank_pattern": "abc"}, "rank_pattern", "q_proj", 4)
 
 
 def test_experts_on_different_base_models_are_named_in_the_error(make_expert):

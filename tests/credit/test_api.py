@@ -8,6 +8,7 @@ from marketplace.credit.settlement import close_period
 from marketplace.models import CreditStatement
 from tests.credit.conftest import usage_on
 from tests.credit.factories import UserFactory
+from tests.openapi import assert_matches_schema
 
 
 @pytest.fixture
@@ -89,11 +90,20 @@ def test_an_unknown_account_is_not_found_for_an_auditor(earned):
 
 
 @pytest.mark.django_db
+def test_the_statement_list_is_what_the_schema_says_a_plain_array(earned):
+    alice = earned.contributors[0]
+    client = client_for(alice.user)
+    response = client.get("/api/credit/statements")
+    assert isinstance(response.json(), list) and response.json()
+    assert_matches_schema(client, response, path="/api/credit/statements")
+
+
+@pytest.mark.django_db
 def test_a_contributor_downloads_their_statement_as_csv_and_html_and_nobody_else_can(earned):
     alice, bob, charlie = earned.contributors
     statement = CreditStatement.objects.get(contributor=alice)
 
-    listing = client_for(alice.user).get("/api/credit/statements").json()["data"]
+    listing = client_for(alice.user).get("/api/credit/statements").json()
     csv_response = client_for(alice.user).get(f"/api/credit/statements/{statement.id}.csv")
     html_response = client_for(alice.user).get(f"/api/credit/statements/{statement.id}.html")
 

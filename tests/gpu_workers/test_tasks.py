@@ -123,8 +123,11 @@ def test_a_strategy_configuration_error_is_returned_not_raised(gpu_world):
     "change,expected",
     [
         (lambda m: m.pop("prompt"), "exactly one of prompt and messages"),
-        (lambda m: m["params"].update(max_tokens=0), "params.max_tokens must be >= 1"),
-        (lambda m: m["params"].update(temperature="hot"), "params.temperature must be a number"),
+        (lambda m: m["params"].update(max_tokens=0), "max_tokens must be at least 1"),
+        (lambda m: m["params"].update(temperature="hot"), "temperature must be a number"),
+        (lambda m: m["params"].update(top_p=0), "top_p must be greater than 0"),
+        (lambda m: m["params"].update(seed=2**64), "seed must be at most 9223372036854775807"),
+        (lambda m: m.update(prompt="a\ud800b"), "prompt holds a lone surrogate"),
         (lambda m: m["base_model"].update(path="/nowhere"), "does not exist on this worker"),
         (lambda m: m["experts"][0].pop("sha256"), "needs id, adapter_path and sha256"),
     ],

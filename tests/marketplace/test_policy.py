@@ -111,9 +111,19 @@ def duo(base):
 
 def test_only_the_contributor_may_revoke_consent(duo, alice):
     _, first, _ = duo
-    assert client_for(alice).post(f"/api/experts/{first.pk}/revoke-consent").status_code == 403
+    assert client_for(alice).post(f"/api/experts/{first.pk}/revoke-consent").status_code == 404
     first.refresh_from_db()
     assert first.consent_revoked_at is None
+
+
+def test_revoking_someone_elses_private_expert_looks_the_same_as_revoking_a_missing_one(base, alice):
+    private = ExpertFactory(base_model=base, slug="secret", is_public=False)
+    client = client_for(alice)
+    theirs = client.post(f"/api/experts/{private.pk}/revoke-consent")
+    missing = client.post(f"/api/experts/{private.pk + 1000}/revoke-consent")
+    assert theirs.status_code == missing.status_code == 404
+    assert theirs.json()["error"]["message"].replace(str(private.pk), "N") == \
+        missing.json()["error"]["message"].replace(str(private.pk + 1000), "N")
 
 
 def test_after_revocation_a_run_without_system_serves_without_the_expert(duo):
