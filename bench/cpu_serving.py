@@ -2,6 +2,7 @@
 
     python -m bench.cpu_serving              # SmolLM2-135M-Instruct, 8 and 16 concurrent requests
     python -m bench.cpu_serving --smoke      # a tiny random Llama: checks every code path in seconds
+    python -m bench.cpu_serving --threads 1  # on a machine whose cores are busy with other work
 
 Every request uses its own expert: a peft LoRA (r=8 on q,k,v,o,gate,up,down of every layer, lora_B filled
 with seeded random values so the delta is real), saved with save_pretrained and loaded back from disk by each
@@ -262,8 +263,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--lora-backend", default="auto", choices=["auto", "torch", "triton"])
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sizes = [int(size) for size in args.sizes.split(",")]
     tokens, rounds = (4, 2) if args.smoke else (args.tokens, args.rounds)
     load_before = [round(value, 2) for value in os.getloadavg()]
