@@ -183,8 +183,13 @@ class DecodeState:
         token = pick_next_token(
             logprobs, temperature=self.request.temperature, top_p=self.request.top_p, generator=self.generator
         )
+        return self.accept(token, float(logprobs[token]))
+
+    def accept(self, token: int, logprob: float) -> int:
+        """Take a token already picked by the rule (an engine that knows a greedy request's argmax and its
+        log-probability need not hand over the whole distribution); update text and state."""
         self.token_ids.append(token)
-        self.token_logprobs.append(float(logprobs[token]))
+        self.token_logprobs.append(logprob)
         if token in self.end_token_ids:
             self.finish_reason = "stop"
             return token

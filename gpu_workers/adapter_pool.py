@@ -89,6 +89,7 @@ class AdapterPool:
         self._free: list[int] = []
         self._sources: dict[str, AdapterSource | Expert] = {}
         self.stats = PoolStats()
+        self.version = 0  # bumped whenever a slot's contents change (callers may keep gathered copies)
         self._allocate(max(1, initial_rank))
 
     # -- sizing -------------------------------------------------------------------------------------------
@@ -127,6 +128,7 @@ class AdapterPool:
             self._resident[expert_id] = new_slot
         self._free = list(range(capacity - 1, len(keep) - 1, -1))
         self.r_max, self.capacity = r_max, capacity
+        self.version += 1
 
     # -- registry -----------------------------------------------------------------------------------------
     def register(self, expert: Expert) -> None:
@@ -234,6 +236,7 @@ class AdapterPool:
 
     def _write(self, slot: int, expert: Expert) -> None:
         self._clear(slot)
+        self.version += 1
         for name, module in expert.adapter.modules.items():
             rank = module.rank
             self.a[name][slot, :rank] = module.A.to(device=self.device, dtype=self.dtype)
@@ -242,6 +245,7 @@ class AdapterPool:
             self.ranks[name][slot] = rank
 
     def _clear(self, slot: int) -> None:
+        self.version += 1
         for name in self.module_shapes:
             self.a[name][slot].zero_()
             self.b[name][slot].zero_()

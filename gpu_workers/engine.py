@@ -1,11 +1,17 @@
 """MosaicEngine: one base model, many experts' adapters in a pool, batches that mix experts.
 
-Every adaptable nn.Linear of the base model is wrapped by a MultiLoraLinear that adds the mixed-adapter LoRA
-delta (gpu_workers.kernels.lora.apply_lora) for the rows of the current forward pass. A request's mixture
-{expert: weight} is served as one lane per expert (composition's rule: the next-token distribution is the
-weighted mixture of each expert's own distribution); all lanes of all requests run in one batch with one KV
-cache, each lane's rows pointing at its expert's slot, and the lanes' distributions are mixed per request by
-gpu_workers.kernels.mixture. Decoding then follows composition.engine.DecodeState, the rule every engine shares.
+Every adaptable nn.Linear of the base model (by default every linear layer but the output embeddings; the
+adapters' target modules must be among them) is wrapped by a MultiLoraLinear that adds the mixed-adapter LoRA
+delta for the rows of the current forward pass. A request's mixture {expert: weight} is served as one lane
+per expert (composition's rule: the next-token distribution is the weighted mixture of each expert's own
+distribution); all lanes of all requests run in one batch with one KV cache, each lane pointing at its
+expert's slot, and the lanes' distributions are mixed per request by gpu_workers.kernels.mixture. Decoding
+then follows composition.engine.DecodeState, the rule every engine shares.
+
+Two ways to add the delta (gpu_workers.kernels.lora): with Triton (CUDA), one plan per forward over the token
+rows serves every projection; elsewhere each lane's adapter weights are gathered once per batch composition
+(kept while the lanes stay the same, i.e. across decode steps) and every projection adds its delta with two
+batched matrix products.
 """
 from __future__ import annotations
 
@@ -27,39 +33,73 @@ from composition.engine import (
 )
 from composition.experts import Expert
 from gpu_workers.adapter_pool import AdapterPool
-from gpu_workers.kernels.lora import apply_lora, build_lora_plan
+from gpu_workers.kernels.lora import LaneLora, apply_lane_lora, apply_lora, build_lora_plan, gather_lane_lora
 from gpu_workers.kernels.mixture import mix_next_token_logprobs
-
-ADAPTABLE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass
 class RowAdapters:
-    """Which adapter slot each row of the current forward pass uses (one per row, -1 = base model)."""
+    """Which adapter slot each token row of the current forward pass uses (one per row, -1 = base model)."""
 
     indices: torch.Tensor  # [rows, 1] int32
     weights: torch.Tensor  # [rows, 1] float32
-    plan: object | None  # a LoraPlan on CUDA (shared by every projection), None on the CPU
-    any_adapter: bool
+    plan: object | None  # a LoraPlan on CUDA (shared by every projection), None with the torch backend
 
 
 class LoraBatchContext:
-    """The per-forward adapter assignment that every MultiLoraLinear reads."""
+    """The per-forward adapter assignment that every MultiLoraLinear reads.
+
+    set() is called before each forward with one slot per lane (sequence). With use_plan (Triton) the token
+    rows and their plan are built; otherwise each projection's per-lane weights are gathered on first use and
+    kept while the same lanes on the same pool contents come back (every decode step of a batch)."""
 
     def __init__(self):
+        self.any_adapter = False
         self.rows: RowAdapters | None = None
+        self.lane_slots: torch.Tensor | None = None
+        self._lanes_key: tuple | None = None
+        self._lanes: dict[str, LaneLora | None] = {}
+        self._pool_version: int | None = None
 
     def set(self, lane_slots: torch.Tensor, seq_len: int, *, n_slots: int, device: torch.device,
             use_plan: bool) -> None:
         """lane_slots: a CPU tensor, one slot per sequence of the batch (-1 = base model)."""
-        any_adapter = bool((lane_slots >= 0).any())
-        indices = lane_slots.to(device=device, dtype=torch.int32).repeat_interleave(seq_len)[:, None]
-        weights = torch.ones(indices.shape, dtype=torch.float32, device=device)
-        plan = build_lora_plan(indices, weights, n_slots=n_slots) if (use_plan and any_adapter) else None
-        self.rows = RowAdapters(indices=indices, weights=weights, plan=plan, any_adapter=any_adapter)
+        self.any_adapter = bool((lane_slots >= 0).any())
+        self.rows = None
+        if not self.any_adapter:
+            return
+        if use_plan:
+            indices = lane_slots.to(device=device, dtype=torch.int32).repeat_interleave(seq_len)[:, None]
+            weights = torch.ones(indices.shape, dtype=torch.float32, device=device)
+            self.rows = RowAdapters(indices, weights, build_lora_plan(indices, weights, n_slots=n_slots))
+            return
+        key = tuple(lane_slots.tolist())
+        if key != self._lanes_key:
+            self._lanes_key, self._lanes, self.lane_slots = key, {}, lane_slots.clone()
+
+    def lanes_for(self, name: str, pool: AdapterPool) -> LaneLora | None:
+        """The lanes' gathered weights for one projection, None when no lane's expert adapts it."""
+        if self._pool_version != pool.version:  # a slot was rewritten: gather again
+            self._lanes, self._pool_version = {}, pool.version
+        if name not in self._lanes:
+            slots = self.lane_slots.to(pool.device)
+            ranks = torch.where(slots >= 0, pool.ranks[name][slots.clamp(min=0).long()], 0)
+            self._lanes[name] = (
+                gather_lane_lora(pool.a[name], pool.b[name], pool.scalings[name], slots,
+                                 torch.ones(slots.shape, dtype=torch.float32, device=pool.device))
+                if bool((ranks > 0).any()) else None
+            )
+        return self._lanes[name]
 
     def clear(self) -> None:
+        """After a forward: nothing is applied until the next set() (the gathered lanes are kept)."""
+        self.any_adapter = False
         self.rows = None
+
+    def release(self) -> None:
+        """After a batch: drop the gathered lanes too."""
+        self.clear()
+        self._lanes_key, self._lanes, self.lane_slots = None, {}, None
 
 
 class MultiLoraLinear(nn.Module):
@@ -73,8 +113,18 @@ class MultiLoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        rows = self.context.rows
-        if rows is None or not rows.any_adapter:
+        context = self.context
+        if not context.any_adapter:
+            return y
+        rows = context.rows
+        if rows is None:
+            lanes = context.lanes_for(self.name, self.pool)
+            if lanes is None:
+                return y
+            if x.dim() != 3 or x.shape[0] != lanes.a.shape[0]:
+                raise RuntimeError(f"{self.name}: input {tuple(x.shape)} but adapters were set for "
+                                   f"{lanes.a.shape[0]} sequences")
+            apply_lane_lora(y, x, lanes)
             return y
         flat_x = x.reshape(-1, x.shape[-1])
         flat_y = y.reshape(-1, y.shape[-1])
@@ -87,19 +137,24 @@ class MultiLoraLinear(nn.Module):
         return flat_y.view(y.shape)
 
 
-def adaptable_linears(model: nn.Module) -> dict[str, tuple[int, int]]:
-    """{module name: (in_features, out_features)} of the projections experts may adapt."""
+def adaptable_linears(model: nn.Module, target_modules: list[str] | tuple[str, ...] | None = None
+                      ) -> dict[str, tuple[int, int]]:
+    """{module name: (in_features, out_features)} of the projections experts may adapt: the model's linear
+    layers except its output embeddings, or only those whose name ends with one of target_modules."""
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    targets = tuple(target_modules) if target_modules else None
     return {
         name: (module.in_features, module.out_features)
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in ADAPTABLE
+        if isinstance(module, nn.Linear) and module is not output
+        and (targets is None or name.rsplit(".", 1)[-1] in targets or name in targets)
     }
 
 
 def attach_multi_lora(model: nn.Module, pool: AdapterPool, context: LoraBatchContext, backend: str) -> None:
     """Wrap every projection the pool knows in a MultiLoraLinear (in place)."""
     for name in pool.module_shapes:
-        parent_name, child = name.rsplit(".", 1)
+        parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         setattr(parent, child, MultiLoraLinear(getattr(parent, child), name, pool, context, backend))
 
@@ -108,7 +163,7 @@ def detach_multi_lora(model: nn.Module) -> None:
     """Put the plain projections back (benchmarks compare the same base model with and without)."""
     for name, module in list(model.named_modules()):
         if isinstance(module, MultiLoraLinear):
-            parent_name, child = name.rsplit(".", 1)
+            parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child, module.base)
 
 
@@ -131,9 +186,11 @@ class MosaicEngine:
         adapter_budget_bytes: int = 1 << 30,
         max_slots: int = 64,
         lora_backend: str = "auto",
+        target_modules: list[str] | tuple[str, ...] | None = None,
     ):
         """Load the base model from a local directory (bf16 on CUDA, float32 on the CPU), or serve an
-        already built `model` with its `tokenizer` (benchmarks)."""
+        already built `model` with its `tokenizer` (benchmarks). target_modules: the short names of the
+        projections experts may adapt (default: every linear layer but the output embeddings)."""
         self.base_model_path = str(base_model_path) if base_model_path is not None else None
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
@@ -147,7 +204,7 @@ class MosaicEngine:
         self.lora_backend = lora_backend
         self.context = LoraBatchContext()
         self.pool = AdapterPool(
-            adaptable_linears(self.model), device=self.device, dtype=self.dtype,
+            adaptable_linears(self.model, target_modules), device=self.device, dtype=self.dtype,
             budget_bytes=adapter_budget_bytes, max_slots=max_slots,
         )
         attach_multi_lora(self.model, self.pool, self.context, lora_backend)
@@ -214,6 +271,8 @@ class MosaicEngine:
 
     def _mix(self, lane_logits: torch.Tensor, lanes: list[Lane], n_requests: int) -> torch.Tensor:
         """Per request, log Σ w_i p_i over its lanes' logits [lanes, vocab] -> [n_requests, vocab] float32."""
+        if len(lanes) == n_requests:  # one lane per request, in request order: the mixture is that lane
+            return torch.log_softmax(lane_logits.float(), dim=-1)
         members: list[list[int]] = [[] for _ in range(n_requests)]
         for row, lane in enumerate(lanes):
             members[lane.request_index].append(row)
@@ -224,23 +283,19 @@ class MosaicEngine:
         stacked = lane_logits[gather.to(lane_logits.device)]
         return mix_next_token_logprobs(stacked, weights.to(lane_logits.device), check=False)
 
-    def _step_inputs(self, mixed: torch.Tensor, states: list[DecodeState]) -> list[torch.Tensor]:
-        """What each request's DecodeState.step needs, as CPU tensors [vocab]. A greedy request needs only its
-        best token and that token's log-probability, so only those cross from the device; the vector given to
-        DecodeState holds them and -inf elsewhere (its argmax and its value at the argmax are the same)."""
-        best_values, best_tokens = (tensor.cpu() for tensor in mixed.max(dim=-1))
-        sampled = [row for row, state in enumerate(states) if state.request.temperature > 0]
-        full = dict(zip(sampled, mixed[sampled].cpu())) if sampled else {}
-        vocab = mixed.shape[-1]
-        inputs = []
-        for row in range(len(states)):
-            if row in full:
-                inputs.append(full[row])
+    @staticmethod
+    def _decode_step(mixed: torch.Tensor, states: list[DecodeState]) -> list[int]:
+        """Each request's next token from its mixed log-probabilities [requests, vocab]. A greedy request needs
+        only its best token and that token's log-probability, so only those leave the device."""
+        best_values, best_tokens = mixed.max(dim=-1)
+        best_values, best_tokens = best_values.tolist(), best_tokens.tolist()
+        tokens = []
+        for row, state in enumerate(states):
+            if state.request.temperature > 0:
+                tokens.append(state.step(mixed[row].cpu()))
             else:
-                only_best = torch.full((vocab,), float("-inf"))
-                only_best[best_tokens[row]] = best_values[row]
-                inputs.append(only_best)
-        return inputs
+                tokens.append(state.accept(best_tokens[row], best_values[row]))
+        return tokens
 
     def _encode(self, prompt: str) -> list[int]:
         return self.tokenizer(prompt)["input_ids"]
@@ -253,8 +308,11 @@ class MosaicEngine:
             lane_slots = self._lane_slots(lanes)
             input_ids, attention, positions = self._left_padded([self._encode(requests[l.request_index].prompt)
                                                                  for l in lanes])
-            logits = self._forward(input_ids, attention, positions, lane_slots, None, last_only=True).logits[:, -1]
-            return self._mix(logits.float(), lanes, len(requests)).cpu()
+            try:
+                logits = self._forward(input_ids, attention, positions, lane_slots, None, last_only=True).logits
+            finally:
+                self.context.release()
+            return self._mix(logits[:, -1].float(), lanes, len(requests)).cpu()
 
     @torch.inference_mode()
     def generate(self, requests: list[GenerationRequest], on_token=None) -> list[Generation]:
@@ -263,41 +321,45 @@ class MosaicEngine:
         for request in requests:
             check_request(request)
         with self.lock:
-            lanes = self._lanes([request.mixture for request in requests])
-            lane_slots = self._lane_slots(lanes)
-            prompts = [self._encode(request.prompt) for request in requests]
-            states = [DecodeState(request, self.tokenizer, len(ids)) for request, ids in zip(requests, prompts)]
-            input_ids, attention, positions = self._left_padded([prompts[lane.request_index] for lane in lanes])
-            cache = DynamicCache()
-            active = list(range(len(requests)))  # requests still decoding, in lane order
-            while True:
-                output = self._forward(input_ids, attention, positions, lane_slots, cache, last_only=True)
-                mixed = self._mix(output.logits[:, -1].float(), lanes, len(active))
-                step_inputs = self._step_inputs(mixed, [states[request_index] for request_index in active])
-                tokens = []
-                for position, request_index in enumerate(active):
-                    tokens.append(states[request_index].step(step_inputs[position]))
-                    if on_token is not None:
-                        on_token(request_index, states[request_index].text)
-                still = [position for position, request_index in enumerate(active) if not states[request_index].done]
-                if not still:
-                    break
-                keep_lanes = [row for row, lane in enumerate(lanes) if lane.request_index in set(still)]
-                next_tokens = torch.tensor([tokens[lanes[row].request_index] for row in keep_lanes],
-                                           dtype=torch.long, device=self.device)[:, None]
-                if len(keep_lanes) < len(lanes):
-                    keep = torch.tensor(keep_lanes, dtype=torch.long, device=self.device)
-                    cache.batch_select_indices(keep)
-                    attention, positions = attention[keep], positions[keep]
-                    lane_slots = lane_slots[keep.cpu()]
-                    renumber = {old: new for new, old in enumerate(still)}
-                    lanes = [Lane(renumber[lanes[row].request_index], lanes[row].expert_id, lanes[row].weight)
-                             for row in keep_lanes]
-                    active = [active[position] for position in still]
-                input_ids = next_tokens
-                attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
-                positions = positions[:, -1:] + 1
-            return [state.result() for state in states]
+            try:
+                return self._generate(requests, on_token)
+            finally:
+                self.context.release()
+
+    def _generate(self, requests: list[GenerationRequest], on_token) -> list[Generation]:
+        lanes = self._lanes([request.mixture for request in requests])
+        lane_slots = self._lane_slots(lanes)
+        prompts = [self._encode(request.prompt) for request in requests]
+        states = [DecodeState(request, self.tokenizer, len(ids)) for request, ids in zip(requests, prompts)]
+        input_ids, attention, positions = self._left_padded([prompts[lane.request_index] for lane in lanes])
+        cache = DynamicCache()
+        active = list(range(len(requests)))  # requests still decoding, in lane order
+        while True:
+            output = self._forward(input_ids, attention, positions, lane_slots, cache, last_only=True)
+            mixed = self._mix(output.logits[:, -1], lanes, len(active))
+            tokens = self._decode_step(mixed, [states[request_index] for request_index in active])
+            if on_token is not None:
+                for request_index in active:
+                    on_token(request_index, states[request_index].text)
+            still = [position for position, request_index in enumerate(active) if not states[request_index].done]
+            if not still:
+                return [state.result() for state in states]
+            if len(still) < len(active):
+                kept_requests = set(still)
+                keep_lanes = [row for row, lane in enumerate(lanes) if lane.request_index in kept_requests]
+                keep = torch.tensor(keep_lanes, dtype=torch.long, device=self.device)
+                cache.batch_select_indices(keep)
+                attention, positions = attention[keep], positions[keep]
+                lane_slots = lane_slots[keep.cpu()]
+                renumber = {old: new for new, old in enumerate(still)}
+                lanes = [Lane(renumber[lanes[row].request_index], lanes[row].expert_id, lanes[row].weight)
+                         for row in keep_lanes]
+                active = [active[position] for position in still]
+                tokens = [tokens[position] for position in still]
+            input_ids = torch.tensor([tokens[lane.request_index] for lane in lanes], dtype=torch.long,
+                                     device=self.device)[:, None]
+            attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
+            positions = positions[:, -1:] + 1
 
     @torch.inference_mode()
     def score(self, requests: list[ScoreRequest]) -> list[list[float]]:
@@ -309,7 +371,10 @@ class MosaicEngine:
                              for request in requests]
             full = [prompts[lane.request_index] + continuations[lane.request_index] for lane in lanes]
             input_ids, attention, positions = self._left_padded(full)
-            logits = self._forward(input_ids, attention, positions, lane_slots, None).logits.float()
+            try:
+                logits = self._forward(input_ids, attention, positions, lane_slots, None).logits.float()
+            finally:
+                self.context.release()
             width = input_ids.shape[1]
             results = []
             for request_index, continuation in enumerate(continuations):
@@ -332,7 +397,8 @@ class MosaicEngine:
         """Mean of the base model's last hidden states over each text's tokens -> [n, hidden] float32."""
         with self.lock:
             input_ids, attention, positions = self._left_padded([self._encode(text) for text in texts])
-            hidden = self.model.model(input_ids=input_ids, attention_mask=attention, position_ids=positions)
+            decoder = self.model.get_decoder()  # the transformer without its language-model head
+            hidden = decoder(input_ids=input_ids, attention_mask=attention, position_ids=positions)
             states = hidden.last_hidden_state.float()
             mask = attention[:, :, None].float()
             return ((states * mask).sum(1) / mask.sum(1)).cpu()

@@ -12,6 +12,13 @@ that each hold pairs of one slot only, so a program reads its adapter's weights 
   expand: y[row] += (w * scaling * h[pair]) @ B[slot]^T
 Rows that appear once (k == 1) are updated in place; with k > 1 several tiles may touch one row, so the
 expand adds into a float32 scratch with atomics, added to y afterwards.
+
+The CPU path works per lane (one sequence of the batch, all of whose tokens use the same adapters), which is
+how the engine batches: once per batch composition, gather_lane_lora copies each lane's k adapters side by
+side along the rank (a weighted mix of k rank-r adapters is one adapter of rank k*r, its weights and scalings
+folded into B), and every forward then adds the delta with two batched products per projection, whatever
+the number of distinct adapters:
+  y[lane] += (x[lane] @ A_lane^T) @ B_lane^T       (apply_lane_lora; one bmm and one baddbmm_)
 """
 from __future__ import annotations
 
@@ -46,6 +53,39 @@ def lora_reference(
     b_rows = b.float()[slots]  # [T, k, out, r]
     h = torch.einsum("ti,tkri->tkr", x.float(), a_rows)
     return torch.einsum("tkr,tkor,tk->to", h, b_rows, coef)
+
+
+@dataclass(frozen=True)
+class LaneLora:
+    """One projection's adapters gathered per lane: the lane's k adapters stacked along the rank."""
+
+    a: torch.Tensor  # [lanes, k * r_max, in]
+    b: torch.Tensor  # [lanes, k * r_max, out]: B^T with weight * scaling folded in
+
+
+def gather_lane_lora(
+    a: torch.Tensor, b: torch.Tensor, scalings: torch.Tensor, lane_slots: torch.Tensor, lane_weights: torch.Tensor
+) -> LaneLora:
+    """a [n_slots, r_max, in], b [n_slots, out, r_max] (the pool's stacks); lane_slots [lanes, k] (int, -1 =
+    none) and lane_weights [lanes, k]. A lane without adapters gets zeros (its delta is 0)."""
+    if lane_slots.dim() == 1:
+        lane_slots, lane_weights = lane_slots[:, None], lane_weights[:, None]
+    lanes, k = lane_slots.shape
+    valid = lane_slots >= 0
+    slots = lane_slots.clamp(min=0).long().to(a.device)
+    coef = torch.where(valid.to(a.device), lane_weights.to(a.device).float() * scalings.float()[slots], 0.0)
+    a_lanes = a[slots].reshape(lanes, k * a.shape[1], a.shape[2])
+    # b.transpose(1, 2) is [slot, r, out], how the pool stores B: the gather copies contiguous rows.
+    b_lanes = b.transpose(1, 2)[slots] * coef[:, :, None, None].to(b.dtype)
+    return LaneLora(a=a_lanes, b=b_lanes.reshape(lanes, k * b.shape[2], b.shape[1]))
+
+
+def apply_lane_lora(y: torch.Tensor, x: torch.Tensor, lanes: LaneLora) -> torch.Tensor:
+    """Add the LoRA delta to y [lanes, seq, out] in place: y[l] += x[l] @ A_l^T @ B_l. x is [lanes, seq, in]."""
+    if x.dim() != 3 or y.dim() != 3 or x.shape[:2] != y.shape[:2] or x.shape[0] != lanes.a.shape[0]:
+        raise ValueError(f"shape mismatch: x {tuple(x.shape)}, y {tuple(y.shape)}, lanes {lanes.a.shape[0]}")
+    h = torch.bmm(x, lanes.a.transpose(1, 2))
+    return y.baddbmm_(h, lanes.b)
 
 
 @dataclass(frozen=True)

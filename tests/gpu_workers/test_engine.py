@@ -134,3 +134,35 @@ def test_triton_lora_inside_the_engine_gives_the_same_tokens(gpu_world, experts,
 def test_get_engine_loads_a_base_once_per_process(gpu_world):
     base, _ = gpu_world
     assert get_engine(str(base)) is get_engine(str(base))
+
+
+def test_lane_weights_are_gathered_once_per_batch_and_again_when_a_slot_changes(mosaic, experts):
+    from dataclasses import replace
+
+    from composition.experts import LoraAdapter, LoraModule
+    from gpu_workers.adapter_pool import AdapterPool
+    from gpu_workers.engine import LoraBatchContext
+
+    pool = AdapterPool(mosaic.pool.module_shapes, max_slots=4)
+    alpha = next(expert for expert in experts if expert.id == "alpha")
+    pool.register(alpha)
+    context = LoraBatchContext()
+    q_proj = next(name for name in alpha.adapter.modules if name.endswith("q_proj"))
+    k_proj = q_proj.replace("q_proj", "k_proj")  # alpha adapts q, v and down only
+
+    def decode_step():
+        lane_slots = torch.tensor([pool.acquire(["alpha"])["alpha"], -1], dtype=torch.int32)
+        context.set(lane_slots, 1, n_slots=pool.capacity, device=torch.device("cpu"), use_plan=False)
+        lanes = context.lanes_for(q_proj, pool), context.lanes_for(k_proj, pool)
+        context.clear()
+        return lanes
+
+    first, untouched = decode_step()
+    assert untouched is None
+    assert decode_step()[0] is first  # the next step reuses the gathered weights
+    doubled = LoraAdapter({name: LoraModule(module.A, module.B * 2, module.scaling)
+                           for name, module in alpha.adapter.modules.items()})
+    pool.register(replace(alpha, adapter=doubled))
+    again = decode_step()[0]
+    assert torch.allclose(again.b[0], 2 * first.b[0])
+    assert torch.equal(again.b[1], torch.zeros_like(again.b[1]))  # the base-model lane adds nothing

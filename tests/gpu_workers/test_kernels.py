@@ -5,7 +5,7 @@ import zlib
 import pytest
 import torch
 
-from gpu_workers.kernels.lora import apply_lora, build_lora_plan, lora_reference
+from gpu_workers.kernels.lora import apply_lane_lora, apply_lora, build_lora_plan, gather_lane_lora, lora_reference
 from gpu_workers.kernels.mixture import apply_top_p, mix_next_token_logprobs, mixture_reference
 
 # Relative error ||out - ref|| / ||ref|| allowed per dtype (the output itself is rounded to the dtype).
@@ -73,6 +73,65 @@ def test_torch_lora_backend_matches_reference(dtype):
     )
     out = apply_lora(y.clone(), x, a, b, scalings, indices, weights, backend="torch")
     assert relative_error(out, expected(y, x, a, b, scalings, indices, weights)) < TOLERANCE[dtype]
+
+
+def lane_case(*, lanes, seq, k, dtype, seed):
+    """A batch of `lanes` sequences of `seq` tokens; every token of a lane uses the lane's k adapters."""
+    y, x, a, b, scalings, lane_slots, lane_weights = random_lora_case(
+        rows=lanes, in_features=64, out_features=96, n_slots=5, rank=8, k=k, dtype=dtype, seed=seed,
+    )
+    generator = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(lanes, seq, 64, generator=generator).to(dtype)
+    y = torch.randn(lanes, seq, 96, generator=generator).to(dtype)
+    return y, x, a, b, scalings, lane_slots, lane_weights
+
+
+def lane_expected(y, x, a, b, scalings, lane_slots, lane_weights):
+    """The reference, row by row: each token row carries its lane's (slot, weight) pairs."""
+    seq = x.shape[1]
+    flat = expected(y.reshape(-1, y.shape[-1]), x.reshape(-1, x.shape[-1]), a, b, scalings,
+                    lane_slots.repeat_interleave(seq, dim=0), lane_weights.repeat_interleave(seq, dim=0))
+    return flat.reshape(y.shape)
+
+
+@pytest.mark.parametrize("lanes,seq,k,dtype", [
+    (8, 1, 1, torch.float32),  # a decode step, one adapter per lane
+    (3, 13, 1, torch.float32),  # a prefill
+    (5, 4, 3, torch.float32),  # a weighted mix of three adapters per lane
+    (6, 1, 2, torch.bfloat16),
+])
+def test_lane_lora_matches_reference(lanes, seq, k, dtype):
+    y, x, a, b, scalings, lane_slots, lane_weights = lane_case(lanes=lanes, seq=seq, k=k, dtype=dtype, seed=11)
+    ref = lane_expected(y, x, a, b, scalings, lane_slots, lane_weights)
+
+    out = apply_lane_lora(y.clone(), x, gather_lane_lora(a, b, scalings, lane_slots, lane_weights))
+
+    assert out.dtype == dtype
+    assert relative_error(out, ref) < TOLERANCE[dtype]
+
+
+def test_lanes_without_adapter_are_left_unchanged_beside_lanes_with_one():
+    y, x, a, b, scalings, lane_slots, lane_weights = lane_case(lanes=4, seq=3, k=1, dtype=torch.float32, seed=12)
+    lane_slots[:, 0] = torch.tensor([2, -1, 0, -1])
+
+    out = apply_lane_lora(y.clone(), x, gather_lane_lora(a, b, scalings, lane_slots, lane_weights))
+
+    assert torch.equal(out[[1, 3]], y[[1, 3]])
+    assert relative_error(out, lane_expected(y, x, a, b, scalings, lane_slots, lane_weights)) < 1e-5
+    assert not torch.allclose(out[0], y[0])
+
+
+def test_lane_lora_reads_b_stored_rank_major_as_the_pool_does():
+    y, x, a, b, scalings, lane_slots, lane_weights = lane_case(lanes=4, seq=2, k=2, dtype=torch.float32, seed=13)
+    rank_major = b.transpose(1, 2).contiguous().transpose(1, 2)
+    out = apply_lane_lora(y.clone(), x, gather_lane_lora(a, rank_major, scalings, lane_slots, lane_weights))
+    assert relative_error(out, lane_expected(y, x, a, b, scalings, lane_slots, lane_weights)) < 1e-5
+
+
+def test_lane_lora_refuses_a_batch_of_another_size():
+    y, x, a, b, scalings, lane_slots, lane_weights = lane_case(lanes=4, seq=2, k=1, dtype=torch.float32, seed=14)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        apply_lane_lora(y[:3], x[:3], gather_lane_lora(a, b, scalings, lane_slots, lane_weights))
 
 
 def test_rows_without_adapter_are_left_unchanged():
