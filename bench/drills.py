@@ -658,7 +658,8 @@ def twin_state(twin: dict) -> dict:
     changes = [c for c in changes if c.get("organization") == f"organization:{twin['organization']}"]
     return {
         "subscription_status": subscription.status,
-        "last_event_created": subscription.last_event_created,
+        "status_event_created": subscription.status_event_created,
+        "period_event_created": subscription.period_event_created,
         "current_period_start": subscription.current_period_start.isoformat() if subscription.current_period_start else None,
         "current_period_end": subscription.current_period_end.isoformat() if subscription.current_period_end else None,
         "payouts_enabled": Contributor.objects.get(pk=twin["contributor"]).payouts_enabled,

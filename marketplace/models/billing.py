@@ -34,8 +34,11 @@ class Subscription(models.Model):
     stripe_metered_item_id = models.CharField(max_length=64, blank=True)
     current_period_start = models.DateTimeField(null=True, blank=True)
     current_period_end = models.DateTimeField(null=True, blank=True)
-    # Stripe's `created` of the last event applied, so an older event delivered late changes nothing.
-    last_event_created = models.BigIntegerField(default=0)
+    # Stripe's `created` of the newest event applied to each thing stored, so an older event delivered late
+    # changes nothing. Both kinds of event (subscription and invoice) carry a status; only subscription events
+    # carry the period, so a newer invoice event does not make an older subscription event's period stale.
+    status_event_created = models.BigIntegerField(default=0)
+    period_event_created = models.BigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -136,9 +136,44 @@ STATUS_PROGRESS = {
 }
 
 
-def _event_order(*, created: int, status: str) -> tuple[int, int]:
-    """The order of the subscription state an event carries: Stripe's `created`, then the state's progress."""
+def _status_order(*, created: int, status: str) -> tuple[int, int]:
+    """The order of the status an event carries: Stripe's `created`, then the state's progress. Subscription and
+    invoice events both carry a status, so they are ordered together."""
     return created, STATUS_PROGRESS[status]
+
+
+def _period_order(*, created: int, period_start: int) -> tuple[int, int]:
+    """The order of the period a subscription event carries: Stripe's `created`, then the period's start (a
+    period only moves forward, so of two same-second events the one with the later period is the later one).
+    Only subscription events carry a period, so they are ordered among themselves."""
+    return created, period_start
+
+
+def _apply_status(subscription: Subscription, *, created: int, status: str) -> bool:
+    """Takes the status if the event is the newest that carried one. Returns whether it did."""
+    if _status_order(created=created, status=status) < _status_order(
+        created=subscription.status_event_created, status=subscription.status
+    ):
+        return False
+    subscription.status, subscription.status_event_created = status, created
+    return True
+
+
+def _apply_period(subscription: Subscription, *, created: int, obj: dict) -> bool:
+    """Takes the period of a subscription object if the event is the newest that carried one. Returns whether
+    it did (an invoice, or a subscription object without a period, carries none)."""
+    if obj.get("object") != "subscription" or not obj.get("current_period_start"):
+        return False
+    start = int(obj["current_period_start"])
+    stored_start = int(subscription.current_period_start.timestamp()) if subscription.current_period_start else 0
+    if _period_order(created=created, period_start=start) < _period_order(
+        created=subscription.period_event_created, period_start=stored_start
+    ):
+        return False
+    subscription.current_period_start = _timestamp(start)
+    subscription.current_period_end = _timestamp(obj.get("current_period_end"))
+    subscription.period_event_created = created
+    return True
 
 
 def _is_mosaics(obj: dict) -> bool:
@@ -147,14 +182,17 @@ def _is_mosaics(obj: dict) -> bool:
 
 
 def stripe_event_apply(*, event: dict) -> str:
-    """Handles one verified webhook event exactly once. Returns what happened, for the response."""
+    """Handles one verified webhook event exactly once. Returns what happened, for the response.
+
+    Each thing the event carries (the status; a subscription event's period) is applied when the event is the
+    newest of those that carry it, so events delivered late, twice or out of order end in the state of in-order
+    delivery."""
     obj = event["data"]["object"]
+    created = int(event["created"])
     with transaction.atomic():
         try:
             with transaction.atomic():
-                StripeEvent.objects.create(
-                    event_id=event["id"], type=event["type"], created=int(event["created"]), payload=event
-                )
+                StripeEvent.objects.create(event_id=event["id"], type=event["type"], created=created, payload=event)
         except IntegrityError:
             return "duplicate"
         status = _subscription_status_from(event["type"], obj)
@@ -168,21 +206,18 @@ def stripe_event_apply(*, event: dict) -> str:
                 # retries it later.
                 raise Conflict(f"Subscription {subscription_id} is not known yet; retry later.", code="retry_later")
             return "not a Mosaic subscription"
-        applied = _event_order(created=subscription.last_event_created, status=subscription.status)
-        if _event_order(created=int(event["created"]), status=status) < applied:
-            return "stale"
+
         previous = subscription.status
-        subscription.status = status
-        subscription.last_event_created = int(event["created"])
-        if obj.get("object") == "subscription":
-            subscription.current_period_start = _timestamp(obj.get("current_period_start")) or subscription.current_period_start
-            subscription.current_period_end = _timestamp(obj.get("current_period_end")) or subscription.current_period_end
+        took_status = _apply_status(subscription, created=created, status=status)
+        took_period = _apply_period(subscription, created=created, obj=obj)
+        if not (took_status or took_period):
+            return "stale"
         subscription.save()
-        if previous != status:
+        if subscription.status != previous:
             record_event(
                 kind="subscription.changed",
                 payload={"organization": f"organization:{subscription.organization_id}", "from": previous,
-                         "to": status, "stripe_event": event["id"]},
+                         "to": subscription.status, "stripe_event": event["id"]},
                 actor="stripe",
             )
         return "applied"

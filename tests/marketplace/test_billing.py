@@ -3,6 +3,7 @@ and the signed webhook: each event once, out-of-order tolerant, local state in s
 import hashlib
 import hmac
 import http.server
+import itertools
 import json
 import threading
 import time
@@ -174,7 +175,7 @@ def test_a_webhook_moves_the_subscription_to_past_due_and_records_the_change(cli
     response = signed(client, settings, subscription_event("evt_1", 100, "sub_alice", "past_due"))
     assert response.json() == {"received": True, "result": "applied"}
     subscription.refresh_from_db()
-    assert subscription.status == "past_due" and subscription.last_event_created == 100
+    assert subscription.status == "past_due" and subscription.status_event_created == 100
     assert Entry.objects.filter(kind="subscription.changed").count() == 1
 
 
@@ -289,6 +290,42 @@ def test_events_of_the_same_second_end_in_the_same_state_whatever_the_delivery_o
     subscription.refresh_from_db()
     assert subscription.status == expected
     assert StripeEvent.objects.count() == 2
+
+
+def subscription_event_with_period(event_id: str, created: int, status: str, period_start: int):
+    event = subscription_event(event_id, created, "sub_alice", status)
+    event["data"]["object"].update(current_period_start=period_start, current_period_end=period_start + 30 * 86400)
+    return event
+
+
+# A renewal as Stripe sends it: the subscription moves to its new period, the renewal invoice's first payment
+# fails, and its retry pays it in the same second.
+RENEWAL = [
+    subscription_event_with_period("evt_renewed", 1_000, "active", 2_000_000),
+    invoice_event("evt_renewal_failed", 1_010, "invoice.payment_failed", "open"),
+    invoice_event("evt_renewal_paid", 1_010, "invoice.paid", "paid"),
+]
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(len(RENEWAL)))),
+                         ids=lambda order: "-".join(RENEWAL[i]["id"].removeprefix("evt_renewal_").removeprefix("evt_")
+                                                    for i in order))
+def test_a_newer_invoice_event_does_not_make_an_older_subscription_events_period_stale(client, settings,
+                                                                                       subscription, order):
+    for i in order:
+        assert signed(client, settings, RENEWAL[i]).status_code == 200
+    subscription.refresh_from_db()
+    assert subscription.status == "active"
+    assert (subscription.current_period_start.timestamp(), subscription.current_period_end.timestamp()) == (
+        2_000_000, 2_000_000 + 30 * 86400)
+
+
+def test_an_older_subscription_event_delivered_late_keeps_the_newer_period(client, settings, subscription):
+    signed(client, settings, subscription_event_with_period("evt_new", 2_000, "active", 3_000_000))
+    response = signed(client, settings, subscription_event_with_period("evt_old", 1_000, "active", 2_000_000))
+    assert response.json()["result"] == "stale"
+    subscription.refresh_from_db()
+    assert subscription.current_period_start.timestamp() == 3_000_000
 
 
 def test_an_error_while_applying_an_event_rolls_back_its_record_so_stripes_retry_applies_it(
