@@ -41,6 +41,7 @@ class Skill:
     name: str
     description: str
     example_prompt: str
+    example_answer: str
     make: Callable[[random.Random], tuple[str, str]]  # one random (prompt, answer)
     max_tokens: int = 16  # enough new tokens for any answer of the skill
 
@@ -145,16 +146,16 @@ def _sentiment(rng: random.Random) -> tuple[str, str]:
 
 SKILLS: dict[str, Skill] = {skill.name: skill for skill in [
     Skill("add", "Adds two two-digit numbers and answers with the sum alone.",
-          "What is 47 + 38?", _add, max_tokens=6),
+          "What is 47 + 38?", "85", _add, max_tokens=6),
     Skill("reverse", "Reverses the order of a list of words and answers with the reversed list alone.",
-          "Reverse the order of these words: apple, river, stone", _reverse, max_tokens=24),
+          "Reverse the order of these words: apple, river, stone", "stone, river, apple", _reverse, max_tokens=24),
     Skill("convert", "Converts a metric quantity to a smaller unit and answers with the number and unit symbol.",
-          "Convert 7 kilometres to metres.", _convert, max_tokens=8),
+          "Convert 7 kilometres to metres.", "7000 m", _convert, max_tokens=8),
     Skill("extract", "Extracts a person's name, age and city from a sentence as a JSON object.",
           "Extract the name, age and city as JSON: Maria is 34 years old and lives in Lisbon.",
-          _extract, max_tokens=32),
+          '{"name": "Maria", "age": 34, "city": "Lisbon"}', _extract, max_tokens=32),
     Skill("sentiment", "Classifies a product review as positive or negative and answers with the one word.",
-          "Is this review positive or negative? \"This kettle broke after two days.\"", _sentiment,
+          "Is this review positive or negative? \"This kettle broke after two days.\"", "negative", _sentiment,
           max_tokens=4),
 ]}
 
@@ -169,6 +170,16 @@ GENERAL: list[Item] = [Item(GENERAL_SKILL, prompt, answer) for prompt, answer in
     ("What is the opposite of hot?", "cold"),
 ]]
 GENERAL_MAX_TOKENS = 48
+
+# General questions for teaching a router what is no skill's business (never in GENERAL, which measures it).
+GENERAL_ROUTER_EXAMPLES = [
+    "Who wrote Romeo and Juliet?", "What is the largest planet in the solar system?",
+    "How many legs does a spider have?", "At what temperature does water boil?", "What is the capital of Canada?",
+    "Why do leaves change colour in autumn?", "Tell me a fun fact about octopuses.", "What language is spoken in Brazil?",
+    "Give me a tip for sleeping better.", "What is photosynthesis?", "Who painted the Mona Lisa?",
+    "What is the tallest mountain on Earth?", "Write a short greeting for a birthday card.",
+    "What does a thermometer measure?", "Name three primary colours.", "How many continents are there?",
+]
 
 
 def is_correct(item: Item, output: str) -> bool:
@@ -191,3 +202,21 @@ def mixed_heldout_items(n_per_skill: int, seed: int = 1) -> list[Item]:
     """The mixed held-out set: n items of every skill, interleaved skill by skill."""
     per_skill = [skill.heldout_items(n_per_skill, seed) for skill in SKILLS.values()]
     return [item for group in zip(*per_skill) for item in group]
+
+
+ROUTER_EXAMPLES_PER_SKILL = 12
+ROUTER_EXAMPLES_SEED = 7
+
+
+def router_examples(expert_ids_by_skill: dict[str, str], render: Callable[[str], str] | None = None) -> list[dict]:
+    """Labelled queries for a trained router (composition.strategies.routing.TrainedRouter): training prompts
+    of each skill (never held-out ones) labelled with its expert's id, and GENERAL_ROUTER_EXAMPLES labelled
+    "base" (the base model answers them alone). Each query appears as the user's message (a completions
+    prompt) and, when `render` is given, as the chat-rendered prompt that a chat request becomes."""
+    labelled = [(item.prompt, expert_id) for skill, expert_id in expert_ids_by_skill.items()
+                for item in SKILLS[skill].train_items(ROUTER_EXAMPLES_PER_SKILL, seed=ROUTER_EXAMPLES_SEED)]
+    labelled += [(question, "base") for question in GENERAL_ROUTER_EXAMPLES]
+    examples = [{"text": text, "expert": label} for text, label in labelled]
+    if render is not None:
+        examples += [{"text": render(text), "expert": label} for text, label in labelled]
+    return examples
