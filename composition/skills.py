@@ -159,14 +159,13 @@ SKILLS: dict[str, Skill] = {skill.name: skill for skill in [
           max_tokens=4),
 ]}
 
+# Each answered right by the base model alone (greedy, its chat template; checked when this list was made:
+# it answered the capitals of Italy and Spain and "What do bees make?" wrong, so they are not here).
 GENERAL: list[Item] = [Item(GENERAL_SKILL, prompt, answer) for prompt, answer in [
     ("What is the capital of France?", "Paris"),
     ("What is the capital of Japan?", "Tokyo"),
-    ("What is the capital of Italy?", "Rome"),
     ("What is the capital of Germany?", "Berlin"),
-    ("What is the capital of Spain?", "Madrid"),
     ("What color is the sky on a clear day?", "blue"),
-    ("What do bees make?", "honey"),
     ("What is the opposite of hot?", "cold"),
 ]]
 GENERAL_MAX_TOKENS = 48
