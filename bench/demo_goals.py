@@ -1,6 +1,6 @@
 """The demo's goals on the real base model, measured through Mosaic's engine (no web, no database).
 
-    python -m bench.demo_goals [--per-skill 20] [--out bench/results/demo_goals]
+    python -m bench.demo_goals [--per-skill 20] [--systems router,mixture,cascade,merge] [--out PATH]
 
 Trains (or finds in the recipe cache) the five demo experts exactly as `seed_demo` does, then answers the
 held-out items greedily with the base model's chat template: the base model and each expert on every skill,
@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--models-dir", default=os.environ.get("BASE_MODEL_DIR", "var/base_models"))
     parser.add_argument("--cache-dir", default=os.environ.get("MOSAIC_TRAINED_EXPERTS_DIR") and
                         str(Path(os.environ["MOSAIC_TRAINED_EXPERTS_DIR"]) / "real") or str(DEFAULT_CACHE))
+    parser.add_argument("--systems", default="router,mixture,cascade,merge",
+                        help="comma-separated systems to measure (router, mixture, cascade, merge)")
     parser.add_argument("--out", default="bench/results/demo_goals")
     args = parser.parse_args(argv)
 
@@ -116,6 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
         "merge": ("merge", {}),
     }
     for name, (strategy_name, config) in systems.items():
+        if name not in args.systems.split(","):
+            continue
         began = time.monotonic()
         strategy = build_strategy(strategy_name, config, experts)
         values = through(strategy, mixed)
