@@ -296,7 +296,7 @@ def greedy_replies(model, tokenizer, messages: Sequence[str], max_tokens: int, b
 # --- the demo's experts ------------------------------------------------------------------------------------
 
 DEMO_TRAIN_ITEMS = 128   # distinct training items per skill (composition.skills, seed 0)
-DEMO_STEPS = {"add": 120, "reverse": 50, "convert": 50, "extract": 50, "sentiment": 50}
+DEMO_STEPS = {"add": 200, "reverse": 50, "convert": 50, "extract": 50, "sentiment": 50}
 
 
 def demo_recipe(skill: str) -> Recipe:
