@@ -1,13 +1,19 @@
-"""Demo data, built locally: a small pretrained base model, people, and real peft experts.
+"""Demo data on the real base model: SmolLM2-135M-Instruct, five contributors' experts trained here, and
+the systems composed from them.
 
 `seed_demo()` runs every function in SEEDERS in order with one shared DemoContext; each seeder is
-idempotent (it finds what an earlier run created and reuses it). Other areas extend the demo by
-appending a seeder here, e.g. organizations, a plan and composed systems after `seed_experts`:
+idempotent (it finds what an earlier run created and reuses it):
 
-    def seed_organizations(context: DemoContext) -> None: ...
-    SEEDERS.append(seed_organizations)
+- the base model: the default SmolLM2-135M-Instruct, converted once from the installed wheel's GGUF file;
+- people: an operator (staff), an auditor, and one contributor per skill of composition.skills;
+- experts: each contributor's peft LoRA, trained here on its skill's training items (never on a held-out
+  one) and cached by its recipe (composition.training), then uploaded through the same service as the API,
+  with license terms and the tag `skill:<name>` that names its held-out set;
+- organizations, a plan, API keys, and the systems: a trained router (the default system), a logit mixture
+  with the router's weights, a cascade and a merge.
 
-Seeders add log-in details and other things worth showing to `context.summary`.
+The toy world (`world="toy"`) builds the same things on a tiny untrained character model with two
+optimisation steps per expert: the fast tests seed it in seconds. Its answers mean nothing.
 """
 from __future__ import annotations
 
@@ -27,60 +33,51 @@ from marketplace.services.base_models import base_model_register
 from marketplace.services.experts import AdapterUpload, expert_contribute
 from mosaic.errors import Conflict
 
-BASE_MODEL_NAME = "mosaic-tiny"
 DEMO_PASSWORD = "mosaic-demo-2026"
 AUDITORS_GROUP = "auditors"  # the group ledger.api.permissions reads
+TOY_BASE_MODEL_NAME = "mosaic-toy"
+WORLDS = ("real", "toy")
+DEFAULT_WORLD = "real"
+DEFAULT_SYSTEM = "mosaic-router"
 
 
-def _sizes() -> dict:
-    from composition.small_world import SIZES as WORLD_SIZES
-
-    return {
-        # The small world's reduced size: 2-layer 64-wide base, light pretraining (120 steps), experts trained
-        # 60 steps: ready in about 2.5 minutes on 2 busy cores.
-        "small": dict(WORLD_SIZES["reduced"]),
-        # The small world's full size: 4-layer 128-wide base, experts trained long enough to learn their
-        # skills well; several times the compute of "small".
-        "full": dict(WORLD_SIZES["full"]),
-        # For tests of the demo itself: the same shapes of things, a few optimisation steps.
-        "tiny": {**WORLD_SIZES["reduced"], "base_steps": 2, "expert_steps": 2, "train_items": 8},
-    }
+@dataclass(frozen=True)
+class DemoContributor:
+    username: str
+    display_name: str
+    priorities: list[str]
+    slug: str           # the expert's slug
+    skill: str          # a key of composition.skills.SKILLS
+    license_terms: dict
 
 
-SIZES = ("small", "full", "tiny")
-DEFAULT_SIZE = "small"
-
-# (username, display name, priorities, expert slug, skill, license terms)
 DEMO_CONTRIBUTORS = [
-    ("ada", "Ada", ["text manipulation", "reversal"], "reverser", "reverse",
-     {"spdx_id": "Apache-2.0"}),
-    ("grace", "Grace", ["formatting", "capitalisation"], "upcaser", "uppercase",
-     {"spdx_id": "CC-BY-4.0", "attribution_required": True}),
-    ("alan", "Alan", ["arithmetic", "digits"], "incrementer", "increment",
-     {"spdx_id": "MIT", "prohibited_domains": ["medical"]}),
+    DemoContributor("ada", "Ada", ["arithmetic"], "adder", "add", {"spdx_id": "Apache-2.0"}),
+    DemoContributor("grace", "Grace", ["text manipulation"], "reverser", "reverse",
+                    {"spdx_id": "CC-BY-4.0", "attribution_required": True}),
+    DemoContributor("alan", "Alan", ["units", "science"], "converter", "convert",
+                    {"spdx_id": "MIT", "prohibited_domains": ["medical"]}),
+    DemoContributor("hedy", "Hedy", ["information extraction"], "extractor", "extract", {"spdx_id": "Apache-2.0"}),
+    DemoContributor("katherine", "Katherine", ["customer feedback"], "sentiment", "sentiment", {"spdx_id": "MIT"}),
 ]
 
 
 @dataclass
 class DemoContext:
-    size: str
-    config: dict
+    world: str
     log: Callable[[str], None]
     base_model: BaseModel | None = None
     users: dict = field(default_factory=dict)
-    experts: dict[str, Expert] = field(default_factory=dict)
+    experts: dict[str, Expert] = field(default_factory=dict)  # by skill
     summary: list[str] = field(default_factory=list)
-
-    @property
-    def work_dir(self) -> Path:
-        return Path(settings.VAR_DIR) / "demo" / self.size
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def build_and_register_base_model(*, name: str, directory: Path, layers: int = 4, hidden: int = 128, seed: int = 0,
                                   train_steps: int = 0, force: bool = False,
                                   build: Callable[[Path], object] | None = None) -> tuple[BaseModel, bool]:
-    """Build the base model into `directory` (unless it is there and not `force`) and register it.
-    Returns (base model, whether it was built now)."""
+    """Build a small character-level base model into `directory` (unless it is there and not `force`) and
+    register it. Returns (base model, whether it was built now)."""
     from composition.world import build_base_model
 
     existing = BaseModel.objects.filter(name=name).first()
@@ -99,18 +96,21 @@ def build_and_register_base_model(*, name: str, directory: Path, layers: int = 4
 
 
 def seed_base_model(context: DemoContext) -> None:
-    from composition.small_world import build_base
-
     started = time.monotonic()
-    suffix = "" if context.size == DEFAULT_SIZE else f"-{context.size}"
-    directory = Path(settings.BASE_MODEL_DIR) / f"{BASE_MODEL_NAME}{suffix}"
-    name = directory.name
-    context.base_model, built = build_and_register_base_model(
-        name=name, directory=directory, build=lambda target: build_base(target, context.config)
-    )
-    context.log(f"base model {name}: {'built and registered' if built else 'already there'} "
-                f"({time.monotonic() - started:.1f} s)")
-    context.summary.append(f"Base model: {name} at {context.base_model.local_path}")
+    if context.world == "toy":
+        context.base_model, _ = build_and_register_base_model(
+            name=TOY_BASE_MODEL_NAME, directory=Path(settings.BASE_MODEL_DIR) / TOY_BASE_MODEL_NAME,
+            layers=2, hidden=64)
+    else:
+        from gpu_workers.model_import import DEFAULT_BASE_MODEL_NAME, ensure_default_base_model
+
+        context.base_model = BaseModel.objects.filter(name=DEFAULT_BASE_MODEL_NAME).first()
+        if context.base_model is None:
+            directory = ensure_default_base_model(settings.BASE_MODEL_DIR)
+            context.base_model = base_model_register(name=DEFAULT_BASE_MODEL_NAME, path=directory)
+    context.timings["base model"] = time.monotonic() - started
+    context.log(f"base model {context.base_model.name} ready ({context.timings['base model']:.1f} s)")
+    context.summary.append(f"Base model: {context.base_model.name} at {context.base_model.local_path}")
 
 
 def seed_people(context: DemoContext) -> None:
@@ -124,64 +124,78 @@ def seed_people(context: DemoContext) -> None:
         auditor = User.objects.create_user(username="auditor", email="auditor@example.org", password=DEMO_PASSWORD)
     auditor.groups.add(Group.objects.get_or_create(name=AUDITORS_GROUP)[0])
     context.users.update(operator=operator, auditor=auditor)
-    for username, display_name, priorities, *_ in DEMO_CONTRIBUTORS:
-        contributor = Contributor.objects.filter(user__username=username).first()
+    for person in DEMO_CONTRIBUTORS:
+        contributor = Contributor.objects.filter(user__username=person.username).first()
         if contributor is None:
-            contributor = contributor_register(username=username, password=DEMO_PASSWORD,
-                                               email=f"{username}@example.org", display_name=display_name,
-                                               priorities=priorities)
-        context.users[username] = contributor.user
+            contributor = contributor_register(username=person.username, password=DEMO_PASSWORD,
+                                               email=f"{person.username}@example.org",
+                                               display_name=person.display_name, priorities=person.priorities)
+        context.users[person.username] = contributor.user
     context.summary.append(
         f"Log in at /login/ (or /admin/ for staff) with password {DEMO_PASSWORD!r} as: operator (staff), "
-        "auditor (ledger auditor), " + ", ".join(f"{u[0]} (contributor)" for u in DEMO_CONTRIBUTORS)
+        "auditor (ledger auditor), " + ", ".join(f"{p.username} (contributor)" for p in DEMO_CONTRIBUTORS)
     )
 
 
-def seed_experts(context: DemoContext) -> None:
-    from composition.small_world import SKILLS, prompt_for, train_expert
+def train_demo_expert(context: DemoContext, person: DemoContributor):
+    """(adapter directory, recipe) of the contributor's expert, trained now unless its recipe is cached."""
+    from composition.training import demo_recipe, demo_training_pairs, ensure_adapter, toy_recipe
 
-    for index, (username, display_name, priorities, slug, skill, terms) in enumerate(DEMO_CONTRIBUTORS):
-        owner = Contributor.objects.get(user__username=username)
-        expert = Expert.objects.filter(owner=owner, slug=slug).first()
+    toy = context.world == "toy"
+    recipe = toy_recipe() if toy else demo_recipe(person.skill)
+    started = time.monotonic()
+    directory, facts = ensure_adapter(
+        Path(settings.TRAINED_EXPERTS_DIR) / context.world, context.base_model.local_path, recipe,
+        demo_training_pairs(person.skill, toy=toy), description=f"{person.username}/{person.slug}",
+        progress=not toy)
+    seconds = context.timings[f"train {person.slug}"] = time.monotonic() - started
+    if facts is None:
+        context.log(f"expert {person.username}/{person.slug}: adapter from the cache ({directory.name})")
+    else:
+        context.log(f"expert {person.username}/{person.slug}: trained in {seconds:.1f} s "
+                    f"({recipe.steps} steps, final loss {facts['final_loss']})")
+    return directory, recipe
+
+
+def model_card(person: DemoContributor, base_model: BaseModel, recipe_text: str) -> str:
+    from composition.skills import SKILLS
+
+    skill = SKILLS[person.skill]
+    return (f"---\nlicense: {person.license_terms['spdx_id']}\nbase_model: {base_model.name}\n"
+            f"tags: [demo, \"skill:{skill.name}\"]\ndescription: {skill.description}\n---\n"
+            f"# {person.display_name}'s {skill.name} expert\n\n{skill.description}\n\n"
+            f"Example: \"{skill.example_prompt}\" → `{skill.example_answer}`\n\n"
+            f"A peft LoRA on {base_model.name}, {recipe_text}, trained on generated examples of the skill; its "
+            f"held-out set (composition.skills, skill `{skill.name}`) was never trained on.\n")
+
+
+def seed_experts(context: DemoContext) -> None:
+    for person in DEMO_CONTRIBUTORS:
+        owner = Contributor.objects.get(user__username=person.username)
+        expert = Expert.objects.filter(owner=owner, slug=person.slug).first()
         if expert is None:
-            started = time.monotonic()
-            directory = context.work_dir / "experts" / skill
-            if not (directory / "adapter_model.safetensors").exists():
-                train_expert(Path(context.base_model.local_path), directory, skill, context.config, seed=1 + index)
-            example = prompt_for(skill, "abc" if SKILLS[skill][1].isalpha() else "123")
-            card = (f"---\nlicense: {terms['spdx_id']}\nbase_model: {context.base_model.name}\n"
-                    f"tags: [{skill}, demo]\ndescription: {display_name}'s expert for the {skill} skill.\n---\n"
-                    f"# {slug}\n\nA LoRA expert (r={context.config['rank']}, all projections) trained with peft on "
-                    f"the `{skill}` skill. Prompt format: `{example}`.\n")
+            directory, recipe = train_demo_expert(context, person)
+            recipe_text = (f"rank {recipe.rank} on {', '.join(recipe.target_modules)} of the top {recipe.layers} "
+                           f"layers, {recipe.steps} steps of {recipe.batch_size}")
             with (directory / "adapter_config.json").open("rb") as config_file, \
                     (directory / "adapter_model.safetensors").open("rb") as weights_file:
                 version = expert_contribute(
-                    owner=owner, name=f"{display_name}'s {skill}", slug=slug, model_card=card,
+                    owner=owner, name=f"{person.display_name}'s {person.skill}", slug=person.slug,
+                    model_card=model_card(person, context.base_model, recipe_text),
                     adapter=AdapterUpload(config_file=File(config_file, name="adapter_config.json"),
                                           weights_file=File(weights_file, name="adapter_model.safetensors")),
-                    license_terms=terms, priorities=priorities,
+                    license_terms=person.license_terms, priorities=person.priorities,
                 )
             version.refresh_from_db()
             expert = version.expert
-            context.log(f"expert {username}/{slug} ({skill}): version {version.number} {version.status} "
-                        f"({time.monotonic() - started:.1f} s)")
-        context.experts[slug] = expert
+            context.log(f"expert {person.username}/{person.slug} uploaded: version {version.number} {version.status}")
+        context.experts[person.skill] = expert
     context.summary.append("Experts: " + ", ".join(
-        f"{e.owner.user.username}/{e.slug} (id {e.pk}, {e.current_version and 'valid' or 'not valid'})"
-        for e in context.experts.values()))
+        f"{e.owner.user.username}/{e.slug} (skill:{skill}, {'valid' if e.current_version_id else 'not valid'})"
+        for skill, e in context.experts.items()))
 
 
-SEEDERS: list[Callable[[DemoContext], None]] = [seed_base_model, seed_people, seed_experts]
-
-
-def seed_demo(*, size: str = DEFAULT_SIZE, log: Callable[[str], None] = print) -> DemoContext:
-    context = DemoContext(size=size, config=_sizes()[size], log=log)
-    for seeder in SEEDERS:
-        seeder(context)
-    return context
-
-
-# --- organizations, a plan and composed systems (issue 6) ---------------------------------------------------
+# --- organizations, a plan, API keys -----------------------------------------------------------------------
 
 DEMO_ORGANIZATIONS = [
     # (username, organization, commercial, declared domains)
@@ -191,14 +205,13 @@ DEMO_ORGANIZATIONS = [
 
 
 def seed_organizations(context: DemoContext) -> None:
-    """alice-co and bob-co with owners, a plan, subscriptions, fresh API keys and three composed systems.
+    """alice-co and bob-co with owners, a plan, subscriptions and fresh API keys.
 
     The plan goes through Stripe when STRIPE_API_BASE is set (e.g. a localstripe); otherwise the plan and the
     subscriptions are local rows only (nothing is billed), which the summary says."""
-    from marketplace.models import ComposedSystem, Organization, OrganizationAPIKey, Plan, Subscription
+    from marketplace.models import Organization, OrganizationAPIKey, Plan, Subscription
     from marketplace.services.billing import plan_create
     from marketplace.services.organizations import api_key_create, api_key_revoke, organization_create
-    from marketplace.services.systems import system_create
 
     User = get_user_model()
     organizations = {}
@@ -208,6 +221,7 @@ def seed_organizations(context: DemoContext) -> None:
         organization = Organization.objects.filter(name=name).first() or organization_create(
             name=name, owner=user, is_commercial=commercial, domains=domains)
         organizations[name] = organization
+    context.users["organizations"] = organizations
 
     plan = Plan.objects.filter(slug="team").first()
     billed = bool(settings.STRIPE_API_BASE)
@@ -222,27 +236,6 @@ def seed_organizations(context: DemoContext) -> None:
         if not Subscription.objects.filter(organization=organization, status=Subscription.Status.ACTIVE).exists():
             Subscription.objects.create(organization=organization, plan=plan, status=Subscription.Status.ACTIVE)
 
-    valid = [e for e in context.experts.values()
-             if e.current_version and e.current_version.status == "valid" and e.consent_revoked_at is None]
-    by_slug = {e.slug: e for e in valid}
-    wanted = [
-        ("mosaic-mix", "Mosaic mix", "logit_mixture", [e.slug for e in valid], None,
-         "Every expert's next-token distribution, mixed with equal weights."),
-        ("mosaic-merge", "Mosaic merge", "merge", ["reverser", "upcaser"], None,
-         "The reverser and upcaser adapters merged by task arithmetic (a derivative work)."),
-        ("alice-upcaser", "Alice's upcaser", "single", ["upcaser"], "alice-co",
-         "Private to alice-co: the upcaser alone."),
-    ]
-    operator = context.users.get("operator")
-    for slug, name, strategy, expert_slugs, owner, description in wanted:
-        experts = [by_slug[s] for s in expert_slugs if s in by_slug]
-        if ComposedSystem.objects.filter(slug=slug).exists() or len(experts) != len(expert_slugs) or not experts:
-            continue
-        system_create(slug=slug, name=name, description=description, base_model=context.base_model,
-                      strategy=strategy, strategy_config={}, expert_ids=[e.pk for e in experts],
-                      owner_organization=organizations.get(owner), actor=f"user:{operator.pk if operator else 0}")
-        context.log(f"system {slug} ({strategy} over {', '.join(expert_slugs)})")
-
     keys = []
     for name, organization in organizations.items():
         for old in OrganizationAPIKey.objects.filter(organization=organization, name="demo", revoked=False):
@@ -254,12 +247,83 @@ def seed_organizations(context: DemoContext) -> None:
         f"research), both on plan 'team' ({'billed through Stripe' if billed else 'local only: Stripe not configured'})."
     )
     context.summary.append("API keys (new on each run): " + "; ".join(keys))
-    from composition.small_world import prompt_for
-
-    first_skill = DEMO_CONTRIBUTORS[0][4]
-    context.summary.append("Try: OpenAI(base_url='http://127.0.0.1:8000/v1', api_key=<key>).completions.create("
-                           f"model='mosaic-mix', prompt={prompt_for(first_skill, 'abc')!r}, max_tokens=8, "
-                           "temperature=0)")
 
 
-SEEDERS.append(seed_organizations)
+# --- the composed systems ----------------------------------------------------------------------------------
+
+def chat_renderer(base_model: BaseModel) -> Callable[[str], str]:
+    from transformers import AutoTokenizer
+
+    from composition.training import chat_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model.local_path)
+    return lambda message: chat_prompt(tokenizer, message)
+
+
+def demo_systems(experts_by_skill: dict[str, Expert], examples: list[dict]) -> list[tuple]:
+    """(slug, name, strategy, config, skills, owner organization or None, description)."""
+    skills = list(experts_by_skill)
+    ids = [str(experts_by_skill[s].pk) for s in skills]
+    return [
+        (DEFAULT_SYSTEM, "Mosaic router", "trained_router", {"examples": examples, "mode": "top1"}, skills, None,
+         "A classifier on the base model's embeddings sends each request to the one expert whose skill it asks "
+         "for, or to the base model alone for anything else."),
+        ("mosaic-mixture", "Mosaic mixture", "trained_router", {"examples": examples, "mode": "mixture"}, skills,
+         None, "The experts' next-token distributions mixed at every token with the router's probabilities "
+               "as weights (the base model alone for general questions)."),
+        ("mosaic-cascade", "Mosaic cascade", "cascade", {"order": ids, "threshold": -0.3}, skills, None,
+         "Each expert in turn until one is confident (mean token log-probability at least -0.3)."),
+        ("mosaic-merge", "Mosaic merge", "merge", {}, skills, None,
+         "All five adapters merged into one with equal weights (a derivative work)."),
+        ("alice-adder", "Alice's adder", "single", {}, ["add"], "alice-co", "Private to alice-co: the adder alone."),
+    ]
+
+
+def seed_systems(context: DemoContext) -> None:
+    from marketplace.models import ComposedSystem, Organization
+    from marketplace.services.systems import system_create
+
+    valid = {skill: e for skill, e in context.experts.items()
+             if e.current_version and e.current_version.status == "valid" and e.consent_revoked_at is None}
+    from composition.skills import router_examples
+
+    render = chat_renderer(context.base_model) if valid else None
+    examples = router_examples({skill: str(expert.pk) for skill, expert in valid.items()}, render)
+    operator = context.users.get("operator")
+    for slug, name, strategy, config, skills, owner, description in demo_systems(valid, examples):
+        if ComposedSystem.objects.filter(slug=slug).exists() or not all(s in valid for s in skills) or not skills:
+            continue
+        system_create(slug=slug, name=name, description=description, base_model=context.base_model,
+                      strategy=strategy, strategy_config=config, expert_ids=[valid[s].pk for s in skills],
+                      owner_organization=Organization.objects.filter(slug=owner).first() if owner else None,
+                      actor=f"user:{operator.pk if operator else 0}")
+        context.log(f"system {slug} ({strategy} over {', '.join(skills)})")
+    context.summary.append(f"Systems: {', '.join(ComposedSystem.objects.order_by('pk').values_list('slug', flat=True))}"
+                           f" (the default: {DEFAULT_SYSTEM})")
+
+
+def seed_examples(context: DemoContext) -> None:
+    """One example per skill, in plain English, with the answer its expert gives."""
+    from composition.skills import SKILLS
+
+    lines = [f"Ask {DEFAULT_SYSTEM} (one example per skill; the answer is the reply exactly):"]
+    for skill in SKILLS.values():
+        lines.append(f"  {skill.example_prompt}  ->  {skill.example_answer}")
+    lines.append("Try: OpenAI(base_url='http://127.0.0.1:8000/v1', api_key=<a key above>).chat.completions.create("
+                 f"model={DEFAULT_SYSTEM!r}, messages=[{{'role': 'user', 'content': "
+                 f"{SKILLS['add'].example_prompt!r}}}], temperature=0)")
+    context.summary.extend(lines)
+
+
+SEEDERS: list[Callable[[DemoContext], None]] = [
+    seed_base_model, seed_people, seed_experts, seed_organizations, seed_systems, seed_examples,
+]
+
+
+def seed_demo(*, world: str = DEFAULT_WORLD, log: Callable[[str], None] = print) -> DemoContext:
+    if world not in WORLDS:
+        raise ValueError(f"world must be one of {', '.join(WORLDS)}, got {world!r}")
+    context = DemoContext(world=world, log=log)
+    for seeder in SEEDERS:
+        seeder(context)
+    return context

@@ -19,6 +19,8 @@ VAR_DIR.mkdir(parents=True, exist_ok=True)  # the embedded SQLite file and local
 MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(VAR_DIR / "media")))
 EXPERT_STORAGE_DIR = Path(env.str("EXPERT_STORAGE_DIR", default=str(VAR_DIR / "experts")))
 BASE_MODEL_DIR = Path(env.str("BASE_MODEL_DIR", default=str(VAR_DIR / "base_models")))
+# Trained demo experts, one directory per recipe hash (composition.training.ensure_adapter).
+TRAINED_EXPERTS_DIR = Path(env.str("MOSAIC_TRAINED_EXPERTS_DIR", default=str(VAR_DIR / "cache" / "experts")))
 EXPERT_MAX_UPLOAD_BYTES = env.int("EXPERT_MAX_UPLOAD_BYTES", default=64 * 1024 * 1024)
 EXPERT_ALLOWED_DTYPES = env.list("EXPERT_ALLOWED_DTYPES", default=["F32", "F16", "BF16"])
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024

@@ -87,6 +87,9 @@ def expert_profiles(experts, engine: Engine) -> list[torch.Tensor]:
     return profiles
 
 
+BASE_CLASS = "base"  # a trained router's label for "the base model answers alone"
+
+
 class TrainedRouter(Strategy):
     """A logistic-regression router on base-model embeddings, trained on labelled queries.
 
@@ -95,7 +98,10 @@ class TrainedRouter(Strategy):
     full-batch Adam with L2, seeded, done once per engine (or by calling fit()).
     mode "top1": the most probable expert answers, attribution {chosen: 1};
     mode "mixture": the experts answer as a mixture weighted by the router's probabilities,
-    which are the attribution."""
+    which are the attribution.
+    Examples may name "base" (BASE_CLASS): queries that no expert should answer, such as general
+    questions. When "base" is the most probable class, the base model answers alone in either mode;
+    no expert shaped that answer, so its attribution is empty (which Strategy.run spreads evenly)."""
 
     name = "trained_router"
     level = "api"
@@ -111,7 +117,7 @@ class TrainedRouter(Strategy):
                     raise CompositionError(f"trained_router: examples[{index}] must be an object with text and expert")
                 if not isinstance(example["text"], str):
                     raise CompositionError(f"trained_router: examples[{index}].text must be a string")
-                if example["expert"] not in reader.expert_ids:
+                if example["expert"] not in reader.expert_ids and example["expert"] != BASE_CLASS:
                     raise CompositionError(
                         f"trained_router: examples[{index}] names unknown expert {example['expert']!r}"
                     )
@@ -124,9 +130,15 @@ class TrainedRouter(Strategy):
             "seed": reader.integer("seed", 0),
         }
 
+    @property
+    def classes(self) -> list[str]:
+        """What the classifier chooses between: the experts, then "base" when an example names it."""
+        examples = self.config["examples"] or []
+        return self.expert_ids + ([BASE_CLASS] if any(e["expert"] == BASE_CLASS for e in examples) else [])
+
     def labelled_examples(self) -> list[tuple[str, int]]:
         if self.config["examples"]:
-            return [(item["text"], self.expert_ids.index(item["expert"])) for item in self.config["examples"]]
+            return [(item["text"], self.classes.index(item["expert"])) for item in self.config["examples"]]
         pairs = [(text, index) for index, expert in enumerate(self.experts) for text in expert.examples]
         if not pairs:
             raise CompositionError("trained_router: no labelled queries (no config examples, no expert examples)")
@@ -145,8 +157,8 @@ class TrainedRouter(Strategy):
         self.std = features.std(0, unbiased=False) + 1e-6
         x = (features - self.mean) / self.std
         generator = torch.Generator().manual_seed(self.config["seed"])
-        self.weight = (torch.randn(x.shape[1], len(self.experts), generator=generator) * 0.01).requires_grad_()
-        self.bias = torch.zeros(len(self.experts), requires_grad=True)
+        self.weight = (torch.randn(x.shape[1], len(self.classes), generator=generator) * 0.01).requires_grad_()
+        self.bias = torch.zeros(len(self.classes), requires_grad=True)
         optimizer = torch.optim.Adam([self.weight, self.bias], lr=self.config["learning_rate"])
         with torch.enable_grad():
             for _ in range(self.config["epochs"]):
@@ -162,14 +174,17 @@ class TrainedRouter(Strategy):
     def probabilities(self, text: str, engine: Engine) -> dict[str, float]:
         x = (engine.embed([text]).float()[0] - self.mean) / self.std
         probabilities = torch.softmax(x @ self.weight + self.bias, dim=-1)
-        return {expert_id: float(p) for expert_id, p in zip(self.expert_ids, probabilities)}
+        return {label: float(p) for label, p in zip(self.classes, probabilities)}
 
     def complete(self, prompt, request, seed, engine):
         probabilities = self.probabilities(prompt, engine)
-        if self.config["mode"] == "top1":
-            weights = {max(probabilities, key=probabilities.get): 1.0}
+        chosen = max(probabilities, key=probabilities.get)
+        if chosen == BASE_CLASS:
+            weights = {}
+        elif self.config["mode"] == "top1":
+            weights = {chosen: 1.0}
         else:
-            weights = {expert_id: p for expert_id, p in probabilities.items() if p > 0}
+            weights = {label: p for label, p in probabilities.items() if p > 0 and label != BASE_CLASS}
             total = sum(weights.values())
             weights = {expert_id: p / total for expert_id, p in weights.items()}
         generation = engine.generate([self.generation_request(prompt, request, seed, weights)])[0]

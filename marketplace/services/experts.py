@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 VALIDATION_ACTOR = "system:validation"
 SPDX_ID = re.compile(r"^(LicenseRef-)?[A-Za-z0-9][A-Za-z0-9.+-]{0,99}$")
-TAG = re.compile(r"[a-z0-9][a-z0-9._+-]{0,39}")
+TAG = re.compile(r"[a-z0-9][a-z0-9._+:-]{0,39}")  # ":" for namespaced tags such as skill:add
 SLUG = re.compile(r"^[a-z0-9]+(?:[-_][a-z0-9]+)*$")
 MAX_TAGS = 20
 LICENSE_FLAGS = ("commercial_use", "derivatives_allowed", "attribution_required", "share_alike")
@@ -64,7 +64,7 @@ def clean_tags(tags, *, param: str = "tags") -> list[str]:
     cleaned = sorted({word.lower() for tag in tags for word in re.split(r"[,\s]+", tag) if word})
     if len(cleaned) > MAX_TAGS or not all(TAG.fullmatch(t) for t in cleaned):
         raise DomainError(
-            f"Tags are at most {MAX_TAGS} words of letters, digits, '.', '_', '+' or '-' "
+            f"Tags are at most {MAX_TAGS} words of letters, digits, '.', '_', '+', ':' or '-' "
             "(40 characters each).",
             param=param,
         )

@@ -67,6 +67,18 @@ def test_trained_router_learns_labelled_queries(engine, experts):
     assert strategy.fit(engine) == 1.0
 
 
+@pytest.mark.parametrize("mode", ["top1", "mixture"])
+def test_trained_router_leaves_queries_labelled_base_to_the_base_model(engine, experts, mode):
+    examples = [{"text": text, "expert": "alpha"} for text in ("aaaa", "aaab", "abaa", "baaa")]
+    examples += [{"text": text, "expert": "base"} for text in ("9999", "9998", "8999", "9989")]
+    strategy = build_strategy("trained_router", {"examples": examples, "epochs": 200, "mode": mode}, experts)
+    result = strategy.run(ask("9899"), engine)
+    assert result.texts == [generate(engine, "9899", {}).text]
+    assert max(strategy.probabilities("9899", engine), key=strategy.probabilities("9899", engine).get) == "base"
+    assert result.attribution == pytest.approx({"alpha": 1 / 3, "beta": 1 / 3, "gamma": 1 / 3})
+    assert strategy.run(ask("aaba"), engine).attribution["alpha"] == pytest.approx(1.0, abs=0.05)
+
+
 def test_trained_router_in_mixture_mode_attributes_its_probabilities(engine, experts):
     strategy = build_strategy("trained_router", {"mode": "mixture"}, experts)  # trained on the experts' examples
     result = strategy.run(ask("UPPER CASE PLEASE"), engine)

@@ -1,26 +1,26 @@
+import os
 import time
 
 from django.core.management.base import BaseCommand
 
-from marketplace.demo import DEFAULT_SIZE, SIZES, seed_demo
+from marketplace.demo import DEFAULT_WORLD, WORLDS, seed_demo
 
 
 class Command(BaseCommand):
-    help = ("Create the demo data (idempotent): a lightly pretrained small base model, staff and auditor users, "
-            "contributors with real peft experts uploaded and validated through the upload service, and "
-            "whatever the other seeders in marketplace.demo.SEEDERS add.")
+    help = ("Create the demo data (idempotent): the SmolLM2-135M-Instruct base model, staff and auditor users, "
+            "five contributors whose LoRA experts are trained here (cached by recipe under var/cache/experts) and "
+            "uploaded through the upload service, two organizations with API keys, and the composed systems.")
 
     def add_arguments(self, parser):
-        parser.add_argument("--size", choices=SIZES, default=DEFAULT_SIZE,
-                            help="small: 2-layer 64-wide base, 120 pretraining steps, experts 60 steps (default); "
-                                 "full: the small world's full size, 4-layer 128-wide (experts learn their "
-                                 "skills well; several times the compute); "
-                                 "tiny: a few steps (tests)")
+        parser.add_argument("--world", choices=WORLDS, default=DEFAULT_WORLD,
+                            help="real: SmolLM2-135M-Instruct and experts that learn their skills (default); "
+                                 "toy: a tiny untrained character model, two training steps per expert (tests)")
 
-    def handle(self, *args, size, **options):
+    def handle(self, *args, world, **options):
         started = time.monotonic()
-        context = seed_demo(size=size, log=self.stdout.write)
+        context = seed_demo(world=world, log=self.stdout.write)
         self.stdout.write("")
         for line in context.summary:
             self.stdout.write(line)
-        self.stdout.write(f"\nDemo data ready in {time.monotonic() - started:.1f} s.")
+        load = " ".join(f"{value:.1f}" for value in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+        self.stdout.write(f"\nDemo data ready in {time.monotonic() - started:.1f} s (load average {load}).")

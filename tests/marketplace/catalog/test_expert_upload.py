@@ -198,3 +198,9 @@ def test_license_terms_that_contradict_themselves_are_refused(alice_api, base_mo
     assert response.status_code == 400
     assert "both allowed and prohibited" in error_message(response)
     assert Expert.objects.get().license_history.count() == 1
+
+
+def test_a_tag_may_be_namespaced_with_a_colon():
+    from marketplace.services.experts import clean_tags
+
+    assert clean_tags(["demo", "Skill:add"]) == ["demo", "skill:add"]
