@@ -4,12 +4,10 @@ model's own chat template.
 
 The converted base model and the trained adapter stay in MOSAIC_MODEL_CACHE (default ~/.cache/mosaic/models),
 so a second run trains nothing."""
-import os
-from pathlib import Path
-
 import pytest
 
 from composition.skills import SKILLS, is_correct
+from tests.real_model.conftest import model_cache
 
 pytestmark = pytest.mark.real_model
 
@@ -17,24 +15,11 @@ SKILL = "sentiment"  # the cheapest demo expert to train
 SAMPLE = 10
 
 
-def model_cache() -> Path:
-    """Where the converted base model and the trained adapter stay between runs (as tests/real_model's
-    conftest reads it)."""
-    return Path(os.environ.get("MOSAIC_MODEL_CACHE") or Path.home() / ".cache" / "mosaic" / "models")
-
-
 @pytest.fixture(scope="module")
-def base_dir() -> Path:
-    from gpu_workers.model_import import ensure_default_base_model
-
-    return ensure_default_base_model(model_cache())
-
-
-@pytest.fixture(scope="module")
-def engine(base_dir):
+def engine(real_model_dir):
     from gpu_workers.engine import MosaicEngine
 
-    return MosaicEngine(base_dir)
+    return MosaicEngine(real_model_dir)
 
 
 def replies(engine, mixture, items, max_tokens):
@@ -46,11 +31,12 @@ def replies(engine, mixture, items, max_tokens):
     return [generation.text for generation in engine.generate(requests)]
 
 
-def test_a_demo_expert_answers_its_heldout_items_where_the_base_model_does_not(base_dir, engine):
+def test_a_demo_expert_answers_its_heldout_items_where_the_base_model_does_not(real_model_dir, engine):
     from composition.experts import load_expert
     from composition.training import demo_recipe, demo_training_pairs, ensure_adapter
 
-    adapter_dir, _ = ensure_adapter(model_cache() / "demo-experts", base_dir, demo_recipe(SKILL), demo_training_pairs(SKILL))
+    adapter_dir, _ = ensure_adapter(model_cache() / "demo-experts", real_model_dir, demo_recipe(SKILL),
+                                    demo_training_pairs(SKILL))
     engine.register_expert(load_expert(SKILL, adapter_dir))
     skill = SKILLS[SKILL]
     items = skill.heldout_items(SAMPLE)
