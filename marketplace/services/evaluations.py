@@ -100,24 +100,25 @@ def held_out_sets(*, members: list[SystemExpert], items_per_skill: int, seed: in
     return sets
 
 
-def _coalition_message(*, system: ComposedSystem, plan: policy.ServingPlan | None, prompt: str,
-                       max_tokens: int) -> dict:
-    """One item's task message: the system on `plan`, or the base model alone when there is no plan."""
+def _item_message(*, system: ComposedSystem, plan: policy.ServingPlan | None, strategy: str | None, prompt: str,
+                  max_tokens: int) -> dict:
+    """One item's task message: the system on `plan` (with another `strategy` when given, e.g. "single" for an
+    expert alone), or the base model alone when there is no plan."""
     params = {"max_tokens": max_tokens, "temperature": 0.0, "seed": 0}
     chat = [{"role": "user", "content": prompt}]
     request_id = f"eval-{uuid.uuid4().hex}"
     if plan is None:
-        base_alone = policy.ServingPlan(members=[], strategy_config={})
-        message = build_message(request_id=request_id, system=system, plan=base_alone, params=params, messages=chat)
-        return {**message, "strategy": "base", "strategy_config": {}}
-    return build_message(request_id=request_id, system=system, plan=plan, params=params, messages=chat)
+        plan, strategy = policy.ServingPlan(members=[], strategy_config={}), "base"
+    message = build_message(request_id=request_id, system=system, plan=plan, params=params, messages=chat)
+    return message if strategy is None else {**message, "strategy": strategy}
 
 
 def answer_items(*, system: ComposedSystem, plan: policy.ServingPlan | None, sets: list[HeldOutSet],
-                 concurrency: int) -> list[str]:
+                 concurrency: int, strategy: str | None = None) -> list[str]:
     """The answers of the system on `plan` (None: the base model alone) to every item, in order, through the
     serving path. Requests run `concurrency` at a time so that the worker can batch them."""
-    messages = [_coalition_message(system=system, plan=plan, prompt=item.prompt, max_tokens=held_out.max_tokens)
+    messages = [_item_message(system=system, plan=plan, strategy=strategy, prompt=item.prompt,
+                              max_tokens=held_out.max_tokens)
                 for held_out in sets for item in held_out.items]
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         results = list(pool.map(lambda message: run_system_request(message=message), messages))
