@@ -102,6 +102,9 @@ def test_the_command_writes_the_systems_quality_with_wilson_intervals(world, cli
     assert system.quality["per_skill"]["general"]["n"] == 2
     models = client.get("/v1/models", HTTP_AUTHORIZATION=f"Bearer {served.key}").json()["data"]
     assert next(m for m in models if m["id"] == "duo")["quality"] == system.quality
+    page = client.get("/systems/duo/").content.decode()
+    assert f"Accuracy <strong>{system.quality['accuracy']:.3f}</strong>" in page
+    assert f"on {len(items)} held-out items" in page
 
 
 def test_the_ledger_records_the_evaluation_and_each_experts_shapley_value(world):
