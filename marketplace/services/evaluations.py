@@ -127,7 +127,8 @@ def answer_items(*, system: ComposedSystem, plan: policy.ServingPlan | None, set
 
 @dataclass
 class CoalitionRunner:
-    """Answers coalitions of a system's experts (by ledger reference), each distinct plan once."""
+    """Answers coalitions of a system's serving experts (by ledger reference), each distinct plan once. A
+    coalition is the system restricted to it from all its members (revoked ones are never in a coalition)."""
 
     system: ComposedSystem
     members: list[SystemExpert]
@@ -137,14 +138,14 @@ class CoalitionRunner:
     on_answered: Callable[[], None] = lambda: None
 
     def __post_init__(self):
-        self.by_ref = {m.expert.ledger_ref: m for m in self.members}
+        self.all_members = list(self.system.memberships.select_related("expert", "version"))
         self.items = [item for held_out in self.sets for item in held_out.items]
         self.answered: dict[str, list[bool]] = {}
         self.unrunnable: list[list[str]] = []
 
     def correct_on(self, coalition: frozenset[str]) -> list[bool]:
         keep = [m for m in self.members if m.expert.ledger_ref in coalition]
-        plan = policy.restricted_plan(system=self.system, members=self.members, keep=keep) if keep else None
+        plan = policy.restricted_plan(system=self.system, members=self.all_members, keep=keep) if keep else None
         if keep and plan is None:
             self.unrunnable.append(sorted(coalition))
         key = "base" if plan is None else json.dumps(

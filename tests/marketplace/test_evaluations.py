@@ -196,3 +196,19 @@ def test_the_admin_action_queues_an_evaluation_the_operator_can_watch(world, sta
     assert evaluation.result == ComposedSystem.objects.get(pk=served.duo.pk).quality
     page = client.get(f"/admin/marketplace/systemevaluation/{evaluation.pk}/change/")
     assert page.status_code == 200 and b"succeeded" in page.content
+
+
+def test_after_a_revocation_only_the_experts_still_serving_are_measured(world):
+    from marketplace.services.revocation import expert_revoke_consent
+
+    served, french, poetry, items, coalitions = world
+    expert_revoke_consent(expert=poetry, user=poetry.owner.user)
+
+    call_command("evaluate_system", "duo", "--items", "4")
+
+    measured = entry("contribution.measured")
+    alone = coalitions[frozenset({"f"})][:4] + coalitions[frozenset({"f"})][8:]  # french's items and the general
+    assert entry("evaluation.recorded")["correct"] == sum(alone)
+    assert measured["values"] == {
+        french.ledger_ref: f"{accuracy(alone) - accuracy(coalitions[frozenset()][:4] + coalitions[frozenset()][8:]):.6f}"}
+    assert list(ContributionMeasurement.objects.values_list("expert_id", flat=True)) == [french.pk]
