@@ -63,3 +63,16 @@ def test_coalitions_that_answer_different_numbers_of_items_are_refused():
 
     with pytest.raises(CompositionError, match="same items"):
         measure_experts(players=["a"], correct_on=correct_on, dataset_sha256="x" * 64, metric="is_correct")
+
+
+def test_coalitions_know_nothing_of_how_systems_are_built():
+    import ast
+    from pathlib import Path
+
+    import composition.coalitions as module
+
+    tree = ast.parse(Path(module.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)} | {
+        alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {name for name in imported if name and name.startswith("composition.strategies")}
+    assert not {name for name in imported if name and name.split(".")[0] in ("django", "marketplace", "torch")}
