@@ -61,8 +61,7 @@ class Contribution:
 
     def ledger_payload(self, places: int = 6) -> dict:
         def decimal(value: float) -> str:
-            quantum = Decimal(1).scaleb(-places)
-            return str(Decimal(repr(value)).quantize(quantum, rounding=ROUND_HALF_EVEN))
+            return decimal_string(value, places)
 
         return {
             "dataset_sha256": self.dataset_sha256,
@@ -75,6 +74,11 @@ class Contribution:
             "values": {player: decimal(value) for player, value in sorted(self.values.items())},
             "std_errors": {player: decimal(value) for player, value in sorted(self.std_errors.items())},
         }
+
+
+def decimal_string(value: float, places: int = 6) -> str:
+    """A float as a decimal string rounded to `places` (half to even): how measurements enter the ledger."""
+    return str(Decimal(repr(value)).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN))
 
 
 def leave_one_out(game: CachedGame) -> dict[str, float]:

@@ -207,7 +207,10 @@ def serving_engine(base_model_path: str) -> ServingEngine:
 
 
 def attribution_strings(attribution: dict[str, float], expert_ids: list[str]) -> dict[str, str]:
-    """Decimal strings (6 places) summing to exactly 1, by largest remainder over the system's experts."""
+    """Decimal strings (6 places) summing to exactly 1, by largest remainder over the system's experts
+    ({} for the base model alone)."""
+    if not expert_ids:
+        return {}
     total = sum(max(0.0, attribution.get(expert_id, 0.0)) for expert_id in expert_ids)
     if total <= 0:
         shares = {expert_id: Decimal(1) / len(expert_ids) for expert_id in expert_ids}

@@ -2,11 +2,13 @@
 them), organizations, plans, subscriptions and usage (read-only)."""
 from django import forms
 from django.contrib import admin, messages
+from django.db import transaction
 from rest_framework_api_key.admin import APIKeyModelAdmin
 
 from marketplace.models import (
-    ComposedSystem, Expert, Organization, OrganizationAPIKey, Plan, Subscription, Usage,
+    ComposedSystem, Expert, Organization, OrganizationAPIKey, Plan, Subscription, SystemEvaluation, Usage,
 )
+from marketplace.services.evaluations import evaluation_request
 from marketplace.services.organizations import api_key_create
 from marketplace.services.systems import system_create, system_update, system_validate
 from mosaic.errors import DomainError
@@ -46,6 +48,21 @@ class ComposedSystemAdmin(admin.ModelAdmin):
     list_display = ["slug", "name", "strategy", "base_model", "owner_organization", "status", "updated_at"]
     list_filter = ["status", "strategy"]
     readonly_fields = ["quality", "license_summary", "created_at", "updated_at"]
+    actions = ["evaluate"]
+
+    @admin.action(description="Evaluate: held-out accuracy and each expert's contribution (queued)")
+    def evaluate(self, request, queryset):
+        from marketplace.tasks import evaluate_system
+
+        for system in queryset:
+            try:
+                evaluation = evaluation_request(system=system, requested_by=request.user)
+            except DomainError as error:
+                self.message_user(request, f"{system.slug}: {error.message}", messages.ERROR)
+                continue
+            transaction.on_commit(lambda pk=evaluation.pk: evaluate_system.delay(pk))
+            self.message_user(request, f"{system.slug}: evaluation {evaluation.pk} queued; watch it under "
+                                       "System evaluations.")
 
     def get_form(self, request, obj=None, **kwargs):
         form = super().get_form(request, obj, **kwargs)
@@ -80,6 +97,37 @@ class ComposedSystemAdmin(admin.ModelAdmin):
 
     def save_related(self, request, form, formsets, change):
         """Members were written by the service."""
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(SystemEvaluation)
+class SystemEvaluationAdmin(admin.ModelAdmin):
+    """Evaluation jobs, read-only: started from the systems' "Evaluate" action."""
+
+    list_display = ["id", "system", "state", "progress", "accuracy", "items_per_skill", "seed", "created_at",
+                    "finished_at"]
+    list_filter = ["state", "system"]
+    readonly_fields = ["system", "items_per_skill", "seed", "state", "progress_done", "progress_total", "result",
+                       "error", "requested_by", "created_at", "started_at", "finished_at"]
+
+    @admin.display(description="progress")
+    def progress(self, obj):
+        return f"{obj.progress_done}/{obj.progress_total}" if obj.progress_total else f"{obj.progress_done}"
+
+    @admin.display(description="accuracy")
+    def accuracy(self, obj):
+        if "accuracy" not in obj.result:
+            return "-"
+        low, high = obj.result["interval95"]
+        return f"{obj.result['accuracy']:.3f} [{low:.3f}, {high:.3f}]"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
 
     def has_delete_permission(self, request, obj=None):
         return False

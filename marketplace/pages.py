@@ -1,4 +1,4 @@
-"""Web pages for contributors: home, sign-up, dashboard, upload, expert detail (session auth).
+"""Web pages for contributors: home, sign-up, dashboard, upload, expert detail (session auth); a system's page.
 
 The pages call the same services as the API; a refusal is shown on the form it came from."""
 from __future__ import annotations
@@ -21,6 +21,7 @@ from marketplace.selectors.experts import (
     expert_list_visible,
     version_list_visible,
 )
+from marketplace.selectors.systems import systems_visible_to_user
 from marketplace.services.accounts import contributor_register
 from marketplace.services.experts import AdapterUpload, expert_contribute, expert_version_contribute
 from mosaic.errors import DomainError
@@ -174,3 +175,17 @@ def expert_detail(request, expert_id: int):
     versions = version_list_visible(user=request.user, expert=expert)
     return render(request, "marketplace/expert_detail.html",
                   {"expert": expert, "versions": versions, "is_owner": is_owner, "form": form}, status=status)
+
+
+def system_detail(request, slug: str):
+    """A system's page: its experts and its latest measured quality, with 95% intervals and each expert's
+    measured contribution."""
+    system = systems_visible_to_user(user=request.user).filter(slug=slug).first()
+    if system is None:
+        return render(request, "marketplace/not_found.html", {"message": f"No system {slug!r}."}, status=404)
+    quality = system.quality or {}
+    contributions = quality.get("contributions", {})
+    members = [{"expert": m.expert, "version": m.version.number,
+                "contribution": contributions.get(m.expert.ledger_ref)} for m in system.memberships.all()]
+    return render(request, "marketplace/system_detail.html",
+                  {"system": system, "quality": quality, "members": members})

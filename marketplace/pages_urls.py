@@ -11,4 +11,5 @@ urlpatterns = [
     path("dashboard/", pages.dashboard, name="dashboard"),
     path("experts/new/", pages.upload, name="expert-upload"),
     path("experts/<id:expert_id>/", pages.expert_detail, name="expert-detail"),
+    path("systems/<slug:slug>/", pages.system_detail, name="system-detail"),
 ]

@@ -112,24 +112,38 @@ def serving_members(*, system: ComposedSystem) -> ServingPlan | None:
     """The system's experts minus those whose consent is revoked; None when the system cannot run without them."""
     members = list(system.memberships.select_related("expert__owner", "expert__license", "version"))
     serving = [m for m in members if m.expert.consent_revoked_at is None]
-    if len(serving) == len(members):
-        return ServingPlan(members=serving, strategy_config=system.strategy_config)
-    if system.on_revocation == ComposedSystem.OnRevocation.SUSPEND or not serving:
+    if len(serving) < len(members) and system.on_revocation == ComposedSystem.OnRevocation.SUSPEND:
+        return None
+    return restricted_plan(system=system, members=members, keep=serving)
+
+
+def restricted_plan(*, system: ComposedSystem, members: list[SystemExpert], keep: list[SystemExpert]) -> ServingPlan | None:
+    """The system run on `keep`, a subset of its `members`: the strategy configuration without the others
+    (per-expert weights renormalised, lists of experts filtered); None when the strategy cannot run on them.
+    The one rule for a system without some of its experts: revoked ones, or a coalition in an evaluation."""
+    if len(keep) == len(members):
+        return ServingPlan(members=list(keep), strategy_config=system.strategy_config)
+    if not keep:
         return None
     from composition.errors import CompositionError
     from composition.strategies import validate_strategy_config
 
-    removed = {str(m.expert_id) for m in members} - {str(m.expert_id) for m in serving}
+    removed = {str(m.expert_id) for m in members} - {str(m.expert_id) for m in keep}
     config = {key: _without(value, removed) for key, value in system.strategy_config.items()}
     try:
-        config = validate_strategy_config(system.strategy, config, [str(m.expert_id) for m in serving])
+        config = validate_strategy_config(system.strategy, config, [str(m.expert_id) for m in keep])
     except CompositionError:
         return None
-    return ServingPlan(members=serving, strategy_config=config)
+    return ServingPlan(members=list(keep), strategy_config=config)
 
 
 def _without(value, removed: set[str]):
-    """A per-expert mapping without the removed experts (weights renormalised to sum to 1)."""
+    """A per-expert mapping without the removed experts (weights renormalised to sum to 1); a list of expert
+    ids, or of objects naming an "expert", without the removed ones."""
+    if isinstance(value, list):
+        return [item for item in value
+                if not (isinstance(item, str) and item in removed)
+                and not (isinstance(item, dict) and item.get("expert") in removed)]
     if not isinstance(value, dict) or not removed & set(value):
         return value
     kept = {k: v for k, v in value.items() if k not in removed}

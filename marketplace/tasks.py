@@ -36,3 +36,17 @@ def purge_idempotency_keys() -> int:
     from marketplace.services.idempotency import purge_expired
 
     return purge_expired()
+
+
+@shared_task(name="marketplace.evaluate_system", acks_late=True, soft_time_limit=6 * 3600, time_limit=6 * 3600 + 60)
+def evaluate_system(evaluation_id: int) -> str:
+    """Run one queued system evaluation (its row records state, progress, result or error); returns its state.
+
+    Like a web request, it waits for the inference tasks it sends to the GPU workers' queues (never its own
+    queue), which Celery refuses inside a task unless told that this join is intended."""
+    from celery.result import allow_join_result
+
+    from marketplace.services.evaluations import evaluation_run
+
+    with allow_join_result():
+        return evaluation_run(evaluation_id=evaluation_id).state

@@ -193,6 +193,12 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 MAX_TOKENS_LIMIT = env.int("MAX_TOKENS_LIMIT", default=512)
 
+# System evaluation: the held-out suite (a module with SKILLS, GENERAL, is_correct, heldout_sha256, as
+# composition.skills), items per skill by default, and how many requests an evaluation keeps in flight.
+EVALUATION_SUITE = env.str("EVALUATION_SUITE", default="composition.skills")
+EVALUATION_ITEMS_PER_SKILL = env.int("EVALUATION_ITEMS_PER_SKILL", default=20)
+EVALUATION_CONCURRENCY = env.int("EVALUATION_CONCURRENCY", default=8)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

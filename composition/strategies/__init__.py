@@ -11,7 +11,7 @@ from composition.errors import CompositionError
 from composition.experts import Expert
 from composition.strategies.base import CompletionRequest, CompletionResult, Strategy
 from composition.strategies.logits import Contrastive, LogitMixture
-from composition.strategies.routing import Cascade, EmbeddingRouter, Single, Switch, TrainedRouter
+from composition.strategies.routing import BaseAlone, Cascade, EmbeddingRouter, Single, Switch, TrainedRouter
 from composition.strategies.text import Aggregate, Debate
 from composition.strategies.weights import Merge, MergeSearch
 
@@ -22,6 +22,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
         Debate, Aggregate,
         LogitMixture, Contrastive,
         Merge, MergeSearch,
+        BaseAlone,
     )
 }
 

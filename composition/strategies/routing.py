@@ -35,6 +35,35 @@ class Single(Strategy):
         return Choice(generation.text, generation.finish_reason, generation.completion_tokens, {expert: 1.0})
 
 
+class BaseAlone(Strategy):
+    """The base model alone, with no expert: what a system with no experts answers. An evaluation
+    measures it as the empty coalition, the value every expert's contribution is counted from.
+
+    Config: none. Attribution: {} (no expert shaped the answer)."""
+
+    name = "base"
+    level = "api"
+
+    def __init__(self, config: dict, experts: list):
+        if experts:
+            raise CompositionError("base: the base model alone takes no experts")
+        self.experts, self.experts_by_id, self.expert_ids = [], {}, []
+        self.config = self.validate(config, [])
+        self._prepared_for = None
+
+    @classmethod
+    def validate(cls, config: dict, expert_ids: list[str]) -> dict:
+        if expert_ids:
+            raise CompositionError("base: the base model alone takes no experts")
+        if not isinstance(config, dict) or config:
+            raise CompositionError(f"base: takes no configuration, got {config!r}")
+        return {}
+
+    def complete(self, prompt, request, seed, engine):
+        generation = engine.generate([self.generation_request(prompt, request, seed, {})])[0]
+        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, {})
+
+
 class EmbeddingRouter(Strategy):
     """Routes each request to the nearest expert(s) by cosine similarity of base-model embeddings.
 

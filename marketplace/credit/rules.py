@@ -8,7 +8,7 @@ For one usage charge:
    is not a plain decimal string with at most 6 integer digits counts as zero.
 3. Each expert's attribution a_e is read in parts per million (decimal digits past the 6th are
    cut off); its share s_e is the basis points of the latest ContributionMeasurement of that expert
-   in the system (0 when none). With A = sum(a), S = sum(s) over the served experts:
+   in the system (0 when none), set by `measured_shares_bp` from the measured values. With A = sum(a), S = sum(s) over the served experts:
        num_e = alpha * (a_e * 10^6 // A) + (10000 - alpha) * (s_e * 10^6 // S)
    where alpha = system.attribution_alpha_bp (capped at 10000), except alpha = 10000 when S = 0
    (attribution alone) and alpha = 0 when A = 0 (measured shares alone).
@@ -114,3 +114,11 @@ def allocate_usage(
         contributors={c: a for c, a in contributors.items() if a},
         experts={e: a for e, a in experts.items() if a},
     )
+
+
+def measured_shares_bp(values: dict) -> dict:
+    """Each expert's share of a system's measured contribution, in basis points, from its measured value (a
+    decimal string, e.g. a Shapley value): a negative value (the expert made the system worse) or one that is
+    not a plain decimal counts as zero; the rest split 10000 in proportion to their millionths, by largest
+    remainder. When no value is positive every share is 0, and the attribution alone decides."""
+    return largest_remainder(total=BASIS_POINTS, weights={key: weight_ppm(value) for key, value in values.items()})

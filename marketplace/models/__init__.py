@@ -3,6 +3,7 @@ from marketplace.models.billing import Plan, StripeEvent, Subscription
 from marketplace.models.catalog import BaseModel, Expert, ExpertVersion, LicenseTerms
 from marketplace.models.idempotency import IdempotencyRecord
 from marketplace.models.credit import CreditLine, CreditStatement, Payout
+from marketplace.models.evaluations import SystemEvaluation
 from marketplace.models.organizations import Membership, Organization, OrganizationAPIKey
 from marketplace.models.quotas import QuotaWindow
 from marketplace.models.systems import ComposedSystem, ContributionMeasurement, SystemExpert, Usage
@@ -26,6 +27,7 @@ __all__ = [
     "QuotaWindow",
     "StripeEvent",
     "Subscription",
+    "SystemEvaluation",
     "SystemExpert",
     "Usage",
 ]

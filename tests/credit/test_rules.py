@@ -115,3 +115,16 @@ def test_the_sql_allocation_equals_the_python_reference_on_random_data(world, ro
     if revoke < 4:
         world.experts[revoke].consent_revoked_at = None
         world.experts[revoke].save(update_fields=["consent_revoked_at"])
+
+
+def test_measured_shares_split_ten_thousand_basis_points_over_the_positive_values():
+    from marketplace.credit.rules import measured_shares_bp
+
+    assert measured_shares_bp({1: "0.3", 2: "0.1", 3: "-0.2"}) == {1: 7500, 2: 2500, 3: 0}
+    assert measured_shares_bp({1: "0.333333", 2: "0.333333", 3: "0.333333"}) == {1: 3334, 2: 3333, 3: 3333}
+
+
+def test_when_no_measured_value_is_positive_every_share_is_zero():
+    from marketplace.credit.rules import measured_shares_bp
+
+    assert measured_shares_bp({1: "0", 2: "-0.05", 3: "not a number"}) == {1: 0, 2: 0, 3: 0}

@@ -154,3 +154,15 @@ def test_a_system_that_cannot_run_without_the_expert_is_suspended(base):
     client_for(only.owner.user).post(f"/api/experts/{only.pk}/revoke-consent")
     system.refresh_from_db()
     assert system.status == ComposedSystem.Status.SUSPENDED
+
+
+def test_a_cascade_runs_on_without_a_revoked_expert_in_its_order(base):
+    first, second, third = (ExpertFactory(base_model=base, slug=slug) for slug in ("first", "second", "third"))
+    system = compose([first, second, third], strategy="cascade",
+                     config={"order": [str(first.pk), str(second.pk), str(third.pk)]})
+    client_for(second.owner.user).post(f"/api/experts/{second.pk}/revoke-consent")
+
+    plan = policy.request_plan(organization=OrganizationFactory(name="acme"), system=system, actor="x")
+
+    assert [m.expert_id for m in plan.members] == [first.pk, third.pk]
+    assert plan.strategy_config["order"] == [str(first.pk), str(third.pk)]
