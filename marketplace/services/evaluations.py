@@ -120,18 +120,9 @@ def answer_items(*, system: ComposedSystem, plan: policy.ServingPlan | None, set
     messages = [_item_message(system=system, plan=plan, strategy=strategy, prompt=item.prompt,
                               max_tokens=held_out.max_tokens)
                 for held_out in sets for item in held_out.items]
-    with ThreadPoolExecutor(max_workers=_in_flight(concurrency)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         results = list(pool.map(lambda message: run_system_request(message=message), messages))
     return [result["choices"][0]["text"] for result in results]
-
-
-def _in_flight(concurrency: int) -> int:
-    """Requests to keep in flight. Celery's eager mode (the embedded default) forbids every result.get() in the
-    process while any eager task runs (one process-wide flag), so concurrent eager requests would fail each
-    other's: there they run one at a time."""
-    from celery import current_app
-
-    return 1 if current_app.conf.task_always_eager else max(1, concurrency)
 
 
 @dataclass
