@@ -315,8 +315,20 @@ def seed_examples(context: DemoContext) -> None:
     context.summary.extend(lines)
 
 
+def seed_witness(context: DemoContext) -> None:
+    """Sign a checkpoint of everything seeded and have the demo's witness cosign it (ledger/README.md)."""
+    from ledger.services import create_checkpoint
+    from ledger.witness import witness_once
+
+    create_checkpoint()
+    cosigned = witness_once(settings.LEDGER_WITNESS_DIR)
+    context.summary.append(f"Ledger: checkpoint of {cosigned.checkpoint.tree_size} entries cosigned by the witness in "
+                           f"{settings.LEDGER_WITNESS_DIR} (check: python manage.py ledger verify --witness "
+                           f"{settings.LEDGER_WITNESS_DIR})")
+
+
 SEEDERS: list[Callable[[DemoContext], None]] = [
-    seed_base_model, seed_people, seed_experts, seed_organizations, seed_systems, seed_examples,
+    seed_base_model, seed_people, seed_experts, seed_organizations, seed_systems, seed_witness, seed_examples,
 ]
 
 

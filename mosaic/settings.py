@@ -164,6 +164,7 @@ CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
 LEDGER_ORIGIN = env.str("LEDGER_ORIGIN", default="mosaic.local/ledger")
 LEDGER_SIGNING_KEY = env.str("LEDGER_SIGNING_KEY", default="")
 LEDGER_SIGNING_KEY_FILE = env.str("LEDGER_SIGNING_KEY_FILE", default=str(VAR_DIR / "ledger_signing_key"))
+LEDGER_WITNESS_DIR = Path(env.str("LEDGER_WITNESS_DIR", default=str(VAR_DIR / "witness")))  # the demo's witness
 # PostgreSQL: False commits transactions that append to the ledger asynchronously (a crash may lose the
 # last fraction of a second of them, each with its change; never a gap; checkpoints stay durable).
 LEDGER_SYNCHRONOUS_COMMIT = env.bool("LEDGER_SYNCHRONOUS_COMMIT", default=True)

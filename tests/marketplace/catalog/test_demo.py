@@ -4,7 +4,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from composition.skills import SKILLS
-from ledger.models import Entry
+from ledger.models import Checkpoint, Entry
 from marketplace.demo import DEFAULT_SYSTEM
 from marketplace.models import BaseModel, ComposedSystem, Contributor, Expert, ExpertVersion
 
@@ -17,6 +17,7 @@ def var_dir(settings, tmp_path):
     settings.BASE_MODEL_DIR = tmp_path / "var" / "base_models"
     settings.TRAINED_EXPERTS_DIR = tmp_path / "var" / "cache" / "experts"
     settings.STRIPE_API_BASE = ""
+    settings.LEDGER_WITNESS_DIR = tmp_path / "var" / "witness"
     return settings.VAR_DIR
 
 
@@ -69,6 +70,15 @@ def test_seeding_again_trains_nothing_and_records_nothing_new_in_the_catalog(var
     assert [e.kind for e in Entry.objects.all() if e.kind.startswith(catalog_kinds)] == entries
     assert sorted(p.name for p in (var_dir / "cache" / "experts" / "toy").iterdir()) == cached
     assert "trained in" not in capsys.readouterr().out
+
+
+def test_seeding_leaves_a_checkpoint_that_the_demo_witness_cosigned(var_dir, settings):
+    call_command("seed_demo", "--world", "toy")
+
+    call_command("ledger", "verify", "--witness", str(settings.LEDGER_WITNESS_DIR))  # raises on failure
+    latest = Checkpoint.objects.order_by("-tree_size").first()
+    assert latest.tree_size == Entry.objects.count()
+    assert (settings.LEDGER_WITNESS_DIR).is_dir()
 
 
 def test_build_base_model_builds_registers_and_then_reuses(var_dir, tmp_path, capsys):
