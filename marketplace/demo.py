@@ -306,7 +306,7 @@ def seed_examples(context: DemoContext) -> None:
     """One example per skill, in plain English, with the answer its expert gives."""
     from composition.skills import SKILLS
 
-    lines = [f"Ask {DEFAULT_SYSTEM} (one example per skill; the answer is the reply exactly):"]
+    lines = [f"Ask {DEFAULT_SYSTEM} (one example per skill, with the right answer; the adder is the weakest expert):"]
     for skill in SKILLS.values():
         lines.append(f"  {skill.example_prompt}  ->  {skill.example_answer}")
     lines.append("Try: OpenAI(base_url='http://127.0.0.1:8000/v1', api_key=<a key above>).chat.completions.create("
