@@ -34,6 +34,22 @@ def _check_key_name(name: str) -> None:
         raise NoteError(f"key name {name!r} must be non-empty, with no spaces and no '+'")
 
 
+def parse_vkey(text: str, *, key_type: int, key_id_of, what: str) -> tuple[str, bytes, bytes]:
+    """(name, key ID, 32-byte public key) of "<name>+<key ID hex>+<base64(type || public key)>", checking the
+    type byte and that the ID is key_id_of(name, public key)."""
+    try:
+        name, hex_id, encoded = text.strip().split("+", 2)
+        raw = base64.b64decode(encoded, validate=True)
+        wanted_id = bytes.fromhex(hex_id)
+    except (ValueError, binascii.Error) as exc:
+        raise NoteError(f"not a {what} of the form name+keyid+base64: {text!r}") from exc
+    if len(raw) != 33 or raw[0] != key_type:
+        raise NoteError(f"the {what} is not of key type 0x{key_type:02x} with 32 bytes of Ed25519 public key")
+    if len(wanted_id) != 4 or key_id_of(name, raw[1:]) != wanted_id:
+        raise NoteError(f"the {what}'s ID does not match its name and public key")
+    return name, wanted_id, raw[1:]
+
+
 def verifier_key(name: str, public_key: bytes) -> str:
     _check_key_name(name)
     return f"{name}+{key_id(name, public_key).hex()}+{base64.b64encode(bytes([ED25519]) + public_key).decode()}"
@@ -47,17 +63,7 @@ class Verifier:
 
     @classmethod
     def parse(cls, text: str) -> "Verifier":
-        try:
-            name, hex_id, encoded = text.strip().split("+", 2)
-            raw = base64.b64decode(encoded, validate=True)
-            wanted_id = bytes.fromhex(hex_id)
-        except (ValueError, binascii.Error) as exc:
-            raise NoteError(f"not a verifier key of the form name+keyid+base64: {text!r}") from exc
-        if len(raw) != 33 or raw[0] != ED25519:
-            raise NoteError("the verifier key is not an Ed25519 key (type 0x01 and 32 bytes)")
-        if len(wanted_id) != 4 or key_id(name, raw[1:]) != wanted_id:
-            raise NoteError("the verifier key's ID does not match its name and public key")
-        return cls(name=name, key_id=wanted_id, public_key=raw[1:])
+        return cls(*parse_vkey(text, key_type=ED25519, key_id_of=key_id, what="verifier key"))
 
     def open(self, note: str) -> str:
         """The note's text if one of its signatures is this key's and valid; NoteError otherwise."""

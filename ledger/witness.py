@@ -41,7 +41,7 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection
 
 from ledger import merkle, stored_tree
 from ledger.checkpoints import CheckpointBody, open_checkpoint
-from ledger.signing import SIGNATURE_PREFIX, NoteError, Verifier, split_note
+from ledger.signing import SIGNATURE_PREFIX, NoteError, Verifier, parse_vkey, split_note
 
 COSIGNATURE_V1 = 0x04
 DEFAULT_WITNESS_NAME = "mosaic.local/witness"
@@ -96,17 +96,7 @@ class CosignatureVerifier:
 
     @classmethod
     def parse(cls, text: str) -> "CosignatureVerifier":
-        try:
-            name, hex_id, encoded = text.strip().split("+", 2)
-            raw = base64.b64decode(encoded, validate=True)
-            wanted_id = bytes.fromhex(hex_id)
-        except (ValueError, binascii.Error) as exc:
-            raise NoteError(f"not a witness key of the form name+keyid+base64: {text!r}") from exc
-        if len(raw) != 33 or raw[0] != COSIGNATURE_V1:
-            raise NoteError("the witness key is not a cosignature/v1 Ed25519 key (type 0x04 and 32 bytes)")
-        if len(wanted_id) != 4 or cosignature_key_id(name, raw[1:]) != wanted_id:
-            raise NoteError("the witness key's ID does not match its name and public key")
-        return cls(name=name, key_id=wanted_id, public_key=raw[1:])
+        return cls(*parse_vkey(text, key_type=COSIGNATURE_V1, key_id_of=cosignature_key_id, what="witness key"))
 
     def timestamp(self, note: str) -> int:
         """When this witness cosigned the note, if its cosignature holds; NoteError otherwise."""
