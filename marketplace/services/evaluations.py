@@ -35,7 +35,7 @@ from ledger.services import record_event
 from marketplace import policy
 from marketplace.credit.rules import measured_shares_bp
 from marketplace.models import ComposedSystem, ContributionMeasurement, SystemEvaluation, SystemExpert
-from marketplace.services.inference import build_message, run_system_request
+from marketplace.services.inference import build_message, fresh_deadline, run_system_request
 from mosaic.errors import DomainError
 
 SKILL_TAG = "skill:"
@@ -120,8 +120,12 @@ def answer_items(*, system: ComposedSystem, plan: policy.ServingPlan | None, set
     messages = [_item_message(system=system, plan=plan, strategy=strategy, prompt=item.prompt,
                               max_tokens=held_out.max_tokens)
                 for held_out in sets for item in held_out.items]
+
+    def send(message: dict) -> dict:  # a message's deadline starts when it is sent, not when it was built
+        return run_system_request(message={**message, "deadline": fresh_deadline()})
+
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        results = list(pool.map(lambda message: run_system_request(message=message), messages))
+        results = list(pool.map(send, messages))
     return [result["choices"][0]["text"] for result in results]
 
 

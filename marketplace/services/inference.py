@@ -42,7 +42,7 @@ def build_message(
     base = system.base_model
     message = {
         "request_id": request_id,
-        "deadline": time.time() + settings.INFERENCE_DEADLINE_SECONDS,
+        "deadline": fresh_deadline(),
         "base_model": {"name": base.name, "path": base.local_path, "content_hash": base.content_hash},
         "experts": [
             {"id": str(m.expert_id), "adapter_path": m.version.storage_path, "sha256": m.version.sha256}
@@ -63,6 +63,11 @@ def _unavailable(reason: str) -> EngineUnavailable:
     retry_after = settings.INFERENCE_RETRY_AFTER_SECONDS
     return EngineUnavailable(f"No engine could serve this request now ({reason}); retry in {retry_after} s.",
                              retry_after=retry_after)
+
+
+def fresh_deadline() -> float:
+    """When a message queued now stops being worth answering (epoch seconds)."""
+    return time.time() + settings.INFERENCE_DEADLINE_SECONDS
 
 
 def _checked(result: dict) -> dict:

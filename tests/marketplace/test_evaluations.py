@@ -212,3 +212,26 @@ def test_after_a_revocation_only_the_experts_still_serving_are_measured(world):
     assert measured["values"] == {
         french.ledger_ref: f"{accuracy(alone) - accuracy(coalitions[frozenset()][:4] + coalitions[frozenset()][8:]):.6f}"}
     assert list(ContributionMeasurement.objects.values_list("expert_id", flat=True)) == [french.pk]
+
+
+def test_each_item_gets_a_deadline_counted_from_when_it_is_sent_not_from_when_the_run_began(world, settings,
+                                                                                             monkeypatch):
+    import time
+
+    from marketplace.services import evaluations
+
+    served, _french, _poetry, items, _coalitions = world
+    settings.INFERENCE_DEADLINE_SECONDS = 1
+    seen = []
+
+    def slow_engine(*, message):
+        seen.append(message["deadline"] - time.time())
+        time.sleep(0.4)
+        return {"choices": [{"text": "x"}]}
+
+    monkeypatch.setattr(evaluations, "run_system_request", slow_engine)
+    sets = [evaluations.HeldOutSet("all", items, "0" * 64, 4)]
+
+    evaluations.answer_items(system=served.duo, plan=None, sets=sets, concurrency=1)
+
+    assert len(seen) > 3 and min(seen) > 0.5  # built up front, the fourth item's deadline had already passed
