@@ -2,6 +2,7 @@
 database mosaic_drills_ci on DATABASE_URL's server, Redis db 8, gunicorn with threads, a Celery worker), run once
 for this module; each test states one drill's invariants. Needs PostgreSQL and Redis on 127.0.0.1: skipped
 without them. Run them alone with `pytest -m drills`."""
+import fcntl
 import json
 import os
 import subprocess
@@ -40,12 +41,7 @@ def _services_reachable() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    reason = _services_reachable()
-    if reason:
-        pytest.skip(reason)
-    target = tmp_path_factory.mktemp("drills") / "drills"
+def _run_drills(target: Path) -> tuple[int, str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.drills", *SHORT_FORM, "--results", str(target)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -55,7 +51,26 @@ def results(tmp_path_factory):
     except subprocess.TimeoutExpired:
         process.terminate()  # SIGTERM: the drills stop their processes and drop their database
         output, _ = process.communicate(timeout=60)
-    assert process.returncode in (0, 1), f"bench.drills could not run (exit {process.returncode}):\n{output[-6000:]}"
+    return process.returncode, output
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, worker_id):
+    """The drills run once per test session: xdist workers share one run through a lock and a result file in
+    the session's common temporary directory (two runs at once would drop each other's database)."""
+    reason = _services_reachable()
+    if reason:
+        pytest.skip(reason)
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    target, failure = shared / "drills", shared / "drills.failed"
+    with (shared / "drills.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.with_suffix(".json").exists() and not failure.exists():
+            returncode, output = _run_drills(target)
+            if returncode not in (0, 1):
+                failure.write_text(f"bench.drills could not run (exit {returncode}):\n{output[-6000:]}")
+    if failure.exists():
+        pytest.fail(failure.read_text())
     return json.loads(target.with_suffix(".json").read_text())
 
 
