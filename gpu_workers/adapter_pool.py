@@ -61,6 +61,10 @@ class PoolStats:
 
 
 class AdapterPool:
+    """The stacks of every resident expert's LoRA weights, one slot per expert, for serving only. They are
+    written under torch.inference_mode() wherever the caller is: stacks reallocated inside an engine call
+    (inference tensors) and written later outside one would refuse every in-place write from then on."""
+
     def __init__(
         self,
         module_shapes: dict[str, tuple[int, int]],
@@ -97,6 +101,7 @@ class AdapterPool:
         element = torch.tensor([], dtype=self.dtype).element_size()
         return sum(r_max * (fan_in + fan_out) * element for fan_in, fan_out in self.module_shapes.values())
 
+    @torch.inference_mode()
     def _allocate(self, r_max: int) -> None:
         """(Re)build the stacks for rank r_max, keeping the most recently used experts that still fit."""
         capacity = min(self.max_slots, self.budget_bytes // self.slot_bytes(r_max))
@@ -234,6 +239,7 @@ class AdapterPool:
                     f"the base layer is {fan_in} -> {fan_out}"
                 )
 
+    @torch.inference_mode()
     def _write(self, slot: int, expert: Expert) -> None:
         self._clear(slot)
         self.version += 1
@@ -244,6 +250,7 @@ class AdapterPool:
             self.scalings[name][slot] = float(module.scaling)
             self.ranks[name][slot] = rank
 
+    @torch.inference_mode()
     def _clear(self, slot: int) -> None:
         self.version += 1
         for name in self.module_shapes:

@@ -108,6 +108,20 @@ def test_a_larger_rank_regrows_the_stacks_and_keeps_resident_experts(gpu_world):
     assert pool.stats.loads == 2
 
 
+def test_stacks_regrown_inside_an_engine_call_still_take_experts_loaded_outside_one(gpu_world):
+    _, adapters = gpu_world
+    pool = AdapterPool(SHAPES, initial_rank=4)
+    register_all(pool, adapters)
+    with torch.inference_mode():  # as MosaicEngine.generate runs
+        pool.acquire(["gamma"])  # rank 16: the stacks are rebuilt here
+
+    slots = pool.acquire(["alpha"])  # a strategy preparing outside inference mode (a merge, say)
+
+    name = "model.layers.0.self_attn.q_proj"
+    alpha = load_expert("alpha", adapters["alpha"].path)
+    assert torch.equal(pool.a[name][slots["alpha"], :4], alpha.adapter.modules[name].A)
+
+
 def test_content_that_does_not_match_its_sha256_is_refused(gpu_world, tmp_path):
     _, adapters = gpu_world
     pool = pool_for(experts=2, rank=16)
