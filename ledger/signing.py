@@ -25,8 +25,8 @@ class NoteError(ValueError):
     pass
 
 
-def key_id(name: str, public_key: bytes) -> bytes:
-    return hashlib.sha256(name.encode() + b"\n" + bytes([ED25519]) + public_key).digest()[:4]
+def key_id(name: str, public_key: bytes, key_type: int = ED25519) -> bytes:
+    return hashlib.sha256(name.encode() + b"\n" + bytes([key_type]) + public_key).digest()[:4]
 
 
 def _check_key_name(name: str) -> None:
@@ -34,9 +34,9 @@ def _check_key_name(name: str) -> None:
         raise NoteError(f"key name {name!r} must be non-empty, with no spaces and no '+'")
 
 
-def parse_vkey(text: str, *, key_type: int, key_id_of, what: str) -> tuple[str, bytes, bytes]:
+def parse_vkey(text: str, *, key_type: int, what: str) -> tuple[str, bytes, bytes]:
     """(name, key ID, 32-byte public key) of "<name>+<key ID hex>+<base64(type || public key)>", checking the
-    type byte and that the ID is key_id_of(name, public key)."""
+    type byte and that the ID is key_id(name, public key, type)."""
     try:
         name, hex_id, encoded = text.strip().split("+", 2)
         raw = base64.b64decode(encoded, validate=True)
@@ -45,14 +45,15 @@ def parse_vkey(text: str, *, key_type: int, key_id_of, what: str) -> tuple[str, 
         raise NoteError(f"not a {what} of the form name+keyid+base64: {text!r}") from exc
     if len(raw) != 33 or raw[0] != key_type:
         raise NoteError(f"the {what} is not of key type 0x{key_type:02x} with 32 bytes of Ed25519 public key")
-    if len(wanted_id) != 4 or key_id_of(name, raw[1:]) != wanted_id:
+    if len(wanted_id) != 4 or key_id(name, raw[1:], key_type) != wanted_id:
         raise NoteError(f"the {what}'s ID does not match its name and public key")
     return name, wanted_id, raw[1:]
 
 
-def verifier_key(name: str, public_key: bytes) -> str:
+def verifier_key(name: str, public_key: bytes, key_type: int = ED25519) -> str:
     _check_key_name(name)
-    return f"{name}+{key_id(name, public_key).hex()}+{base64.b64encode(bytes([ED25519]) + public_key).decode()}"
+    encoded = base64.b64encode(bytes([key_type]) + public_key).decode()
+    return f"{name}+{key_id(name, public_key, key_type).hex()}+{encoded}"
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class Verifier:
 
     @classmethod
     def parse(cls, text: str) -> "Verifier":
-        return cls(*parse_vkey(text, key_type=ED25519, key_id_of=key_id, what="verifier key"))
+        return cls(*parse_vkey(text, key_type=ED25519, what="verifier key"))
 
     def open(self, note: str) -> str:
         """The note's text if one of its signatures is this key's and valid; NoteError otherwise."""

@@ -23,7 +23,6 @@ import base64
 import binascii
 import contextlib
 import fcntl
-import hashlib
 import io
 import json
 import os
@@ -41,7 +40,7 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection
 
 from ledger import merkle, stored_tree
 from ledger.checkpoints import CheckpointBody, open_checkpoint
-from ledger.signing import SIGNATURE_PREFIX, NoteError, Verifier, parse_vkey, split_note
+from ledger.signing import SIGNATURE_PREFIX, NoteError, Verifier, key_id, parse_vkey, split_note, verifier_key
 
 COSIGNATURE_V1 = 0x04
 DEFAULT_WITNESS_NAME = "mosaic.local/witness"
@@ -56,10 +55,6 @@ class WitnessRefused(WitnessError):
 
 
 # --- cosignatures (C2SP tlog-cosignature, cosignature/v1) --------------------------------------------
-
-
-def cosignature_key_id(name: str, public_key: bytes) -> bytes:
-    return hashlib.sha256(name.encode() + b"\n" + bytes([COSIGNATURE_V1]) + public_key).digest()[:4]
 
 
 def cosigned_message(checkpoint_text: str, timestamp: int) -> bytes:
@@ -77,14 +72,13 @@ class Cosigner:
 
     @property
     def verifier_key(self) -> str:
-        encoded = base64.b64encode(bytes([COSIGNATURE_V1]) + self.public_key).decode()
-        return f"{self.name}+{cosignature_key_id(self.name, self.public_key).hex()}+{encoded}"
+        return verifier_key(self.name, self.public_key, COSIGNATURE_V1)
 
     def cosign(self, note: str, timestamp: int) -> str:
         """The note with this witness's cosignature line added."""
         text, _ = split_note(note)
         signature = self.private_key.sign(cosigned_message(text, timestamp))
-        blob = cosignature_key_id(self.name, self.public_key) + struct.pack(">Q", timestamp) + signature
+        blob = key_id(self.name, self.public_key, COSIGNATURE_V1) + struct.pack(">Q", timestamp) + signature
         return f"{note}{SIGNATURE_PREFIX}{self.name} {base64.b64encode(blob).decode()}\n"
 
 
@@ -96,7 +90,7 @@ class CosignatureVerifier:
 
     @classmethod
     def parse(cls, text: str) -> "CosignatureVerifier":
-        return cls(*parse_vkey(text, key_type=COSIGNATURE_V1, key_id_of=cosignature_key_id, what="witness key"))
+        return cls(*parse_vkey(text, key_type=COSIGNATURE_V1, what="witness key"))
 
     def timestamp(self, note: str) -> int:
         """When this witness cosigned the note, if its cosignature holds; NoteError otherwise."""
