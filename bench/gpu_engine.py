@@ -82,7 +82,7 @@ def hf_generate(model, tokenizer, prompts, max_tokens, device, **extra) -> tuple
             return model.generate(**batch, max_new_tokens=max_tokens, do_sample=False,
                                   pad_token_id=tokenizer.pad_token_id, **extra)
 
-    model.generate(**batch, max_new_tokens=2, do_sample=False, pad_token_id=tokenizer.pad_token_id, **extra)
+    run()  # warm-up at full length: kernels compiled and the allocator grown for the whole KV cache
     seconds, output = timed(device, run)
     generated = output[:, batch["input_ids"].shape[1]:]
     eos = tokenizer.eos_token_id
@@ -99,7 +99,7 @@ def mosaic_generate(engine, prompts, mixtures, max_tokens, device) -> tuple[floa
         return [GenerationRequest(prompt=prompt, mixture=mixture, max_tokens=tokens, temperature=0.0)
                 for prompt, mixture in zip(prompts, mixtures)]
 
-    engine.generate(requests(2))
+    engine.generate(requests(max_tokens))  # warm-up at full length, as for transformers
     seconds, generations = timed(device, lambda: engine.generate(requests(max_tokens)))
     return seconds, sum(g.completion_tokens for g in generations)
 
@@ -127,7 +127,8 @@ def run(*, model_dir: Path, smoke: bool, out_dir: Path, requests: int, max_token
     results["base_hf"] = {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds}
     print(f"base (transformers): {tokens / seconds:.0f} tokens/s", flush=True)
 
-    peft_model, names = add_peft_adapters(model, max(expert_counts), RANK, dtype)
+    seconds, (peft_model, names) = timed(device, lambda: add_peft_adapters(model, max(expert_counts), RANK, dtype))
+    print(f"{len(names)} peft adapters built in {seconds:.1f} s", flush=True)
     peft_figures = {}
     for count in expert_counts:
         adapter_names = [names[i % count] for i in range(requests)]

@@ -68,7 +68,7 @@ def sweep_shape(shape, configs, device, dtype, timer) -> dict:
     weight = torch.randn(out_features, in_features, device=device, dtype=dtype) / in_features**0.5
     base_ms = timer.graph(lambda: torch.nn.functional.linear(x, weight)) or timer(
         lambda: torch.nn.functional.linear(x, weight))
-    default = default_kernel_config(dtype, RANK)
+    default = default_kernel_config(dtype, RANK, in_features, plan.num_pairs)
     rows = []
     for config in [default] + [c for c in configs if c != default]:
         y = torch.zeros(tokens, out_features, device=device, dtype=dtype)

@@ -301,9 +301,23 @@ class LoraKernelConfig:
     expand_stages: int = 2
 
 
-def default_kernel_config(dtype: torch.dtype, r_max: int) -> LoraKernelConfig:
+def default_kernel_config(dtype: torch.dtype, r_max: int, in_features: int, num_pairs: int) -> LoraKernelConfig:
+    """Launch parameters by shape, from the sweep on an H100 (bench/results/gpu_sweep.md): a long reduction
+    (in >= 8192) takes wide K blocks split four ways; at decode sizes a narrow-warp expand over 128 outputs
+    wins. fp32 (the CPU interpreter, tests) keeps small blocks."""
     block_r = max(16, _next_pow2(r_max))
-    return LoraKernelConfig(block_k=32 if dtype == torch.float32 else 64, block_n=64 if block_r <= 64 else 32)
+    if dtype == torch.float32:
+        return LoraKernelConfig(block_k=32, block_n=64 if block_r <= 64 else 32)
+    long_reduction = in_features >= 8192
+    decode = num_pairs <= 256
+    return LoraKernelConfig(
+        block_k=256 if long_reduction else 64,
+        split_k=4 if long_reduction else None,
+        shrink_stages=4 if long_reduction else 3,
+        block_n=32 if block_r > 64 else (64 if long_reduction else 128),
+        expand_warps=2 if decode and not long_reduction else 4,
+        expand_stages=1 if decode and not long_reduction else 2,
+    )
 
 
 def _triton_split_k(n_tiles: int, in_features: int, block_k: int, device: torch.device) -> int:
@@ -406,7 +420,7 @@ def apply_lora(
         plan = build_lora_plan(indices, weights, n_slots=a.shape[0])
     elif plan.num_rows != x.shape[0]:
         raise ValueError(f"plan is for {plan.num_rows} rows, x has {x.shape[0]}")
-    config = config or default_kernel_config(x.dtype, a.shape[1])
+    config = config or default_kernel_config(x.dtype, a.shape[1], x.shape[1], plan.num_pairs)
     if split_k is not None:
         config = dataclasses.replace(config, split_k=split_k)
     return _lora_triton(

@@ -5,7 +5,15 @@ import zlib
 import pytest
 import torch
 
-from gpu_workers.kernels.lora import apply_lane_lora, apply_lora, build_lora_plan, gather_lane_lora, lora_reference
+from gpu_workers.kernels.lora import (
+    LoraKernelConfig,
+    apply_lane_lora,
+    apply_lora,
+    build_lora_plan,
+    default_kernel_config,
+    gather_lane_lora,
+    lora_reference,
+)
 from gpu_workers.kernels.mixture import apply_top_p, mix_next_token_logprobs, mixture_reference
 
 # Relative error ||out - ref|| / ||ref|| allowed per dtype (the output itself is rounded to the dtype).
@@ -182,6 +190,19 @@ def test_a_plan_is_shared_across_projections_and_split_k_gives_the_same_result()
         out = apply_lora(y.clone(), x, a, b, scalings, indices, weights, plan=plan, split_k=split_k,
                          backend="triton")
         assert relative_error(out, ref) < TOLERANCE[torch.float32]
+
+
+@pytest.mark.parametrize("config", [
+    default_kernel_config(torch.bfloat16, 16, in_features=11008, num_pairs=64),  # the long-reduction launch
+    default_kernel_config(torch.bfloat16, 16, in_features=4096, num_pairs=64),  # the decode launch
+    LoraKernelConfig(block_k=128, block_n=256, split_k=2, shrink_warps=8, expand_warps=8, expand_stages=3),
+])
+def test_every_launch_configuration_computes_the_same_delta(config):
+    y, x, a, b, scalings, indices, weights = random_lora_case(
+        rows=19, in_features=300, out_features=200, n_slots=4, rank=16, k=1, dtype=torch.bfloat16, seed=8,
+    )
+    out = apply_lora(y.clone(), x, a, b, scalings, indices, weights, config=config, backend="triton")
+    assert relative_error(out, expected(y, x, a, b, scalings, indices, weights)) < TOLERANCE[torch.bfloat16]
 
 
 def test_plan_tiles_each_hold_one_slot_and_cover_every_pair_once():
