@@ -266,6 +266,20 @@ def test_zero_weight_expert_does_not_count():
     assert torch.allclose(out, torch.log_softmax(logits[:, 0], dim=-1), atol=1e-5)
 
 
+def test_tokens_masked_out_in_whole_chunks_stay_impossible_and_the_rest_is_a_distribution():
+    logits = torch.randn(2, 2, 3000)
+    logits[:, :, 1000:2600] = float("-inf")  # more than one whole chunk of the vocabulary, in both experts
+    weights = torch.tensor([[0.3, 0.7], [1.0, 1.0]])
+
+    out = mix_next_token_logprobs(logits, weights, temperature=0.7, backend="triton")
+
+    ref = mixture_reference(logits.double(), weights, temperature=0.7)
+    assert torch.isinf(out[:, 1000:2600]).all()
+    kept = torch.isfinite(ref)
+    assert torch.equal(torch.isfinite(out), kept)
+    assert (out[kept] - ref[kept]).abs().max().item() < 1e-4
+
+
 def test_top_p_keeps_the_smallest_set_reaching_the_mass():
     logprobs = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     kept = apply_top_p(logprobs, 0.75).exp()
