@@ -225,7 +225,9 @@ class Cascade(Strategy):
 
     Confidence is the mean log-probability of the generated tokens under the expert that wrote
     them. The first answer at or above the threshold is returned; if none is, the last expert's
-    answer ("last") or the most confident one ("most_confident"). Attribution: {answering expert: 1}."""
+    answer ("last"), the most confident one ("most_confident") or the base model's own ("base": a
+    question outside every expert's skill, such as a general one). Attribution: {answering expert: 1};
+    empty when the base model answered (no expert shaped it)."""
 
     name = "cascade"
     level = "api"
@@ -235,7 +237,7 @@ class Cascade(Strategy):
         return {
             "order": reader.expert_list("order", list(reader.expert_ids)),
             "threshold": reader.number("threshold", -0.5, maximum=0),
-            "fallback": reader.choice("fallback", ("last", "most_confident"), "last"),
+            "fallback": reader.choice("fallback", ("last", "most_confident", "base"), "last"),
         }
 
     def complete(self, prompt, request, seed, engine):
@@ -246,6 +248,9 @@ class Cascade(Strategy):
             if generation.mean_logprob >= self.config["threshold"]:
                 break
         else:
+            if self.config["fallback"] == "base":
+                generation = engine.generate([self.generation_request(prompt, request, seed, {})])[0]
+                return Choice(generation.text, generation.finish_reason, generation.completion_tokens, {})
             if self.config["fallback"] == "most_confident":
                 tried.sort(key=lambda pair: pair[1].mean_logprob, reverse=True)
                 tried = tried[:1]
