@@ -16,19 +16,20 @@ allocation). What an object should have taken back is recomputed from every even
 difference with what it already took back is posted: so events replayed, delivered twice or out of order end in
 the state of in-order delivery, and a won dispute posts the opposite of its reversal (`credit.restored`).
 
-Each posting is a ledger-recorded accounting transaction naming the Stripe object and event. A refund or credit
+Each posting is a ledger-recorded accounting transaction naming the Stripe object and event, dated the day Stripe
+created the event (the first open day when that day's period is already closed). A refund or credit
 note is booked against the organization's receivable; a dispute against the `refunds` account. If the contributor
 was already paid, their payable goes positive (a negative balance) and later earnings recover it before the next
 payout (a period close pays only a balance owed to the contributor).
 """
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 
 from django.db.models import Sum
 from django.utils import timezone
 
-from ledger.accounting.models import Posting
+from ledger.accounting.models import Posting, SettlementPeriod
 from ledger.accounting.services import PostingSpec, post_transaction
 from marketplace import stripe_client
 from marketplace.credit import accounts
@@ -140,6 +141,16 @@ def _account(key: tuple[int, int, int]) -> tuple[str, str]:
     return accounts.payable(contributor), accounts.earning_dimension(system, expert)
 
 
+def _value_date(event: dict) -> date:
+    """The day Stripe created the event, or the first day after the last closed settlement period if that day is
+    already closed."""
+    day = min(datetime.fromtimestamp(int(event["created"]), tz=UTC).date(), timezone.now().date())
+    latest = SettlementPeriod.objects.order_by("-end_date").first()
+    if latest is not None and day <= latest.end_date:
+        day = latest.end_date + timedelta(days=1)
+    return day
+
+
 def reference_prefix(stripe_object: str) -> str:
     return f"stripe:{stripe_object}:"
 
@@ -173,7 +184,7 @@ def reversal_event_apply(*, event: dict) -> str:
     taken_back_minor = charged * min(claim.amount, basis) // basis if basis else 0
     target = largest_remainder(total=taken_back_minor, weights=allocated)
     done = _taken_back(claim.stripe_object)
-    today = timezone.now().date()
+    today = _value_date(event)
     postings, counter = [], 0
     for key, amount in sorted(target.items()):
         account, dimension = _account(key)
