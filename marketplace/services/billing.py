@@ -7,6 +7,7 @@ from ledger.services import record_event
 from marketplace import policy, stripe_client
 from marketplace.models import Organization, Plan, Subscription, Usage
 from marketplace.selectors.systems import systems_callable_by
+from marketplace.services.usage import check_amount
 from mosaic.errors import Conflict, DomainError
 
 
@@ -14,6 +15,8 @@ def plan_create(
     *, slug: str, name: str, monthly_fee_minor: int, price_per_1k_tokens_minor: int,
     requests_per_minute: int = 60, tokens_per_minute: int = 100_000, monthly_token_quota: int = 10_000_000,
 ) -> Plan:
+    check_amount(monthly_fee_minor, param="monthly_fee_minor")
+    check_amount(price_per_1k_tokens_minor, param="price_per_1k_tokens_minor")
     if Plan.objects.filter(slug=slug).exists():
         raise Conflict(f"A plan with slug {slug!r} already exists.", param="slug")
     product_id = stripe_client.create_product(name=name, metadata={"mosaic_plan": slug})
