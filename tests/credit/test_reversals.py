@@ -249,7 +249,9 @@ def test_a_dispute_lost_after_the_payout_leaves_a_negative_balance_that_the_next
     assert second == {alice.pk: earned[alice.pk] - paid[alice.pk], bob.pk: earned[bob.pk] - paid[bob.pk]}
     statement = CreditStatement.objects.get(contributor=charlie, period__start_date=next_start)
     assert statement.closing_minor == -paid[charlie.pk] and statement.payout_minor == 0
-    assert any(line["kind"] == "credit.reversed" for line in statement.lines)
+    reversals = [line for line in statement.lines if line["kind"] == "credit.reversed"]
+    assert reversals and {line["reference"] for line in reversals} == {"dp_1"}
+    assert sum(line["amount_minor"] for line in reversals) == -paid[charlie.pk]
 
 
 def test_a_credit_note_takes_back_its_unrefunded_part_and_voiding_it_restores_the_credit(
@@ -279,3 +281,20 @@ def test_a_refund_of_a_charge_for_someone_else_changes_nothing(world, invoiced_m
 
     assert result == "not a Mosaic customer"
     assert balances() == before
+
+
+def test_a_statement_shows_each_reversal_on_its_own_line(world, invoiced_month, client, settings, months):
+    (start, end), (next_start, next_end) = months
+    close_period(start=start, end=end)
+    same_day = midnight(next_start + timedelta(days=3))
+    post_event(client, settings, event("evt_d1", "charge.dispute.created", dispute("needs_response", 3000), same_day))
+    note = {"id": "cn_1", "object": "credit_note", "invoice": "in_d", "status": "issued", "total": 3000}
+    post_event(client, settings, event("evt_c1", "credit_note.created", note, same_day))
+
+    close_period(start=next_start, end=next_end)
+
+    charlie = world.contributors[2]
+    lines = CreditStatement.objects.get(contributor=charlie, period__start_date=next_start).lines
+    dimensions = {line["expert_id"] for line in lines}
+    assert sorted((line["expert_id"], line["reference"]) for line in lines) == sorted(
+        (expert, reference) for expert in dimensions for reference in ("cn_1", "dp_1"))
