@@ -16,6 +16,7 @@ from ledger import selectors
 from ledger.api.permissions import IsAuditor
 from ledger.canonical import format_time
 from ledger.export import write_bundle
+from ledger.keys import signature_key_ids
 from ledger.rotation import key_history
 from ledger.signing import ledger_signer
 from mosaic.errors import NotFound
@@ -68,11 +69,15 @@ class CheckpointOutput(serializers.Serializer):
     origin = serializers.CharField()
     tree_size = serializers.IntegerField()
     root_hash = serializers.SerializerMethodField()
+    key_id = serializers.SerializerMethodField(help_text="The signing key's ID (8 hex digits; see /api/ledger/keys).")
     created_at = serializers.DateTimeField()
     note = serializers.CharField()
 
     def get_root_hash(self, checkpoint) -> str:
         return b64(bytes(checkpoint.root_hash))
+
+    def get_key_id(self, checkpoint) -> str:
+        return signature_key_ids(checkpoint.note)[0]
 
 
 class AuditorView(APIView):

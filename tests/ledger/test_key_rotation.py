@@ -182,6 +182,8 @@ def test_auditors_read_the_key_history(rotated_twice, client):
     assert [(k["verifier_key"], k["first_size"], k["last_size"], k["retired_by_entry"]) for k in history] == [
         (first.verifier_key, 0, 4, 3), (second.verifier_key, 4, 7, 6), (third.verifier_key, 7, None, None)]
     assert key_history().current == third.verifier_key
+    checkpoints = client.get("/api/ledger/checkpoints/").json()["results"]
+    assert [c["key_id"] for c in checkpoints] == [key_hex(s) for s in (first, first, second, second, third)]
 
 
 def test_the_key_history_is_for_auditors_only(rotated_twice, client):
