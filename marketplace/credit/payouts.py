@@ -10,7 +10,6 @@ seen; and every state change posts its money once:
 import logging
 
 import stripe
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 

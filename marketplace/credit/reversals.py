@@ -48,13 +48,14 @@ ACTOR = "stripe"
 
 @dataclass(frozen=True)
 class Claim:
-    """What one Stripe object takes back: `amount` of `basis` (minor units of money) of what `invoice` paid for."""
+    """What one Stripe object takes back: `amount` of `basis` (minor units of money; None: the invoice's total) of
+    what `invoice` paid for."""
 
     stripe_object: str
     reason: str  # refund, dispute or credit_note
     invoice_id: str | None
     amount: int
-    basis: int
+    basis: int | None
 
 
 def _events_for(object_id: str, types: set[str]) -> list[dict]:
@@ -97,7 +98,7 @@ def _credit_note_claim(note: dict) -> Claim:
     invoice_id = invoice if isinstance(invoice, str) else (invoice or {}).get("id")
     total = _int(note.get("total")) or _int(note.get("amount"))
     return Claim(stripe_object=note["id"], reason="credit_note", invoice_id=invoice_id,
-                 amount=0 if voided else max(total - refunded, 0), basis=-1)
+                 amount=0 if voided else max(total - refunded, 0), basis=None)
 
 
 def _claim_for(event: dict) -> Claim:
@@ -178,7 +179,7 @@ def reversal_event_apply(*, event: dict) -> str:
     )
     if organization is None or not invoice.get("customer"):
         return "not a Mosaic customer"
-    basis = _int(invoice.get("total")) if claim.basis < 0 else claim.basis
+    basis = _int(invoice.get("total")) if claim.basis is None else claim.basis
     allocated = _paid_for(organization, invoice)
     charged = sum(allocated.values())
     taken_back_minor = charged * min(claim.amount, basis) // basis if basis else 0
