@@ -29,5 +29,7 @@ KINDS: dict[str, str] = {
     "credit.reversed": "credit allocated earlier was reversed (double entry), naming what it reverses",
     "payout.created": "a payout to a contributor was prepared for a settlement period",
     "payout.paid": "a payout was confirmed paid by the payment provider",
+    "credit.restored": "credit reversed for a Stripe object was given back (a dispute won, a credit note voided)",
+    "ledger.key_rotated": "the ledger's signing key changed: the old and new verifier keys, signed by both keys",
     "entry.corrected": "a correction of an earlier entry (payload: corrects, reason)",
 }

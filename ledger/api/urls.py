@@ -10,4 +10,5 @@ urlpatterns = [
     path("consistency", views.ConsistencyView.as_view(), name="ledger-consistency"),
     path("export", views.ExportView.as_view(), name="ledger-export"),
     path("verifier-key", views.VerifierKeyView.as_view(), name="ledger-verifier-key"),
+    path("keys", views.KeyHistoryView.as_view(), name="ledger-key-history"),
 ]

@@ -16,6 +16,8 @@ from ledger import selectors
 from ledger.api.permissions import IsAuditor
 from ledger.canonical import format_time
 from ledger.export import write_bundle
+from ledger.keys import signature_key_ids
+from ledger.rotation import key_history
 from ledger.signing import ledger_signer
 from mosaic.errors import NotFound
 from mosaic.pagination import StrictPageSizeMixin
@@ -67,11 +69,15 @@ class CheckpointOutput(serializers.Serializer):
     origin = serializers.CharField()
     tree_size = serializers.IntegerField()
     root_hash = serializers.SerializerMethodField()
+    key_id = serializers.SerializerMethodField(help_text="The signing key's ID (8 hex digits; see /api/ledger/keys).")
     created_at = serializers.DateTimeField()
     note = serializers.CharField()
 
     def get_root_hash(self, checkpoint) -> str:
         return b64(bytes(checkpoint.root_hash))
+
+    def get_key_id(self, checkpoint) -> str:
+        return signature_key_ids(checkpoint.note)[0]
 
 
 class AuditorView(APIView):
@@ -168,3 +174,21 @@ class VerifierKeyView(APIView):
     @extend_schema(operation_id="ledger_verifier_key", responses={(200, "text/plain"): OpenApiTypes.STR})
     def get(self, request):
         return HttpResponse(ledger_signer().verifier_key + "\n", content_type="text/plain; charset=utf-8")
+
+
+class KeyHistoryView(AuditorView):
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "LedgerKeyPeriod"
+
+        verifier_key = serializers.CharField()
+        key_id = serializers.CharField(help_text="8 hex digits, as in the signature lines of the notes it signed.")
+        first_size = serializers.IntegerField(help_text="The smallest tree size a checkpoint by this key may have.")
+        last_size = serializers.IntegerField(allow_null=True, help_text="The largest; null for the key in office.")
+        retired_by_entry = serializers.IntegerField(allow_null=True,
+                                                    help_text="Sequence of the ledger.key_rotated entry that retired it.")
+
+    @extend_schema(operation_id="ledger_key_history", responses=OutputSerializer(many=True))
+    def get(self, request):
+        return Response(self.OutputSerializer(key_history().as_list(), many=True).data)
+

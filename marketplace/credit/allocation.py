@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from ledger.accounting.services import PostingSpec, post_transaction
 from marketplace.credit import accounts
-from marketplace.credit.rules import PLAIN_DECIMAL
+from marketplace.credit.rules import MAX_CHARGE_MINOR, MAX_WEIGHT_TOTAL, PLAIN_DECIMAL
 
 ADVISORY_LOCK_KEY = 7_000_007
 ACTOR = "system:credit"
@@ -68,7 +68,8 @@ PENDING = """
 LINES = """
 WITH batch AS (
     SELECT u.id, u.system_id, u.created_at, u.attribution, u.charge_minor,
-           u.charge_minor - u.charge_minor * %(fee_bp)s / 10000 AS pool,
+           u.charge_minor - ((u.charge_minor / 10000) * %(fee_bp)s + (u.charge_minor %% 10000) * %(fee_bp)s / 10000)
+               AS pool,
            CASE WHEN s.attribution_alpha_bp > 10000 THEN 10000 ELSE s.attribution_alpha_bp END AS alpha
     FROM marketplace_usage u JOIN marketplace_composedsystem s ON s.id = u.system_id
     WHERE {pending}
@@ -112,8 +113,14 @@ totals AS (
            ROW_NUMBER() OVER (PARTITION BY usage_id, contributor_id ORDER BY expert_id) AS nth
     FROM weighted w
 ),
+-- pool * n / d and pool * n mod d without forming pool * n (up to 10^25): see SPLIT_BASE below.
 contributor_split AS (
-    SELECT t.*, pool * n / d AS cq, pool * n %% d AS cr FROM totals t WHERE d > 0
+    SELECT x.*, hi_q * {base} + lo / d AS cq, lo %% d AS cr
+    FROM (
+        SELECT t.*, (pool / {base} * n) / d AS hi_q,
+               ((pool / {base} * n) %% d) * {base} + (pool %% {base}) * n AS lo
+        FROM totals t WHERE d > 0
+    ) x
 ),
 contributor_ranked AS (
     SELECT c.*,
@@ -123,10 +130,16 @@ contributor_ranked AS (
 ),
 expert_split AS (
     SELECT usage_id, expert_id, contributor_id, amount,
-           CASE WHEN n > 0 THEN amount * num / n ELSE 0 END AS q,
-           CASE WHEN n > 0 THEN amount * num %% n ELSE 0 END AS r
+           CASE WHEN n > 0 THEN e_hi_q * {base} + e_lo / n ELSE 0 END AS q,
+           CASE WHEN n > 0 THEN e_lo %% n ELSE 0 END AS r
     FROM (
-        SELECT cr.*, cq + CASE WHEN c_rank <= c_left THEN 1 ELSE 0 END AS amount FROM contributor_ranked cr
+        SELECT z.*,
+               CASE WHEN n > 0 THEN (amount / {base} * num) / n ELSE 0 END AS e_hi_q,
+               CASE WHEN n > 0 THEN ((amount / {base} * num) %% n) * {base} + (amount %% {base}) * num ELSE 0 END
+                   AS e_lo
+        FROM (
+            SELECT cr.*, cq + CASE WHEN c_rank <= c_left THEN 1 ELSE 0 END AS amount FROM contributor_ranked cr
+        ) z
     ) y
 ),
 expert_ranked AS (
@@ -186,10 +199,20 @@ def _as_date(value) -> date:
     return value if isinstance(value, date) else date.fromisoformat(str(value))
 
 
+# Exact in 64-bit integers (SQLite has no wider type, and PostgreSQL's bigint overflows) for any charge up to
+# MAX_CHARGE_MINOR: a pool P < 2^50 times a weight n <= D <= 10^10 (step 3 of rules.py: the attribution and share
+# terms each sum to at most 10^6, times at most 10^4) would need 84 bits. With P = hi * B + lo_part (B = 2^21):
+#   P * n = B * (hi * n) = B * (q1 * D + r1) + lo_part * n,  so  P * n // D = B * q1 + (B * r1 + lo_part * n) // D
+# where hi * n < 2^29 * 2^34 and B * r1 + lo_part * n < 2^56 fit in 63 bits. The fee is split the same way
+# (charge // 10^4 * fee_bp + charge % 10^4 * fee_bp // 10^4).
+SPLIT_BASE = 2**21
+assert MAX_CHARGE_MINOR < 2**50 and (MAX_CHARGE_MINOR // SPLIT_BASE) * MAX_WEIGHT_TOTAL < 2**63
+
+
 def _sql(template: str) -> str:
     dialect = _dialect()
     pending = PENDING.format(**dialect)
-    return template.format(pending=pending, **dialect)
+    return template.format(pending=pending, base=SPLIT_BASE, **dialect)
 
 
 def _mark_allocated_sql() -> str:

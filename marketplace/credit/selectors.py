@@ -29,7 +29,7 @@ def contributor_earnings(*, contributor: Contributor) -> dict:
     """Balance owed now (earned minus paid out), with breakdowns by system, expert and period."""
     account = accounts.payable(contributor.pk)
     earned = (
-        Posting.objects.filter(account=account, transaction__kind__in=("credit.allocated", "credit.reversed"))
+        Posting.objects.filter(account=account, transaction__kind__in=("credit.allocated", "credit.reversed", "credit.restored"))
         .exclude(dimension__startswith="payout:")
         .values("dimension")
         .annotate(total=Sum("amount"))

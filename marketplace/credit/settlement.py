@@ -76,9 +76,10 @@ def close_period(*, start: date, end: date, actor: str = ACTOR) -> CloseResult:
             Posting.objects.filter(
                 account__startswith="contributor:", account__endswith=":payable", value_date__gte=start, value_date__lte=end
             )
-            .values("account", "dimension", "value_date", "transaction__kind")
+            # A reversal for a Stripe object (refund, dispute, credit note) is a line of its own.
+            .values("account", "dimension", "value_date", "transaction__kind", "transaction__memo__stripe_object")
             .annotate(total=Sum("amount"))
-            .order_by("account", "value_date", "dimension", "transaction__kind")
+            .order_by("account", "value_date", "dimension", "transaction__kind", "transaction__memo__stripe_object")
         )
         lines_by_contributor: dict[int, list[dict]] = defaultdict(list)
         names = names_for(dimensions={row["dimension"] for row in movements})
@@ -86,7 +87,7 @@ def close_period(*, start: date, end: date, actor: str = ACTOR) -> CloseResult:
             lines_by_contributor[accounts.contributor_of(row["account"])].append(
                 statement_line(
                     dimension=row["dimension"], day=row["value_date"], kind=row["transaction__kind"],
-                    posted=row["total"], names=names,
+                    posted=row["total"], names=names, reference=row["transaction__memo__stripe_object"] or "",
                 )
             )
         involved = {c for c, total in opening.items() if total} | {c for c, total in closing.items() if total}

@@ -1,12 +1,13 @@
 """Plans, subscriptions and Stripe: create plans, subscribe, report usage, apply webhook events."""
 import datetime
 
-from django.db import IntegrityError, transaction
+from django.db import transaction
 
 from ledger.services import record_event
 from marketplace import policy, stripe_client
-from marketplace.models import Organization, Plan, StripeEvent, Subscription, Usage
+from marketplace.models import Organization, Plan, Subscription, Usage
 from marketplace.selectors.systems import systems_callable_by
+from marketplace.services.usage import check_amount
 from mosaic.errors import Conflict, DomainError
 
 
@@ -14,6 +15,8 @@ def plan_create(
     *, slug: str, name: str, monthly_fee_minor: int, price_per_1k_tokens_minor: int,
     requests_per_minute: int = 60, tokens_per_minute: int = 100_000, monthly_token_quota: int = 10_000_000,
 ) -> Plan:
+    check_amount(monthly_fee_minor, param="monthly_fee_minor")
+    check_amount(price_per_1k_tokens_minor, param="price_per_1k_tokens_minor")
     if Plan.objects.filter(slug=slug).exists():
         raise Conflict(f"A plan with slug {slug!r} already exists.", param="slug")
     product_id = stripe_client.create_product(name=name, metadata={"mosaic_plan": slug})
@@ -111,6 +114,13 @@ def usage_report_to_stripe(*, limit: int = 500) -> int:
     return reported
 
 
+INVOICE_STATUS_EVENTS = {"invoice.payment_failed", "invoice.paid", "invoice.payment_succeeded"}
+
+
+def is_subscription_event(event_type: str) -> bool:
+    return event_type.startswith("customer.subscription.") or event_type in INVOICE_STATUS_EVENTS
+
+
 def _subscription_status_from(event_type: str, obj: dict) -> str | None:
     if event_type.startswith("customer.subscription."):
         if event_type == "customer.subscription.deleted":
@@ -181,8 +191,9 @@ def _is_mosaics(obj: dict) -> bool:
     return "mosaic_organization" in metadata
 
 
-def stripe_event_apply(*, event: dict) -> str:
-    """Handles one verified webhook event exactly once. Returns what happened, for the response.
+def subscription_event_apply(*, event: dict) -> str:
+    """Applies one verified subscription or invoice event (called once per event by the webhook dispatcher, in its
+    transaction). Returns what happened, for the response.
 
     Each thing the event carries (the status; a subscription event's period) is applied when the event is the
     newest of those that carry it, so events delivered late, twice or out of order end in the state of in-order
@@ -190,11 +201,6 @@ def stripe_event_apply(*, event: dict) -> str:
     obj = event["data"]["object"]
     created = int(event["created"])
     with transaction.atomic():
-        try:
-            with transaction.atomic():
-                StripeEvent.objects.create(event_id=event["id"], type=event["type"], created=created, payload=event)
-        except IntegrityError:
-            return "duplicate"
         status = _subscription_status_from(event["type"], obj)
         if status is None:
             return "ignored"
