@@ -26,7 +26,7 @@ def worker_state(queues: list[str]) -> dict:
     pools = {}
     for path, engine in engines.items():
         stats = engine.pool.stats
-        pools[path] = {"resident": engine.pool.resident(), "known": len(engine.pool.known),
+        pools[path] = {"resident": list(engine.pool.resident), "known": len(engine.pool.known),
                        "hits": stats.hits, "misses": stats.misses, "evictions": stats.evictions,
                        "loads": stats.loads}
     return {
@@ -50,6 +50,6 @@ class AdapterPoolCollector:
             label = [Path(path).name]
             for name, family in counters.items():
                 family.add_metric(label, getattr(engine.pool.stats, name))
-            resident.add_metric(label, len(engine.pool.resident()))
+            resident.add_metric(label, len(engine.pool.resident))
         yield from counters.values()
         yield resident

@@ -34,11 +34,13 @@ def request_id_bound(request_id: str | None):
 
 
 class RequestIdFilter(logging.Filter):
-    """Adds `request_id` to every record: the bound one, or "-" outside a request or task."""
+    """Adds `request_id` to every record: the bound one, the id of the request the record names (Django logs a
+    response's error status after the middleware has returned), or "-" outside a request or task."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(record, "request_id", None):
-            record.request_id = _request_id.get() or "-"
+            named = getattr(getattr(record, "request", None), "request_id", None)
+            record.request_id = _request_id.get() or named or "-"
         return True
 
 
