@@ -9,6 +9,22 @@ from mosaic import logs, metrics
 logger = logging.getLogger("mosaic.request")
 
 
+def _bound(chunks, request_id: str):
+    """The chunks, each produced with the request's id bound (and the source closed, with it bound, when the
+    client goes away: a completion's stream records its usage then)."""
+    iterator = iter(chunks)
+    try:
+        while True:
+            with logs.request_id_bound(request_id):
+                chunk = next(iterator, None)
+            if chunk is None:
+                return
+            yield chunk
+    finally:
+        with logs.request_id_bound(request_id):
+            getattr(iterator, "close", lambda: None)()
+
+
 def route_of(request) -> str:
     match = getattr(request, "resolver_match", None)
     if match is None:
@@ -33,6 +49,8 @@ class RequestContextMiddleware:
             metrics.observe_stripe_webhook(url_name=match.url_name if match else None, status=response.status_code,
                                            result=(getattr(response, "data", None) or {}).get("result")
                                            if isinstance(getattr(response, "data", None), dict) else None)
+            if response.streaming:  # the body is produced after this returns: its lines keep the id too
+                response.streaming_content = _bound(response.streaming_content, request_id)
             if not response.has_header("x-request-id"):
                 response["x-request-id"] = request_id
             logger.info(

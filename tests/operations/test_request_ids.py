@@ -61,3 +61,23 @@ def test_json_lines_carry_the_request_id(client, served):
     assert line["request_id"] == response["x-request-id"]
     assert line["logger"] == "mosaic.request" and line["status"] == 200 and line["path"] == "/healthz"
     assert line["level"] == "INFO" and "time" in line
+
+
+def test_lines_logged_while_a_stream_is_produced_carry_its_id(client, served, request_lines, monkeypatch):
+    """The usage of a stream is recorded after the view returned, while the body is sent: a line logged there
+    (here by a wrapper around the real recording) still carries the request's id."""
+    from marketplace.api.openai import _CompletionApi
+
+    record = _CompletionApi._record
+
+    def record_and_log(self, **context):
+        logging.getLogger("mosaic.test").info("recording usage")
+        return record(self, **context)
+
+    monkeypatch.setattr(_CompletionApi, "_record", record_and_log)
+    response = client.post("/v1/completions", json.dumps({"model": "duo", "prompt": "hi", "max_tokens": 3,
+                                                          "stream": True}),
+                           content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {served.key}")
+    b"".join(response.streaming_content)
+    [line] = [r for r in request_lines.records if r.name == "mosaic.test"]
+    assert line.request_id == response["x-request-id"] == Usage.objects.get().request_id

@@ -20,10 +20,10 @@ class Command(BaseCommand):
                             help="the first worker's metrics port; the next worker gets the next port")
 
     def handle(self, *args, output=None, first_metrics_port, **options):
-        if settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-            raise CommandError("A deployment's processes share PostgreSQL: set DATABASE_URL (now SQLite).")
         if settings.CELERY_BROKER_URL == "memory://":
             raise CommandError("A deployment's workers need a broker: set CELERY_BROKER_URL (e.g. redis://...).")
+        if settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+            raise CommandError("A deployment's processes share PostgreSQL: set DATABASE_URL (now SQLite).")
         base_models = list(BaseModel.objects.values_list("name", "local_path"))
         if not base_models:
             self.stderr.write("No base model is registered: no inference worker is started "
