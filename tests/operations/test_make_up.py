@@ -84,7 +84,7 @@ def test_make_up_starts_every_process_and_serves_a_completion(tiny_world, databa
 
     redis.Redis.from_url(REDIS_URL).flushdb()
     port, metrics_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DATABASE_URL", "MOSAIC_", "LOG_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DATABASE_URL", "MOSAIC_", "LOG_", "DJANGO_ALLOW_ASYNC_UNSAFE"))}
     env.update(
         MOSAIC_ENV="production", SECRET_KEY=secrets.token_urlsafe(64), ALLOWED_HOSTS="127.0.0.1",
         SECURE_PROXY_SSL_HEADER="HTTP_X_FORWARDED_PROTO,https", DATABASE_URL=database,

@@ -15,7 +15,7 @@ POSTGRES_URL = "postgres://mosaic@db.internal:5432/mosaic"  # never connected to
 def production_env(tmp_path, **changes) -> dict:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MOSAIC_", "DATABASE_URL", "SECRET_KEY", "DEBUG", "ALLOWED_HOSTS", "SECURE_",
-                                "CELERY_", "LOG_"))}
+                                "CELERY_", "LOG_", "DJANGO_ALLOW_ASYNC_UNSAFE"))}
     env.update(MOSAIC_ENV="production", MOSAIC_VAR_DIR=str(tmp_path / "var"), DJANGO_SETTINGS_MODULE="mosaic.settings",
                SECRET_KEY=secrets.token_urlsafe(64), ALLOWED_HOSTS="mosaic.example", DATABASE_URL=POSTGRES_URL)
     for name, value in changes.items():
