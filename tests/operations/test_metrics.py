@@ -57,10 +57,17 @@ def test_a_streamed_completion_is_counted_too(client, served):
 
 
 def test_the_adapter_pool_of_the_in_process_engine_is_counted(client, served):
+    """The engine is the process's (other tests may have used it): a second call finds both experts resident."""
     complete(client, served)
-    samples = scrape(client)
-    assert value(samples, "mosaic_adapter_pool_misses_total", base_model="base") >= 2  # both experts loaded once
-    assert value(samples, "mosaic_adapter_pool_resident_adapters", base_model="base") == 2
+    warm = scrape(client)
+    complete(client, served, seed=2)
+    after = scrape(client)
+    assert value(warm, "mosaic_adapter_pool_loads_total", base_model="base") >= 2
+    assert value(after, "mosaic_adapter_pool_hits_total", base_model="base") > \
+        value(warm, "mosaic_adapter_pool_hits_total", base_model="base")
+    assert value(after, "mosaic_adapter_pool_misses_total", base_model="base") == \
+        value(warm, "mosaic_adapter_pool_misses_total", base_model="base")
+    assert value(after, "mosaic_adapter_pool_resident_adapters", base_model="base") >= 2
 
 
 def test_the_ledger_appends_integration_lag_and_checkpoint_age(client, served):
