@@ -19,7 +19,7 @@ from tests.e2e.live import ROOT, free_port, seed_database
 pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 
 POSTGRES = os.environ.get("MOSAIC_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432")
-REDIS_URL = os.environ.get("MOSAIC_TEST_UP_REDIS_URL", "redis://127.0.0.1:6379/7")
+REDIS_URL = os.environ.get("MOSAIC_TEST_UP_REDIS_URL", "redis://127.0.0.1:6379/9")
 PROCESSES = ("web", "worker-bench-tiny", "background", "beat", "witness")
 
 
