@@ -26,6 +26,7 @@ from gpu_workers import contract
 from gpu_workers.adapter_pool import AdapterError, adapter_digests
 from gpu_workers.batching import GenerationBatcher
 from gpu_workers.engine import MosaicEngine, get_engine
+from gpu_workers.token_clock import TokenClock
 
 ATTRIBUTION_PLACES = Decimal("0.000001")
 EXPERT_CACHE_SIZE = 256
@@ -273,7 +274,8 @@ def run_message(message: dict, *, listener=None) -> dict:
         )
         request = CompletionRequest(**{**parsed.request.__dict__, "prompt": prompt})
         started = time.perf_counter()
-        engine.listen(prompt, listener)
+        clock = TokenClock(listener)
+        engine.listen(prompt, clock)
         try:
             result = strategy.run(request, engine)
         finally:
@@ -300,4 +302,5 @@ def run_message(message: dict, *, listener=None) -> dict:
         "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens},
         "attribution": attribution_strings(result.attribution, [ref.id for ref in parsed.experts]),
         "engine_ms": engine_ms,
+        **clock.timings(),  # first_token_ms, inter_token_ms
     }

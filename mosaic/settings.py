@@ -46,6 +46,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "mosaic.middleware.RequestContextMiddleware",  # request id, request log line, request metrics
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -200,9 +201,24 @@ EVALUATION_SUITE = env.str("EVALUATION_SUITE", default="composition.skills")
 EVALUATION_ITEMS_PER_SKILL = env.int("EVALUATION_ITEMS_PER_SKILL", default=20)
 EVALUATION_CONCURRENCY = env.int("EVALUATION_CONCURRENCY", default=8)
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="WARNING")},
-}
+# --- Operations and the production profile (mosaic/profiles.py, mosaic/logs.py, mosaic/readiness.py) -----
+# /readyz asks the database, the broker and the workers, each within this many seconds.
+READINESS_TIMEOUT_SECONDS = env.float("READINESS_TIMEOUT_SECONDS", default=1.0)
+# When set, /metrics answers only `Authorization: Bearer <METRICS_TOKEN>`.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+
+from mosaic.profiles import apply_profile  # noqa: E402
+
+# MOSAIC_ENV=production refuses the embedded SECRET_KEY, DEBUG, an empty ALLOWED_HOSTS and SQLite, and turns on
+# secure cookies, HSTS and the SSL redirect (SECURE_PROXY_SSL_HEADER behind a TLS-terminating proxy).
+MOSAIC_ENV = apply_profile(globals(), env)
+
+from mosaic.logs import logging_config  # noqa: E402
+
+# JSON lines in production (LOG_FORMAT=json|text overrides), each with its request id.
+LOGGING = logging_config(
+    level=env.str("LOG_LEVEL", default="WARNING"),
+    json_lines=env.str("LOG_FORMAT", default="json" if MOSAIC_ENV == "production" else "text") == "json",
+    mosaic_level=env.str("MOSAIC_LOG_LEVEL", default="INFO" if MOSAIC_ENV == "production" else "WARNING"),
+)
+# --- end of operations and the production profile ------------------------------------------------------------

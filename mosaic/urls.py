@@ -3,12 +3,17 @@ from django.urls import include, path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from mosaic.converters import DatabaseIdConverter
+from mosaic.health import healthz, readyz
+from mosaic.metrics import metrics_view
 
 register_converter(DatabaseIdConverter, "id")  # before the includes below import their URL modules
 
 handler404 = "mosaic.errors.not_found"
 
 urlpatterns = [
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

@@ -3,7 +3,6 @@
 Authentication is `Authorization: Bearer mos_<prefix>.<secret>`, an organization API key."""
 import json
 import time
-import uuid
 
 from django.conf import settings
 from django.http import StreamingHttpResponse
@@ -21,6 +20,7 @@ from marketplace.selectors.systems import system_for_organization, systems_calla
 from marketplace.services import idempotency, inference
 from marketplace.services.organizations import api_key_mark_used
 from marketplace.services.usage import usage_record
+from mosaic import logs, metrics
 from mosaic.errors import DomainError, error_body
 from mosaic.parsers import LimitedJSONParser
 
@@ -292,7 +292,7 @@ class _CompletionApi(OpenAIView):
             organization=organization, plan=plan,
             estimated_tokens=len(text_in) + 8 * len(data.get("messages") or []) + data["max_tokens"] * (data["n"] or 1),
         )
-        request_id = uuid.uuid4().hex
+        request_id = logs.current_request_id() or logs.new_request_id()  # the request's id (mosaic.middleware)
         params = {
             "max_tokens": data["max_tokens"],
             "temperature": 1.0 if data["temperature"] is None else data["temperature"],
@@ -332,6 +332,7 @@ class _CompletionApi(OpenAIView):
         return response
 
     def _record(self, *, result, request_id, organization, api_key, system, plan, serving, reservation, started):
+        metrics.observe_completion(system=system.slug, result=result)
         return usage_record(
             request_id=request_id, organization=organization, api_key=api_key, system=system, plan=plan,
             prompt_tokens=result["usage"]["prompt_tokens"], completion_tokens=result["usage"]["completion_tokens"],
