@@ -161,3 +161,36 @@ def constrained_scores(scores: torch.Tensor, constraint: JsonConstraint | None) 
     if constraint is None:
         return scores
     return scores.masked_fill(~constraint.allowed(scores.shape[-1]).to(scores.device), float("-inf"))
+
+
+def prompt_token_logprobs(engine, prompt: str, mixture: dict[str, float], top: int
+                          ) -> list[tuple[int, TokenLogprob | None]]:
+    """Each prompt token (as the tokenizer reads the prompt, without special tokens) with its log p under the
+    mixture given the tokens before it, and the `top` most likely tokens there; None for a first token that
+    nothing precedes (a tokenizer that adds no <bos>). Each prefix is decoded to text for the engine, which
+    reads it back as the same tokens for tokenizers that round-trip text."""
+    from composition.engine import GenerationRequest
+
+    tokenizer = engine.tokenizer
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    first_scored = 0 if tokenizer("")["input_ids"] else 1
+    prefixes = [tokenizer.decode(ids[:position]) for position in range(first_scored, len(ids))]
+    rows = engine.next_token_logits([GenerationRequest(prompt=text, mixture=mixture) for text in prefixes]) \
+        if prefixes else torch.empty(0)
+    entries: list[tuple[int, TokenLogprob | None]] = [(token, None) for token in ids[:first_scored]]
+    for row, token in zip(rows, ids[first_scored:]):
+        row = torch.log_softmax(row.float(), dim=-1)
+        entries.append((token, TokenLogprob(token, float(row[token]), top_alternatives(row, top))))
+    return entries
+
+
+def prompt_logprob_entries(engine, prompt: str, mixture: dict[str, float], top: int) -> list[dict]:
+    """`prompt_token_logprobs` in the shape of `logprob_entries` (logprob and top_logprobs None where unscored)."""
+    tokenizer = engine.tokenizer
+    entries = []
+    for token, scored in prompt_token_logprobs(engine, prompt, mixture, top):
+        if scored is None:
+            entries.append({**token_entry(tokenizer, token, None), "top_logprobs": None})
+        else:
+            entries.extend(logprob_entries(tokenizer, [scored]))
+    return entries
