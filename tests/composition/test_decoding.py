@@ -98,3 +98,32 @@ def test_every_constrained_answer_parses_and_matches_its_schema(reference, schem
                                                        seed=seed, json_output=True, json_schema=schema)])[0]
     assert generation.finish_reason == "stop", generation.text
     jsonschema.validate(json.loads(generation.text), schema)
+
+
+def test_a_text_level_strategy_constrains_its_final_answer(reference, experts):
+    from composition.strategies import build_strategy
+    from composition.strategies.base import CompletionRequest
+
+    debate = build_strategy("debate", {"rounds": 1}, experts[:2])
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}
+    result = debate.run(CompletionRequest(prompt="json:", max_tokens=60, temperature=1.0, seed=2, json_output=True,
+                                          json_schema=schema), reference)
+    assert result.finish_reasons == ["stop"]
+    jsonschema.validate(json.loads(result.texts[0]), schema)
+
+
+@pytest.mark.parametrize("strategy, config", [("contrastive", {"expert": "alpha"}),
+                                              ("logit_mixture", {"source": "router"})])
+def test_strategies_that_decide_every_token_themselves_are_constrained_too(reference, experts, strategy, config):
+    from composition.strategies import build_strategy
+    from composition.strategies.base import CompletionRequest
+
+    system = build_strategy(strategy, config, experts[:2])
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}
+    result = system.run(CompletionRequest(prompt="json:", max_tokens=30, temperature=1.0, seed=4, json_output=True,
+                                          json_schema=schema, logprobs=1), reference)
+    assert result.finish_reasons == ["stop"], result.texts
+    jsonschema.validate(json.loads(result.texts[0]), schema)
+    assert len(result.generations[0].tokens) == result.completion_tokens - 1  # the end token is not listed
