@@ -57,6 +57,7 @@ class ParsedMessage:
     tools: list | None = None
     tool_choice: str | dict | None = None
     echo: bool = False
+    parallel_tool_calls: bool = True  # False: at most one call per answer
 
     @property
     def offers_tools(self) -> bool:
@@ -101,6 +102,8 @@ def parse_message(message) -> ParsedMessage:
         raise MessageError(error.message) from None
     echo = message.get("echo", False)
     _require(isinstance(echo, bool) and not (echo and messages is not None), "echo is a boolean, for prompts only")
+    parallel = message.get("parallel_tool_calls", True)
+    _require(isinstance(parallel, bool), "parallel_tool_calls is a boolean")
     request = CompletionRequest(prompt="", **sampling.__dict__)
     call_schema = tools.call_schema(offered, tool_choice) if offered else None
     if call_schema is not None:  # a call is required: decoding is constrained to one
@@ -109,7 +112,7 @@ def parse_message(message) -> ParsedMessage:
                                                          "that requires a tool call.")
         request = CompletionRequest(**{**request.__dict__, "json_output": True, "json_schema": call_schema})
     return ParsedMessage(request_id, base["path"], tuple(refs), strategy, config, prompt, messages, request,
-                         offered, tool_choice, echo)
+                         offered, tool_choice, echo, parallel)
 
 
 class _BoundedCache(OrderedDict):
@@ -305,7 +308,8 @@ def result_choices(parsed: ParsedMessage, prompt: str, result, engine: ServingEn
         if parsed.offers_tools:
             calls = tools.parse_tool_calls(text, parsed.tools, call_id_prefix=f"call_{parsed.request_id[:12]}_{index}_")
             if calls:
-                choice.update(tool_calls=calls, finish_reason="tool_calls")
+                choice.update(tool_calls=calls if parsed.parallel_tool_calls else calls[:1],
+                              finish_reason="tool_calls")
         choices.append(choice)
     return choices
 

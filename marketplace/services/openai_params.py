@@ -70,6 +70,8 @@ def message_extras(data: dict) -> dict:
     if data.get("tools"):
         extras["tools"] = data["tools"]
         extras["tool_choice"] = data.get("tool_choice")
+        if data.get("parallel_tool_calls") is not None:
+            extras["parallel_tool_calls"] = data["parallel_tool_calls"]
     if data.get("echo"):
         extras["echo"] = True
     return extras

@@ -228,3 +228,4 @@ def test_a_model_lists_the_parameters_it_supports(client):
     assert {"logprobs", "top_logprobs", "echo", "response_format", "tools", "tool_choice", "presence_penalty",
             "frequency_penalty", "logit_bias"} <= set(supported)
     assert "suffix" not in supported
+
