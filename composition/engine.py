@@ -11,7 +11,9 @@ experts of their own). `next_token_logits` returns log p, i.e. normalised log-pr
 otherwise softmax(log p / temperature), nucleus-filtered to top_p, sampled with the request's own
 torch.Generator seeded by the request seed. Generation ends on an end token (`end_token_ids`: <eos>, and
 an instruct model's end-of-turn tokens such as <|im_end|>) or a stop sequence (finish_reason "stop"; the
-stop text is cut off) or after max_tokens (finish_reason "length").
+stop text is cut off) or after max_tokens (finish_reason "length"). Before picking, `DecodeState.step` applies
+a request's presence/frequency penalties and logit_bias and its JSON constraint (composition.decoding) to the
+mixed distribution, and records the log-probabilities a request asks for.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from composition.decoding import (
     penalised_scores,
     top_alternatives,
 )
-from composition.errors import CompositionError
+from composition.errors import CompositionError, UnconstrainedAnswer
 from composition.experts import Expert
 
 
@@ -215,7 +217,7 @@ class DecodeState:
                                   frequency=request.frequency_penalty, logit_bias=request.logit_bias)
         scores = constrained_scores(scores, self.constraint)
         if self.constraint is not None and not bool(torch.isfinite(scores).any()):
-            raise CompositionError("no token the strategy allows can continue the constrained JSON answer")
+            raise UnconstrainedAnswer("no token that this strategy allows can continue the constrained JSON answer")
         token = pick_next_token(scores, temperature=request.temperature, top_p=request.top_p,
                                 generator=self.generator)
         top = top_alternatives(logprobs, request.logprobs or 0) if self.tokens is not None else []

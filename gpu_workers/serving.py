@@ -20,7 +20,7 @@ from pathlib import Path
 from celery.exceptions import SoftTimeLimitExceeded
 
 from composition import decoding, tools
-from composition.errors import CompositionError
+from composition.errors import CompositionError, UnconstrainedAnswer
 from composition.experts import Expert, load_expert
 from composition.strategies import CompletionRequest, build_strategy
 from gpu_workers import contract
@@ -347,6 +347,9 @@ def run_message(message: dict, *, listener=None) -> dict:
         return error_result(request_id, error.message, error.code, error.param)
     except AdapterError as error:
         return error_result(request_id, str(error), "adapter_error")
+    except UnconstrainedAnswer as error:  # this strategy cannot answer under the requested constraint
+        return error_result(request_id, f"the {parsed.strategy} strategy cannot be constrained here: {error}",
+                            contract.INVALID_REQUEST, "response_format")
     except CompositionError as error:
         return error_result(request_id, str(error), "strategy_error")
     except SoftTimeLimitExceeded:

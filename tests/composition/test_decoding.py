@@ -127,3 +127,15 @@ def test_strategies_that_decide_every_token_themselves_are_constrained_too(refer
     assert result.finish_reasons == ["stop"], result.texts
     jsonschema.validate(json.loads(result.texts[0]), schema)
     assert len(result.generations[0].tokens) == result.completion_tokens - 1  # the end token is not listed
+
+
+def test_a_rule_that_allows_no_token_of_the_json_answer_refuses_to_go_on(reference):
+    from composition.engine import DecodeState
+    from composition.errors import UnconstrainedAnswer
+
+    tokenizer = reference.tokenizer
+    state = DecodeState(GenerationRequest(prompt="x", max_tokens=5, json_output=True), tokenizer, prompt_tokens=2)
+    only_x = torch.full((len(tokenizer),), float("-inf"))
+    only_x[tokenizer.convert_tokens_to_ids("x")] = 0.0
+    with pytest.raises(UnconstrainedAnswer):
+        state.step(only_x)
