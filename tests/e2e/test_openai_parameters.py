@@ -229,3 +229,15 @@ def test_a_model_lists_the_parameters_it_supports(client):
             "frequency_penalty", "logit_bias"} <= set(supported)
     assert "suffix" not in supported
 
+
+
+def test_a_streamed_echoed_completion_carries_the_same_text_and_logprobs(client):
+    answer = client.completions.create(model="duo", prompt="abcd", max_tokens=4, temperature=0, echo=True,
+                                       logprobs=1)
+    chunks = [chunk for chunk in client.completions.create(model="duo", prompt="abcd", max_tokens=4, temperature=0,
+                                                           echo=True, logprobs=1, stream=True) if chunk.choices]
+    assert "".join(chunk.choices[0].text for chunk in chunks) == answer.choices[0].text
+    streamed = [chunk.choices[0].logprobs for chunk in chunks if chunk.choices[0].logprobs]
+    assert len(streamed) == 1
+    assert streamed[0].tokens == answer.choices[0].logprobs.tokens
+    assert streamed[0].token_logprobs == answer.choices[0].logprobs.token_logprobs
