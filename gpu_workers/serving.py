@@ -19,7 +19,8 @@ from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from composition.errors import CompositionError
+from composition import decoding, tools
+from composition.errors import CompositionError, UnconstrainedAnswer
 from composition.experts import Expert, load_expert
 from composition.strategies import CompletionRequest, build_strategy
 from gpu_workers import contract
@@ -54,6 +55,14 @@ class ParsedMessage:
     prompt: str | None
     messages: list | None
     request: CompletionRequest
+    tools: list | None = None
+    tool_choice: str | dict | None = None
+    echo: bool = False
+    parallel_tool_calls: bool = True  # False: at most one call per answer
+
+    @property
+    def offers_tools(self) -> bool:
+        return bool(self.tools) and self.tool_choice != "none"
 
 
 def _require(condition: bool, message: str) -> None:
@@ -89,10 +98,22 @@ def parse_message(message) -> ParsedMessage:
         else:
             contract.checked_messages(messages)
         sampling = contract.sampling_params(message.get("params") or {})
+        offered, tool_choice = contract.checked_tools(message.get("tools"), message.get("tool_choice"))
     except contract.ParamError as error:
         raise MessageError(error.message) from None
+    echo = message.get("echo", False)
+    _require(isinstance(echo, bool) and not (echo and messages is not None), "echo is a boolean, for prompts only")
+    parallel = message.get("parallel_tool_calls", True)
+    _require(isinstance(parallel, bool), "parallel_tool_calls is a boolean")
     request = CompletionRequest(prompt="", **sampling.__dict__)
-    return ParsedMessage(request_id, base["path"], tuple(refs), strategy, config, prompt, messages, request)
+    call_schema = tools.call_schema(offered, tool_choice) if offered else None
+    if call_schema is not None:  # a call is required: decoding is constrained to one
+        if request.json_output:
+            raise contract.ParamError("response_format", "response_format cannot be combined with a tool_choice "
+                                                         "that requires a tool call.")
+        request = CompletionRequest(**{**request.__dict__, "json_output": True, "json_schema": call_schema})
+    return ParsedMessage(request_id, base["path"], tuple(refs), strategy, config, prompt, messages, request,
+                         offered, tool_choice, echo, parallel)
 
 
 class _BoundedCache(OrderedDict):
@@ -248,11 +269,50 @@ def render_prompt(parsed: ParsedMessage, tokenizer) -> str:
         return parsed.prompt
     if not tokenizer.chat_template:
         raise MessageError("this base model has no chat template: use /v1/completions with a prompt")
-    text = tokenizer.apply_chat_template(parsed.messages, tokenize=False, add_generation_prompt=True)
+    messages, extra = tools.messages_for_template(parsed.messages, parsed.tools, parsed.tool_choice,
+                                                  template_reads_tools=tools.template_reads_tools(tokenizer))
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
     bos = tokenizer.bos_token
     if bos and text.startswith(bos) and tokenizer("")["input_ids"][:1] == [tokenizer.bos_token_id]:
         text = text[len(bos):]
     return text
+
+
+def check_logit_bias(parsed: ParsedMessage, engine: ServingEngine) -> None:
+    vocabulary = len(engine.tokenizer)
+    unknown = [token for token in parsed.request.logit_bias if token >= vocabulary]
+    if unknown:
+        raise contract.ParamError("logit_bias", f"logit_bias names token {unknown[0]}, but this model's "
+                                                f"vocabulary has {vocabulary} tokens.")
+
+
+def result_choices(parsed: ParsedMessage, prompt: str, result, engine: ServingEngine) -> list[dict]:
+    """Each choice's text and finish reason; with logprobs asked, its tokens' (composition.decoding's entries);
+    with echo and logprobs, the prompt's tokens' (`prompt_logprobs`); with tools offered, the call the answer
+    makes (`tool_calls`, finish reason "tool_calls")."""
+    top = parsed.request.logprobs
+    choices = []
+    for index, (text, reason) in enumerate(zip(result.texts, result.finish_reasons)):
+        choice = {"index": index, "text": text, "finish_reason": reason}
+        if top is not None:
+            generation = result.generations[index] if index < len(result.generations) else None
+            if generation is None or generation.tokens is None:
+                raise contract.ParamError("logprobs", f"the {parsed.strategy} strategy cannot report "
+                                                      "log-probabilities.")
+            choice["logprobs"] = decoding.logprob_entries(engine.tokenizer, generation.tokens)
+            if parsed.echo:
+                mixture = result.mixtures[index] if index < len(result.mixtures) else None
+                if mixture is None:
+                    raise contract.ParamError("echo", f"the {parsed.strategy} strategy decodes under no single "
+                                                      "mixture, so it cannot score an echoed prompt.")
+                choice["prompt_logprobs"] = decoding.prompt_logprob_entries(engine, prompt, mixture, top)
+        if parsed.offers_tools:
+            calls = tools.parse_tool_calls(text, parsed.tools, call_id_prefix=f"call_{parsed.request_id[:12]}_{index}_")
+            if calls:
+                choice.update(tool_calls=calls if parsed.parallel_tool_calls else calls[:1],
+                              finish_reason="tool_calls")
+        choices.append(choice)
+    return choices
 
 
 def run_message(message: dict, *, listener=None) -> dict:
@@ -273,11 +333,13 @@ def run_message(message: dict, *, listener=None) -> dict:
             strategy_key, lambda: build_strategy(parsed.strategy, parsed.strategy_config, experts)
         )
         request = CompletionRequest(**{**parsed.request.__dict__, "prompt": prompt})
+        check_logit_bias(parsed, engine)
         started = time.perf_counter()
         clock = TokenClock(listener)
-        engine.listen(prompt, clock)
+        engine.listen(prompt, None if parsed.offers_tools else clock)  # a call is sent whole, never as text
         try:
             result = strategy.run(request, engine)
+            choices = result_choices(parsed, prompt, result, engine)
         finally:
             engine.listen(None, None)
         engine_ms = int((time.perf_counter() - started) * 1000)
@@ -287,6 +349,9 @@ def run_message(message: dict, *, listener=None) -> dict:
         return error_result(request_id, error.message, error.code, error.param)
     except AdapterError as error:
         return error_result(request_id, str(error), "adapter_error")
+    except UnconstrainedAnswer as error:  # this strategy cannot answer under the requested constraint
+        return error_result(request_id, f"the {parsed.strategy} strategy cannot be constrained here: {error}",
+                            contract.INVALID_REQUEST, "response_format")
     except CompositionError as error:
         return error_result(request_id, str(error), "strategy_error")
     except SoftTimeLimitExceeded:
@@ -295,10 +360,7 @@ def run_message(message: dict, *, listener=None) -> dict:
         return error_result(request_id, f"engine error: {type(error).__name__}: {error}", "engine_error")
     return {
         "request_id": parsed.request_id,
-        "choices": [
-            {"index": index, "text": text, "finish_reason": reason}
-            for index, (text, reason) in enumerate(zip(result.texts, result.finish_reasons))
-        ],
+        "choices": choices,
         "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens},
         "attribution": attribution_strings(result.attribution, [ref.id for ref in parsed.experts]),
         "engine_ms": engine_ms,

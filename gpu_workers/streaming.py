@@ -36,7 +36,7 @@ def _holdback(message: dict) -> int:
 
 def _finish(result: dict, sent: dict[int, str]) -> Iterator[dict]:
     for choice in result.get("choices", []):
-        index, text = choice["index"], choice["text"]
+        index, text = choice["index"], "" if choice.get("tool_calls") else choice["text"]  # a call is sent whole
         already = sent.get(index, "")
         rest = text[len(already):] if text.startswith(already) else ""
         for piece in _chunks(rest):

@@ -276,7 +276,21 @@ def demo_systems(experts_by_skill: dict[str, Expert], examples: list[dict]) -> l
         ("mosaic-merge", "Mosaic merge", "merge", {}, skills, None,
          "All five adapters merged into one with equal weights (a derivative work)."),
         ("alice-adder", "Alice's adder", "single", {}, ["add"], "alice-co", "Private to alice-co: the adder alone."),
+        ("mosaic-extract", "Mosaic JSON extraction", "single", {}, ["extract"], None,
+         "The extractor alone, for structured outputs: call it with response_format json_schema "
+         "(PERSON_SCHEMA in marketplace/demo.py) and every answer is a JSON object that matches the schema."),
     ]
+
+
+# The schema the JSON-extraction system is called with (README: structured outputs).
+PERSON_SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 40}, "age": {"type": "integer", "minimum": 0,
+                                                                       "maximum": 150},
+                   "city": {"type": "string", "maxLength": 40}},
+    "required": ["name", "age", "city"],
+    "additionalProperties": False,
+}
 
 
 def seed_systems(context: DemoContext) -> None:

@@ -42,7 +42,8 @@ class LogitMixture(Strategy):
         if self.config["source"] == "fixed":
             weights = {k: v for k, v in self.config["weights"].items() if v > 0}
             generation = engine.generate([self.generation_request(prompt, request, seed, weights)])[0]
-            return Choice(generation.text, generation.finish_reason, generation.completion_tokens, weights)
+            return Choice(generation.text, generation.finish_reason, generation.completion_tokens, weights,
+                          generation=generation, mixture=weights)
 
         totals = {expert_id: 0.0 for expert_id in self.expert_ids}
 
@@ -58,7 +59,8 @@ class LogitMixture(Strategy):
             return engine.next_token_logits([self.generation_request(context, request, seed, mixture)])[0]
 
         generation = decode_step_by_step(engine, self.generation_request(prompt, request, seed, {}), next_logprobs)
-        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, totals)
+        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, totals,
+                      generation=generation)
 
 
 class Contrastive(Strategy):
@@ -104,7 +106,8 @@ class Contrastive(Strategy):
             attribution = {expert: 1.0}
         else:
             attribution = {expert: 1.0 / (1.0 + strength), amateur: strength / (1.0 + strength)}
-        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, attribution)
+        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, attribution,
+                      generation=generation)
 
 
 def contrastive_scores(expert_logprobs: torch.Tensor, amateur_logprobs: torch.Tensor, *,

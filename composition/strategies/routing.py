@@ -32,7 +32,8 @@ class Single(Strategy):
     def complete(self, prompt, request, seed, engine):
         expert = self.config["expert"]
         generation = engine.generate([self.generation_request(prompt, request, seed, {expert: 1.0})])[0]
-        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, {expert: 1.0})
+        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, {expert: 1.0},
+                      generation=generation, mixture={expert: 1.0})
 
 
 class BaseAlone(Strategy):
@@ -61,7 +62,8 @@ class BaseAlone(Strategy):
 
     def complete(self, prompt, request, seed, engine):
         generation = engine.generate([self.generation_request(prompt, request, seed, {})])[0]
-        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, {})
+        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, {},
+                      generation=generation, mixture={})
 
 
 class EmbeddingRouter(Strategy):
@@ -100,7 +102,8 @@ class EmbeddingRouter(Strategy):
         weights = self.routing_weights(prompt, engine, top_k=self.config["top_k"],
                                        temperature=self.config["temperature"])
         generation = engine.generate([self.generation_request(prompt, request, seed, weights)])[0]
-        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, weights)
+        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, weights,
+                      generation=generation, mixture=weights)
 
 
 def expert_profiles(experts, engine: Engine) -> list[torch.Tensor]:
@@ -217,7 +220,8 @@ class TrainedRouter(Strategy):
             total = sum(weights.values())
             weights = {expert_id: p / total for expert_id, p in weights.items()}
         generation = engine.generate([self.generation_request(prompt, request, seed, weights)])[0]
-        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, weights)
+        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, weights,
+                      generation=generation, mixture=weights)
 
 
 class Cascade(Strategy):
@@ -255,7 +259,8 @@ class Cascade(Strategy):
                 tried.sort(key=lambda pair: pair[1].mean_logprob, reverse=True)
                 tried = tried[:1]
         expert_id, generation = tried[-1]
-        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, {expert_id: 1.0})
+        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, {expert_id: 1.0},
+                      generation=generation, mixture={expert_id: 1.0})
 
 
 class Switch(Strategy):
@@ -303,4 +308,5 @@ class Switch(Strategy):
             )[0]
 
         generation = decode_step_by_step(engine, self.generation_request(prompt, request, seed, {}), next_logprobs)
-        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, counts)
+        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, counts,
+                      generation=generation)

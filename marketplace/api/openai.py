@@ -17,7 +17,7 @@ from marketplace import policy, quotas
 from marketplace.models import ComposedSystem, OrganizationAPIKey, Subscription
 from marketplace.selectors.organizations import api_key_from_presented
 from marketplace.selectors.systems import system_for_organization, systems_callable_by
-from marketplace.services import idempotency, inference
+from marketplace.services import idempotency, inference, openai_params
 from marketplace.services.organizations import api_key_mark_used
 from marketplace.services.usage import usage_record
 from mosaic import logs, metrics
@@ -87,6 +87,7 @@ def model_object(system: ComposedSystem) -> dict:
         "quality": system.quality,
         "price_per_1k_tokens_minor": system.price_per_1k_tokens_minor,
         "license_summary": system.license_summary,
+        "supported_parameters": list(openai_params.SUPPORTED_PARAMETERS),
     }
 
 
@@ -171,13 +172,22 @@ class CompletionParamsSerializer(serializers.Serializer):
                          allow_null=True, default=None)
     stream = StrictBoolean(required=False, default=False)
     stream_options = StreamOptionsSerializer(required=False, allow_null=True, default=None)
+    presence_penalty = StrictFloat(required=False, min_value=-contract.PENALTY_LIMIT,
+                                   max_value=contract.PENALTY_LIMIT, allow_null=True, default=None)
+    frequency_penalty = StrictFloat(required=False, min_value=-contract.PENALTY_LIMIT,
+                                    max_value=contract.PENALTY_LIMIT, allow_null=True, default=None)
+    logit_bias = serializers.DictField(child=serializers.JSONField(), required=False, allow_null=True,
+                                       default=None)
+    response_format = serializers.JSONField(required=False, allow_null=True, default=None)
+    user = StrictString(required=False, allow_null=True, default=None)  # the caller's end user; not used
 
     def validate(self, attrs):
         """The rules of gpu_workers.contract, checked again by the worker: a 400 naming the parameter."""
         attrs["max_tokens"] = attrs.get("max_completion_tokens") or attrs.get("max_tokens") or 16
         try:
             contract.checked_text(attrs["model"], "model")
-            contract.sampling_params(attrs, max_tokens_limit=settings.MAX_TOKENS_LIMIT)
+            attrs["params"] = openai_params.worker_params(attrs, chat="messages" in attrs)
+            contract.sampling_params(attrs["params"], max_tokens_limit=settings.MAX_TOKENS_LIMIT)
             if "messages" in attrs:
                 contract.checked_messages(attrs["messages"])
             if "prompt" in attrs:
@@ -189,30 +199,46 @@ class CompletionParamsSerializer(serializers.Serializer):
 
 class MessageSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=contract.CHAT_ROLES)
-    content = serializers.JSONField()
+    content = serializers.JSONField(allow_null=True)
+    name = StrictString(required=False)
+    tool_calls = serializers.JSONField(required=False)
+    tool_call_id = StrictString(required=False)
 
     def validate_content(self, content):
-        if isinstance(content, str):
+        if content is None or isinstance(content, str):
             return content
-        if isinstance(content, list) and all(
-            isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
-            for part in content
-        ):
+        if isinstance(content, list) and all(isinstance(part, dict) for part in content):
+            for position, part in enumerate(content):
+                if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise serializers.ValidationError(
+                        f"content[{position}] is a {part.get('type')!r} part; Mosaic's systems read text only "
+                        "(text parts, no images, audio or files).")
             return "".join(part["text"] for part in content)
         raise serializers.ValidationError("content must be a string or a list of text parts.")
 
 
 class ChatCompletionInputSerializer(CompletionParamsSerializer):
     messages = MessageSerializer(many=True, allow_empty=False)
+    logprobs = StrictBoolean(required=False, allow_null=True, default=None)
+    top_logprobs = StrictInteger(required=False, min_value=0, max_value=contract.MAX_TOP_LOGPROBS, allow_null=True,
+                                 default=None)
+    tools = serializers.ListField(child=serializers.JSONField(), required=False, allow_null=True, default=None)
+    tool_choice = serializers.JSONField(required=False, allow_null=True, default=None)
+    parallel_tool_calls = StrictBoolean(required=False, allow_null=True, default=None)
 
 
 class CompletionInputSerializer(CompletionParamsSerializer):
     prompt = StrictString(allow_blank=True, trim_whitespace=False)
+    logprobs = StrictInteger(required=False, min_value=0, max_value=contract.MAX_TOP_LOGPROBS, allow_null=True,
+                             default=None)
+    echo = StrictBoolean(required=False, default=False)
+    best_of = StrictInteger(required=False, min_value=1, allow_null=True, default=None)
 
 
 def _validated(serializer_class, request) -> dict:
     if not isinstance(request.data, dict):
         raise DomainError("The request body must be a JSON object.")
+    openai_params.refuse_unsupported(request.data, accepted=serializer_class().fields)
     serializer = serializer_class(data=request.data)
     serializer.is_valid(raise_exception=True)
     return serializer.validated_data
@@ -287,27 +313,20 @@ class _CompletionApi(OpenAIView):
         system = system_for_organization(organization=organization, slug=data["model"])
         plan = _active_plan(organization)
         serving = policy.request_plan(organization=organization, system=system, actor=f"organization:{organization.pk}")
-        text_in = "".join(m["content"] for m in data["messages"]) if self.chat else data["prompt"]
+        text_in = "".join(m["content"] or "" for m in data["messages"]) if self.chat else data["prompt"]
         reservation = quotas.reserve(
             organization=organization, plan=plan,
             estimated_tokens=len(text_in) + 8 * len(data.get("messages") or []) + data["max_tokens"] * (data["n"] or 1),
         )
         request_id = logs.current_request_id() or logs.new_request_id()  # the request's id (mosaic.middleware)
-        params = {
-            "max_tokens": data["max_tokens"],
-            "temperature": 1.0 if data["temperature"] is None else data["temperature"],
-            "top_p": 1.0 if data["top_p"] is None else data["top_p"],
-            "stop": data["stop"] or [],
-            "seed": data["seed"],
-            "n": data["n"] or 1,
-        }
         message = inference.build_message(
-            request_id=request_id, system=system, plan=serving, params=params,
+            request_id=request_id, system=system, plan=serving, params=data["params"],
             **({"messages": data["messages"]} if self.chat else {"prompt": data["prompt"]}),
         )
+        message.update(openai_params.message_extras(data))  # tools, tool_choice, echo
         context = dict(
             request_id=request_id, organization=organization, api_key=api_key, system=system, plan=plan,
-            serving=serving, reservation=reservation, started=started,
+            serving=serving, reservation=reservation, started=started, data=data,
         )
         if data["stream"]:
             include_usage = bool(data["stream_options"] and data["stream_options"].get("include_usage"))
@@ -331,8 +350,7 @@ class _CompletionApi(OpenAIView):
         response["x-request-id"] = request_id
         return response
 
-    def _record(self, *, result, request_id, organization, api_key, system, plan, serving, reservation, started):
-        metrics.observe_completion(system=system.slug, result=result)
+        request_id = logs.current_request_id() or logs.new_request_id()  # the request's id (mosaic.middleware)
         return usage_record(
             request_id=request_id, organization=organization, api_key=api_key, system=system, plan=plan,
             prompt_tokens=result["usage"]["prompt_tokens"], completion_tokens=result["usage"]["completion_tokens"],
@@ -354,18 +372,9 @@ class _CompletionApi(OpenAIView):
         return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
                 "total_tokens": usage.total_tokens}
 
-    def _body(self, *, result, usage, request_id, system, serving, **_):
-        if self.chat:
-            choices = [
-                {"index": c["index"], "message": {"role": "assistant", "content": c["text"], "refusal": None},
-                 "finish_reason": c["finish_reason"], "logprobs": None}
-                for c in result["choices"]
-            ]
-        else:
-            choices = [
-                {"index": c["index"], "text": c["text"], "finish_reason": c["finish_reason"], "logprobs": None}
-                for c in result["choices"]
-            ]
+    def _body(self, *, result, usage, request_id, system, serving, data, **_):
+        shape = openai_params.chat_choice if self.chat else openai_params.completion_choice
+        choices = [shape(c, data) for c in result["choices"]]
         return {
             **self._envelope(request_id=request_id, system=system, chunk=False),
             "choices": choices,
@@ -373,11 +382,16 @@ class _CompletionApi(OpenAIView):
             "attribution": attribution_list(attribution=usage.attribution, members=serving.members),
         }
 
-    def _chunk_choice(self, index: int, text: str | None, finish_reason: str | None, first: bool) -> dict:
+    def _chunk_choice(self, index: int, text: str | None, finish_reason: str | None, first: bool,
+                      final: dict | None = None, data: dict | None = None) -> dict:
+        """One choice of a chunk; `final`, the finished choice of the result, adds its logprobs and tool calls
+        (a stream's last chunk of a choice carries all of them)."""
         if self.chat:
             delta = {"role": "assistant", "content": text or ""} if first else ({"content": text} if text else {})
-            return {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
-        return {"index": index, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
+            chunk = {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+        else:
+            chunk = {"index": index, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
+        return openai_params.final_chunk_choice(chunk, final, data, chat=self.chat, first=first) if final else chunk
 
     def _stream(self, *, message, include_usage, **context):
         envelope = self._envelope(request_id=context["request_id"], system=context["system"], chunk=True)
@@ -394,8 +408,8 @@ class _CompletionApi(OpenAIView):
                     usage = self._record(result=result, **context)
                     for choice in result["choices"]:
                         first = choice["index"] not in started_choices
-                        yield line({**envelope, "choices": [
-                            self._chunk_choice(choice["index"], None, choice["finish_reason"], first)]})
+                        yield line({**envelope, "choices": [self._chunk_choice(
+                            choice["index"], None, choice["finish_reason"], first, choice, context["data"])]})
                     final = {**envelope, "choices": [], "usage": self._usage(usage) if include_usage else None,
                              "attribution": attribution_list(attribution=usage.attribution,
                                                              members=context["serving"].members)}
@@ -404,7 +418,8 @@ class _CompletionApi(OpenAIView):
                 index = event["choice_index"]
                 first = index not in started_choices
                 started_choices.add(index)
-                yield line({**envelope, "choices": [self._chunk_choice(index, event["text_delta"], None, first)]})
+                delta = openai_params.echoed(event["text_delta"], context["data"], first=first)
+                yield line({**envelope, "choices": [self._chunk_choice(index, delta, None, first)]})
         except GeneratorExit:
             # The client went away mid-stream. The engine finishes the answer anyway, so it is recorded and billed.
             self._finish_after_disconnect(events=events, context=context)

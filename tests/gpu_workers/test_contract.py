@@ -59,3 +59,53 @@ def test_the_contract_imports_neither_django_nor_torch():
             "print(sorted(m for m in ('django', 'torch', 'transformers') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_logit_bias_keys_are_token_ids_and_values_stay_within_100():
+    assert contract.checked_logit_bias({"7": 5, "12": -100}) == {7: 5.0, 12: -100.0}
+    for bad in ({"x": 1}, {"7": 101}, {"-1": 1}, [1]):
+        with pytest.raises(ParamError) as raised:
+            contract.checked_logit_bias(bad)
+        assert raised.value.param.startswith("logit_bias")
+
+
+def test_chat_and_completions_ask_for_logprobs_in_their_own_ways():
+    assert contract.requested_logprobs(chat=True, logprobs=True, top_logprobs=3) == 3
+    assert contract.requested_logprobs(chat=True, logprobs=True, top_logprobs=None) == 0
+    assert contract.requested_logprobs(chat=True, logprobs=None, top_logprobs=None) is None
+    assert contract.requested_logprobs(chat=False, logprobs=2, top_logprobs=None) == 2
+    for chat, logprobs, top, param in ((True, False, 2, "top_logprobs"), (True, True, 21, "top_logprobs"),
+                                       (False, 21, None, "logprobs"), (False, 1, 1, "top_logprobs")):
+        with pytest.raises(ParamError) as raised:
+            contract.requested_logprobs(chat=chat, logprobs=logprobs, top_logprobs=top)
+        assert raised.value.param == param
+
+
+def test_a_response_format_is_text_json_or_a_schema_that_compiles():
+    assert contract.checked_response_format({"type": "json_object"}) == (True, None)
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    assert contract.checked_response_format(
+        {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}) == (True, schema)
+    with pytest.raises(ParamError) as raised:
+        contract.checked_response_format({"type": "yaml"})
+    assert raised.value.param == "response_format.type"
+
+
+def test_tools_are_named_functions_and_tool_choice_names_one_of_them():
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    assert contract.checked_tools([tool], None) == ([tool], "auto")
+    for tools, choice, param in (([tool], "sometimes", "tool_choice"), (None, "required", "tool_choice"),
+                                 ([{"type": "code_interpreter"}], None, "tools[0]"),
+                                 ([tool, tool], None, "tools")):
+        with pytest.raises(ParamError) as raised:
+            contract.checked_tools(tools, choice)
+        assert raised.value.param == param
+
+
+def test_a_tool_message_answers_a_call_by_its_id_and_an_assistant_call_may_have_no_content():
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    contract.checked_messages([{"role": "assistant", "content": None, "tool_calls": [call]},
+                               {"role": "tool", "tool_call_id": "c", "content": "done"}])
+    with pytest.raises(ParamError) as raised:
+        contract.checked_messages([{"role": "tool", "content": "done"}])
+    assert raised.value.param == "messages[0].tool_call_id"
