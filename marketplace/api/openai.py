@@ -350,7 +350,9 @@ class _CompletionApi(OpenAIView):
         response["x-request-id"] = request_id
         return response
 
-        request_id = logs.current_request_id() or logs.new_request_id()  # the request's id (mosaic.middleware)
+    def _record(self, *, result, request_id, organization, api_key, system, plan, serving, reservation, started,
+                **_):
+        metrics.observe_completion(system=system.slug, result=result)
         return usage_record(
             request_id=request_id, organization=organization, api_key=api_key, system=system, plan=plan,
             prompt_tokens=result["usage"]["prompt_tokens"], completion_tokens=result["usage"]["completion_tokens"],
