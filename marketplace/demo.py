@@ -262,19 +262,23 @@ def chat_renderer(base_model: BaseModel) -> Callable[[str], str]:
 
 def demo_systems(experts_by_skill: dict[str, Expert], examples: list[dict]) -> list[tuple]:
     """(slug, name, strategy, config, skills, owner organization or None, description)."""
+    from composition.skills import demo_strategies
+
     skills = list(experts_by_skill)
-    ids = [str(experts_by_skill[s].pk) for s in skills]
+    strategies = demo_strategies({skill: str(experts_by_skill[skill].pk) for skill in skills}, examples)
     return [
-        (DEFAULT_SYSTEM, "Mosaic router", "trained_router", {"examples": examples, "mode": "top1"}, skills, None,
+        (DEFAULT_SYSTEM, "Mosaic router", *strategies["router"], skills, None,
          "A classifier on the base model's embeddings sends each request to the one expert whose skill it asks "
          "for, or to the base model alone for anything else."),
-        ("mosaic-mixture", "Mosaic mixture", "trained_router", {"examples": examples, "mode": "mixture"}, skills,
+        ("mosaic-mixture", "Mosaic mixture", *strategies["mixture"], skills,
          None, "The experts' next-token distributions mixed at every token with the router's probabilities "
                "as weights (the base model alone for general questions)."),
-        ("mosaic-cascade", "Mosaic cascade", "cascade", {"order": ids, "threshold": -0.3}, skills, None,
-         "Each expert in turn until one is confident (mean token log-probability at least -0.3)."),
-        ("mosaic-merge", "Mosaic merge", "merge", {}, skills, None,
-         "All five adapters merged into one with equal weights (a derivative work)."),
+        ("mosaic-cascade", "Mosaic cascade", *strategies["cascade"], skills, None,
+         "Each expert in turn until one is confident (mean token log-probability at least -0.1); the base model "
+         "alone when none is."),
+        ("mosaic-merge", "Mosaic merge", *strategies["merge"], skills, None,
+         "The five adapters merged into one by TIES (each keeps its largest half, signs elected, scale 3): a "
+         "derivative work."),
         ("alice-adder", "Alice's adder", "single", {}, ["add"], "alice-co", "Private to alice-co: the adder alone."),
         ("mosaic-extract", "Mosaic JSON extraction", "single", {}, ["extract"], None,
          "The extractor alone, for structured outputs: call it with response_format json_schema "
