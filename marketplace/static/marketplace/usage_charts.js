@@ -31,8 +31,10 @@
     Plotly.newPlot("chart-quota", [
       { type: "bar", orientation: "h", name: "used", y: ["tokens"], x: [month.tokens] },
       { type: "bar", orientation: "h", name: "left of the quota", y: ["tokens"], x: [Math.max(quota - month.tokens, 0)] },
-    ], layout("", { height: 160, xaxis: { rangemode: "tozero", title: { text: quota ? "of " + quota + " tokens" : "no plan" } },
-                    yaxis: { type: "category" } }), config);
+    ], layout("", { height: 200, margin: { l: 50, r: 10, t: 10, b: 90 }, legend: { orientation: "h", y: -0.5 },
+                    xaxis: { rangemode: "tozero", range: [0, Math.max(quota, month.tokens, 1)],
+                             title: { text: quota ? "tokens, of " + quota + " this month" : "tokens (no plan)" } },
+                    yaxis: { type: "category", showticklabels: false } }), config);
   }
   if (document.readyState === "loading") {
     document.addEventListener("DOMContentLoaded", draw);
