@@ -26,7 +26,7 @@ from marketplace.selectors.organizations import (
 )
 from marketplace.selectors.systems import systems_visible_to_user
 from marketplace.selectors.usage import usage_dashboard
-from marketplace.services.billing import subscription_change_plan, subscription_create
+from marketplace.services.billing import subscription_change_plan
 from marketplace.services.organizations import (
     api_key_create,
     api_key_revoke,
@@ -243,13 +243,8 @@ def _subscribe(request, *, organization, data: dict, with_card: bool) -> None:
         payment_method = stripe_client.create_card_payment_method(
             number=data["card_number"].replace(" ", ""), exp_month=data["exp_month"], exp_year=data["exp_year"],
             cvc=data["cvc"])
-    actor = f"user:{request.user.pk}"
-    if subscription_live(organization=organization) is None:
-        subscription, unavailable = subscription_create(organization=organization, plan=plan, actor=actor,
-                                                        payment_method=payment_method)
-    else:
-        subscription, unavailable = subscription_change_plan(organization=organization, plan=plan, actor=actor,
-                                                             payment_method=payment_method)
+    subscription, unavailable = subscription_change_plan(organization=organization, plan=plan,
+                                                         actor=f"user:{request.user.pk}", payment_method=payment_method)
     messages.success(request, f"{organization.name} is on {plan.name} ({subscription.status}).")
     for system, reason in sorted(unavailable.items()):
         messages.warning(request, f"{system} is not available to you: {reason}")

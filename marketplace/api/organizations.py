@@ -19,7 +19,7 @@ from marketplace.selectors.organizations import (
     require_role,
 )
 from marketplace.selectors.usage import usage_summary
-from marketplace.services.billing import subscription_create
+from marketplace.services.billing import subscription_change_plan, subscription_create
 from marketplace.services.organizations import (
     api_key_create,
     api_key_revoke,
@@ -209,6 +209,8 @@ def subscription_output(subscription) -> dict:
 
 
 class SubscriptionApi(APIView):
+    error_statuses = (402, 502)  # the card refused; Stripe could not be reached
+
     @extend_schema(request=None, responses=SubscriptionOutputSerializer)
     def get(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
@@ -231,6 +233,19 @@ class SubscriptionApi(APIView):
             payment_method=serializer.validated_data.get("payment_method"), actor=f"user:{request.user.pk}",
         )
         return Response({**subscription_output(subscription), "unavailable_systems": unavailable}, status=201)
+
+    @extend_schema(request=SubscriptionInputSerializer, responses={200: SubscriptionCreatedOutputSerializer},
+                   summary="Change plan (subscribes when there is no live subscription)")
+    def put(self, request, organization_id: int):
+        membership = membership_for(user=request.user, organization_id=organization_id)
+        require_role(membership=membership, roles=OWNER_OR_BILLING, action="change the plan")
+        serializer = SubscriptionInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        subscription, unavailable = subscription_change_plan(
+            organization=membership.organization, plan=serializer.validated_data["plan"],
+            payment_method=serializer.validated_data.get("payment_method"), actor=f"user:{request.user.pk}",
+        )
+        return Response({**subscription_output(subscription), "unavailable_systems": unavailable})
 
 
 class InvoiceOutputSerializer(serializers.Serializer):

@@ -158,8 +158,8 @@ def _one_month_after(moment: datetime.datetime) -> datetime.datetime:
 def subscription_change_plan(
     *, organization: Organization, plan: Plan, actor: str, payment_method: str | None = None
 ) -> tuple[Subscription, dict]:
-    """Moves the organization to another plan: the live subscription ends now (cancelled at Stripe too, which
-    invoices its usage so far) and a new one starts on the new plan."""
+    """Puts the organization on `plan`: subscribes it if it has no live subscription; otherwise the live one ends
+    now (cancelled at Stripe too) and a new one starts on the new plan."""
     live = subscription_live(organization=organization)
     if live is None:
         return subscription_create(organization=organization, plan=plan, actor=actor, payment_method=payment_method)

@@ -251,3 +251,17 @@ def test_with_stripe_a_declined_card_is_shown_on_the_form(served, stripe_api):
         "plan": "pro", "card_number": "4000000000000002", "exp_month": 12, "exp_year": 2030, "cvc": "123"})
     assert response.status_code == 400 and 'class="errorlist' in response.content.decode()
     assert not Subscription.objects.filter(organization=organization, status="active").exists()
+
+
+def test_the_api_changes_the_plan_for_owners_and_billing_members_only(served, starter):
+    from tests.marketplace.conftest import client_for
+
+    developer = member(served.organization, "developer", "dev")
+    url = f"/api/organizations/{served.organization.pk}/subscription"
+    assert client_for(developer).put(url, {"plan": "starter"}, format="json").status_code == 403
+
+    response = client_for(served.organization.memberships.get(role="owner").user).put(url, {"plan": "starter"},
+                                                                                       format="json")
+
+    assert response.status_code == 200 and response.json()["plan"] == "starter"
+    assert dict(Subscription.objects.values_list("plan__slug", "status")) == {"team": "canceled", "starter": "active"}
