@@ -165,8 +165,9 @@ def test_every_page_fits_375_px_has_landmarks_labelled_inputs_and_loads_nothing_
     own_pages = ["/", "/systems/", "/systems/duo/", "/organizations/", f"/organizations/{organization}/",
                  f"/organizations/{organization}/plan/", f"/organizations/{organization}/keys/",
                  f"/organizations/{organization}/usage/", f"/organizations/{organization}/invoices/"]
+    own_pages += ["/dashboard/", "/experts/new/"]  # a member who is no contributor: the refusal, and the form
     anonymous_pages = ["/organizations/signup/", "/login/", "/signup/", "/systems/"]
-    other_pages = ["/admin/login/", "/api/docs/", "/api/redoc/"]
+    other_pages = ["/admin/login/", "/api/docs/", "/api/redoc/"]  # not ours: no skip link to look for
     problems = []
     for who, paths in (("owner", own_pages), ("anonymous", anonymous_pages), ("anonymous", other_pages)):
         context = browser.new_context(viewport={"width": 375, "height": 800})
@@ -191,3 +192,14 @@ def test_every_page_fits_375_px_has_landmarks_labelled_inputs_and_loads_nothing_
             problems.append(f"{who}: requests to other hosts {foreign.sent()}")
         context.close()
     assert problems == []
+
+
+def test_the_admin_is_styled_with_debug_off(page, live_server, settings):
+    assert settings.DEBUG is False
+    responses = []
+    page.on("response", lambda response: responses.append((response.url, response.status)))
+    page.goto(f"{live_server.url}/admin/login/")
+    stylesheets = [(url, status) for url, status in responses if url.endswith(".css")]
+    assert stylesheets and all(status == 200 for _, status in stylesheets), stylesheets
+    header = page.evaluate("getComputedStyle(document.getElementById('header')).backgroundColor")
+    assert header not in ("rgba(0, 0, 0, 0)", "transparent")
