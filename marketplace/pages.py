@@ -24,6 +24,7 @@ from marketplace.selectors.experts import (
 from marketplace.selectors.systems import systems_visible_to_user
 from marketplace.services.accounts import contributor_register
 from marketplace.services.experts import AdapterUpload, expert_contribute, expert_version_contribute
+from marketplace.web_forms import show_refusal
 from mosaic.errors import DomainError
 
 
@@ -98,7 +99,7 @@ def signup(request):
                 display_name=data["display_name"], priorities=split_list(data["priorities"]),
             )
         except DomainError as error:
-            form.add_error(None, error.message)
+            show_refusal(form, error)
         else:
             login(request, contributor.user, backend="django.contrib.auth.backends.ModelBackend")
             messages.success(request, f"Welcome, {contributor.display_name}.")
@@ -143,7 +144,7 @@ def upload(request):
                 },
             )
         except DomainError as error:
-            form.add_error(None, error.message)
+            show_refusal(form, error)
         else:
             return redirect("expert-detail", expert_id=version.expert_id)
     return render(request, "marketplace/upload.html", {"form": form}, status=400 if form.errors else 200)
@@ -168,7 +169,7 @@ def expert_detail(request, expert_id: int):
                 expert_version_contribute(expert=expert_get_owned(user=request.user, expert_id=expert_id),
                                           adapter=form.adapter(), model_card=form.cleaned_data["model_card"])
             except DomainError as error:
-                form.add_error(None, error.message)
+                show_refusal(form, error)
                 status = 400
             else:
                 return redirect("expert-detail", expert_id=expert_id)

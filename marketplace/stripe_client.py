@@ -17,6 +17,14 @@ from mosaic.errors import DomainError
 from mosaic.parsers import JSONRefused, loads_limited
 
 METER_EVENT_NAME = "mosaic_usage_minor"
+# The embedded default key: with it and no STRIPE_API_BASE, Stripe is not configured and billing is local
+# (marketplace.services.billing): plans get local price records and subscriptions start without Stripe.
+EMBEDDED_DEFAULT_KEY = "sk_test_mosaic_local"
+
+
+def is_configured() -> bool:
+    """Whether Mosaic bills through Stripe: an API base (a localstripe) or a key of one's own is set."""
+    return bool(settings.STRIPE_API_BASE) or settings.STRIPE_API_KEY != EMBEDDED_DEFAULT_KEY
 
 
 class StripeFailed(DomainError):
@@ -95,6 +103,19 @@ def create_subscription(
         idempotency_key=f"{idempotency_key}-metered",
     )
     return subscription, item.id
+
+
+def create_card_payment_method(*, number: str, exp_month: int, exp_year: int, cvc: str) -> str:
+    """A card payment method from raw card details: the card flow localstripe supports (test mode). Stripe itself
+    takes raw numbers only from PCI-compliant callers; in production the card is collected by Stripe's own page."""
+    _configured()
+    return _call(stripe.PaymentMethod.create, type="card",
+                 card={"number": number, "exp_month": exp_month, "exp_year": exp_year, "cvc": cvc}).id
+
+
+def cancel_subscription(*, subscription_id: str) -> None:
+    _configured()
+    _call(stripe.Subscription.delete, subscription_id)
 
 
 def report_meter_event(*, customer_id: str, value: int, identifier: str, timestamp: int):

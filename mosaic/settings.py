@@ -96,6 +96,19 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+# Static files in every mode (DEBUG or not), served by whitenoise: the admin's, Swagger UI's and ReDoc's (from
+# drf-spectacular-sidecar) and plotly.js (from the plotly wheel, mosaic.staticfiles). Straight from the finders,
+# so no collectstatic step is needed; whatever collectstatic wrote under STATIC_ROOT is served too.
+INSTALLED_APPS += ["drf_spectacular_sidecar"]
+MIDDLEWARE.insert(MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+                  "whitenoise.middleware.WhiteNoiseMiddleware")
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "mosaic.staticfiles.PackageFileFinder",
+]
+WHITENOISE_USE_FINDERS = True
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise serves it too (empty unless collectstatic ran)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -127,6 +140,10 @@ SPECTACULAR_SETTINGS = {
         "ChatRoleEnum": "gpu_workers.contract.CHAT_ROLES",
         "SubscriptionStatusEnum": "marketplace.models.Subscription.Status",
     },
+    # Swagger UI and ReDoc from our own static files (drf-spectacular-sidecar): /api/docs/ works offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 API_KEY_CUSTOM_HEADER = "HTTP_AUTHORIZATION"
 

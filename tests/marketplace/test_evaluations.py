@@ -198,6 +198,24 @@ def test_the_admin_action_queues_an_evaluation_the_operator_can_watch(world, sta
     assert page.status_code == 200 and b"succeeded" in page.content
 
 
+def test_the_evaluate_button_runs_the_evaluation_and_the_system_page_shows_its_progress_and_result(
+        world, staff, client, django_capture_on_commit_callbacks):
+    served = world[0]
+    client.force_login(staff)
+    change_page = f"/admin/marketplace/composedsystem/{served.duo.pk}/change/"
+    assert f'action="/admin/marketplace/composedsystem/{served.duo.pk}/evaluate/"' in client.get(change_page).content.decode()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(f"/admin/marketplace/composedsystem/{served.duo.pk}/evaluate/")
+
+    assert response.status_code == 302 and response["Location"] == change_page
+    evaluation = SystemEvaluation.objects.get()
+    page = client.get(change_page).content.decode()
+    assert evaluation.state == SystemEvaluation.State.SUCCEEDED, evaluation.error
+    assert f"<td>{evaluation.pk}</td><td>succeeded</td><td>4/4</td>" in page
+    assert f"accuracy {evaluation.result['accuracy']:.3f}" in page and f"expert:{served.french.pk}" in page
+
+
 def test_after_a_revocation_only_the_experts_still_serving_are_measured(world):
     from marketplace.services.revocation import expert_revoke_consent
 
