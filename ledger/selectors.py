@@ -69,3 +69,10 @@ def consistency_proof(*, first: int, second: int) -> tuple[bytes, bytes, list[by
     if second > size:
         raise DomainError(f"The ledger has {size} entries; second must be at most that.", param="second")
     return stored_tree.root(first), stored_tree.root(second), stored_tree.consistency_proof(first, second)
+
+
+def entry_counts_by_kind() -> dict[str, int]:
+    from django.db.models import Count
+
+    rows = Entry.objects.values("kind").annotate(n=Count("id")).order_by("kind")
+    return {row["kind"]: row["n"] for row in rows}

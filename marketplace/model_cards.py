@@ -73,3 +73,14 @@ def reconcile(card: dict, form: dict) -> dict:
 def _comparable(key: str, value):
     """SPDX ids are case-insensitive (Hugging Face cards write `apache-2.0`)."""
     return value.casefold() if key == "license" else value
+
+
+def model_card_html(text: str) -> str:
+    """The card's markdown body (front matter left out) as HTML, sanitised by nh3 (Ammonia's allow-list: no
+    script, no event handlers, no javascript: links); links get rel="noopener noreferrer"."""
+    import markdown
+    import nh3
+
+    body = FRONT_MATTER.sub("", text or "", count=1)
+    html = markdown.markdown(body, extensions=["tables", "fenced_code"], output_format="html")
+    return nh3.clean(html, link_rel="noopener noreferrer nofollow")
