@@ -135,9 +135,11 @@ const LedgerVerify = (() => {
 
   /** {name, keyId, publicKey} of "<name>+<key ID hex>+<base64(0x01 || public key)>", its ID checked. */
   async function parseVerifierKey(text) {
-    const parts = text.trim().split("+");
-    if (parts.length !== 3) throw new Error("a verifier key is name+keyid+base64");
-    const [name, hexId, encoded] = parts;
+    const trimmed = text.trim();
+    const first = trimmed.indexOf("+");
+    const second = trimmed.indexOf("+", first + 1);
+    if (first < 0 || second < 0) throw new Error("a verifier key is name+keyid+base64");
+    const [name, hexId, encoded] = [trimmed.slice(0, first), trimmed.slice(first + 1, second), trimmed.slice(second + 1)];
     const raw = fromBase64(encoded);
     if (raw.length !== 33 || raw[0] !== ED25519) throw new Error("the verifier key is not a 32-byte Ed25519 key");
     const wanted = fromHex(hexId);
