@@ -54,10 +54,13 @@ def payouts_reference(period: SettlementPeriod) -> str:
 
 
 def close_period(*, start: date, end: date, actor: str = ACTOR) -> CloseResult:
+    """Close [start, end]. An end of today closes the current period up to now: what is recorded later today
+    is allocated to the next period, which starts where this one ended (allocation._value_dates)."""
     if end < start:
         raise DomainError("A period's end date cannot be before its start date.", param="end")
-    if end >= timezone.now().date():
-        raise DomainError(f"A period can be closed only after its last day ({end}) has passed.", param="end")
+    today = timezone.now().date()
+    if end > today:
+        raise DomainError(f"A period can be closed up to today ({today}) at most, not {end}.", param="end")
     existing = SettlementPeriod.objects.filter(start_date=start, end_date=end).first()
     if existing is not None:
         return _summary(existing, created=False)
@@ -147,3 +150,9 @@ def close_period(*, start: date, end: date, actor: str = ACTOR) -> CloseResult:
 def previous_month(*, today: date) -> tuple[date, date]:
     end = today.replace(day=1) - timedelta(days=1)
     return end.replace(day=1), end
+
+
+def next_period_start() -> date | None:
+    """The day after the latest closed period, where the next period starts; None before the first close."""
+    latest = SettlementPeriod.objects.order_by("-end_date").first()
+    return latest.end_date + timedelta(days=1) if latest else None
