@@ -104,17 +104,29 @@ def checkpoint_list(request):
 
 
 # Kinds anyone may read in full: what was contributed and under which terms, what was composed from it,
-# consent withdrawn or given back. Organizations' usage, credit and payouts are counted, never listed.
+# consent withdrawn or given back. Organizations' usage, credit and payouts are counted, never listed, and
+# neither is an entry that names an organization (a system private to it).
 PUBLIC_KINDS = ("base_model.registered", "expert.contributed", "expert.validated", "license.set",
                 "system.composed", "consent.revoked", "consent.restored")
 PUBLIC_ENTRIES_SHOWN = 100
 
 
+def _names_an_organization(payload: dict) -> bool:
+    """A system private to an organization (its `owner_organization`) is that organization's business."""
+    return any(isinstance(value, str) and value.startswith("organization:") for value in payload.values())
+
+
 def transparency(request):
     """No login: the latest signed checkpoint, the verifier key, counts by kind and the public entries."""
-    entries = list(selectors.entry_list().filter(kind__in=PUBLIC_KINDS).order_by("-sequence")[:PUBLIC_ENTRIES_SHOWN])
-    for entry in entries:
+    entries = []
+    for entry in selectors.entry_list().filter(kind__in=PUBLIC_KINDS).order_by("-sequence").iterator(chunk_size=200):
+        payload = json.loads(bytes(entry.payload))
+        if _names_an_organization(payload):
+            continue
         entry.payload_text = bytes(entry.payload).decode()
+        entries.append(entry)
+        if len(entries) == PUBLIC_ENTRIES_SHOWN:
+            break
     return render(request, "ledger/transparency.html", {
         "checkpoint": selectors.checkpoint_latest(), "verifier_key": ledger_signer().verifier_key,
         "counts": selectors.entry_counts_by_kind(), "entries": entries, "public_kinds": PUBLIC_KINDS,

@@ -117,3 +117,15 @@ def test_the_transparency_page_is_public_and_shows_no_organizations_usage(ledger
     assert "<td>usage.recorded</td><td>30</td>" in page
     assert "expert:58" in page
     assert "secret_prompt_tokens" not in page
+
+
+def test_the_transparency_page_leaves_out_a_system_private_to_an_organization(db):
+    record_event(kind="system.composed", payload={"system": "system:1", "owner_organization": None, "slug": "open"},
+                 actor="user:1")
+    record_event(kind="system.composed", payload={"system": "system:2", "owner_organization": "organization:9",
+                                                  "slug": "their-own"}, actor="user:1")
+
+    page = Client().get("/transparency/").content.decode()
+
+    assert "<td>system.composed</td><td>2</td>" in page
+    assert "system:1" in page and "system:2" not in page and "organization:9" not in page
