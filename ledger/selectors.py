@@ -76,3 +76,14 @@ def entry_counts_by_kind() -> dict[str, int]:
 
     rows = Entry.objects.values("kind").annotate(n=Count("id")).order_by("kind")
     return {row["kind"]: row["n"] for row in rows}
+
+
+def entries_mentioning(entries: QuerySet[Entry], *, reference: str) -> QuerySet[Entry]:
+    """The entries whose payload holds the reference as a whole JSON string ("expert:7" finds "expert:7", not
+    "expert:70"). A scan of the payloads, meant for one page of the explorer at a time."""
+    from django.db import connection
+    from django.db.models.expressions import RawSQL
+
+    column = 'convert_from("ledger_entry"."payload", \'UTF8\')' if connection.vendor == "postgresql" \
+        else 'CAST("ledger_entry"."payload" AS TEXT)'
+    return entries.annotate(payload_text=RawSQL(column, [])).filter(payload_text__contains=f'"{reference}"')

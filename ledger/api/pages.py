@@ -37,6 +37,8 @@ class EntryFilterForm(forms.Form):
     actor = forms.CharField(required=False, max_length=200, help_text="e.g. contributor:3")
     since = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}), help_text="from this day")
     until = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}), help_text="to this day, inclusive")
+    expert = forms.IntegerField(required=False, min_value=0, help_text="entries that name expert:<id>")
+    organization = forms.IntegerField(required=False, min_value=0, help_text="entries that name organization:<id>")
     before = forms.IntegerField(required=False, min_value=0, widget=forms.HiddenInput)
 
     def selection(self) -> dict:
@@ -50,6 +52,10 @@ class EntryFilterForm(forms.Form):
             "sequence_to": data["before"] - 1 if data["before"] is not None else None,
         }
 
+    def mentions(self) -> list[str]:
+        return [f"{name}:{self.cleaned_data[name]}" for name in ("expert", "organization")
+                if self.cleaned_data.get(name) is not None]
+
 
 @auditors_only
 def entry_list(request):
@@ -61,7 +67,10 @@ def entry_list(request):
     if selection.get("sequence_to") == -1:
         entries = []
     else:
-        entries = list(selectors.entry_list(**selection).order_by("-sequence")[: ENTRIES_PER_PAGE + 1])
+        queryset = selectors.entry_list(**selection)
+        for reference in form.mentions() if request.GET else []:
+            queryset = selectors.entries_mentioning(queryset, reference=reference)
+        entries = list(queryset.order_by("-sequence")[: ENTRIES_PER_PAGE + 1])
     older = entries[ENTRIES_PER_PAGE].sequence + 1 if len(entries) > ENTRIES_PER_PAGE else None
     query = request.GET.copy()
     if older is not None:

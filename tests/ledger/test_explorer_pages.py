@@ -129,3 +129,14 @@ def test_the_transparency_page_leaves_out_a_system_private_to_an_organization(db
 
     assert "<td>system.composed</td><td>2</td>" in page
     assert "system:1" in page and "system:2" not in page and "organization:9" not in page
+
+
+def test_entries_filter_by_the_expert_or_organization_they_name(auditor, ledger):
+    record_event(kind="license.set", payload={"expert": "expert:5", "terms": {"spdx_id": "MIT"}}, actor="contributor:1")
+    record_event(kind="license.set", payload={"expert": "expert:50"}, actor="contributor:1")
+
+    by_expert = auditor.get("/ledger/", {"expert": 5}).content.decode()
+    by_organization = auditor.get("/ledger/", {"organization": 2, "before": 10}).content.decode()
+
+    assert 'href="/ledger/entries/60/"' in by_expert and 'href="/ledger/entries/61/"' not in by_expert
+    assert 'href="/ledger/entries/9/"' in by_organization and 'href="/ledger/entries/8/"' not in by_organization
