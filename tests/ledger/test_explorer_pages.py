@@ -140,3 +140,8 @@ def test_entries_filter_by_the_expert_or_organization_they_name(auditor, ledger)
 
     assert 'href="/ledger/entries/60/"' in by_expert and 'href="/ledger/entries/61/"' not in by_expert
     assert 'href="/ledger/entries/9/"' in by_organization and 'href="/ledger/entries/8/"' not in by_organization
+
+
+def test_a_new_filter_starts_from_the_newest_entries(auditor, ledger):
+    page = auditor.get("/ledger/", {"before": 10}).content.decode()
+    assert 'name="before"' not in page
