@@ -153,6 +153,10 @@ def previous_month(*, today: date) -> tuple[date, date]:
 
 
 def next_period_start() -> date | None:
-    """The day after the latest closed period, where the next period starts; None before the first close."""
+    """Where the next period starts: the day after the latest closed period, or before the first close the
+    first value date of any contributor's credit; None when there is nothing to close."""
     latest = SettlementPeriod.objects.order_by("-end_date").first()
-    return latest.end_date + timedelta(days=1) if latest else None
+    if latest is not None:
+        return latest.end_date + timedelta(days=1)
+    first = Posting.objects.filter(account__startswith="contributor:").order_by("value_date").first()
+    return first.value_date if first else None

@@ -179,13 +179,22 @@ def test_usage_recorded_after_closing_today_goes_to_the_next_period_which_starts
 @pytest.mark.django_db
 def test_the_command_closes_up_to_today_and_starts_the_next_period_after_the_last(served_today, capsys):
     world, today = served_today
-    call_command("close_period", "--start", (today - timedelta(days=6)).isoformat(), "--end", "today")
+    usage_on(today - timedelta(days=6), organization=world.organization, system=world.system, charge_minor=100,
+             attribution={str(world.experts[0].id): "1"})
+    allocate_pending_usage()
+    call_command("close_period", "--end", "today")  # the first period starts on the first day with credit
 
     with pytest.raises(CommandError, match="cannot be before its start"):
         call_command("close_period", "--end", "today")
 
     out = capsys.readouterr().out
-    assert out == f"period {today - timedelta(days=6)}..{today} closed: 1 statements, 1 payouts totalling 4000, 0 carried over\n"
+    assert out == f"period {today - timedelta(days=6)}..{today} closed: 1 statements, 1 payouts totalling 4080, 0 carried over\n"
+
+
+@pytest.mark.django_db
+def test_the_command_says_when_there_is_nothing_to_close(world):
+    with pytest.raises(CommandError, match="nothing to close"):
+        call_command("close_period", "--end", "today")
 
 
 @pytest.mark.django_db

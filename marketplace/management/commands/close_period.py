@@ -21,13 +21,14 @@ class Command(BaseCommand):
             "--end today closes the current period up to now; the next period starts where it ended.")
 
     def add_arguments(self, parser):
-        parser.add_argument("--start", help="first day, YYYY-MM-DD (default: the day after the last closed period)")
+        parser.add_argument("--start", help="first day, YYYY-MM-DD (default: the day after the last closed period, "
+                                            "or the first day with credit before any close)")
         parser.add_argument("--end", required=True, help="last day (inclusive), YYYY-MM-DD or 'today' (up to now)")
 
     def handle(self, *args, start, end, **options):
         first = _day(start) if start else next_period_start()
         if first is None:
-            raise CommandError("No period has been closed yet: give --start for the first one.")
+            raise CommandError("No contributor has earned anything yet and no period was closed: nothing to close.")
         try:
             result = close_period(start=first, end=_day(end), actor="operator:close_period")
         except DomainError as error:
