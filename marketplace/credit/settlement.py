@@ -14,7 +14,7 @@ from ledger.accounting.services import PostingSpec, close_settlement_period, pos
 from marketplace.credit import accounts
 from marketplace.credit.allocation import ACTOR, ADVISORY_LOCK_KEY, allocate_pending_usage
 from marketplace.credit.statements import names_for, statement_csv, statement_line
-from marketplace.models import Contributor, CreditStatement, Payout
+from marketplace.models import Contributor, CreditStatement, Payout, Usage
 from mosaic.errors import DomainError
 
 
@@ -154,9 +154,12 @@ def previous_month(*, today: date) -> tuple[date, date]:
 
 def next_period_start() -> date | None:
     """Where the next period starts: the day after the latest closed period, or before the first close the
-    first value date of any contributor's credit; None when there is nothing to close."""
+    first day of any contributor's credit or of usage not yet allocated; None when there is nothing to close."""
     latest = SettlementPeriod.objects.order_by("-end_date").first()
     if latest is not None:
         return latest.end_date + timedelta(days=1)
     first = Posting.objects.filter(account__startswith="contributor:").order_by("value_date").first()
-    return first.value_date if first else None
+    pending = Usage.objects.filter(allocated=False).order_by("created_at").first()
+    days = [d for d in (first.value_date if first else None,
+                        pending.created_at.astimezone(dt_timezone.utc).date() if pending else None) if d]
+    return min(days, default=None)

@@ -181,8 +181,7 @@ def test_the_command_closes_up_to_today_and_starts_the_next_period_after_the_las
     world, today = served_today
     usage_on(today - timedelta(days=6), organization=world.organization, system=world.system, charge_minor=100,
              attribution={str(world.experts[0].id): "1"})
-    allocate_pending_usage()
-    call_command("close_period", "--end", "today")  # the first period starts on the first day with credit
+    call_command("close_period", "--end", "today")  # the first period starts on the first day with usage
 
     with pytest.raises(CommandError, match="cannot be before its start"):
         call_command("close_period", "--end", "today")
