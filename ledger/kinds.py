@@ -20,6 +20,7 @@ KINDS: dict[str, str] = {
     "payout.created": "a period close moved contributors' balances to payouts clearing (double entry)",
     "payout.paid": "a payout was confirmed paid: payouts clearing to platform cash (double entry)",
     "consent.revoked": "a contributor revoked consent for an expert; it leaves every system",
+    "consent.restored": "a contributor gave consent for an expert back; it serves its systems again",
     "policy.refused": "a license policy refused an action, with the reason",
     "subscription.changed": "an organization subscribed, changed or cancelled a plan",
     "settlement.closed": "an operator closed a settlement period",

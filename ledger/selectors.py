@@ -69,3 +69,21 @@ def consistency_proof(*, first: int, second: int) -> tuple[bytes, bytes, list[by
     if second > size:
         raise DomainError(f"The ledger has {size} entries; second must be at most that.", param="second")
     return stored_tree.root(first), stored_tree.root(second), stored_tree.consistency_proof(first, second)
+
+
+def entry_counts_by_kind() -> dict[str, int]:
+    from django.db.models import Count
+
+    rows = Entry.objects.values("kind").annotate(n=Count("id")).order_by("kind")
+    return {row["kind"]: row["n"] for row in rows}
+
+
+def entries_mentioning(entries: QuerySet[Entry], *, reference: str) -> QuerySet[Entry]:
+    """The entries whose payload holds the reference as a whole JSON string ("expert:7" finds "expert:7", not
+    "expert:70"). A scan of the payloads, meant for one page of the explorer at a time."""
+    from django.db import connection
+    from django.db.models.expressions import RawSQL
+
+    column = 'convert_from("ledger_entry"."payload", \'UTF8\')' if connection.vendor == "postgresql" \
+        else 'CAST("ledger_entry"."payload" AS TEXT)'
+    return entries.annotate(payload_text=RawSQL(column, [])).filter(payload_text__contains=f'"{reference}"')

@@ -1,6 +1,7 @@
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
 
+from ledger.api import pages as ledger_pages
 from marketplace import organization_pages as org_pages
 from marketplace import pages
 
@@ -29,4 +30,8 @@ urlpatterns = [
          name="organization-invoices"),
     path("keys/", org_pages.my_organization_page, {"page": "keys"}, name="my-keys"),
     path("usage/", org_pages.my_organization_page, {"page": "usage"}, name="my-usage"),
+    path("earnings/", pages.earnings, name="earnings"),
+    path("experts/<id:expert_id>/consent/<str:action>", pages.expert_consent, name="expert-consent"),
+    path("ledger/", include("ledger.api.page_urls")),
+    path("transparency/", ledger_pages.transparency, name="transparency"),
 ]

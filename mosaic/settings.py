@@ -173,8 +173,10 @@ CELERY_BEAT_SCHEDULE["stripe-report-usage"] = {
 CELERY_BEAT_SCHEDULE["idempotency-purge"] = {"task": "marketplace.purge_idempotency_keys", "schedule": 3600}
 CELERY_BEAT_SCHEDULE["ledger-checkpoint"] = {
     "task": "ledger.make_checkpoint",
-    "schedule": env.int("LEDGER_CHECKPOINT_INTERVAL_SECONDS", default=300),
+    "schedule": env.int("LEDGER_CHECKPOINT_INTERVAL_SECONDS", default=60),
 }
+# Beat signs a checkpoint this often; without a broker (no beat) `runserver` does it in a thread (ledger.scheduler).
+LEDGER_CHECKPOINT_INTERVAL_SECONDS = CELERY_BEAT_SCHEDULE["ledger-checkpoint"]["schedule"]
 
 CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
 

@@ -22,5 +22,7 @@ urlpatterns = [
     path("systems/<id:system_id>", systems.SystemDetailApi.as_view(), name="system"),
     path("experts/<id:expert_id>/revoke-consent", systems.ExpertRevokeConsentApi.as_view(),
          name="expert-revoke-consent"),
+    path("experts/<id:expert_id>/restore-consent", systems.ExpertRestoreConsentApi.as_view(),
+         name="expert-restore-consent"),
     path("stripe/webhook", StripeWebhookApi.as_view(), name="stripe-webhook"),
 ]

@@ -7,12 +7,14 @@ balanced accounting transaction with its `credit.allocated` ledger entry. Alloca
 nothing: allocated usage is never selected again, and the transaction reference is the batch.
 """
 from dataclasses import dataclass
-from datetime import date, datetime
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from ledger.accounting.models import SettlementPeriod
 from ledger.accounting.services import PostingSpec, post_transaction
 from marketplace.credit import accounts
 from marketplace.credit.rules import MAX_CHARGE_MINOR, MAX_WEIGHT_TOTAL, PLAIN_DECIMAL
@@ -61,7 +63,8 @@ def _dialect() -> dict[str, str]:
 PENDING = """
     u.allocated = %(no)s AND u.id > %(after)s AND u.id <= %(upto)s AND u.created_at < %(until)s
     AND NOT EXISTS (
-        SELECT 1 FROM accounting_settlementperiod p WHERE {day} BETWEEN p.start_date AND p.end_date
+        SELECT 1 FROM accounting_settlementperiod p
+        WHERE {day} BETWEEN p.start_date AND p.end_date AND u.created_at < p.closed_at
     )
 """
 
@@ -179,7 +182,8 @@ WHERE l.batch = %(batch)s GROUP BY 1, 2, 3, 4
 
 REFUSED = """
 SELECT COUNT(*) FROM marketplace_usage u WHERE u.allocated = %(no)s AND u.created_at < %(until)s AND EXISTS (
-    SELECT 1 FROM accounting_settlementperiod p WHERE {day} BETWEEN p.start_date AND p.end_date
+    SELECT 1 FROM accounting_settlementperiod p
+    WHERE {day} BETWEEN p.start_date AND p.end_date AND u.created_at < p.closed_at
 )
 """
 
@@ -207,6 +211,22 @@ def _as_date(value) -> date:
 # (charge // 10^4 * fee_bp + charge % 10^4 * fee_bp // 10^4).
 SPLIT_BASE = 2**21
 assert MAX_CHARGE_MINOR < 2**50 and (MAX_CHARGE_MINOR // SPLIT_BASE) * MAX_WEIGHT_TOTAL < 2**63
+
+
+def _value_dates() -> Callable[[object], date]:
+    """A usage's value date: the day it was served, or, when that day is in a period closed before it was
+    recorded (a period closed up to now, the same day), the day after the latest closed period: the next
+    period starts where the closed one ended."""
+    closed = list(SettlementPeriod.objects.values_list("start_date", "end_date"))
+    first_open = max((end for _, end in closed), default=None)
+
+    def value_date(day) -> date:
+        day = _as_date(day)
+        if any(start <= day <= end for start, end in closed):
+            return first_open + timedelta(days=1)
+        return day
+
+    return value_date
 
 
 def _sql(template: str) -> str:
@@ -257,11 +277,12 @@ def _allocate_batch(*, after: int, until: datetime, batch_size: int, actor: str)
         payables = cursor.fetchall()
         cursor.execute(_mark_allocated_sql(), params)
 
+        value_date = _value_dates()
         postings: list[PostingSpec] = []
         usage_count = charged = first_usage = 0
         for organization_id, day, charge, count, first in receivables:
             postings.append(
-                PostingSpec(account=accounts.receivable(organization_id), amount=int(charge), value_date=_as_date(day))
+                PostingSpec(account=accounts.receivable(organization_id), amount=int(charge), value_date=value_date(day))
             )
             usage_count += count
             charged += int(charge)
@@ -274,7 +295,7 @@ def _allocate_batch(*, after: int, until: datetime, batch_size: int, actor: str)
             else:
                 account, dimension = accounts.payable(contributor_id), accounts.earning_dimension(system_id, expert_id)
                 to_contributors += amount
-            postings.append(PostingSpec(account=account, amount=-amount, value_date=_as_date(day), dimension=dimension))
+            postings.append(PostingSpec(account=account, amount=-amount, value_date=value_date(day), dimension=dimension))
         post_transaction(
             kind="credit.allocated",
             reference=allocation_reference(last),
@@ -295,7 +316,8 @@ def allocate_pending_usage(
     *, until: datetime | None = None, batch_size: int = 50_000, actor: str = ACTOR
 ) -> AllocationRun:
     """Allocate every unallocated usage created before `until` (default: now), batch by batch.
-    Usage dated inside a closed settlement period is refused (left unallocated and counted)."""
+    Usage dated inside a settlement period closed after it was recorded is refused (left unallocated and
+    counted); usage recorded after the close of a period that holds its day goes to the next period."""
     until = until or timezone.now()
     run = AllocationRun()
     after = 0
