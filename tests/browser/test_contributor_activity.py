@@ -26,10 +26,10 @@ def log_in_as(page, live_server, user):
 
 
 def chart_series(page) -> dict:
-    page.locator("canvas#activity-all[data-points]").wait_for()
+    page.locator("div#activity-all[data-points]").wait_for()
     return page.evaluate("""() => {
-        const chart = document.getElementById("activity-all").chart;
-        return Object.fromEntries(chart.data.datasets.map(d => [d.label, d.data.reduce((a, b) => a + b, 0)]));
+        const traces = document.getElementById("activity-all").data;
+        return Object.fromEntries(traces.map(t => [t.name, t.y.reduce((a, b) => a + b, 0)]));
     }""")
 
 

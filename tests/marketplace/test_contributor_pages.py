@@ -57,7 +57,7 @@ def test_the_earnings_page_charts_a_contributors_requests_attribution_and_credit
     assert theirs["requests"][-1] == 1 and theirs["attribution"][-1] == "0.25"
     # 800 to contributors: alice 50% x 0.75 + 50% x 40/70 of measured shares among a1 and b, bob the rest
     assert mine["earned_minor"][-1] + theirs["earned_minor"][-1] == 800 and mine["earned_minor"][-1] > 0
-    assert 'src="/static/vendor/chartjs/chart.umd.min.js"' in alices
+    assert 'src="/static/vendor/plotly.min.js"' in alices
 
 
 def test_nobody_sees_anothers_experts_or_earnings(served_today):

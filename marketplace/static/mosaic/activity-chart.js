@@ -1,29 +1,23 @@
-/* Draws each canvas[data-activity] from the JSON its data-activity names (activity_by_day), with Chart.js. */
+/* Draws each div[data-activity] from the JSON its data-activity names (activity_by_day), with plotly.js. */
 "use strict";
 
 document.addEventListener("DOMContentLoaded", () => {
-  for (const canvas of document.querySelectorAll("canvas[data-activity]")) {
-    const activity = JSON.parse(document.getElementById(canvas.dataset.activity).textContent);
-    const chart = new Chart(canvas, {
-      data: {
-        labels: activity.days,
-        datasets: [
-          { type: "bar", label: "requests served", data: activity.requests, yAxisID: "requests", backgroundColor: "#9cc3e6" },
-          { type: "line", label: "attribution weight", data: activity.attribution.map(Number), yAxisID: "requests", borderColor: "#e67e22" },
-          { type: "line", label: "credit earned (minor units)", data: activity.earned_minor, yAxisID: "credit", borderColor: "#11772d" },
-        ],
-      },
-      options: {
-        animation: false,
-        interaction: { mode: "index", intersect: false },
-        scales: {
-          requests: { type: "linear", position: "left", beginAtZero: true, title: { display: true, text: "requests, weight" } },
-          credit: { type: "linear", position: "right", beginAtZero: true, grid: { drawOnChartArea: false },
-                    title: { display: true, text: "credit" } },
-        },
-      },
-    });
-    canvas.dataset.points = String(activity.days.length);
-    canvas.chart = chart;
+  for (const element of document.querySelectorAll("div[data-activity]")) {
+    const activity = JSON.parse(document.getElementById(element.dataset.activity).textContent);
+    const traces = [
+      { type: "bar", name: "requests served", x: activity.days, y: activity.requests, marker: { color: "#9cc3e6" } },
+      { type: "scatter", mode: "lines+markers", name: "attribution weight", x: activity.days,
+        y: activity.attribution.map(Number), line: { color: "#e67e22" } },
+      { type: "scatter", mode: "lines+markers", name: "credit earned (minor units)", x: activity.days,
+        y: activity.earned_minor, yaxis: "y2", line: { color: "#11772d" } },
+    ];
+    const layout = {
+      height: 280, margin: { l: 50, r: 50, t: 10, b: 60 }, legend: { orientation: "h", y: -0.3 },
+      xaxis: { type: "category", tickangle: -45 },
+      yaxis: { title: { text: "requests, weight" }, rangemode: "tozero" },
+      yaxis2: { title: { text: "credit" }, rangemode: "tozero", overlaying: "y", side: "right", showgrid: false },
+    };
+    Plotly.newPlot(element, traces, layout, { displaylogo: false, displayModeBar: false, responsive: true });
+    element.dataset.points = String(activity.days.length);
   }
 });
