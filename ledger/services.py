@@ -2,6 +2,7 @@
 import contextlib
 import hashlib
 import re
+import time
 from datetime import timedelta
 
 from django.conf import settings
@@ -87,7 +88,12 @@ def record_event(*, kind: str, payload: dict, actor: str) -> PendingEvent:
 
 
 def _sequence_after_commit() -> None:
-    sequence_pending(wait=False)
+    """Integrate the queue now that the caller's transaction is committed, unless another sequencer
+    leads (it integrates this event too). Bounded by settings.LEDGER_AFTER_COMMIT_SECONDS (default
+    1): under a steady stream of writers the queue may never be empty, and the caller's request
+    must return; the next writer's commit or the periodic sequencer takes over."""
+    budget = getattr(settings, "LEDGER_AFTER_COMMIT_SECONDS", 1.0)
+    sequence_pending(wait=False, deadline=time.monotonic() + budget)
 
 
 def _compact_range(cursor) -> tuple[merkle.CompactRange, bytes]:
@@ -165,12 +171,13 @@ def sequencer_leadership(*, wait: bool):
                 cursor.execute("SELECT pg_advisory_unlock(%s)", [SEQUENCER_LOCK_KEY])
 
 
-def sequence_pending(*, wait: bool = True, sign: bool = True) -> int:
+def sequence_pending(*, wait: bool = True, sign: bool = True, deadline: float | None = None) -> int:
     """Integrate every committed queued event, batch by batch, as the one sequencer; then sign a
     checkpoint if the last one is older than settings.LEDGER_CHECKPOINT_MIN_SECONDS (default 1).
     Returns how many events it integrated (0 when another sequencer leads and `wait` is false:
     that one integrates them). Leaving the lead, it looks at the queue once more, so an event
-    committed while it led is never left for nobody."""
+    committed while it led is never left for nobody; past `deadline` (time.monotonic()) it leaves
+    after the batch in hand."""
     integrated = 0
     while True:
         with sequencer_leadership(wait=wait) as leading:
@@ -178,8 +185,12 @@ def sequence_pending(*, wait: bool = True, sign: bool = True) -> int:
                 return integrated
             while batch := integrate_batch():
                 integrated += len(batch)
+                if deadline is not None and time.monotonic() > deadline:
+                    break
             if sign and integrated:
                 _checkpoint_if_due()
+        if deadline is not None and time.monotonic() > deadline:
+            return integrated
         if not UnsequencedEvent.objects.exists():
             return integrated
 
