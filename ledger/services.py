@@ -3,7 +3,8 @@ import contextlib
 import hashlib
 import re
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -14,7 +15,7 @@ from ledger import merkle, stored_tree
 from ledger.canonical import ZERO_HASH, PayloadError, canonical_json, event_data, format_time, leaf_data
 from ledger.checkpoints import CheckpointBody
 from ledger.merkle import leaf_hash
-from ledger.models import Checkpoint, Entry, MerkleNode, PendingEvent, UnsequencedEvent
+from ledger.models import Checkpoint, Entry, PendingEvent, UnsequencedEvent
 from ledger.signing import ledger_signer
 from mosaic.errors import Conflict
 
@@ -61,7 +62,13 @@ def record_event(*, kind: str, payload: dict, actor: str) -> PendingEvent:
         "INSERT INTO ledger_pendingevent (kind, payload, actor, created_at, content_hash)"
         " VALUES (%s, %s, %s, %s, %s) RETURNING id"
     )
-    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+    # Outside any transaction (PostgreSQL, durable), the one INSERT statement is its own transaction.
+    own_statement = (
+        connection.vendor == "postgresql" and mode != "inline" and settings.LEDGER_SYNCHRONOUS_COMMIT
+        and connection.get_autocommit()
+    )
+    with (contextlib.nullcontext() if own_statement else transaction.atomic(savepoint=False)), \
+            connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             if not settings.LEDGER_SYNCHRONOUS_COMMIT:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
@@ -111,7 +118,13 @@ def _compact_range(cursor) -> tuple[merkle.CompactRange, bytes]:
     return tree, bytes(last[1])
 
 
-def integrate_batch(*, limit: int | None = None) -> list[Entry]:
+class Integrated(NamedTuple):
+    sequence: int
+    event_id: int
+    created_at: datetime
+
+
+def integrate_batch(*, limit: int | None = None) -> list[Integrated]:
     """Append the oldest queued events (by event id) as entries, in one transaction: dense
     sequence, hash chain, leaves and the complete subtrees they close; their queue rows go with
     it. Commits or rolls back as a whole, so a crash integrates nothing twice and loses nothing.
@@ -119,33 +132,47 @@ def integrate_batch(*, limit: int | None = None) -> list[Entry]:
     limit = limit or getattr(settings, "LEDGER_SEQUENCER_BATCH", 2000)
     with transaction.atomic(), connection.cursor() as cursor:
         queued = UnsequencedEvent.objects.order_by("event_id").values("event_id")[:limit]
-        events = list(PendingEvent.objects.filter(id__in=models.Subquery(queued)).order_by("id"))
+        events = list(
+            PendingEvent.objects.filter(id__in=models.Subquery(queued))
+            .order_by("id")
+            .values_list("id", "kind", "payload", "actor", "created_at")
+        )
         if not events:
             return []
         tree, prev_hash = _compact_range(cursor)
-        entries, nodes = [], []
-        for event in events:
-            sequence = tree.size
+        created_at_field = Entry._meta.get_field("created_at")
+        entries, nodes, integrated = [], [], []
+        for event_id, kind, payload, actor, created_at in events:
+            sequence, payload = tree.size, bytes(payload)
             data = leaf_data(
-                sequence=sequence, kind=event.kind, payload=bytes(event.payload), actor=event.actor,
-                time=format_time(event.created_at), prev_hash=prev_hash,
+                sequence=sequence, kind=kind, payload=payload, actor=actor,
+                time=format_time(created_at), prev_hash=prev_hash,
             )
-            entry = Entry(
-                sequence=sequence, kind=event.kind, payload=bytes(event.payload), actor=event.actor,
-                created_at=event.created_at, prev_hash=prev_hash, entry_hash=hashlib.sha256(data).digest(),
-                leaf_hash=leaf_hash(data), event_id=event.id,
-            )
-            nodes += [MerkleNode(level=level, index=index, hash=h) for level, index, h in tree.append(entry.leaf_hash)]
-            entries.append(entry)
-            prev_hash = entry.entry_hash
+            entry_hash, leaf = hashlib.sha256(data).digest(), leaf_hash(data)
+            nodes += tree.append(leaf)
+            entries.append((
+                sequence, kind, payload, actor, created_at_field.get_db_prep_value(created_at, connection),
+                prev_hash, entry_hash, leaf, event_id,
+            ))
+            integrated.append(Integrated(sequence, event_id, created_at))
+            prev_hash = entry_hash
         # Nodes before entries: MerkleNode ids (verification's order) then follow the sequence.
-        MerkleNode.objects.bulk_create(nodes)
-        Entry.objects.bulk_create(entries)
-        cursor.execute(
-            "DELETE FROM ledger_unsequencedevent WHERE event_id IN (" + ", ".join(["%s"] * len(events)) + ")",
-            [event.id for event in events],
+        if nodes:
+            cursor.executemany('INSERT INTO ledger_merklenode ("level", "index", "hash") VALUES (%s, %s, %s)', nodes)
+        cursor.executemany(
+            "INSERT INTO ledger_entry"
+            " (sequence, kind, payload, actor, created_at, prev_hash, entry_hash, leaf_hash, event_id)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            entries,
         )
-    return entries
+        ids = [event[0] for event in events]
+        if connection.vendor == "postgresql":
+            cursor.execute("DELETE FROM ledger_unsequencedevent WHERE event_id = ANY(%s)", [ids])
+        else:
+            cursor.execute(
+                "DELETE FROM ledger_unsequencedevent WHERE event_id IN (" + ", ".join(["%s"] * len(ids)) + ")", ids
+            )
+    return integrated
 
 
 @contextlib.contextmanager
