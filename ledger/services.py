@@ -35,6 +35,8 @@ def sequencing_mode() -> str:
     )
     if mode not in SEQUENCING_MODES:
         raise ImproperlyConfigured(f"LEDGER_SEQUENCING must be one of {', '.join(SEQUENCING_MODES)}, not {mode!r}.")
+    if mode == "after_commit" and connection.atomic_blocks and connection.atomic_blocks[0]._from_testcase:
+        return "inline"  # inside a Django TestCase's transaction, which never commits
     return mode
 
 
