@@ -88,9 +88,8 @@ def record_event(*, kind: str, payload: dict, actor: str) -> PendingEvent:
         if mode == "inline":
             if connection.vendor == "postgresql":  # waits for any sequencer: one writer at a time
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SEQUENCER_LOCK_KEY])
-            for entry in integrate_batch():
-                if entry.event_id == event.id:
-                    event.sequence = entry.sequence
+            while event.sequence is None and (batch := integrate_batch()):
+                event.sequence = next((e.sequence for e in batch if e.event_id == event.id), None)
         elif mode == "after_commit" and not any(f is _sequence_after_commit for _, f, _ in connection.run_on_commit):
             transaction.on_commit(_sequence_after_commit, robust=True)
     return event

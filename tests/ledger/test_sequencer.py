@@ -309,3 +309,25 @@ def test_eight_writers_sequenced_after_commit_leave_a_dense_ledger_of_exactly_th
         assert Entry.objects.filter(actor=f"org:{writer}").count() == count
     result = verify_database()
     assert result.ok, result.message
+
+
+def test_the_sequence_command_integrates_the_queue_and_signs_a_checkpoint(db, settings):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    settings.LEDGER_SEQUENCING = "background"
+    for i in range(3):
+        record(i)
+    out = StringIO()
+    call_command("ledger", "sequence", stdout=out)
+    assert out.getvalue().strip() == "integrated 3 events; ledger size 3"
+    assert Checkpoint.objects.get().tree_size == 3
+
+
+def test_an_unknown_sequencing_mode_is_refused_by_name(db, settings):
+    from django.core.exceptions import ImproperlyConfigured
+
+    settings.LEDGER_SEQUENCING = "sometimes"
+    with pytest.raises(ImproperlyConfigured, match="LEDGER_SEQUENCING must be one of inline, after_commit, background"):
+        record(0)
