@@ -377,6 +377,11 @@ def render(results: dict) -> str:
                 f"| integration lag of those {lag['events']:,} events (median / p99 / max) | "
                 f"{lag['median']:,} / {lag['p99']:,} / {lag['max']:,} ms | p99 <= 1,000 ms |"
             )
+    by_path = {(run["path"], run["writers"]): run["events_per_second"] for run in results["appends"]}
+    if ("locked", 8) in by_path and ("queued", 8) in by_path:
+        lines.append(
+            f"| 8 writers: queued path / previous path | {by_path[('queued', 8)] / by_path[('locked', 8)]:.1f}x | |"
+        )
     second = results["second_checkpoint"]
     lines.append(f"| consistency-checked checkpoint at {second['tree_size']:,} | {second['ms']} ms | |")
     v = results["verify"]
