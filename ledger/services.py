@@ -59,7 +59,8 @@ def record_event(*, kind: str, payload: dict, actor: str) -> PendingEvent:
     event = PendingEvent(kind=kind, payload=payload_bytes, actor=actor, created_at=created_at, content_hash=content_hash)
     event.sequence = None
     mode = sequencing_mode()
-    values = [kind, payload_bytes, actor, PendingEvent._meta.get_field("created_at").get_db_prep_value(created_at, connection), content_hash]
+    time_value = PendingEvent._meta.get_field("created_at").get_db_prep_value(created_at, connection)
+    values = [kind, payload_bytes, actor, time_value, content_hash]
     insert_event = (
         "INSERT INTO ledger_pendingevent (kind, payload, actor, created_at, content_hash)"
         " VALUES (%s, %s, %s, %s, %s) RETURNING id"
