@@ -1,5 +1,6 @@
 """Recompute the ledger from its entries: hash chain, leaves, Merkle roots at every checkpoint,
-every signature, each checkpoint's against the key in office at its tree size (see ledger.keys). Streaming (chunks of entries, a compact range of subtree roots), so memory
+every signature, each checkpoint's against the key in office at its tree size (see ledger.keys), and that every
+recorded event is integrated as recorded. Streaming (chunks of entries, a compact range of subtree roots), so memory
 stays O(log n) whatever the ledger's size.
 
 Other parts add checks with `register_check(fn)`: fn() returns None or True when all holds,
@@ -10,10 +11,13 @@ import json
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import NamedTuple
 
-from ledger.canonical import ZERO_HASH, PayloadError, canonical_json, format_time, leaf_data, parse_time
+from ledger.canonical import (
+    ZERO_HASH, PayloadError, canonical_json, event_data, format_time, leaf_data, parse_time,
+)
 from ledger.checkpoints import CheckpointBody
 from ledger.keys import ROTATION_KIND, KeyHistory, first_key
 from ledger.merkle import CompactRange, leaf_hash
@@ -203,6 +207,53 @@ def _database_nodes(chunk: int) -> Iterator[tuple[int, int, bytes]]:
         after = rows[-1][0]
 
 
+def check_events(*, chunk: int = CHUNK, bound_seconds: float | None = None) -> None:
+    """Raise Problem, naming it, at the first recorded event that the ledger does not hold as
+    recorded: an entry whose kind, payload, actor or time differ from its event's content hash,
+    or an event committed more than `bound_seconds` ago (settings.LEDGER_INTEGRATION_BOUND_SECONDS,
+    default 60) and still not integrated."""
+    from django.conf import settings
+    from django.utils import timezone
+
+    from ledger.models import Entry, PendingEvent
+
+    start = 0
+    while True:
+        rows = list(
+            Entry.objects.filter(sequence__gte=start, event_id__isnull=False)
+            .order_by("sequence")
+            .values_list("sequence", "kind", "payload", "actor", "created_at", "event_id")[:chunk]
+        )
+        recorded = dict(
+            PendingEvent.objects.filter(id__in=[row[5] for row in rows]).values_list("id", "content_hash")
+        )
+        for sequence, kind, payload, actor, created_at, event_id in rows:
+            if event_id not in recorded:
+                raise Problem(f"entry {sequence}: it integrates event {event_id}, which was never recorded")
+            data = event_data(kind=kind, payload=bytes(payload), actor=actor, time=format_time(created_at))
+            if hashlib.sha256(data).digest() != bytes(recorded[event_id]):
+                raise Problem(f"entry {sequence}: its contents differ from event {event_id} as it was recorded")
+        if len(rows) < chunk:
+            break
+        start = rows[-1][0] + 1
+    if bound_seconds is None:
+        bound_seconds = getattr(settings, "LEDGER_INTEGRATION_BOUND_SECONDS", 60)
+    stale = (
+        PendingEvent.objects.filter(created_at__lt=timezone.now() - timedelta(seconds=bound_seconds))
+        .exclude(id__in=Entry.objects.filter(event_id__isnull=False).values("event_id"))
+        .order_by("id")
+    )
+    count = stale.count()
+    if count:
+        first = stale.first()
+        raise Problem(
+            f"event {first.id} ({first.kind} by {first.actor}, recorded {format_time(first.created_at)}) "
+            f"is committed but not integrated after {bound_seconds:g} s"
+            + (f", and {count - 1} more" if count > 1 else "")
+            + ": is the sequencer running? (`python manage.py ledger sequence`)"
+        )
+
+
 def verify_database(*, chunk: int = CHUNK, extra_checks: bool = True) -> Result:
     from ledger.models import Checkpoint, Entry
     from ledger.signing import ledger_signer
@@ -213,11 +264,14 @@ def verify_database(*, chunk: int = CHUNK, extra_checks: bool = True) -> Result:
         SignedCheckpoint(label=f"#{c.id} (size {c.tree_size})", note=c.note, stored_size=c.tree_size, stored_root=bytes(c.root_hash))
         for c in Checkpoint.objects.order_by("id")
     ]
-    return _run(
-        lambda: verify_stream(_database_entries(chunk), checkpoints, first_key(first_rotation, configured),
-                              _database_nodes(chunk), trusted_key=configured),
-        extra_checks,
-    )
+
+    def verify() -> tuple[int, int]:
+        counts = verify_stream(_database_entries(chunk), checkpoints, first_key(first_rotation, configured),
+                               _database_nodes(chunk), trusted_key=configured)
+        check_events(chunk=chunk)
+        return counts
+
+    return _run(verify, extra_checks)
 
 
 # An export bundle (see ledger.export), checked offline.

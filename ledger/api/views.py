@@ -47,6 +47,7 @@ class EntryOutput(serializers.Serializer):
     prev_hash = serializers.SerializerMethodField()
     entry_hash = serializers.SerializerMethodField()
     leaf_hash = serializers.SerializerMethodField()
+    event_id = serializers.IntegerField(allow_null=True, help_text="The recorded event it integrates.")
 
     def get_time(self, entry) -> str:
         return format_time(entry.created_at)
@@ -62,6 +63,24 @@ class EntryOutput(serializers.Serializer):
 
     def get_leaf_hash(self, entry) -> str:
         return bytes(entry.leaf_hash).hex()
+
+
+class EventOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    kind = serializers.CharField()
+    actor = serializers.CharField()
+    time = serializers.SerializerMethodField()
+    payload = serializers.SerializerMethodField()
+    content_hash = serializers.SerializerMethodField()
+
+    def get_time(self, event) -> str:
+        return format_time(event.created_at)
+
+    def get_payload(self, event) -> dict:
+        return json.loads(bytes(event.payload))
+
+    def get_content_hash(self, event) -> str:
+        return bytes(event.content_hash).hex()
 
 
 class CheckpointOutput(serializers.Serializer):
@@ -119,6 +138,17 @@ class EntryDetailView(AuditorView):
                 "proof": [b64(h) for h in selectors.inclusion_proof(entry=entry, checkpoint=checkpoint)],
                 "checkpoint": checkpoint.note,
             }
+        return Response(body)
+
+
+class EventDetailView(AuditorView):
+    @extend_schema(operation_id="ledger_event", responses=OpenApiTypes.OBJECT)
+    def get(self, request, event_id: int):
+        """A recorded event: "pending" (no sequence yet) until the sequencer integrates it, then
+        "integrated" with its sequence (its entry, with the inclusion proof, is at entries/<sequence>)."""
+        event, entry = selectors.event_get(event_id=event_id)
+        body = {**EventOutput(event).data, "status": "pending" if entry is None else "integrated"}
+        body["sequence"] = None if entry is None else entry.sequence
         return Response(body)
 
 

@@ -91,7 +91,9 @@ class AccountView(APIView):
 
             transaction = serializers.CharField()
             kind = serializers.CharField()
-            ledger_sequence = serializers.IntegerField()
+            ledger_sequence = serializers.IntegerField(
+                allow_null=True, help_text="None for a moment: until the ledger's sequencer integrates its event."
+            )
             reverses = serializers.CharField(allow_null=True)
             value_date = serializers.DateField()
             dimension = serializers.CharField()

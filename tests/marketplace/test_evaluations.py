@@ -128,7 +128,7 @@ def test_the_ledger_records_the_evaluation_and_each_experts_shapley_value(world)
         evaluation_suite.heldout_sha256(evaluation_suite.GENERAL),
     ]
     assert recorded["dataset_sha256"] == evaluation_suite.heldout_sha256(items)
-    assert measured["evaluation_entry"] == Entry.objects.get(kind="evaluation.recorded").sequence
+    assert measured["evaluation_event"] == Entry.objects.get(kind="evaluation.recorded").event_id
     assert measured["method"] == "exact_shapley" and measured["dataset_sha256"] == recorded["dataset_sha256"]
     assert measured["values"] == {
         french.ledger_ref: f"{shapley_of_two(coalitions, 'f', 'p'):.6f}",

@@ -10,8 +10,9 @@ from django.core.management.base import BaseCommand, CommandError
 
 from ledger import rotation, witness
 from ledger.export import write_bundle
-from ledger.services import create_checkpoint
+from ledger.services import create_checkpoint, sequence_pending
 from ledger.signing import NoteError, key_id, ledger_signer
+from ledger.stored_tree import tree_size
 from mosaic.errors import DomainError
 from ledger.verification import verify_bundle, verify_database
 
@@ -39,6 +40,12 @@ class Command(BaseCommand):
         rotate.add_argument("--new-key-file", metavar="FILE",
                             help="the new key's seed (base64; created with a fresh key when missing); required when "
                                  "the key comes from LEDGER_SIGNING_KEY")
+        sequence = sub.add_parser(
+            "sequence", help="integrate the recorded events into the ledger (as the one sequencer: a second one waits)"
+        )
+        sequence.add_argument("--follow", action="store_true", help="keep integrating until stopped")
+        sequence.add_argument("--interval", type=float, default=0.2, metavar="SECONDS",
+                              help="with --follow: how long to sleep when the queue is empty (default 0.2)")
         export = sub.add_parser("export", help="write an export bundle")
         export.add_argument("file")
         follow = sub.add_parser("witness", help="cosign the log's latest checkpoint if it extends the last one cosigned")
@@ -52,6 +59,9 @@ class Command(BaseCommand):
         if action == "checkpoint":
             checkpoint = create_checkpoint()
             self.stdout.write(checkpoint.note, ending="")
+            return
+        if action == "sequence":
+            self._sequence(follow=options["follow"], interval=options["interval"])
             return
         if action == "export":
             with open(options["file"], "wb") as target:
@@ -81,6 +91,20 @@ class Command(BaseCommand):
         if result is None or not result.ok:
             self._fail(f"FAILED: {message}", f"ledger does not verify: {message}", REFUSED)
         self.stdout.write(f"OK: {message} ({elapsed:.1f} s)")
+
+    def _sequence(self, *, follow: bool, interval: float):
+        if not 0 < interval <= 3600:
+            self._fail(f"ERROR: --interval must be between 0 and 3600 seconds, not {interval:g}",
+                       "bad --interval", UNUSABLE)
+        while True:
+            integrated = sequence_pending(wait=True)
+            if not follow:
+                self.stdout.write(f"integrated {integrated} events; ledger size {tree_size()}")
+                return
+            if integrated:
+                self.stdout.write(f"integrated {integrated} events; ledger size {tree_size()}")
+            else:
+                time.sleep(interval)
 
     def _witness(self, *, store, log, log_key, name, **_):
         try:
