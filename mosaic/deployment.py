@@ -6,6 +6,8 @@
 - background: a Celery worker for everything else: the ledger's checkpoints, credit allocation and period
   close, Stripe usage reports, expert validation, system evaluations;
 - beat: the schedule of those (settings.CELERY_BEAT_SCHEDULE);
+- sequencer: integrates the events that every process records into the ledger, in batches (`ledger sequence
+  --follow`; a second sequencer only waits, so this one is the leader unless it dies);
 - witness: the demo's ledger witness, cosigning each new checkpoint (a real witness runs elsewhere).
 
 PostgreSQL and Redis are not started here: DATABASE_URL and CELERY_BROKER_URL name them.
@@ -56,6 +58,7 @@ def procfile(workers: list[WorkerSpec], *, var_dir: Path, witness_dir: Path, pyt
         f"background: {celery} worker -Q celery -n background@%h -P threads -c ${{BACKGROUND_CONCURRENCY:-4}}"
         " --without-gossip --without-mingle",
         f"beat: {celery} beat --schedule {shlex.quote(str(var_dir / 'celerybeat-schedule'))}",
+        f"sequencer: {py} {shlex.quote(str(manage_py))} ledger sequence --follow",
         f"witness: sh -c 'while true; do {py} {shlex.quote(str(manage_py))} ledger witness --store {shlex.quote(str(witness_dir))};"
         " sleep ${LEDGER_WITNESS_INTERVAL_SECONDS:-300}; done'",
     ]

@@ -1,5 +1,5 @@
 """`make up` starts every process of a deployment (web, a worker per registered base model, background, beat,
-witness) on PostgreSQL and Redis in the production profile; /readyz turns 200 once the worker has its base
+sequencer, witness) on PostgreSQL and Redis in the production profile; /readyz turns 200 once the worker has its base
 model loaded, a completion succeeds through it, its request id is in the web's and the worker's JSON log lines
 and in its usage row, and the web and the worker serve their metrics."""
 import http.client
@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 
 POSTGRES = os.environ.get("MOSAIC_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("MOSAIC_TEST_UP_REDIS_URL", "redis://127.0.0.1:6379/9")
-PROCESSES = ("web", "worker-bench-tiny", "background", "beat", "witness")
+PROCESSES = ("web", "worker-bench-tiny", "background", "beat", "sequencer", "witness")
 
 
 def reachable(url: str) -> bool:

@@ -13,7 +13,7 @@ def test_each_registered_base_model_gets_its_worker_queue_and_metrics_port(tmp_p
                                  first_metrics_port=9101),
                     var_dir=tmp_path, witness_dir=tmp_path / "witness", python="/venv/bin/python")
     names = [line.split(":", 1)[0] for line in text.splitlines() if not line.startswith("#")]
-    assert names == ["web", "worker-qwen2-5-7b", "worker-smollm2", "background", "beat", "witness"]
+    assert names == ["web", "worker-qwen2-5-7b", "worker-smollm2", "background", "beat", "sequencer", "witness"]
     qwen, smollm = (line for line in text.splitlines() if line.startswith("worker-"))
     assert "MOSAIC_WORKER_BASE_MODEL_PATH=/models/qwen MOSAIC_WORKER_METRICS_PORT=9101 " in qwen
     assert "-Q base.qwen2.5-7b -n worker-qwen2-5-7b@%h -P threads" in qwen
