@@ -81,6 +81,14 @@ def test_an_auditor_reads_any_account_with_its_postings(earned):
 
 
 @pytest.mark.django_db
+def test_anonymous_callers_read_no_account_and_no_statement(earned):
+    statement = CreditStatement.objects.get(contributor=earned.contributors[0])
+
+    assert APIClient().get("/api/credit/accounts/platform:revenue").status_code == 401
+    assert APIClient().get(f"/api/credit/statements/{statement.id}.csv").status_code == 401
+
+
+@pytest.mark.django_db
 def test_an_unknown_account_is_not_found_for_an_auditor(earned):
     staff = UserFactory(username="sam", is_staff=True)
 
