@@ -12,12 +12,6 @@ from marketplace.credit.statements import names_for
 from marketplace.models import Contributor, CreditStatement, Payout
 from mosaic.errors import Forbidden, NotFound
 
-def contributor_for(*, user) -> Contributor:
-    contributor = Contributor.objects.filter(user=user).first()
-    if contributor is None:
-        raise Forbidden("Only contributors have earnings; register as a contributor first.")
-    return contributor
-
 
 def contributor_earnings(*, contributor: Contributor) -> dict:
     """Balance owed now (earned minus paid out), with breakdowns by system, expert and period."""
