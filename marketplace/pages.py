@@ -24,6 +24,7 @@ from marketplace.selectors.experts import (
 from marketplace.selectors.systems import systems_visible_to_user
 from marketplace.services.accounts import contributor_register
 from marketplace.services.experts import AdapterUpload, expert_contribute, expert_version_contribute
+from marketplace.tasks import validate_after_commit
 from mosaic.errors import DomainError
 
 
@@ -145,6 +146,7 @@ def upload(request):
         except DomainError as error:
             form.add_error(None, error.message)
         else:
+            validate_after_commit(version.pk)
             return redirect("expert-detail", expert_id=version.expert_id)
     return render(request, "marketplace/upload.html", {"form": form}, status=400 if form.errors else 200)
 
@@ -165,12 +167,15 @@ def expert_detail(request, expert_id: int):
                           {"message": f"No expert {expert_id} of yours."}, status=404)
         if form.is_valid():
             try:
-                expert_version_contribute(expert=expert_get_owned(user=request.user, expert_id=expert_id),
-                                          adapter=form.adapter(), model_card=form.cleaned_data["model_card"])
+                version = expert_version_contribute(
+                    expert=expert_get_owned(user=request.user, expert_id=expert_id),
+                    adapter=form.adapter(), model_card=form.cleaned_data["model_card"],
+                )
             except DomainError as error:
                 form.add_error(None, error.message)
                 status = 400
             else:
+                validate_after_commit(version.pk)
                 return redirect("expert-detail", expert_id=expert_id)
     versions = version_list_visible(user=request.user, expert=expert)
     return render(request, "marketplace/expert_detail.html",

@@ -27,6 +27,7 @@ from marketplace.services.experts import (
     expert_license_set,
     expert_version_contribute,
 )
+from marketplace.tasks import validate_after_commit
 from mosaic.pagination import StrictPageSizeMixin
 from mosaic.parsers import LimitedJSONParser
 
@@ -316,6 +317,7 @@ class ExpertListApi(generics.ListAPIView):
             model_card=data.get("model_card", ""),
             is_public=True if data.get("is_public") is None else data["is_public"],
         )
+        validate_after_commit(version.pk)
         expert = expert_get_owned(user=request.user, expert_id=version.expert_id)
         return Response(ExpertWithVersionOutput(expert).data, status=status.HTTP_201_CREATED)
 
@@ -344,6 +346,7 @@ class ExpertVersionListApi(generics.ListAPIView):
         version = expert_version_contribute(
             expert=expert, adapter=form.adapter(), model_card=form.validated_data.get("model_card", "")
         )
+        validate_after_commit(version.pk)
         version.refresh_from_db()
         return Response(VersionOutput(version).data, status=status.HTTP_201_CREATED)
 

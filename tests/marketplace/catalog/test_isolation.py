@@ -62,6 +62,7 @@ def test_nobody_changes_another_users_license(experts, charlie_api):
     assert Expert.objects.get(pk=experts["bob-public"]).license.spdx_id == "Apache-2.0"
 
 
+@pytest.mark.django_db(transaction=True)  # committed uploads: validation runs inside the request, as in use
 def test_others_see_only_valid_versions_of_a_public_expert(experts, alice_api, bob_api, adapter_copy):
     from safetensors.torch import load_file, save_file
 
@@ -77,6 +78,7 @@ def test_others_see_only_valid_versions_of_a_public_expert(experts, alice_api, b
     assert bob_api.get(f"/api/experts/{expert_id}/versions/2").status_code == 404
 
 
+@pytest.mark.django_db(transaction=True)  # committed uploads: validation runs inside the request, as in use
 def test_an_expert_without_a_valid_version_stays_out_of_others_catalog(alice_api, bob_api, base_model, adapter_copy):
     from safetensors.torch import load_file, save_file
 
