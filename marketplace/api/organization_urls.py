@@ -19,7 +19,5 @@ urlpatterns = [
     path("organizations/<id:organization_id>/usage", organizations.UsageApi.as_view(), name="organization-usage"),
     path("systems", systems.SystemListApi.as_view(), name="systems"),
     path("systems/<id:system_id>", systems.SystemDetailApi.as_view(), name="system"),
-    path("experts/<id:expert_id>/revoke-consent", systems.ExpertRevokeConsentApi.as_view(),
-         name="expert-revoke-consent"),
     path("stripe/webhook", StripeWebhookApi.as_view(), name="stripe-webhook"),
 ]
