@@ -9,7 +9,6 @@ from marketplace.models import BaseModel, Expert, Plan, Subscription
 from marketplace.services.accounts import contributor_register
 from marketplace.services.organizations import api_key_create
 from tests.marketplace.catalog.support import api_client, upload_expert
-from tests.marketplace.conftest import alice, alice_co  # noqa: F401  (an organization with a member)
 
 pytestmark = [pytest.mark.real_model, pytest.mark.django_db(transaction=True)]
 

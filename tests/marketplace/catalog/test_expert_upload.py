@@ -166,7 +166,6 @@ def test_identical_content_is_refused_as_a_new_version(alice_api, base_model, ad
 def test_a_version_that_fails_the_deep_check_keeps_the_alias_on_the_last_valid_one(
     alice_api, base_model, adapter_dirs, adapter_copy
 ):
-    import torch
     from safetensors.torch import load_file, save_file
 
     expert_id = upload_expert(alice_api, adapter_dirs["qv"]).json()["id"]
