@@ -66,6 +66,17 @@ def upload_version(client: APIClient, expert_id: int, adapter_dir: Path | None =
     return committed_post(client, f"/api/experts/{expert_id}/versions", data)
 
 
+def with_a_non_finite_weight(adapter_dir: Path, value: float = float("nan")) -> Path:
+    """The adapter, with one weight set to `value` (NaN or infinity): it passes every check but the deep one."""
+    from safetensors.torch import load_file, save_file
+
+    weights = str(Path(adapter_dir) / "adapter_model.safetensors")
+    tensors = load_file(weights)
+    next(iter(tensors.values()))[0, 0] = value
+    save_file(tensors, weights)
+    return Path(adapter_dir)
+
+
 def stored_files() -> list[str]:
     """Every file under the expert storage directory (staging included), relative."""
     root = Path(settings.EXPERT_STORAGE_DIR)
