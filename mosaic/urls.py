@@ -17,5 +17,6 @@ urlpatterns = [
     path("api/", include("marketplace.api.credit_urls")),
     path("api/ledger/", include("ledger.api.urls")),
     path("v1/", include("marketplace.api.openai_urls")),
+    path("", include("marketplace.security_urls")),  # account security (issue 22)
     path("", include("marketplace.pages_urls")),
 ]

@@ -27,6 +27,7 @@ from marketplace.services.experts import (
     expert_license_set,
     expert_version_contribute,
 )
+from marketplace.services.security import email_verification_send
 from mosaic.pagination import StrictPageSizeMixin
 from mosaic.parsers import LimitedJSONParser
 
@@ -198,7 +199,9 @@ class RegisterApi(APIView):
     def post(self, request):
         data = validated(RegisterInput, request.data).validated_data
         contributor = contributor_register(**data)
-        token = token_issue(username=contributor.user.username, password=data["password"])
+        token = token_issue(request=request._request, username=contributor.user.username, password=data["password"])
+        if contributor.user.email:
+            email_verification_send(user=contributor.user, base_url=request.build_absolute_uri("/"))
         return Response({"contributor": ContributorOutput(contributor).data, "token": token.key},
                         status=status.HTTP_201_CREATED)
 
@@ -206,13 +209,14 @@ class RegisterApi(APIView):
 class TokenApi(APIView):
     permission_classes = [permissions.AllowAny]
     authentication_classes: list = []
-    error_statuses = (401,)  # a wrong user name or password (see mosaic.schema)
+    error_statuses = (401, 429)  # a wrong user name or password; too many failures (see mosaic.schema)
 
     @extend_schema(request=TokenInput,
                    responses={200: inline_serializer("Token", {"token": serializers.CharField()})})
     def post(self, request):
         data = validated(TokenInput, request.data).validated_data
-        return Response({"token": token_issue(**data).key})
+        # The Django request: django-axes marks it when the login is locked out, and its middleware answers 429.
+        return Response({"token": token_issue(request=request._request, **data).key})
 
 
 class ContributorMeApi(APIView):

@@ -14,7 +14,8 @@ from marketplace.credit.statements import statement_html
 from marketplace.credit.stripe_connect import start_onboarding
 from marketplace.models import CreditStatement
 from marketplace.stripe_client import verified_event
-from mosaic.errors import DomainError
+from marketplace.services.security import payout_setup_refusal, require_fresh_second_factor
+from mosaic.errors import DomainError, Forbidden
 
 
 class EarningsView(APIView):
@@ -154,6 +155,9 @@ class OnboardingView(APIView):
 
         refresh_url = serializers.URLField()
         return_url = serializers.URLField()
+        otp_code = serializers.CharField(required=False, allow_blank=True, max_length=16,
+                                         help_text="A code from your authenticator (or a recovery code), unless "
+                                                   "this session passed a second-factor check in the last minutes.")
 
     class Output(serializers.Serializer):
         class Meta:
@@ -168,7 +172,12 @@ class OnboardingView(APIView):
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
         contributor = contributor_for(user=request.user)
-        return Response(self.Output(start_onboarding(contributor=contributor, **data.validated_data)).data, status=201)
+        refusal = payout_setup_refusal(contributor)
+        if refusal:
+            raise Forbidden(refusal, code="payout_setup_refused")
+        fields = dict(data.validated_data)
+        require_fresh_second_factor(request=request, code=fields.pop("otp_code", ""))
+        return Response(self.Output(start_onboarding(contributor=contributor, **fields)).data, status=201)
 
 
 class ConnectWebhookView(APIView):

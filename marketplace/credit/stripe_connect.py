@@ -3,6 +3,7 @@ import stripe
 from django.conf import settings
 from django.db import transaction
 
+from ledger.services import record_event
 from marketplace.models import Contributor
 from mosaic.errors import DomainError
 
@@ -19,8 +20,9 @@ def account_idempotency_key(contributor: Contributor) -> str:
 def start_onboarding(*, contributor: Contributor, refresh_url: str, return_url: str, client=None) -> dict:
     """Create the contributor's Express account once, then a fresh onboarding link."""
     client = client or stripe_client()
+    created = not contributor.stripe_account_id
     try:
-        if not contributor.stripe_account_id:
+        if created:
             account = client.v1.accounts.create(
                 params={
                     "type": "express",
@@ -43,4 +45,9 @@ def start_onboarding(*, contributor: Contributor, refresh_url: str, return_url: 
         )
     except stripe.StripeError as error:
         raise DomainError(f"Stripe refused the onboarding request: {error.user_message or error}", code="stripe_error")
+    # The link lets the contributor change where their payouts go: each one is on the ledger.
+    record_event(kind="contributor.payout_details_change",
+                 payload={"contributor": contributor.ledger_ref, "stripe_account": contributor.stripe_account_id,
+                          "account_created": created},
+                 actor=contributor.ledger_ref)
     return {"account": contributor.stripe_account_id, "url": link.url, "expires_at": link.expires_at}

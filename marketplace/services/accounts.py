@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from django.contrib.auth import authenticate, get_user_model
 from django.contrib.auth.password_validation import validate_password
+from django.contrib.auth.signals import user_logged_in
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from rest_framework.authtoken.models import Token
@@ -77,11 +78,12 @@ def contributor_register(
     return contributor
 
 
-def token_issue(*, username: str, password: str) -> Token:
-    """The user's API token (created on first request)."""
-    user = authenticate(username=username, password=password)
+def token_issue(*, request, username: str, password: str) -> Token:
+    """The user's API token (created on first request). `request` lets the login throttle count the attempt."""
+    user = authenticate(request, username=username, password=password)
     if user is None or not user.is_active:
         raise DomainError("Wrong user name or password.", code="authentication_failed", status_code=401)
+    user_logged_in.send(sender=user.__class__, request=request, user=user)  # a login: the throttle forgets failures
     token, _ = Token.objects.get_or_create(user=user)
     return token
 

@@ -6,9 +6,11 @@ from rest_framework.test import APIClient
 
 from marketplace.credit.settlement import close_period
 from marketplace.models import CreditStatement
+from marketplace.services.security import recovery_codes_renew
 from tests.credit.conftest import usage_on
 from tests.credit.factories import UserFactory
 from tests.openapi import assert_matches_schema
+from tests.second_factor import enrol_authenticator, verify_email
 
 
 @pytest.fixture
@@ -117,11 +119,14 @@ def test_a_contributor_downloads_their_statement_as_csv_and_html_and_nobody_else
 @pytest.mark.django_db
 def test_onboarding_creates_one_express_account_and_a_fresh_link(world, stripe_server):
     charlie = world.contributors[2]
+    verify_email(charlie)
+    enrol_authenticator(charlie.user)
+    first_code, second_code = recovery_codes_renew(user=charlie.user)[:2]
     client = client_for(charlie.user)
     urls = {"refresh_url": "https://mosaic.example/connect/refresh", "return_url": "https://mosaic.example/connect/done"}
 
-    first = client.post("/api/credit/stripe/onboarding", urls, format="json")
-    second = client.post("/api/credit/stripe/onboarding", urls, format="json")
+    first = client.post("/api/credit/stripe/onboarding", {**urls, "otp_code": first_code}, format="json")
+    second = client.post("/api/credit/stripe/onboarding", {**urls, "otp_code": second_code}, format="json")
 
     assert first.status_code == 201
     paths = [r["path"] for r in stripe_server.requests]

@@ -17,6 +17,7 @@ from marketplace.models import CreditStatement, Payout, Usage
 from mosaic.errors import DomainError
 from tests.credit.conftest import usage_on
 from tests.credit.factories import LicenseTermsFactory
+from tests.second_factor import ready_for_payouts
 
 START = date(2026, 10, 1)
 END = date(2026, 10, 31)
@@ -31,9 +32,7 @@ def october(world, settings):
     a1, a2, b, c = world.experts
     alice, bob, charlie = world.contributors
     for contributor in (alice, bob):
-        contributor.stripe_account_id = f"acct_{contributor.user.username}"
-        contributor.payouts_enabled = True
-        contributor.save()
+        ready_for_payouts(contributor, stripe_account=f"acct_{contributor.user.username}")
     license = LicenseTermsFactory(expert=a1, spdx_id="CC-BY-4.0", attribution_required=True)
     a1.license = license
     a1.save(update_fields=["license"])
