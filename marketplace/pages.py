@@ -24,6 +24,7 @@ from marketplace.selectors.experts import (
 from marketplace.selectors.systems import systems_visible_to_user
 from marketplace.services.accounts import contributor_register
 from marketplace.services.experts import AdapterUpload, expert_contribute, expert_version_contribute
+from marketplace.services.security import email_verification_send
 from mosaic.errors import DomainError
 
 
@@ -102,6 +103,9 @@ def signup(request):
         else:
             login(request, contributor.user, backend="django.contrib.auth.backends.ModelBackend")
             messages.success(request, f"Welcome, {contributor.display_name}.")
+            if contributor.user.email:
+                email_verification_send(user=contributor.user, base_url=request.build_absolute_uri("/"))
+                messages.info(request, f"We sent a link to {contributor.user.email} to confirm it.")
             return redirect("dashboard")
     return render(request, "marketplace/signup.html", {"form": form})
 

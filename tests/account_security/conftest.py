@@ -21,3 +21,6 @@ def dana(db):
 def operator(db):
     return get_user_model().objects.create_user(username="operator", password=PASSWORD, is_staff=True,
                                                 is_superuser=True, email="operator@example.org")
+
+
+from tests.credit.conftest import stripe_server  # noqa: E402,F401  (a local stand-in for api.stripe.com)

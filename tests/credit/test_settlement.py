@@ -62,6 +62,26 @@ def test_closing_a_period_writes_statements_pays_balances_above_the_minimum_and_
 
 
 @pytest.mark.django_db
+def test_a_contributor_whose_email_is_not_verified_gets_no_payout_and_keeps_the_balance(october):
+    alice = october.contributors[0]
+    alice.user.email = "alice@new-address.example"  # a changed address is unverified
+    alice.user.save()
+
+    result = close_period(start=START, end=END)
+
+    assert result.payouts == 0
+    assert account_balance(account=payable(alice.id)) == -1600
+
+
+@pytest.mark.django_db
+def test_a_contributor_without_an_authenticator_gets_no_payout(october):
+    alice = october.contributors[0]
+    alice.user.totpdevice_set.all().delete()
+
+    assert close_period(start=START, end=END).payouts == 0
+
+
+@pytest.mark.django_db
 def test_a_statement_has_a_line_per_system_expert_and_day_and_names_experts_requiring_attribution(october):
     alice = october.contributors[0]
     a1, a2, _, _ = october.experts
