@@ -16,6 +16,7 @@ from marketplace.models import CreditStatement
 from marketplace.stripe_client import verified_event
 from marketplace.services.security import payout_setup_refusal, require_fresh_second_factor
 from mosaic.errors import DomainError, Forbidden
+from mosaic.security import allow_its_inline_styles
 
 
 class EarningsView(APIView):
@@ -143,7 +144,8 @@ class StatementFileView(APIView):
         if fmt == "csv":
             response = HttpResponse(statement.csv, content_type="text/csv; charset=utf-8")
         else:
-            response = HttpResponse(statement_html(statement=statement), content_type="text/html; charset=utf-8")
+            response = allow_its_inline_styles(
+                HttpResponse(statement_html(statement=statement), content_type="text/html; charset=utf-8"))
         response["Content-Disposition"] = f'inline; filename="{name}.{fmt}"'
         return response
 
