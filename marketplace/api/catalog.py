@@ -165,6 +165,9 @@ class RegisterInput(serializers.Serializer):
 class TokenInput(serializers.Serializer):
     username = serializers.CharField(max_length=150)
     password = serializers.CharField(max_length=128, trim_whitespace=False)
+    otp_code = serializers.CharField(max_length=16, required=False, allow_blank=True,
+                                     help_text="Staff, auditors and contributors with payouts: a code from the "
+                                               "authenticator app, or a recovery code.")
 
 
 class ProfileInput(serializers.Serializer):
@@ -209,7 +212,7 @@ class RegisterApi(APIView):
 class TokenApi(APIView):
     permission_classes = [permissions.AllowAny]
     authentication_classes: list = []
-    error_statuses = (401, 429)  # a wrong user name or password; too many failures (see mosaic.schema)
+    error_statuses = (401, 403, 429)  # wrong credentials; no second factor set up; too many failures (mosaic.schema)
 
     @extend_schema(request=TokenInput,
                    responses={200: inline_serializer("Token", {"token": serializers.CharField()})})

@@ -10,6 +10,7 @@ from rest_framework.authtoken.models import Token
 
 from ledger.services import record_event
 from marketplace.models import Contributor
+from marketplace.services.security import second_factor_check_for_token
 from mosaic.errors import Conflict, DomainError
 
 MAX_PRIORITIES = 20
@@ -78,11 +79,13 @@ def contributor_register(
     return contributor
 
 
-def token_issue(*, request, username: str, password: str) -> Token:
-    """The user's API token (created on first request). `request` lets the login throttle count the attempt."""
+def token_issue(*, request, username: str, password: str, otp_code: str = "") -> Token:
+    """The user's API token (created on first request). `request` lets the login throttle count the attempt.
+    An account that must use a second factor sends a code from its authenticator (or a recovery code) too."""
     user = authenticate(request, username=username, password=password)
     if user is None or not user.is_active:
         raise DomainError("Wrong user name or password.", code="authentication_failed", status_code=401)
+    second_factor_check_for_token(user=user, code=otp_code)
     user_logged_in.send(sender=user.__class__, request=request, user=user)  # a login: the throttle forgets failures
     token, _ = Token.objects.get_or_create(user=user)
     return token

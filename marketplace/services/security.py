@@ -125,6 +125,18 @@ def require_fresh_second_factor(*, request, code: str = "") -> None:
                         "code at /account/two-factor/verify/ first.", code="second_factor_required")
 
 
+def second_factor_check_for_token(*, user, code: str) -> None:
+    """An API token for an account that must use a second factor needs a valid code with the password."""
+    if not second_factor_required(user):
+        return
+    if not has_second_factor_device(user):
+        raise Forbidden("This account needs two-factor authentication: set up an authenticator at "
+                        "/account/two-factor/setup/ first.", code="second_factor_required")
+    if not code or django_otp.match_token(user, code.replace(" ", "")) is None:
+        raise DomainError("This account needs a valid `otp_code` from its authenticator (or a recovery code).",
+                          code="second_factor_required", status_code=401, param="otp_code")
+
+
 # ---------------------------------------------------------------- email verification
 
 

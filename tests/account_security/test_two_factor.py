@@ -107,3 +107,25 @@ def test_a_recovery_code_passes_the_second_factor_once(operator):
     again = logged_in(operator)
     assert again.post("/account/two-factor/verify/", {"code": codes[0], "next": "/admin/"}).status_code == 200
     assert again.get("/admin/").status_code == 302
+
+
+def test_staff_get_no_api_token_without_a_code_from_their_authenticator(operator):
+    from rest_framework.test import APIClient
+
+    device = enrol_authenticator(operator)
+    client = APIClient()
+
+    refused = client.post("/api/auth/token", {"username": "operator", "password": PASSWORD}, format="json")
+    issued = client.post("/api/auth/token", {"username": "operator", "password": PASSWORD,
+                                             "otp_code": current_code(device)}, format="json")
+
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "second_factor_required"
+    assert issued.status_code == 200 and issued.json()["token"]
+
+
+def test_staff_without_an_authenticator_are_told_to_set_one_up_before_getting_a_token(operator):
+    from rest_framework.test import APIClient
+
+    response = APIClient().post("/api/auth/token", {"username": "operator", "password": PASSWORD}, format="json")
+
+    assert response.status_code == 403 and "/account/two-factor/setup/" in response.json()["error"]["message"]
