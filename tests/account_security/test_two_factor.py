@@ -129,3 +129,17 @@ def test_staff_without_an_authenticator_are_told_to_set_one_up_before_getting_a_
     response = APIClient().post("/api/auth/token", {"username": "operator", "password": PASSWORD}, format="json")
 
     assert response.status_code == 403 and "/account/two-factor/setup/" in response.json()["error"]["message"]
+
+
+def test_the_session_id_changes_at_login(dana):
+    from django.conf import settings
+
+    client = Client()
+    session = client.session  # an anonymous session that already exists before the login
+    session["seen"] = True
+    session.save()
+    client.cookies[settings.SESSION_COOKIE_NAME] = before = session.session_key
+
+    client.post("/login/", {"username": "dana", "password": PASSWORD})
+
+    assert client.cookies["sessionid"].value != before
