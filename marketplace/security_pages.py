@@ -9,8 +9,11 @@ from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 
+from rest_framework.authtoken.models import Token
+
 from marketplace.models import Contributor
 from marketplace.services.security import (
+    api_token_revoke,
     email_verification_confirm,
     email_verification_send,
     has_second_factor_device,
@@ -18,6 +21,7 @@ from marketplace.services.security import (
     second_factor_is_fresh,
     second_factor_required,
     second_factor_verify,
+    sessions_end_elsewhere,
     totp_enrolment_confirm,
     totp_enrolment_start,
     totp_qr_svg,
@@ -46,6 +50,8 @@ def overview(request):
         "has_device": has_second_factor_device(request.user),
         "required": second_factor_required(request.user),
         "verified_now": request.user.is_verified(),
+        "token": Token.objects.filter(user=request.user).first(),
+        "password_form": PasswordForm(),
     })
 
 
@@ -97,6 +103,33 @@ def recovery_codes_new(request):
         messages.error(request, "Enter a code from your authenticator first; then ask for new recovery codes.")
         return redirect("/account/two-factor/verify/?next=/account/")
     return render(request, "account/recovery_codes.html", {"codes": recovery_codes_renew(user=request.user)})
+
+
+class PasswordForm(forms.Form):
+    password = forms.CharField(widget=forms.PasswordInput, strip=False, label="Your password")
+
+
+@login_required
+@require_POST
+def sessions_end(request):
+    form = PasswordForm(request.POST)
+    try:
+        if not form.is_valid():
+            raise DomainError("Enter your password.")
+        sessions_end_elsewhere(request=request, password=form.cleaned_data["password"])
+    except DomainError as error:
+        messages.error(request, error.message)
+    else:
+        messages.success(request, "Every other session is logged out.")
+    return redirect("account-security")
+
+
+@login_required
+@require_POST
+def token_revoke(request):
+    revoked = api_token_revoke(user=request.user)
+    messages.success(request, "Your API token is revoked." if revoked else "You have no API token.")
+    return redirect("account-security")
 
 
 @login_required

@@ -8,6 +8,8 @@ urlpatterns = [
     path("account/two-factor/setup/", security_pages.two_factor_setup, name="two-factor-setup"),
     path("account/two-factor/verify/", security_pages.two_factor_verify, name="two-factor-verify"),
     path("account/two-factor/recovery-codes/", security_pages.recovery_codes_new, name="recovery-codes-new"),
+    path("account/sessions/end/", security_pages.sessions_end, name="sessions-end"),
+    path("account/token/revoke/", security_pages.token_revoke, name="api-token-revoke"),
     path("account/email/verify/", security_pages.email_verification_request, name="email-verify-request"),
     path("account/email/verify/<str:uidb64>/<str:token>/", security_pages.email_verification, name="email-verify"),
     # Django's own password reset; the names are the ones its email template uses.

@@ -7,7 +7,7 @@ import time
 import django_otp
 import segno
 from django.conf import settings
-from django.contrib.auth import get_user_model
+from django.contrib.auth import get_user_model, update_session_auth_hash
 from django.contrib.auth.tokens import PasswordResetTokenGenerator
 from django.core.mail import send_mail
 from django.db import transaction
@@ -17,6 +17,7 @@ from django.utils.encoding import force_bytes, force_str
 from django.utils.http import urlsafe_base64_decode, urlsafe_base64_encode
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
+from rest_framework.authtoken.models import Token
 
 from marketplace.models import Contributor
 from mosaic.errors import DomainError, Forbidden
@@ -135,6 +136,26 @@ def second_factor_check_for_token(*, user, code: str) -> None:
     if not code or django_otp.match_token(user, code.replace(" ", "")) is None:
         raise DomainError("This account needs a valid `otp_code` from its authenticator (or a recovery code).",
                           code="second_factor_required", status_code=401, param="otp_code")
+
+
+# ---------------------------------------------------------------- sessions and tokens
+
+
+def sessions_end_elsewhere(*, request, password: str) -> None:
+    """Log out everywhere but here: the password is hashed again with a new salt, which changes the hash Django
+    keeps in every session (they end at their next request); this session is given the new one."""
+    user = request.user
+    if not user.check_password(password):
+        raise DomainError("That is not your password.", param="password", code="wrong_password")
+    user.set_password(password)
+    user.save(update_fields=["password"])
+    update_session_auth_hash(request, user)
+
+
+def api_token_revoke(*, user) -> bool:
+    """Delete the user's API token; the next password (and second factor) login via the API gets a new one."""
+    deleted, _ = Token.objects.filter(user=user).delete()
+    return bool(deleted)
 
 
 # ---------------------------------------------------------------- email verification
