@@ -237,6 +237,13 @@ AXES_RESET_ON_SUCCESS = True
 TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
 AXES_CLIENT_IP_CALLABLE = "mosaic.security.client_ip_address"
 
+# API tokens record when they were last used (shown on the account page with their creation time).
+REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"] = [
+    "marketplace.api.authentication.RecordingTokenAuthentication"
+    if name == "rest_framework.authentication.TokenAuthentication" else name
+    for name in REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"]
+]
+
 # Two-factor: required for staff, auditors, and contributors before their first payout; offered to everyone.
 OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="Mosaic")
 SECOND_FACTOR_FRESH_SECONDS = env.int("SECOND_FACTOR_FRESH_SECONDS", default=600)  # payout-details changes

@@ -26,3 +26,10 @@ class Contributor(models.Model):
     @property
     def ledger_ref(self) -> str:
         return f"contributor:{self.pk}"
+
+
+class ApiTokenUse(models.Model):
+    """When a contributor's API token (rest_framework.authtoken; it carries its creation time) was last used."""
+
+    token = models.OneToOneField("authtoken.Token", on_delete=models.CASCADE, primary_key=True, related_name="use")
+    last_used_at = models.DateTimeField()

@@ -3,6 +3,7 @@ email verification, and who may receive payouts."""
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import django_otp
 import segno
@@ -13,13 +14,14 @@ from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import F, QuerySet
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.encoding import force_bytes, force_str
 from django.utils.http import urlsafe_base64_decode, urlsafe_base64_encode
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 from rest_framework.authtoken.models import Token
 
-from marketplace.models import Contributor
+from marketplace.models import ApiTokenUse, Contributor
 from mosaic.errors import DomainError, Forbidden
 
 RECOVERY_DEVICE_NAME = "recovery codes"
@@ -150,6 +152,18 @@ def sessions_end_elsewhere(*, request, password: str) -> None:
     user.set_password(password)
     user.save(update_fields=["password"])
     update_session_auth_hash(request, user)
+
+
+TOKEN_USE_RESOLUTION = timedelta(minutes=1)
+
+
+def api_token_used(*, token: Token) -> None:
+    """Note that `token` was used now; a write at most once a minute per token."""
+    now = timezone.now()
+    updated = ApiTokenUse.objects.filter(token=token, last_used_at__lt=now - TOKEN_USE_RESOLUTION).update(
+        last_used_at=now)
+    if not updated:
+        ApiTokenUse.objects.get_or_create(token=token, defaults={"last_used_at": now})
 
 
 def api_token_revoke(*, user) -> bool:

@@ -36,7 +36,7 @@ def test_log_out_everywhere_needs_the_password(dana):
 def test_the_api_token_is_shown_with_its_creation_time_and_can_be_revoked(dana):
     key = APIClient().post("/api/auth/token", {"username": "dana", "password": PASSWORD}, format="json").json()["token"]
     client = logged_in("dana")
-    assert f"ends with <code>{key[-4:]}</code>" in client.get("/account/").content.decode()
+    assert f"ending with <code>{key[-4:]}</code>" in client.get("/account/").content.decode()
 
     client.post("/account/token/revoke/")
 
@@ -44,3 +44,16 @@ def test_the_api_token_is_shown_with_its_creation_time_and_can_be_revoked(dana):
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
     assert api.get("/api/contributors/me").status_code == 401
+
+
+def test_the_account_page_says_when_the_api_token_was_last_used(dana):
+    key = APIClient().post("/api/auth/token", {"username": "dana", "password": PASSWORD}, format="json").json()["token"]
+    client = logged_in("dana")
+    assert "has not been used yet" in client.get("/account/").content.decode()
+
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    api.get("/api/contributors/me")
+
+    page = client.get("/account/").content.decode()
+    assert "last used" in page and "has not been used yet" not in page
