@@ -9,7 +9,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import torch
 
 from composition.engine import Engine
 from composition.errors import CompositionError
