@@ -81,7 +81,7 @@ def test_each_method_answers_on_the_toy_world_with_an_attribution_summing_to_one
 
 @pytest.mark.parametrize("name", NEW_METHODS)
 def test_each_method_is_deterministic_under_a_seed(engine, experts, name):
-    request = ask("seeded", temperature=1.0, seed=11, n=2)
+    request = ask("seeded", temperature=1.0, seed=11, max_tokens=3)
     first = build_strategy(name, CONFIGS[name], experts).run(request, engine)
     second = build_strategy(name, CONFIGS[name], experts).run(request, engine)
     assert first.texts == second.texts
