@@ -67,7 +67,7 @@ def load_world(experts_dir: Path, base: Path):
         right = [name for (name, skill), a in zip(SKILLS.items(), answers) if a.text.strip() == skill.example_answer]
         if len(right) == 1 and right[0] not in named:
             named[right[0]] = expert
-    unnamed = [e for e in loaded if e not in named.values()]
+    unnamed = [e for e in loaded if all(e is not v for v in named.values())]
     if len(unnamed) == 1 and len(named) == len(SKILLS) - 1:  # the last one by elimination
         named[next(s for s in SKILLS if s not in named)] = unnamed[0]
     if len(named) != len(loaded):
