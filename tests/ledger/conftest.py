@@ -21,3 +21,18 @@ def entries(db):
 
 def is_postgres() -> bool:
     return connection.vendor == "postgresql"
+
+
+def fork_context():
+    """A context for forked writer processes that share nothing with this one: its database connections and
+    its Celery broker connections are closed first (after a fork kombu closes the inherited ones, and on Redis
+    that close waits on a socket the parent still owns)."""
+    import multiprocessing
+
+    from django.db import connections
+
+    from mosaic.celery import app as celery_app
+
+    connections.close_all()
+    celery_app.close()
+    return multiprocessing.get_context("fork")

@@ -1,11 +1,10 @@
 """Many writers at once still leave a dense sequence and an unbroken chain (PostgreSQL)."""
-import multiprocessing
-
 import pytest
 from django.db import connection, connections
 
 from ledger.models import Entry
 from ledger.verification import verify_database
+from tests.ledger.conftest import fork_context
 
 WRITERS = 8
 APPENDS = 500
@@ -27,8 +26,7 @@ def test_concurrent_writers_leave_a_dense_sequence_and_a_valid_chain(transaction
         pytest.skip("needs PostgreSQL: several processes writing at once")
     # Same locking either way; asynchronous commits only keep 4,000 fsyncs out of the test's time.
     settings.LEDGER_SYNCHRONOUS_COMMIT = False
-    connections.close_all()  # each forked writer opens its own connection
-    context = multiprocessing.get_context("fork")
+    context = fork_context()  # each forked writer opens its own connections
     writers = [context.Process(target=_append_many, args=(w, APPENDS)) for w in range(WRITERS)]
     for process in writers:
         process.start()

@@ -28,10 +28,11 @@ needs_redis = pytest.mark.skipif(not redis_is_reachable(), reason="Redis is not 
 
 
 @pytest.fixture
-def broker(settings):
+def broker(settings, monkeypatch):
     """Celery with a real broker instead of eager; the URL is set by the test."""
     from mosaic.celery import app
 
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)  # Celery reads it before its own setting (as CI sets it)
     settings.READINESS_TIMEOUT_SECONDS = 0.5
     before = app.conf.broker_url, app.conf.task_always_eager
 
