@@ -144,3 +144,294 @@ def check_context_length(*, prompt_tokens: int, max_tokens: int, context_length:
             f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, {max_tokens} for the "
             "completion). Please reduce the length of the prompt or max_tokens.",
         )
+
+
+# --- the task message, the result and the stream events -----------------------------------------------------
+#
+# On the wire (Celery's JSON, the Redis stream) each is a plain JSON object; in code each is a frozen
+# dataclass: the web side builds a TaskMessage and sends message.to_dict(); a worker parses it with
+# TaskMessage.from_dict, which refuses (MessageError) anything that does not have the contract's shape.
+
+CONTRACT_VERSION = 1
+TASK_NAME = "gpu_workers.run_completion"
+QUEUE_PREFIX = "base."
+
+
+def queue_for(base_model_name: str) -> str:
+    """The Celery queue that the workers holding this base model consume."""
+    return f"{QUEUE_PREFIX}{base_model_name}"
+
+
+def stream_key(request_id: str) -> str:
+    """The Redis stream that carries a request's events from its worker to the web process."""
+    return f"mosaic:stream:{request_id}"
+
+
+class MessageError(ValueError):
+    """A task message, result or stream event does not have the shape of the contract."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise MessageError(message)
+
+
+def _string(value, what: str) -> str:
+    _require(isinstance(value, str) and value != "", f"{what} must be a non-empty string")
+    return value
+
+
+@dataclass(frozen=True)
+class BaseModelRef:
+    name: str
+    path: str
+    content_hash: str = ""
+
+
+@dataclass(frozen=True)
+class ExpertRef:
+    id: str
+    adapter_path: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class TaskMessage:
+    """Everything a worker needs to answer one request, with no database access. `deadline` (epoch seconds)
+    is when the web side stops waiting: a worker drops the message after it, and so does the web side."""
+
+    request_id: str
+    deadline: float | None
+    base_model: BaseModelRef
+    experts: tuple[ExpertRef, ...]
+    strategy: str
+    strategy_config: dict
+    params: SamplingParams
+    prompt: str | None = None
+    messages: list | None = None
+    stream: bool = False  # publish the tokens to stream_key(request_id) as they are produced
+    version: int = CONTRACT_VERSION
+
+    @property
+    def queue(self) -> str:
+        return queue_for(self.base_model.name)
+
+    def to_dict(self) -> dict:
+        message = {
+            "version": self.version,
+            "request_id": self.request_id,
+            "deadline": self.deadline,
+            "base_model": {"name": self.base_model.name, "path": self.base_model.path,
+                           "content_hash": self.base_model.content_hash},
+            "experts": [{"id": e.id, "adapter_path": e.adapter_path, "sha256": e.sha256} for e in self.experts],
+            "strategy": self.strategy,
+            "strategy_config": self.strategy_config,
+            "params": params_to_dict(self.params),
+            "stream": self.stream,
+        }
+        if self.messages is not None:
+            message["messages"] = self.messages
+        else:
+            message["prompt"] = self.prompt
+        return message
+
+    @classmethod
+    def from_dict(cls, message) -> TaskMessage:
+        """The message a worker received, checked against the contract (MessageError otherwise). A message
+        without a version is version 1, the shape it had before versions were written."""
+        _require(isinstance(message, dict), "the message must be a JSON object")
+        version = message.get("version", 1)
+        _require(version == CONTRACT_VERSION,
+                 f"message version {version!r} is not supported; this worker speaks version {CONTRACT_VERSION}")
+        request_id = _string(message.get("request_id"), "request_id")
+        deadline = message.get("deadline")
+        _require(deadline is None or (isinstance(deadline, (int, float)) and not isinstance(deadline, bool)),
+                 "deadline must be epoch seconds or null")
+        base = message.get("base_model")
+        _require(isinstance(base, dict) and isinstance(base.get("path"), str) and base["path"],
+                 "base_model.path is required")
+        base_ref = BaseModelRef(name=str(base.get("name") or "default"), path=base["path"],
+                                content_hash=str(base.get("content_hash") or ""))
+        experts = message.get("experts")
+        _require(isinstance(experts, list), "experts must be a list")
+        refs = []
+        for position, entry in enumerate(experts):
+            _require(isinstance(entry, dict) and all(isinstance(entry.get(key), str) and entry.get(key)
+                                                     for key in ("id", "adapter_path", "sha256")),
+                     f"experts[{position}] needs id, adapter_path and sha256 strings")
+            refs.append(ExpertRef(entry["id"], entry["adapter_path"], entry["sha256"].lower()))
+        strategy = message.get("strategy")
+        _require(isinstance(strategy, str) and strategy, "strategy must be a strategy name")
+        config = message.get("strategy_config") or {}
+        _require(isinstance(config, dict), "strategy_config must be a JSON object")
+        stream = message.get("stream", False)
+        _require(isinstance(stream, bool), "stream must be true or false")
+        prompt, messages = message.get("prompt"), message.get("messages")
+        _require((prompt is None) != (messages is None), "give exactly one of prompt and messages")
+        try:  # the rules the web checked already: a message that breaks them is malformed
+            if prompt is not None:
+                checked_prompt(prompt)
+            else:
+                checked_messages(messages)
+            params = sampling_params(message.get("params") or {})
+        except ParamError as error:
+            raise MessageError(error.message) from None
+        return cls(request_id=request_id, deadline=deadline, base_model=base_ref, experts=tuple(refs),
+                   strategy=strategy, strategy_config=config, params=params, prompt=prompt, messages=messages,
+                   stream=stream, version=version)
+
+
+def params_to_dict(params: SamplingParams) -> dict:
+    return {name: (list(value) if isinstance(value, list) else value) for name, value in params.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class ChoiceResult:
+    index: int
+    text: str
+    finish_reason: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class CompletionResult:
+    """A worker's answer: one text per choice, the tokens used, and each expert's share of the answer
+    (decimal strings summing to exactly 1; {} for the base model alone)."""
+
+    request_id: str
+    choices: tuple[ChoiceResult, ...]
+    usage: Usage
+    attribution: dict[str, str]
+    engine_ms: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "request_id": self.request_id,
+            "choices": [{"index": c.index, "text": c.text, "finish_reason": c.finish_reason} for c in self.choices],
+            "usage": {"prompt_tokens": self.usage.prompt_tokens, "completion_tokens": self.usage.completion_tokens},
+            "attribution": dict(self.attribution),
+            "engine_ms": self.engine_ms,
+        }
+
+    @classmethod
+    def from_dict(cls, result: dict) -> CompletionResult:
+        try:
+            return cls(
+                request_id=str(result.get("request_id") or ""),
+                choices=tuple(ChoiceResult(int(c["index"]), str(c["text"]), str(c["finish_reason"]))
+                              for c in result["choices"]),
+                usage=Usage(int(result["usage"]["prompt_tokens"]), int(result["usage"]["completion_tokens"])),
+                attribution={str(k): str(v) for k, v in (result.get("attribution") or {}).items()},
+                engine_ms=int(result.get("engine_ms") or 0),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise MessageError(f"the worker's result does not have the contract's shape: {error!r}") from None
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    message: str
+    code: str
+    param: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"message": self.message, "code": self.code, **({"param": self.param} if self.param else {})}
+
+
+# Error codes a worker or the stream answers with. UNAVAILABLE_CODES: nobody served the request in time (the
+# web answers 503 with Retry-After); CLIENT_ERROR_CODES: the client's mistake (400); anything else: 502.
+ENGINE_UNAVAILABLE = "engine_unavailable"
+DEADLINE_EXCEEDED = "deadline_exceeded"
+ENGINE_ERROR = "engine_error"
+UNAVAILABLE_CODES = frozenset({ENGINE_UNAVAILABLE, DEADLINE_EXCEEDED})
+
+
+def error_result(request_id, message: str, code: str, param: str | None = None) -> dict:
+    """A worker's failure on the wire: {"request_id", "error": {"message", "code"[, "param"]}}."""
+    return {"request_id": request_id if isinstance(request_id, str) else "",
+            "error": ErrorInfo(message, code, param).to_dict()}
+
+
+def parse_result(result) -> CompletionResult | ErrorInfo:
+    """A worker's result as it came off the wire: its answer, or what went wrong."""
+    if isinstance(result, dict) and isinstance(result.get("error"), dict):
+        error = result["error"]
+        return ErrorInfo(str(error.get("message") or ""), str(error.get("code") or ENGINE_ERROR),
+                         error.get("param") if isinstance(error.get("param"), str) else None)
+    if not isinstance(result, dict):
+        return ErrorInfo(f"the worker answered {type(result).__name__}, not a result", ENGINE_ERROR)
+    try:
+        return CompletionResult.from_dict(result)
+    except MessageError as error:
+        return ErrorInfo(str(error), ENGINE_ERROR)
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """Text of one choice, as it is produced. `offset`: the characters of that choice sent before this delta
+    (a reader that already has them, from a run that was redelivered, skips them)."""
+
+    choice_index: int
+    text_delta: str
+    offset: int = 0
+    type = "token"
+
+    def to_dict(self) -> dict:
+        return {"type": self.type, "choice_index": self.choice_index, "text_delta": self.text_delta,
+                "offset": self.offset}
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    """The last event of a stream that was served: the whole result, with usage and attribution."""
+
+    result: CompletionResult
+    type = "done"
+
+    def to_dict(self) -> dict:
+        return {"type": self.type, "result": self.result.to_dict()}
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    """The last event of a stream that failed; nothing is billed for it."""
+
+    error: ErrorInfo
+    type = "error"
+
+    def to_dict(self) -> dict:
+        return {"type": self.type, "error": self.error.to_dict()}
+
+
+StreamEvent = TokenEvent | DoneEvent | ErrorEvent
+
+
+def final_event(result) -> DoneEvent | ErrorEvent:
+    """The event that ends a stream, from a worker's result on the wire."""
+    parsed = parse_result(result)
+    return ErrorEvent(parsed) if isinstance(parsed, ErrorInfo) else DoneEvent(parsed)
+
+
+def event_from_dict(event) -> StreamEvent:
+    if not isinstance(event, dict):
+        raise MessageError("a stream event must be a JSON object")
+    kind = event.get("type")
+    if kind == TokenEvent.type:
+        try:
+            return TokenEvent(int(event["choice_index"]), str(event["text_delta"]), int(event.get("offset") or 0))
+        except (KeyError, TypeError, ValueError) as error:
+            raise MessageError(f"a token event needs choice_index and text_delta: {error!r}") from None
+    if kind == DoneEvent.type:
+        return final_event(event.get("result"))
+    if kind == ErrorEvent.type:
+        return final_event({"error": event.get("error")})
+    raise MessageError(f"unknown stream event type {kind!r}")

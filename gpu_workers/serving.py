@@ -13,7 +13,6 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 
@@ -32,66 +31,21 @@ EXPERT_CACHE_SIZE = 256
 STRATEGY_CACHE_SIZE = 64
 
 
-class MessageError(ValueError):
-    """The task message does not have the shape of the contract."""
+MessageError = contract.MessageError
+ExpertRef = contract.ExpertRef
 
 
-@dataclass(frozen=True)
-class ExpertRef:
-    id: str
-    adapter_path: str
-    sha256: str
+def parse_message(message) -> contract.TaskMessage:
+    """The task message as the contract types it, on a worker that holds its base model."""
+    parsed = contract.TaskMessage.from_dict(message)
+    if not Path(parsed.base_model.path).is_dir():
+        raise MessageError(f"base model directory {parsed.base_model.path} does not exist on this worker")
+    return parsed
 
 
-@dataclass(frozen=True)
-class ParsedMessage:
-    request_id: str
-    base_model_path: str
-    experts: tuple[ExpertRef, ...]
-    strategy: str
-    strategy_config: dict
-    prompt: str | None
-    messages: list | None
-    request: CompletionRequest
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise MessageError(message)
-
-
-def parse_message(message) -> ParsedMessage:
-    _require(isinstance(message, dict), "the message must be a JSON object")
-    request_id = message.get("request_id")
-    _require(isinstance(request_id, str) and request_id != "", "request_id must be a non-empty string")
-    base = message.get("base_model")
-    _require(isinstance(base, dict) and isinstance(base.get("path"), str) and base["path"], "base_model.path is required")
-    _require(Path(base["path"]).is_dir(), f"base model directory {base['path']} does not exist on this worker")
-    experts = message.get("experts")
-    _require(isinstance(experts, list), "experts must be a list")
-    refs = []
-    for position, entry in enumerate(experts):
-        _require(isinstance(entry, dict) and all(isinstance(entry.get(key), str) and entry.get(key)
-                                                 for key in ("id", "adapter_path", "sha256")),
-                 f"experts[{position}] needs id, adapter_path and sha256 strings")
-        refs.append(ExpertRef(entry["id"], entry["adapter_path"], entry["sha256"].lower()))
-    strategy = message.get("strategy")
-    _require(isinstance(strategy, str) and strategy, "strategy must be a strategy name")
-    config = message.get("strategy_config") or {}
-    _require(isinstance(config, dict), "strategy_config must be a JSON object")
-
-    prompt, messages = message.get("prompt"), message.get("messages")
-    _require((prompt is None) != (messages is None), "give exactly one of prompt and messages")
-    try:  # the rules the web checked already (gpu_workers.contract): a message that breaks them is malformed
-        if prompt is not None:
-            contract.checked_prompt(prompt)
-        else:
-            contract.checked_messages(messages)
-        sampling = contract.sampling_params(message.get("params") or {})
-    except contract.ParamError as error:
-        raise MessageError(error.message) from None
-    request = CompletionRequest(prompt="", **sampling.__dict__)
-    return ParsedMessage(request_id, base["path"], tuple(refs), strategy, config, prompt, messages, request)
+def completion_request(parsed: contract.TaskMessage, prompt: str) -> CompletionRequest:
+    """The strategies' request for a message: its prompt (rendered) and its sampling parameters."""
+    return CompletionRequest(prompt=prompt, **parsed.params.__dict__)
 
 
 class _BoundedCache(OrderedDict):
@@ -223,23 +177,21 @@ def attribution_strings(attribution: dict[str, float], expert_ids: list[str]) ->
     return {expert_id: str(value) for expert_id, value in floors.items()}
 
 
-def error_result(request_id, message: str, code: str, param: str | None = None) -> dict:
-    error = {"message": message, "code": code, **({"param": param} if param else {})}
-    return {"request_id": request_id if isinstance(request_id, str) else "", "error": error}
+error_result = contract.error_result
 
 
-def check_fits_context(parsed: ParsedMessage, prompt: str, engine: ServingEngine) -> None:
+def check_fits_context(parsed: contract.TaskMessage, prompt: str, engine: ServingEngine) -> None:
     """Refuse (contract.ContextLengthExceeded) a prompt that, with max_tokens, overflows the base model's
     context window: it costs one tokenisation, where generating would hold the worker for seconds."""
     context_length = getattr(getattr(engine.engine.model, "config", None), "max_position_embeddings", None)
     if context_length:
         contract.check_context_length(
-            prompt_tokens=len(engine.tokenizer(prompt)["input_ids"]), max_tokens=parsed.request.max_tokens,
+            prompt_tokens=len(engine.tokenizer(prompt)["input_ids"]), max_tokens=parsed.params.max_tokens,
             context_length=context_length, param="prompt" if parsed.prompt is not None else "messages",
         )
 
 
-def render_prompt(parsed: ParsedMessage, tokenizer) -> str:
+def render_prompt(parsed: contract.TaskMessage, tokenizer) -> str:
     """The prompt text, or the chat messages rendered with the base model's own chat template. The engine
     encodes that text with the tokenizer's special tokens, so a <bos> that the template writes is left to the
     tokenizer (Llama 3 and Mistral templates start with it; it must not appear twice)."""
@@ -260,18 +212,18 @@ def run_message(message: dict, *, listener=None) -> dict:
     request_id = message.get("request_id") if isinstance(message, dict) else None
     try:
         parsed = parse_message(message)
-        engine = serving_engine(parsed.base_model_path)
+        engine = serving_engine(parsed.base_model.path)
         prompt = render_prompt(parsed, engine.tokenizer)
         check_fits_context(parsed, prompt, engine)  # before loading adapters or generating anything
         experts = [_checked_expert(ref) for ref in parsed.experts]
         strategy_key = (
-            parsed.base_model_path, parsed.strategy, json.dumps(parsed.strategy_config, sort_keys=True),
+            parsed.base_model.path, parsed.strategy, json.dumps(parsed.strategy_config, sort_keys=True),
             tuple(parsed.experts),
         )
         strategy = _strategies.get_or_make(
             strategy_key, lambda: build_strategy(parsed.strategy, parsed.strategy_config, experts)
         )
-        request = CompletionRequest(**{**parsed.request.__dict__, "prompt": prompt})
+        request = completion_request(parsed, prompt)
         started = time.perf_counter()
         engine.listen(prompt, listener)
         try:
@@ -291,13 +243,11 @@ def run_message(message: dict, *, listener=None) -> dict:
         return error_result(request_id, "the request ran past the worker's time limit", "timeout")
     except Exception as error:  # anything the engine raises: report it, keep the worker serving
         return error_result(request_id, f"engine error: {type(error).__name__}: {error}", "engine_error")
-    return {
-        "request_id": parsed.request_id,
-        "choices": [
-            {"index": index, "text": text, "finish_reason": reason}
-            for index, (text, reason) in enumerate(zip(result.texts, result.finish_reasons))
-        ],
-        "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens},
-        "attribution": attribution_strings(result.attribution, [ref.id for ref in parsed.experts]),
-        "engine_ms": engine_ms,
-    }
+    return contract.CompletionResult(
+        request_id=parsed.request_id,
+        choices=tuple(contract.ChoiceResult(index, text, reason)
+                      for index, (text, reason) in enumerate(zip(result.texts, result.finish_reasons))),
+        usage=contract.Usage(result.prompt_tokens, result.completion_tokens),
+        attribution=attribution_strings(result.attribution, [ref.id for ref in parsed.experts]),
+        engine_ms=engine_ms,
+    ).to_dict()
