@@ -5,6 +5,15 @@ import torch
 
 from composition.engine import Engine
 from composition.errors import CompositionError
+from composition.strategy_specs import (
+    BASE_CLASS,
+    BaseAloneSpec,
+    CascadeSpec,
+    EmbeddingRouterSpec,
+    SingleSpec,
+    SwitchSpec,
+    TrainedRouterSpec,
+)
 from composition.strategies.base import (
     Choice,
     ConfigReader,
@@ -13,21 +22,10 @@ from composition.strategies.base import (
 )
 
 
-class Single(Strategy):
+class Single(SingleSpec, Strategy):
     """One expert answers alone (a system of one, or an expert measured on its own).
 
     Attribution: {expert: 1}."""
-
-    name = "single"
-    level = "api"
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        default = reader.expert_ids[0] if len(reader.expert_ids) == 1 else None
-        expert = reader.expert("expert", default)
-        if expert is None:
-            raise CompositionError("single: 'expert' is required when the system has several experts")
-        return {"expert": expert}
 
     def complete(self, prompt, request, seed, engine):
         expert = self.config["expert"]
@@ -35,14 +33,11 @@ class Single(Strategy):
         return Choice(generation.text, generation.finish_reason, generation.completion_tokens, {expert: 1.0})
 
 
-class BaseAlone(Strategy):
+class BaseAlone(BaseAloneSpec, Strategy):
     """The base model alone, with no expert: what a system with no experts answers. An evaluation
     measures it as the empty coalition, the value every expert's contribution is counted from.
 
     Config: none. Attribution: {} (no expert shaped the answer)."""
-
-    name = "base"
-    level = "api"
 
     def __init__(self, config: dict, experts: list):
         if experts:
@@ -51,20 +46,12 @@ class BaseAlone(Strategy):
         self.config = self.validate(config, [])
         self._prepared_for = None
 
-    @classmethod
-    def validate(cls, config: dict, expert_ids: list[str]) -> dict:
-        if expert_ids:
-            raise CompositionError("base: the base model alone takes no experts")
-        if not isinstance(config, dict) or config:
-            raise CompositionError(f"base: takes no configuration, got {config!r}")
-        return {}
-
     def complete(self, prompt, request, seed, engine):
         generation = engine.generate([self.generation_request(prompt, request, seed, {})])[0]
         return Choice(generation.text, generation.finish_reason, generation.completion_tokens, {})
 
 
-class EmbeddingRouter(Strategy):
+class EmbeddingRouter(EmbeddingRouterSpec, Strategy):
     """Routes each request to the nearest expert(s) by cosine similarity of base-model embeddings.
 
     Each expert is represented by the embeddings of its description and of each of its examples
@@ -72,15 +59,6 @@ class EmbeddingRouter(Strategy):
     over those texts (nearest neighbour). With top_k = 1 the best expert answers alone; with
     top_k > 1 the top experts answer as a mixture weighted by softmax(score / temperature).
     Attribution: the routing weights ({chosen: 1} for top_k = 1)."""
-
-    name = "embedding_router"
-    level = "api"
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        top_k = reader.integer("top_k", 1, minimum=1, maximum=len(reader.expert_ids))
-        temperature = reader.number("temperature", 0.05, minimum=1e-6)
-        return {"top_k": top_k, "temperature": temperature}
 
     def prepare(self, engine: Engine) -> None:
         super().prepare(engine)
@@ -116,10 +94,7 @@ def expert_profiles(experts, engine: Engine) -> list[torch.Tensor]:
     return profiles
 
 
-BASE_CLASS = "base"  # a trained router's label for "the base model answers alone"
-
-
-class TrainedRouter(Strategy):
+class TrainedRouter(TrainedRouterSpec, Strategy):
     """A logistic-regression router on base-model embeddings, trained on labelled queries.
 
     Labelled queries come from config["examples"] ([{"text", "expert"}]) or, when absent, from
@@ -131,33 +106,6 @@ class TrainedRouter(Strategy):
     Examples may name "base" (BASE_CLASS): queries that no expert should answer, such as general
     questions. When "base" is the most probable class, the base model answers alone in either mode;
     no expert shaped that answer, so its attribution is empty (which Strategy.run spreads evenly)."""
-
-    name = "trained_router"
-    level = "api"
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        examples = reader.raw("examples", None)
-        if examples is not None:
-            if not isinstance(examples, list) or not examples:
-                raise CompositionError("trained_router: 'examples' must be a non-empty list of {text, expert}")
-            for index, example in enumerate(examples):
-                if not isinstance(example, dict) or set(example) != {"text", "expert"}:
-                    raise CompositionError(f"trained_router: examples[{index}] must be an object with text and expert")
-                if not isinstance(example["text"], str):
-                    raise CompositionError(f"trained_router: examples[{index}].text must be a string")
-                if example["expert"] not in reader.expert_ids and example["expert"] != BASE_CLASS:
-                    raise CompositionError(
-                        f"trained_router: examples[{index}] names unknown expert {example['expert']!r}"
-                    )
-        return {
-            "examples": examples,
-            "mode": reader.choice("mode", ("top1", "mixture"), "top1"),
-            "epochs": reader.integer("epochs", 300, minimum=1, maximum=100000),
-            "learning_rate": reader.number("learning_rate", 0.05, minimum=1e-9),
-            "l2": reader.number("l2", 1e-3, minimum=0),
-            "seed": reader.integer("seed", 0),
-        }
 
     @property
     def classes(self) -> list[str]:
@@ -220,23 +168,12 @@ class TrainedRouter(Strategy):
         return Choice(generation.text, generation.finish_reason, generation.completion_tokens, weights)
 
 
-class Cascade(Strategy):
+class Cascade(CascadeSpec, Strategy):
     """Tries experts in order and escalates while the answer's confidence is below a threshold.
 
     Confidence is the mean log-probability of the generated tokens under the expert that wrote
     them. The first answer at or above the threshold is returned; if none is, the last expert's
     answer ("last") or the most confident one ("most_confident"). Attribution: {answering expert: 1}."""
-
-    name = "cascade"
-    level = "api"
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        return {
-            "order": reader.expert_list("order", list(reader.expert_ids)),
-            "threshold": reader.number("threshold", -0.5, maximum=0),
-            "fallback": reader.choice("fallback", ("last", "most_confident"), "last"),
-        }
 
     def complete(self, prompt, request, seed, engine):
         tried = []
@@ -253,23 +190,12 @@ class Cascade(Strategy):
         return Choice(generation.text, generation.finish_reason, generation.completion_tokens, {expert_id: 1.0})
 
 
-class Switch(Strategy):
+class Switch(SwitchSpec, Strategy):
     """Switches generation between experts: at the start of each segment the embedding router
     (nearest expert by description/examples) reads the prompt plus the text so far and picks the
     expert that writes the next segment. Segments end after a newline ("line"), after ". ", "! ",
     "? " or a newline ("sentence"), or every segment_tokens tokens ("tokens").
     Attribution: each expert's share of the generated tokens."""
-
-    name = "switch"
-    level = "api"
-    BOUNDARIES = {"line": ("\n",), "sentence": (". ", "! ", "? ", "\n"), "tokens": ()}
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        return {
-            "segment": reader.choice("segment", tuple(cls.BOUNDARIES), "sentence"),
-            "segment_tokens": reader.integer("segment_tokens", 8, minimum=1),
-        }
 
     def prepare(self, engine: Engine) -> None:
         super().prepare(engine)
