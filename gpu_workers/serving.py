@@ -23,7 +23,7 @@ from composition.experts import Expert, load_expert
 from composition.strategies import CompletionRequest, build_strategy
 from gpu_workers import contract
 from gpu_workers.adapter_pool import AdapterError, adapter_digests
-from gpu_workers.batching import GenerationBatcher
+from gpu_workers.batching import Cancelled, Scheduler
 from gpu_workers.engine import MosaicEngine, get_engine
 
 ATTRIBUTION_PLACES = Decimal("0.000001")
@@ -85,17 +85,19 @@ def _checked_expert(ref: ExpertRef) -> Expert:
 
 
 class ServingEngine:
-    """The engine as strategies see it: forwards everything, and when a listener is set for this thread,
-    streams the text of single-request generations of the user's prompt (one per choice, in order)."""
+    """The engine as strategies see it: generations go through the base model's scheduler loop (continuous
+    batching, gpu_workers.batching) and stop at the request's deadline; when a listener is set for this thread,
+    the text of single-request generations of the user's prompt is streamed (one per choice, in order)."""
 
-    def __init__(self, engine: MosaicEngine, *, max_batch: int = 64, window_s: float = 0.005):
+    def __init__(self, engine: MosaicEngine, **scheduler_options):
         self.engine = engine
         self.tokenizer = engine.tokenizer
-        self.batcher = GenerationBatcher(engine, max_batch=max_batch, window_s=window_s)
+        self.scheduler = Scheduler(engine, **scheduler_options)
         self._local = threading.local()
 
-    def listen(self, prompt: str | None, listener) -> None:
+    def listen(self, prompt: str | None, listener, *, deadline: float | None = None) -> None:
         self._local.prompt, self._local.listener, self._local.choice = prompt, listener, 0
+        self._local.deadline = deadline
 
     def register_expert(self, expert):
         return self.engine.register_expert(expert)
@@ -111,11 +113,13 @@ class ServingEngine:
 
     def generate(self, requests, on_token=None):
         listener = getattr(self._local, "listener", None)
+        deadline = getattr(self._local, "deadline", None)
         if listener is None or len(requests) != 1 or requests[0].prompt != self._local.prompt:
-            return self.batcher.generate(requests, on_token=on_token)
+            return self.scheduler.generate(requests, on_token=on_token, deadline=deadline)
         choice = self._local.choice
         self._local.choice += 1
-        return self.batcher.generate(requests, on_token=lambda _index, text: listener(choice, text))
+        return self.scheduler.generate(requests, on_token=lambda _index, text: listener(choice, text),
+                                       deadline=deadline)
 
 
 _serving_engines: dict[int, ServingEngine] = {}
@@ -142,21 +146,30 @@ def engine_options_from_env(environ=None) -> dict:
     return options
 
 
-def batching_options_from_env(environ=None) -> dict:
-    """MOSAIC_MAX_BATCH (requests per merged generation), MOSAIC_BATCH_WINDOW_MS (how long to gather them)."""
+def scheduler_options_from_env(environ=None) -> dict:
+    """MOSAIC_MAX_BATCH_ROWS (lanes decoding together; MOSAIC_MAX_BATCH is its former name),
+    MOSAIC_MAX_PREFILL_TOKENS (prompt tokens prefilled in one step), MOSAIC_MAX_BATCH_TOKENS (KV tokens the
+    running batch may reserve: prompts plus max_tokens, per lane)."""
     environ = os.environ if environ is None else environ
-    try:
-        return {"max_batch": int(environ.get("MOSAIC_MAX_BATCH") or 64),
-                "window_s": float(environ.get("MOSAIC_BATCH_WINDOW_MS") or 5) / 1000}
-    except ValueError as error:
-        raise ValueError(f"MOSAIC_MAX_BATCH / MOSAIC_BATCH_WINDOW_MS must be numbers: {error}") from error
+    options = {}
+    for variable, key in (("MOSAIC_MAX_BATCH", "max_batch_rows"), ("MOSAIC_MAX_BATCH_ROWS", "max_batch_rows"),
+                          ("MOSAIC_MAX_PREFILL_TOKENS", "max_prefill_tokens"),
+                          ("MOSAIC_MAX_BATCH_TOKENS", "max_batch_tokens")):
+        if environ.get(variable):
+            try:
+                options[key] = int(environ[variable])
+            except ValueError as error:
+                raise ValueError(f"{variable}={environ[variable]!r} is not an integer") from error
+            if options[key] < 1:
+                raise ValueError(f"{variable} must be at least 1")
+    return options
 
 
 def serving_engine(base_model_path: str) -> ServingEngine:
     engine = get_engine(base_model_path, **engine_options_from_env())
     with _serving_lock:
         if id(engine) not in _serving_engines:
-            _serving_engines[id(engine)] = ServingEngine(engine, **batching_options_from_env())
+            _serving_engines[id(engine)] = ServingEngine(engine, **scheduler_options_from_env())
         return _serving_engines[id(engine)]
 
 
@@ -225,7 +238,7 @@ def run_message(message: dict, *, listener=None) -> dict:
         )
         request = completion_request(parsed, prompt)
         started = time.perf_counter()
-        engine.listen(prompt, listener)
+        engine.listen(prompt, listener, deadline=parsed.deadline)
         try:
             result = strategy.run(request, engine)
         finally:
@@ -239,6 +252,9 @@ def run_message(message: dict, *, listener=None) -> dict:
         return error_result(request_id, str(error), "adapter_error")
     except CompositionError as error:
         return error_result(request_id, str(error), "strategy_error")
+    except Cancelled:
+        return error_result(request_id, "the request's deadline passed while it was generating",
+                            contract.DEADLINE_EXCEEDED)
     except SoftTimeLimitExceeded:
         return error_result(request_id, "the request ran past the worker's time limit", "timeout")
     except Exception as error:  # anything the engine raises: report it, keep the worker serving
