@@ -4,9 +4,8 @@ from __future__ import annotations
 import torch
 
 from composition.engine import Engine
-from composition.errors import CompositionError
 from composition.strategy_specs import ContrastiveSpec, LogitMixtureSpec
-from composition.strategies.base import Choice, ConfigReader, Strategy, decode_step_by_step, uniform
+from composition.strategies.base import Choice, Strategy, decode_step_by_step
 from composition.strategies.routing import EmbeddingRouter, expert_profiles
 
 

@@ -16,7 +16,6 @@ from composition.strategy_specs import (
 )
 from composition.strategies.base import (
     Choice,
-    ConfigReader,
     Strategy,
     decode_step_by_step,
 )

@@ -5,10 +5,9 @@ import re
 from collections import defaultdict
 
 from composition.engine import ScoreRequest
-from composition.errors import CompositionError
 from composition.evaluation import normalise_answer
 from composition.strategy_specs import AggregateSpec, DebateSpec
-from composition.strategies.base import Choice, ConfigReader, Strategy
+from composition.strategies.base import Choice, Strategy
 
 class Debate(DebateSpec, Strategy):
     """Multi-agent refinement: each debater answers, then for `rounds` rounds each debater reads the

@@ -8,12 +8,11 @@ import json
 import torch
 
 from composition.engine import Engine, GenerationRequest
-from composition.errors import CompositionError
 from composition.evaluation import METRICS
 from composition.experts import Expert
-from composition.merging import MERGE_METHODS, check_mergeable, merge_adapters
+from composition.merging import check_mergeable, merge_adapters
 from composition.strategy_specs import MergeSearchSpec, MergeSpec
-from composition.strategies.base import Choice, ConfigReader, Strategy, uniform
+from composition.strategies.base import Choice, Strategy
 
 
 def merged_expert(experts: list[Expert], weights: dict[str, float], options: dict) -> Expert:
