@@ -228,6 +228,9 @@ class Scheduler:
         for sequence in self.batch.sequences:
             if id(sequence) not in self._owners:  # its ticket failed elsewhere
                 continue
+            if sequence.error is not None:
+                self._fail(self._owners[id(sequence)][0], sequence.error)
+                continue
             if not sequence.state.done:
                 kept.append(sequence)
                 continue

@@ -31,6 +31,7 @@ from composition.engine import (
     ScoreRequest,
     check_request,
     normalise_mixture,
+    step_mixture,
 )
 from composition.experts import Expert
 from gpu_workers.adapter_pool import AdapterPool
@@ -185,6 +186,7 @@ class Sequence:
     lanes: list[tuple[str | None, float]]
     state: DecodeState
     on_token: Callable[[str], None] | None = None  # called with the text so far after each token
+    error: BaseException | None = None  # its per-token mixture rule failed: it leaves at the end of the step
 
     @property
     def experts(self) -> set[str]:
@@ -334,6 +336,18 @@ class MosaicEngine:
                 lanes.extend(Lane(index, expert_id, weight) for expert_id, weight in sorted(normalised.items()))
         return lanes
 
+    @staticmethod
+    def _step_lanes(lanes: list[Lane], states: list[DecodeState]) -> list[Lane]:
+        """The lanes reweighted for this token where a request's mixture is decided per token."""
+        if all(state.request.mixture_rule is None for state in states):
+            return lanes
+        weights: dict[int, list[tuple[str | None, float]]] = {}
+        for position, state in enumerate(states):
+            members = [(lane.expert_id, lane.weight) for lane in lanes if lane.request_index == position]
+            weights[position] = step_mixture(state.request, members, state.text, len(state.token_ids))
+        taken = {position: iter(members) for position, members in weights.items()}
+        return [Lane(lane.request_index, *next(taken[lane.request_index])) for lane in lanes]
+
     def _lane_slots(self, lanes: list[Lane]) -> torch.Tensor:
         slots = self.pool.acquire([lane.expert_id for lane in lanes if lane.expert_id is not None])
         return torch.tensor(
@@ -408,8 +422,19 @@ class MosaicEngine:
 
     @staticmethod
     def _sequence_lanes(sequences: list[Sequence]) -> list[Lane]:
-        return [Lane(index, expert_id, weight) for index, sequence in enumerate(sequences)
-                for expert_id, weight in sequence.lanes]
+        """The lanes of one forward (one token per sequence), weighted by each sequence's mixture for this
+        token (a per-token rule is asked once per token)."""
+        lanes = []
+        for index, sequence in enumerate(sequences):
+            members = sequence.lanes
+            if sequence.request.mixture_rule is not None and sequence.error is None:
+                try:
+                    members = step_mixture(sequence.request, sequence.lanes, sequence.state.text,
+                                           len(sequence.state.token_ids))
+                except Exception as error:  # noqa: BLE001 - this sequence fails alone, not the whole batch
+                    sequence.error = error
+            lanes.extend(Lane(index, expert_id, weight) for expert_id, weight in members)
+        return lanes
 
     def _advance(self, sequences: list[Sequence], lanes: list[Lane], logits: torch.Tensor) -> torch.Tensor:
         """Each sequence's next token from its lanes' last logits; returns them as next inputs [rows, 1]."""
@@ -487,6 +512,7 @@ class MosaicEngine:
         active = list(range(len(requests)))  # requests still decoding, in lane order
         while True:
             output = self._forward(input_ids, attention, positions, lane_slots, cache, last_only=True)
+            lanes = self._step_lanes(lanes, [states[request_index] for request_index in active])
             mixed = self._mix(output.logits[:, -1], lanes, len(active))
             tokens = self._decode_step(mixed, [states[request_index] for request_index in active])
             if on_token is not None:

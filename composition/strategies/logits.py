@@ -5,7 +5,7 @@ import torch
 
 from composition.engine import Engine
 from composition.strategy_specs import ContrastiveSpec, LogitMixtureSpec
-from composition.strategies.base import Choice, Strategy, decode_step_by_step
+from composition.strategies.base import Choice, Strategy, decode_step_by_step, uniform
 from composition.strategies.routing import EmbeddingRouter, expert_profiles
 
 
@@ -31,7 +31,7 @@ class LogitMixture(LogitMixtureSpec, Strategy):
 
         totals = {expert_id: 0.0 for expert_id in self.expert_ids}
 
-        def next_logprobs(context: str, step: int) -> torch.Tensor:
+        def mixture_now(context: str, step: int) -> dict[str, float]:
             weights = self.router.routing_weights(
                 context, engine, top_k=len(self.expert_ids), temperature=self.config["router_temperature"]
             )
@@ -39,10 +39,11 @@ class LogitMixture(LogitMixtureSpec, Strategy):
                 totals[expert_id] += weight
             weights = {k: v for k, v in weights.items() if v > 0}
             total = sum(weights.values())
-            mixture = {k: v / total for k, v in weights.items()}
-            return engine.next_token_logits([self.generation_request(context, request, seed, mixture)])[0]
+            return {k: v / total for k, v in weights.items()}
 
-        generation = decode_step_by_step(engine, self.generation_request(prompt, request, seed, {}), next_logprobs)
+        # every expert keeps its own lane (KV cache) over the same prefix; the router reweighs them per token
+        generation = engine.generate([self.generation_request(prompt, request, seed, uniform(self.expert_ids),
+                                                              mixture_rule=mixture_now)])[0]
         return Choice(generation.text, generation.finish_reason, generation.completion_tokens, totals)
 
 

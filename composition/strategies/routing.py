@@ -17,7 +17,7 @@ from composition.strategy_specs import (
 from composition.strategies.base import (
     Choice,
     Strategy,
-    decode_step_by_step,
+    uniform,
 )
 
 
@@ -206,7 +206,7 @@ class Switch(SwitchSpec, Strategy):
         counts = {expert_id: 0 for expert_id in self.expert_ids}
         current = {"expert": None, "segment_start": 0, "text_start": 0}
 
-        def next_logprobs(context: str, step: int) -> torch.Tensor:
+        def expert_now(context: str, step: int) -> dict[str, float]:
             segment_text = context[len(prompt) + current["text_start"]:]
             at_boundary = (
                 current["expert"] is None
@@ -218,9 +218,9 @@ class Switch(SwitchSpec, Strategy):
                 current.update(expert=self.expert_ids[int(scores.argmax())], segment_start=step,
                                text_start=len(context) - len(prompt))
             counts[current["expert"]] += 1
-            return engine.next_token_logits(
-                [self.generation_request(context, request, seed, {current["expert"]: 1.0})]
-            )[0]
+            return {current["expert"]: 1.0}
 
-        generation = decode_step_by_step(engine, self.generation_request(prompt, request, seed, {}), next_logprobs)
+        # every expert keeps its own lane (KV cache) over the same prefix; the switch picks one per token
+        generation = engine.generate([self.generation_request(prompt, request, seed, uniform(self.expert_ids),
+                                                              mixture_rule=expert_now)])[0]
         return Choice(generation.text, generation.finish_reason, generation.completion_tokens, counts)
