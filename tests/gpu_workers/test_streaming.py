@@ -33,7 +33,7 @@ def redis_client():
 
 @pytest.fixture
 def app():
-    return Celery("stream-test", broker=BROKER, backend=BROKER)
+    return Celery("stream-test", broker=BROKER, backend=BROKER, set_as_current=False)
 
 
 def streaming_message(*, deadline_s: float = 30) -> contract.TaskMessage:
