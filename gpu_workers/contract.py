@@ -1,11 +1,15 @@
-"""What the web and the workers agree a request may ask for: one set of rules, checked on both sides.
+"""The contract between the web process and the GPU workers, in one module that imports neither Django nor torch.
+
+- What a request may ask for (SamplingParams, sampling_params and the checks below): one set of rules, checked
+  on both sides. New request parameters go into SamplingParams and sampling_params, nowhere else.
+- The task message (TaskMessage, versioned), the result (CompletionResult or an error), the stream events
+  (TokenEvent, DoneEvent, ErrorEvent), the task name and queue_for(base model), stream_key(request id).
 
 The /v1 serializers check a request with these functions before it is queued (a refusal is a 400 naming the
 parameter), and a worker checks every task message with the same functions, so anything a worker would refuse
 is refused by the web first. A worker's refusals that are the client's mistake carry a code from
 CLIENT_ERROR_CODES, which the web answers with a 400, never a 502.
 
-This module imports neither Django nor torch: the web process and the workers both load it.
 """
 from __future__ import annotations
 

@@ -59,3 +59,37 @@ def test_the_contract_imports_neither_django_nor_torch():
             "print(sorted(m for m in ('django', 'torch', 'transformers') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def task_message(**changes) -> contract.TaskMessage:
+    values = dict(request_id="r-1", deadline=123.5, base_model=contract.BaseModelRef("tiny", "/models/tiny", "ab"),
+                  experts=(contract.ExpertRef("7", "/adapters/7", "c" * 64),), strategy="single",
+                  strategy_config={"expert": "7"}, params=sampling_params({"max_tokens": 4, "stop": "END"}),
+                  prompt="hi")
+    return contract.TaskMessage(**{**values, **changes})
+
+
+def test_a_task_message_survives_the_wire_and_names_its_queue():
+    message = task_message(stream=True)
+    wire = message.to_dict()
+    assert wire["version"] == contract.CONTRACT_VERSION and wire["params"]["stop"] == ["END"]
+    assert contract.TaskMessage.from_dict(wire) == message
+    assert message.queue == contract.queue_for("tiny") == "base.tiny"
+
+
+def test_a_message_of_another_version_is_refused_and_one_without_a_version_is_version_1():
+    wire = task_message().to_dict()
+    with pytest.raises(contract.MessageError, match="version 2 is not supported"):
+        contract.TaskMessage.from_dict({**wire, "version": 2})
+    del wire["version"]
+    assert contract.TaskMessage.from_dict(wire).version == 1
+
+
+def test_results_and_stream_events_survive_the_wire():
+    result = contract.CompletionResult("r-1", (contract.ChoiceResult(0, "hello", "stop"),), contract.Usage(3, 2),
+                                       {"7": "1.000000"}, engine_ms=5)
+    assert contract.parse_result(result.to_dict()) == result
+    for event in (contract.TokenEvent(0, "he", 0), contract.DoneEvent(result),
+                  contract.ErrorEvent(contract.ErrorInfo("gone", "engine_unavailable"))):
+        assert contract.event_from_dict(event.to_dict()) == event
+    assert contract.parse_result({"request_id": "r-1", "choices": "nope"}).code == contract.ENGINE_ERROR
