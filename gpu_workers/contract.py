@@ -9,7 +9,6 @@ The /v1 serializers check a request with these functions before it is queued (a 
 parameter), and a worker checks every task message with the same functions, so anything a worker would refuse
 is refused by the web first. A worker's refusals that are the client's mistake carry a code from
 CLIENT_ERROR_CODES, which the web answers with a 400, never a 502.
-
 """
 from __future__ import annotations
 
