@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
         GENERAL,
         GENERAL_MAX_TOKENS,
         SKILLS,
+        demo_strategies,
         heldout_sha256,
         is_correct,
         mixed_heldout_items,
@@ -111,12 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
         record(name, {**by_skill(values, mixed), "general": alone(mixture, GENERAL)}, time.monotonic() - began)
 
     examples = router_examples({skill: skill for skill in SKILLS}, lambda text: chat_prompt(tokenizer, text))
-    systems = {
-        "router": ("trained_router", {"examples": examples, "mode": "top1"}),
-        "mixture": ("trained_router", {"examples": examples, "mode": "mixture"}),
-        "cascade": ("cascade", {"order": list(SKILLS), "threshold": -0.3}),
-        "merge": ("merge", {}),
-    }
+    systems = demo_strategies({skill: skill for skill in SKILLS}, examples)
     for name, (strategy_name, config) in systems.items():
         if name not in args.systems.split(","):
             continue

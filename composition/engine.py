@@ -11,7 +11,9 @@ experts of their own). `next_token_logits` returns log p, i.e. normalised log-pr
 otherwise softmax(log p / temperature), nucleus-filtered to top_p, sampled with the request's own
 torch.Generator seeded by the request seed. Generation ends on an end token (`end_token_ids`: <eos>, and
 an instruct model's end-of-turn tokens such as <|im_end|>) or a stop sequence (finish_reason "stop"; the
-stop text is cut off) or after max_tokens (finish_reason "length").
+stop text is cut off) or after max_tokens (finish_reason "length"). Before picking, `DecodeState.step` applies
+a request's presence/frequency penalties and logit_bias and its JSON constraint (composition.decoding) to the
+mixed distribution, and records the log-probabilities a request asks for.
 """
 from __future__ import annotations
 
@@ -23,7 +25,14 @@ from typing import Callable, Protocol, runtime_checkable
 
 import torch
 
-from composition.errors import CompositionError
+from composition.decoding import (
+    JsonConstraint,
+    TokenLogprob,
+    constrained_scores,
+    penalised_scores,
+    top_alternatives,
+)
+from composition.errors import CompositionError, UnconstrainedAnswer
 from composition.experts import Expert
 
 
@@ -39,6 +48,15 @@ class GenerationRequest:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    # composition.decoding: penalties and bias on what decoding picks, log-probabilities returned per token
+    # (None: none; k: the chosen token's and the k most likely), and a JSON constraint (json_output: the
+    # answer is a JSON document, matching json_schema when one is given).
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: int | None = None
+    json_output: bool = False
+    json_schema: dict | None = None
     # A mixture decided per token (a router, a switch): before each token, mixture_rule(prompt + text so far,
     # step) gives the weights of this token's mixture over the experts of `mixture` (each keeps its own KV
     # cache over the same prefix, so a mixture of k experts costs k rows per token, not k passes).
@@ -67,6 +85,8 @@ class Generation:
     completion_tokens: int
     # log p(token) of each generated token under the request's mixture (before temperature/top-p).
     token_logprobs: list[float] = field(default_factory=list)
+    # Per token of the text (end tokens left out) when the request asked for logprobs.
+    tokens: list[TokenLogprob] | None = None
 
     @property
     def mean_logprob(self) -> float:
@@ -161,6 +181,8 @@ def check_request(request: GenerationRequest) -> None:
         raise CompositionError("temperature must be >= 0")
     if not 0 < request.top_p <= 1:
         raise CompositionError("top_p must be in (0, 1]")
+    if request.logprobs is not None and request.logprobs < 0:
+        raise CompositionError("logprobs must be >= 0")
 
 
 @functools.lru_cache(maxsize=64)
@@ -194,19 +216,35 @@ class DecodeState:
         self.finish_reason: str | None = None
         self.text = ""
         self.end_token_ids = end_token_ids(tokenizer)
+        self.tokens: list[TokenLogprob] | None = [] if request.logprobs is not None else None
+        self.constraint = (JsonConstraint(request.json_schema, tokenizer) if request.json_output else None)
 
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
 
+    @property
+    def needs_distribution(self) -> bool:
+        """Whether the next token needs the whole distribution; a plain greedy request needs only its argmax
+        (see `accept`)."""
+        request = self.request
+        return bool(request.temperature > 0 or request.presence_penalty or request.frequency_penalty
+                    or request.logit_bias or request.logprobs or self.constraint is not None)
+
     def step(self, logprobs: torch.Tensor) -> int:
         """Pick the next token from this step's log-probabilities [vocab]; update text and state."""
-        token = pick_next_token(
-            logprobs, temperature=self.request.temperature, top_p=self.request.top_p, generator=self.generator
-        )
-        return self.accept(token, float(logprobs[token]))
+        request = self.request
+        scores = penalised_scores(logprobs, self.token_ids, presence=request.presence_penalty,
+                                  frequency=request.frequency_penalty, logit_bias=request.logit_bias)
+        scores = constrained_scores(scores, self.constraint)
+        if self.constraint is not None and not bool(torch.isfinite(scores).any()):
+            raise UnconstrainedAnswer("no token that this strategy allows can continue the constrained JSON answer")
+        token = pick_next_token(scores, temperature=request.temperature, top_p=request.top_p,
+                                generator=self.generator)
+        top = top_alternatives(logprobs, request.logprobs or 0) if self.tokens is not None else []
+        return self.accept(token, float(logprobs[token]), top)
 
-    def accept(self, token: int, logprob: float) -> int:
+    def accept(self, token: int, logprob: float, top: list[tuple[int, float]] | None = None) -> int:
         """Take a token already picked by the rule (an engine that knows a greedy request's argmax and its
         log-probability need not hand over the whole distribution); update text and state."""
         self.token_ids.append(token)
@@ -214,6 +252,10 @@ class DecodeState:
         if token in self.end_token_ids:
             self.finish_reason = "stop"
             return token
+        if self.tokens is not None:
+            self.tokens.append(TokenLogprob(token, logprob, list(top or [])))
+        if self.constraint is not None:
+            self.constraint.advance(token)
         self.text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
         cut = find_stop(self.text, self.request.stop)
         if cut is not None:
@@ -230,6 +272,7 @@ class DecodeState:
             prompt_tokens=self.prompt_tokens,
             completion_tokens=len(self.token_ids),
             token_logprobs=list(self.token_logprobs),
+            tokens=None if self.tokens is None else list(self.tokens),
         )
 
 
@@ -395,7 +438,9 @@ class MemoisingEngine:
     def _key(request: GenerationRequest) -> tuple | None:
         if request.temperature > 0 or request.mixture_rule is not None:
             return None
-        return (request.prompt, tuple(sorted(request.mixture.items())), request.max_tokens, tuple(request.stop))
+        return (request.prompt, tuple(sorted(request.mixture.items())), request.max_tokens, tuple(request.stop),
+                request.presence_penalty, request.frequency_penalty, tuple(sorted(request.logit_bias.items())),
+                request.logprobs, request.json_output, json.dumps(request.json_schema, sort_keys=True))
 
     def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
         keys = [self._key(request) for request in requests]

@@ -219,3 +219,18 @@ def router_examples(expert_ids_by_skill: dict[str, str], render: Callable[[str],
     if render is not None:
         examples += [{"text": render(text), "expert": label} for text, label in labelled]
     return examples
+
+
+def demo_strategies(expert_ids_by_skill: dict[str, str], examples: list[dict]) -> dict[str, tuple[str, dict]]:
+    """The demo's composed systems as (strategy, config) over the skills' experts, with `examples` from
+    router_examples. The cascade's threshold and the merge's method were chosen on the first 3 held-out items
+    per skill (seed 1) among thresholds -0.02 to -0.5 and five merges, and checked on 4 others (seed 2); see
+    bench/results/demo_goals.md. A cascade that falls back to an expert answers general questions with
+    that expert's guess; averaging five task adapters dilutes each one to a fifth."""
+    ids = list(expert_ids_by_skill.values())
+    return {
+        "router": ("trained_router", {"examples": examples, "mode": "top1"}),
+        "mixture": ("trained_router", {"examples": examples, "mode": "mixture"}),
+        "cascade": ("cascade", {"order": ids, "threshold": -0.1, "fallback": "base"}),
+        "merge": ("merge", {"method": "ties", "density": 0.5, "scale": 3}),
+    }

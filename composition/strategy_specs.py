@@ -296,7 +296,7 @@ class CascadeSpec(StrategySpec):
         return {
             "order": reader.expert_list("order", list(reader.expert_ids)),
             "threshold": reader.number("threshold", -0.5, maximum=0),
-            "fallback": reader.choice("fallback", ("last", "most_confident"), "last"),
+            "fallback": reader.choice("fallback", ("last", "most_confident", "base"), "last"),
         }
 
 

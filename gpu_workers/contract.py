@@ -12,13 +12,24 @@ CLIENT_ERROR_CODES, which the web answers with a 400, never a 502.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+
+from composition.errors import CompositionError
+from composition.grammars import check_json_schema
 
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # signed 64 bits, what samplers seed with
 TEMPERATURE_MAX = 2.0
 MAX_STOP_SEQUENCES = 4
 MAX_CHOICES = 8
-CHAT_ROLES = ("system", "user", "assistant", "developer")
+CHAT_ROLES = ("system", "user", "assistant", "developer", "tool")
+MAX_TOP_LOGPROBS = 20
+PENALTY_LIMIT = 2.0
+LOGIT_BIAS_LIMIT = 100.0
+MAX_LOGIT_BIAS_ENTRIES = 300
+MAX_TOOLS = 128
+FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+TOOL_CHOICES = ("none", "auto", "required")
 
 INVALID_REQUEST = "invalid_request"
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
@@ -48,6 +59,12 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     n: int = 1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: int | None = None  # None: no log-probabilities; k: the chosen token's and the k most likely
+    json_output: bool = False
+    json_schema: dict | None = None
 
 
 def checked_text(value, param: str) -> str:
@@ -110,6 +127,10 @@ def sampling_params(params: dict, *, max_tokens_limit: int | None = None) -> Sam
     seed = params.get("seed")
     if seed is not None:
         _integer(seed, "seed", minimum=SEED_MIN, maximum=SEED_MAX)
+    logprobs = params.get("logprobs")
+    if logprobs is not None:
+        _integer(logprobs, "logprobs", minimum=0, maximum=MAX_TOP_LOGPROBS)
+    json_output, json_schema = checked_response_format(params.get("response_format"))
     return SamplingParams(
         max_tokens=_integer(given("max_tokens"), "max_tokens", minimum=1, maximum=max_tokens_limit),
         temperature=temperature,
@@ -117,7 +138,125 @@ def sampling_params(params: dict, *, max_tokens_limit: int | None = None) -> Sam
         stop=checked_stop(params.get("stop")),
         seed=seed,
         n=_integer(given("n"), "n", minimum=1, maximum=MAX_CHOICES),
+        presence_penalty=_penalty(given("presence_penalty"), "presence_penalty"),
+        frequency_penalty=_penalty(given("frequency_penalty"), "frequency_penalty"),
+        logit_bias=checked_logit_bias(params.get("logit_bias")),
+        logprobs=logprobs,
+        json_output=json_output,
+        json_schema=json_schema,
     )
+
+
+def _penalty(value, param: str) -> float:
+    value = _number(value, param)
+    if not -PENALTY_LIMIT <= value <= PENALTY_LIMIT:
+        raise ParamError(param, f"{param} must be from {-PENALTY_LIMIT:g} to {PENALTY_LIMIT:g}.")
+    return value
+
+
+def checked_logit_bias(bias) -> dict[int, float]:
+    """{token id (a JSON object's key, so a string of digits): bias from -100 to 100} -> {int: float}."""
+    if bias is None:
+        return {}
+    if not isinstance(bias, dict) or len(bias) > MAX_LOGIT_BIAS_ENTRIES:
+        raise ParamError("logit_bias", f"logit_bias must be an object of up to {MAX_LOGIT_BIAS_ENTRIES} "
+                                       "token ids mapped to numbers.")
+    checked = {}
+    for token, value in bias.items():
+        if not (isinstance(token, str) and token.isdigit()) and not (isinstance(token, int) and token >= 0):
+            raise ParamError("logit_bias", f"logit_bias key {token!r} is not a token id (a non-negative integer).")
+        value = _number(value, f"logit_bias[{token}]")
+        if not -LOGIT_BIAS_LIMIT <= value <= LOGIT_BIAS_LIMIT:
+            raise ParamError("logit_bias", f"logit_bias[{token}] must be from {-LOGIT_BIAS_LIMIT:g} to "
+                                           f"{LOGIT_BIAS_LIMIT:g}.")
+        checked[int(token)] = value
+    return checked
+
+
+def requested_logprobs(*, chat: bool, logprobs, top_logprobs) -> int | None:
+    """How many alternatives per token a request asks for (None: no logprobs). Chat: logprobs (a boolean) and
+    top_logprobs (0-20, only with logprobs); completions: logprobs is that number."""
+    if chat:
+        if logprobs is not None and not isinstance(logprobs, bool):
+            raise ParamError("logprobs", "logprobs must be a boolean.")
+        if top_logprobs is not None:
+            _integer(top_logprobs, "top_logprobs", minimum=0, maximum=MAX_TOP_LOGPROBS)
+            if not logprobs:
+                raise ParamError("top_logprobs", "top_logprobs needs logprobs set to true.")
+        return (top_logprobs or 0) if logprobs else None
+    if top_logprobs is not None:
+        raise ParamError("top_logprobs", "top_logprobs is a chat parameter; on /v1/completions logprobs is the "
+                                         "number of alternatives.")
+    if logprobs is None:
+        return None
+    return _integer(logprobs, "logprobs", minimum=0, maximum=MAX_TOP_LOGPROBS)
+
+
+def checked_response_format(response_format) -> tuple[bool, dict | None]:
+    """(json_output, json_schema) of OpenAI's response_format: text, json_object, or json_schema (its schema is
+    compiled into a grammar here, so a schema that cannot constrain decoding is refused before any work)."""
+    if response_format is None:
+        return False, None
+    if not isinstance(response_format, dict):
+        raise ParamError("response_format", "response_format must be an object with a type.")
+    kind = response_format.get("type")
+    if kind == "text":
+        return False, None
+    if kind == "json_object":
+        return True, None
+    if kind != "json_schema":
+        raise ParamError("response_format.type", "response_format.type must be text, json_object or json_schema.")
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise ParamError("response_format.json_schema", "response_format.json_schema must be an object with a name "
+                                                        "and a schema.")
+    schema = spec.get("schema", {"type": "object"})
+    return True, checked_schema(schema, "response_format.json_schema.schema")
+
+
+def checked_schema(schema, param: str) -> dict:
+    if not isinstance(schema, dict):
+        raise ParamError(param, f"{param} must be a JSON schema (an object).")
+    try:
+        check_json_schema(schema)
+    except CompositionError as error:
+        raise ParamError(param, f"{param}: {error}") from None
+    return schema
+
+
+def checked_tools(tools, tool_choice) -> tuple[list[dict] | None, str | dict | None]:
+    """OpenAI's tools (functions with a JSON schema of their parameters) and tool_choice (none, auto, required,
+    or {"type": "function", "function": {"name": ...}} naming one of them)."""
+    if tools is None:
+        if tool_choice is not None and tool_choice != "none":
+            raise ParamError("tool_choice", "tool_choice needs tools.")
+        return None, None
+    if not isinstance(tools, list) or not tools or len(tools) > MAX_TOOLS:
+        raise ParamError("tools", f"tools must be a list of 1 to {MAX_TOOLS} tools.")
+    names = []
+    for position, tool in enumerate(tools):
+        where = f"tools[{position}]"
+        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("function"), dict):
+            raise ParamError(where, f"{where} must be {{\"type\": \"function\", \"function\": {{...}}}}; only "
+                                    "function tools are supported.")
+        function = tool["function"]
+        if not isinstance(function.get("name"), str) or not FUNCTION_NAME.match(function["name"]):
+            raise ParamError(f"{where}.function.name", f"{where}.function.name must be 1-64 letters, digits, _ or -.")
+        if function.get("description") is not None:
+            checked_text(function["description"], f"{where}.function.description")
+        if function.get("parameters") is not None:
+            checked_schema(function["parameters"], f"{where}.function.parameters")
+        names.append(function["name"])
+    if len(set(names)) != len(names):
+        raise ParamError("tools", "tools names a function twice.")
+    choice = "auto" if tool_choice is None else tool_choice
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name") if choice.get("type") == "function" else None
+        if name not in names:
+            raise ParamError("tool_choice", "tool_choice must name one of the tools' functions.")
+    elif choice not in TOOL_CHOICES:
+        raise ParamError("tool_choice", "tool_choice must be none, auto, required or a named function.")
+    return tools, choice
 
 
 def checked_prompt(prompt) -> str:
@@ -125,7 +264,8 @@ def checked_prompt(prompt) -> str:
 
 
 def checked_messages(messages) -> list[dict]:
-    """Chat messages as the worker renders them: a non-empty list of {role, content} with string content."""
+    """Chat messages as the worker renders them: a non-empty list of {role, content} with string content; an
+    assistant message may carry tool_calls instead of content, and a tool message answers a call by its id."""
     if not isinstance(messages, list) or not messages:
         raise ParamError("messages", "messages must be a non-empty list.")
     for position, message in enumerate(messages):
@@ -134,8 +274,28 @@ def checked_messages(messages) -> list[dict]:
             raise ParamError(where, f"{where} must be an object with role and content.")
         if message.get("role") not in CHAT_ROLES:
             raise ParamError(f"{where}.role", f"{where}.role must be one of {', '.join(CHAT_ROLES)}.")
-        checked_text(message.get("content"), f"{where}.content")
+        if message.get("tool_calls") is not None:
+            _checked_tool_calls(message, where)
+            if message.get("content") is not None:
+                checked_text(message["content"], f"{where}.content")
+        else:
+            checked_text(message.get("content"), f"{where}.content")
+        if message["role"] == "tool":
+            checked_text(message.get("tool_call_id"), f"{where}.tool_call_id")
     return messages
+
+
+def _checked_tool_calls(message: dict, where: str) -> None:
+    calls = message["tool_calls"]
+    if message["role"] != "assistant" or not isinstance(calls, list) or not calls:
+        raise ParamError(f"{where}.tool_calls", f"{where}.tool_calls must be a non-empty list on an assistant "
+                                                "message.")
+    for position, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not (isinstance(function, dict) and isinstance(function.get("name"), str)
+                and isinstance(function.get("arguments"), str)):
+            raise ParamError(f"{where}.tool_calls[{position}]", f"{where}.tool_calls[{position}] must be "
+                             '{"id", "type": "function", "function": {"name", "arguments" (a JSON string)}}.')
 
 
 def check_context_length(*, prompt_tokens: int, max_tokens: int, context_length: int, param: str) -> None:
@@ -213,11 +373,22 @@ class TaskMessage:
     prompt: str | None = None
     messages: list | None = None
     stream: bool = False  # publish the tokens to stream_key(request_id) as they are produced
+    # Optional in version 1 (a message without them offers no tools and echoes nothing): the functions the
+    # answer may call and tool_choice as checked_tools returns them; echo (prompts only): the prompt's own
+    # log-probabilities come back too; parallel_tool_calls False: at most one call per answer.
+    tools: list | None = None
+    tool_choice: str | dict | None = None
+    echo: bool = False
+    parallel_tool_calls: bool = True
     version: int = CONTRACT_VERSION
 
     @property
     def queue(self) -> str:
         return queue_for(self.base_model.name)
+
+    @property
+    def offers_tools(self) -> bool:
+        return bool(self.tools) and self.tool_choice != "none"
 
     def to_dict(self) -> dict:
         message = {
@@ -236,6 +407,12 @@ class TaskMessage:
             message["messages"] = self.messages
         else:
             message["prompt"] = self.prompt
+        if self.tools is not None:
+            message.update(tools=self.tools, tool_choice=self.tool_choice)
+        if self.echo:
+            message["echo"] = True
+        if not self.parallel_tool_calls:
+            message["parallel_tool_calls"] = False
         return message
 
     @classmethod
@@ -277,22 +454,65 @@ class TaskMessage:
             else:
                 checked_messages(messages)
             params = sampling_params(message.get("params") or {})
+            tools, tool_choice = checked_tools(message.get("tools"), message.get("tool_choice"))
         except ParamError as error:
             raise MessageError(error.message) from None
+        echo = message.get("echo", False)
+        _require(isinstance(echo, bool) and not (echo and messages is not None), "echo is a boolean, for prompts only")
+        parallel = message.get("parallel_tool_calls", True)
+        _require(isinstance(parallel, bool), "parallel_tool_calls is a boolean")
         return cls(request_id=request_id, deadline=deadline, base_model=base_ref, experts=tuple(refs),
                    strategy=strategy, strategy_config=config, params=params, prompt=prompt, messages=messages,
-                   stream=stream, version=version)
+                   stream=stream, tools=tools, tool_choice=tool_choice, echo=echo, parallel_tool_calls=parallel,
+                   version=version)
 
 
 def params_to_dict(params: SamplingParams) -> dict:
-    return {name: (list(value) if isinstance(value, list) else value) for name, value in params.__dict__.items()}
+    """The params on the wire, as sampling_params reads them back: the JSON constraint as OpenAI's
+    response_format, logit_bias keyed by token id strings (JSON object keys)."""
+    wire = {name: (list(value) if isinstance(value, list) else value) for name, value in params.__dict__.items()
+            if name not in ("json_output", "json_schema")}
+    wire["logit_bias"] = {str(token): bias for token, bias in params.logit_bias.items()}
+    if not params.json_output:
+        wire["response_format"] = None
+    elif params.json_schema is None:
+        wire["response_format"] = {"type": "json_object"}
+    else:
+        wire["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer",
+                                                                           "schema": params.json_schema}}
+    return wire
 
 
 @dataclass(frozen=True)
 class ChoiceResult:
+    """One choice of an answer. logprobs: an entry per generated token (composition.decoding.logprob_entries:
+    token, logprob, bytes, top_logprobs), when the request asked for them; prompt_logprobs: the prompt's own,
+    when it also asked for echo; tool_calls: the calls the answer makes (OpenAI's shape; finish_reason is then
+    "tool_calls" and the text is the call's JSON, which is never streamed as text)."""
+
     index: int
     text: str
     finish_reason: str
+    logprobs: list | None = None
+    prompt_logprobs: list | None = None
+    tool_calls: list | None = None
+
+    def to_dict(self) -> dict:
+        choice = {"index": self.index, "text": self.text, "finish_reason": self.finish_reason}
+        for name in ("logprobs", "prompt_logprobs", "tool_calls"):
+            if getattr(self, name) is not None:
+                choice[name] = getattr(self, name)
+        return choice
+
+    @classmethod
+    def from_dict(cls, choice: dict) -> ChoiceResult:
+        optional = {}
+        for name in ("logprobs", "prompt_logprobs", "tool_calls"):
+            value = choice.get(name)
+            if value is not None and not isinstance(value, list):
+                raise TypeError(f"a choice's {name} must be a list")
+            optional[name] = value
+        return cls(int(choice["index"]), str(choice["text"]), str(choice["finish_reason"]), **optional)
 
 
 @dataclass(frozen=True)
@@ -308,36 +528,52 @@ class Usage:
 @dataclass(frozen=True)
 class CompletionResult:
     """A worker's answer: one text per choice, the tokens used, and each expert's share of the answer
-    (decimal strings summing to exactly 1; {} for the base model alone)."""
+    (decimal strings summing to exactly 1; {} for the base model alone). first_token_ms and inter_token_ms:
+    the engine's token timings (gpu_workers.token_clock), for the strategies whose tokens it saw."""
 
     request_id: str
     choices: tuple[ChoiceResult, ...]
     usage: Usage
     attribution: dict[str, str]
     engine_ms: int = 0
+    first_token_ms: float | None = None
+    inter_token_ms: float | None = None
 
     def to_dict(self) -> dict:
-        return {
+        result = {
             "request_id": self.request_id,
-            "choices": [{"index": c.index, "text": c.text, "finish_reason": c.finish_reason} for c in self.choices],
+            "choices": [choice.to_dict() for choice in self.choices],
             "usage": {"prompt_tokens": self.usage.prompt_tokens, "completion_tokens": self.usage.completion_tokens},
             "attribution": dict(self.attribution),
             "engine_ms": self.engine_ms,
         }
+        for name in ("first_token_ms", "inter_token_ms"):
+            if getattr(self, name) is not None:
+                result[name] = getattr(self, name)
+        return result
 
     @classmethod
     def from_dict(cls, result: dict) -> CompletionResult:
         try:
             return cls(
                 request_id=str(result.get("request_id") or ""),
-                choices=tuple(ChoiceResult(int(c["index"]), str(c["text"]), str(c["finish_reason"]))
-                              for c in result["choices"]),
+                choices=tuple(ChoiceResult.from_dict(c) for c in result["choices"]),
                 usage=Usage(int(result["usage"]["prompt_tokens"]), int(result["usage"]["completion_tokens"])),
                 attribution={str(k): str(v) for k, v in (result.get("attribution") or {}).items()},
                 engine_ms=int(result.get("engine_ms") or 0),
+                first_token_ms=_timing(result.get("first_token_ms")),
+                inter_token_ms=_timing(result.get("inter_token_ms")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise MessageError(f"the worker's result does not have the contract's shape: {error!r}") from None
+
+
+def _timing(value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("a token timing must be milliseconds")
+    return float(value)
 
 
 @dataclass(frozen=True)

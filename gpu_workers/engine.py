@@ -402,7 +402,7 @@ class MosaicEngine:
         best_values, best_tokens = best_values.tolist(), best_tokens.tolist()
         tokens = []
         for row, state in enumerate(states):
-            if state.request.temperature > 0:
+            if state.needs_distribution:  # sampling, penalties, a constraint or top logprobs
                 tokens.append(state.step(mixed[row].cpu()))
             else:
                 tokens.append(state.accept(best_tokens[row], best_values[row]))

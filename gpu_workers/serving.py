@@ -18,13 +18,15 @@ from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from composition.errors import CompositionError
+from composition import decoding, tools
+from composition.errors import CompositionError, UnconstrainedAnswer
 from composition.experts import Expert, load_expert
 from composition.strategies import CompletionRequest, build_strategy
 from gpu_workers import contract
 from gpu_workers.adapter_pool import AdapterError, adapter_digests
 from gpu_workers.batching import Cancelled, Scheduler
 from gpu_workers.engine import MosaicEngine, get_engine
+from gpu_workers.token_clock import TokenClock
 
 ATTRIBUTION_PLACES = Decimal("0.000001")
 EXPERT_CACHE_SIZE = 256
@@ -44,8 +46,17 @@ def parse_message(message) -> contract.TaskMessage:
 
 
 def completion_request(parsed: contract.TaskMessage, prompt: str) -> CompletionRequest:
-    """The strategies' request for a message: its prompt (rendered) and its sampling parameters."""
-    return CompletionRequest(prompt=prompt, **parsed.params.__dict__)
+    """The strategies' request for a message: its prompt (rendered) and its sampling parameters. A tool_choice
+    that requires a call constrains decoding to a call of the offered functions (composition.tools.call_schema),
+    which cannot be combined with a response_format of the client's own."""
+    request = CompletionRequest(prompt=prompt, **parsed.params.__dict__)
+    call_schema = tools.call_schema(parsed.tools, parsed.tool_choice) if parsed.tools else None
+    if call_schema is not None:
+        if request.json_output:
+            raise contract.ParamError("response_format", "response_format cannot be combined with a tool_choice "
+                                                         "that requires a tool call.")
+        request = CompletionRequest(**{**request.__dict__, "json_output": True, "json_schema": call_schema})
+    return request
 
 
 class _BoundedCache(OrderedDict):
@@ -212,11 +223,51 @@ def render_prompt(parsed: contract.TaskMessage, tokenizer) -> str:
         return parsed.prompt
     if not tokenizer.chat_template:
         raise MessageError("this base model has no chat template: use /v1/completions with a prompt")
-    text = tokenizer.apply_chat_template(parsed.messages, tokenize=False, add_generation_prompt=True)
+    messages, extra = tools.messages_for_template(parsed.messages, parsed.tools, parsed.tool_choice,
+                                                  template_reads_tools=tools.template_reads_tools(tokenizer))
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
     bos = tokenizer.bos_token
     if bos and text.startswith(bos) and tokenizer("")["input_ids"][:1] == [tokenizer.bos_token_id]:
         text = text[len(bos):]
     return text
+
+
+def check_logit_bias(parsed: contract.TaskMessage, engine: ServingEngine) -> None:
+    vocabulary = len(engine.tokenizer)
+    unknown = [token for token in parsed.params.logit_bias if token >= vocabulary]
+    if unknown:
+        raise contract.ParamError("logit_bias", f"logit_bias names token {unknown[0]}, but this model's "
+                                                f"vocabulary has {vocabulary} tokens.")
+
+
+def result_choices(parsed: contract.TaskMessage, prompt: str, result, engine: ServingEngine
+                   ) -> tuple[contract.ChoiceResult, ...]:
+    """Each choice's text and finish reason; with logprobs asked, its tokens' (composition.decoding's entries);
+    with echo and logprobs, the prompt's tokens' (`prompt_logprobs`); with tools offered, the call the answer
+    makes (`tool_calls`, finish reason "tool_calls")."""
+    top = parsed.params.logprobs
+    choices = []
+    for index, (text, reason) in enumerate(zip(result.texts, result.finish_reasons)):
+        logprobs = prompt_logprobs = tool_calls = None
+        if top is not None:
+            generation = result.generations[index] if index < len(result.generations) else None
+            if generation is None or generation.tokens is None:
+                raise contract.ParamError("logprobs", f"the {parsed.strategy} strategy cannot report "
+                                                      "log-probabilities.")
+            logprobs = decoding.logprob_entries(engine.tokenizer, generation.tokens)
+            if parsed.echo:
+                mixture = result.mixtures[index] if index < len(result.mixtures) else None
+                if mixture is None:
+                    raise contract.ParamError("echo", f"the {parsed.strategy} strategy decodes under no single "
+                                                      "mixture, so it cannot score an echoed prompt.")
+                prompt_logprobs = decoding.prompt_logprob_entries(engine, prompt, mixture, top)
+        if parsed.offers_tools:
+            calls = tools.parse_tool_calls(text, parsed.tools, call_id_prefix=f"call_{parsed.request_id[:12]}_{index}_")
+            if calls:
+                tool_calls, reason = (calls if parsed.parallel_tool_calls else calls[:1]), "tool_calls"
+        choices.append(contract.ChoiceResult(index, text, reason, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
+                                             tool_calls=tool_calls))
+    return tuple(choices)
 
 
 def run_message(message: dict, *, listener=None) -> dict:
@@ -237,10 +288,14 @@ def run_message(message: dict, *, listener=None) -> dict:
             strategy_key, lambda: build_strategy(parsed.strategy, parsed.strategy_config, experts)
         )
         request = completion_request(parsed, prompt)
+        check_logit_bias(parsed, engine)
         started = time.perf_counter()
-        engine.listen(prompt, listener, deadline=parsed.deadline)
+        clock = TokenClock(listener)
+        # a call is sent whole, never as text: with tools offered, no token reaches the listener
+        engine.listen(prompt, None if parsed.offers_tools else clock, deadline=parsed.deadline)
         try:
             result = strategy.run(request, engine)
+            choices = result_choices(parsed, prompt, result, engine)
         finally:
             engine.listen(None, None)
         engine_ms = int((time.perf_counter() - started) * 1000)
@@ -250,6 +305,9 @@ def run_message(message: dict, *, listener=None) -> dict:
         return error_result(request_id, error.message, error.code, error.param)
     except AdapterError as error:
         return error_result(request_id, str(error), "adapter_error")
+    except UnconstrainedAnswer as error:  # this strategy cannot answer under the requested constraint
+        return error_result(request_id, f"the {parsed.strategy} strategy cannot be constrained here: {error}",
+                            contract.INVALID_REQUEST, "response_format")
     except CompositionError as error:
         return error_result(request_id, str(error), "strategy_error")
     except Cancelled:
@@ -261,9 +319,9 @@ def run_message(message: dict, *, listener=None) -> dict:
         return error_result(request_id, f"engine error: {type(error).__name__}: {error}", "engine_error")
     return contract.CompletionResult(
         request_id=parsed.request_id,
-        choices=tuple(contract.ChoiceResult(index, text, reason)
-                      for index, (text, reason) in enumerate(zip(result.texts, result.finish_reasons))),
+        choices=choices,
         usage=contract.Usage(result.prompt_tokens, result.completion_tokens),
         attribution=attribution_strings(result.attribution, [ref.id for ref in parsed.experts]),
         engine_ms=engine_ms,
+        **clock.timings(),  # first_token_ms, inter_token_ms
     ).to_dict()

@@ -51,8 +51,9 @@ class EventWriter:
         final = contract.final_event(result)
         if isinstance(final, contract.DoneEvent):
             for choice in final.result.choices:
+                text = "" if choice.tool_calls else choice.text  # a call is sent whole, in the done event
                 already = self.sent.get(choice.index, "")
-                rest = choice.text[len(already):] if choice.text.startswith(already) else ""
+                rest = text[len(already):] if text.startswith(already) else ""
                 for start in range(0, len(rest), CHUNK_CHARS):
                     self.emit(TokenEvent(choice.index, rest[start:start + CHUNK_CHARS], len(already) + start))
         self.emit(final)

@@ -67,3 +67,16 @@ def leaf_data(*, sequence: int, kind: str, payload: bytes, actor: str, time: str
             b',"time":"', time.encode(), b'"}',
         )
     )
+
+
+def event_data(*, kind: str, payload: bytes, actor: str, time: str) -> bytes:
+    """The bytes a pending event's content hash covers: canonical JSON of
+    {"actor", "kind", "payload" (the payload object), "time"}."""
+    return b"".join(
+        (
+            b'{"actor":', _json_string(actor),
+            b',"kind":', _json_string(kind),
+            b',"payload":', payload,
+            b',"time":"', time.encode(), b'"}',
+        )
+    )

@@ -20,6 +20,7 @@ KINDS: dict[str, str] = {
     "payout.created": "a period close moved contributors' balances to payouts clearing (double entry)",
     "payout.paid": "a payout was confirmed paid: payouts clearing to platform cash (double entry)",
     "consent.revoked": "a contributor revoked consent for an expert; it leaves every system",
+    "consent.restored": "a contributor gave consent for an expert back; it serves its systems again",
     "policy.refused": "a license policy refused an action, with the reason",
     "subscription.changed": "an organization subscribed, changed or cancelled a plan",
     "settlement.closed": "an operator closed a settlement period",
@@ -29,5 +30,7 @@ KINDS: dict[str, str] = {
     "credit.reversed": "credit allocated earlier was reversed (double entry), naming what it reverses",
     "payout.created": "a payout to a contributor was prepared for a settlement period",
     "payout.paid": "a payout was confirmed paid by the payment provider",
+    "credit.restored": "credit reversed for a Stripe object was given back (a dispute won, a credit note voided)",
+    "ledger.key_rotated": "the ledger's signing key changed: the old and new verifier keys, signed by both keys",
     "entry.corrected": "a correction of an earlier entry (payload: corrects, reason)",
 }

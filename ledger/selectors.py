@@ -5,7 +5,7 @@ from django.db.models import QuerySet
 
 from ledger import stored_tree
 from ledger.canonical import format_time, leaf_data
-from ledger.models import Checkpoint, Entry
+from ledger.models import Checkpoint, Entry, PendingEvent
 from mosaic.errors import DomainError, NotFound
 
 
@@ -69,3 +69,34 @@ def consistency_proof(*, first: int, second: int) -> tuple[bytes, bytes, list[by
     if second > size:
         raise DomainError(f"The ledger has {size} entries; second must be at most that.", param="second")
     return stored_tree.root(first), stored_tree.root(second), stored_tree.consistency_proof(first, second)
+
+
+def entry_counts_by_kind() -> dict[str, int]:
+    from django.db.models import Count
+
+    rows = Entry.objects.values("kind").annotate(n=Count("id")).order_by("kind")
+    return {row["kind"]: row["n"] for row in rows}
+
+
+def entries_mentioning(entries: QuerySet[Entry], *, reference: str) -> QuerySet[Entry]:
+    """The entries whose payload holds the reference as a whole JSON string ("expert:7" finds "expert:7", not
+    "expert:70"). A scan of the payloads, meant for one page of the explorer at a time."""
+    from django.db import connection
+    from django.db.models.expressions import RawSQL
+
+    column = 'convert_from("ledger_entry"."payload", \'UTF8\')' if connection.vendor == "postgresql" \
+        else 'CAST("ledger_entry"."payload" AS TEXT)'
+    return entries.annotate(payload_text=RawSQL(column, [])).filter(payload_text__contains=f'"{reference}"')
+
+
+def event_get(*, event_id: int) -> tuple[PendingEvent, Entry | None]:
+    """A recorded event and its entry (None until the sequencer has integrated it)."""
+    event = PendingEvent.objects.filter(id=event_id).first()
+    if event is None:
+        raise NotFound(f"The ledger has no event {event_id}.")
+    return event, Entry.objects.filter(event_id=event_id).first()
+
+
+def event_sequences(*, event_ids) -> dict[int, int]:
+    """The sequence of each of these events that is integrated (the others are left out)."""
+    return dict(Entry.objects.filter(event_id__in=list(event_ids)).values_list("event_id", "sequence"))

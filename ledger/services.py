@@ -1,107 +1,234 @@
 """The only way to write to the ledger."""
+import contextlib
 import hashlib
 import re
+import time
+from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connection, models, transaction
 from django.utils import timezone
 
 from ledger import merkle, stored_tree
-from ledger.canonical import ZERO_HASH, PayloadError, canonical_json, format_time, leaf_data
+from ledger.canonical import ZERO_HASH, PayloadError, canonical_json, event_data, format_time, leaf_data
 from ledger.checkpoints import CheckpointBody
-from ledger.merkle import leaf_hash, node_hash
-from ledger.models import Checkpoint, Entry
+from ledger.merkle import leaf_hash
+from ledger.models import Checkpoint, Entry, PendingEvent, UnsequencedEvent
 from ledger.signing import ledger_signer
 from mosaic.errors import Conflict
 
-APPEND_LOCK_KEY = 0x4C454447  # "LEDG": pg_advisory_xact_lock key serialising appends
 KIND_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+SEQUENCER_LOCK_KEY = 0x4C454453  # "LEDS": pg_advisory_lock key held by the one sequencer
+SEQUENCING_MODES = ("inline", "after_commit", "background")
 
 
-def _lock_and_read_tail(cursor) -> tuple | None:
-    """Serialise appends until the end of the transaction, then read the committed tail.
+def sequencing_mode() -> str:
+    """How recorded events reach the ledger's sequence (settings.LEDGER_SEQUENCING):
+    "inline": in the caller's transaction (SQLite's default: it runs one write transaction at a time);
+    "after_commit": the committing process integrates the queue once its transaction commits, unless
+    another sequencer is at it (PostgreSQL's default); "background": only `ledger sequence` or the
+    Celery task integrate."""
+    mode = getattr(settings, "LEDGER_SEQUENCING", "") or (
+        "inline" if connection.vendor == "sqlite" else "after_commit"
+    )
+    if mode not in SEQUENCING_MODES:
+        raise ImproperlyConfigured(f"LEDGER_SEQUENCING must be one of {', '.join(SEQUENCING_MODES)}, not {mode!r}.")
+    if mode == "after_commit" and connection.atomic_blocks and connection.atomic_blocks[0]._from_testcase:
+        return "inline"  # inside a Django TestCase's transaction, which never commits
+    return mode
 
-    PostgreSQL: a transaction-level advisory lock, then the last entry (READ COMMITTED: the read takes
-    a snapshot after the lock is held). SQLite: transactions are IMMEDIATE (see settings), so the
-    database write lock is already held."""
-    if connection.vendor == "postgresql":
-        if not settings.LEDGER_SYNCHRONOUS_COMMIT:
-            cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        cursor.execute(f"SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})")
-    cursor.execute("SELECT sequence, entry_hash, leaf_hash FROM ledger_entry ORDER BY sequence DESC LIMIT 1")
-    return cursor.fetchone()
 
+def record_event(*, kind: str, payload: dict, actor: str) -> PendingEvent:
+    """Queue one event in the caller's transaction (or its own, if none is open): no lock, no sequence.
 
-def record_event(*, kind: str, payload: dict, actor: str) -> Entry:
-    """Append one entry in the caller's transaction (or its own, if none is open).
-
-    No savepoint: if the append fails, the caller's whole transaction rolls back, so a change is
-    never committed without its event. A correction is a new entry whose payload names the entry
-    it corrects: {"corrects": <sequence>, "reason": ...}."""
+    No savepoint: if the insert fails, the caller's whole transaction rolls back, so a change is
+    never committed without its event. The sequencer gives it its sequence once it is committed
+    (`event.sequence` is set at once only in the "inline" mode). A correction is a new event whose
+    payload names the entry it corrects: {"corrects": <sequence>, "reason": ...}."""
     if not isinstance(kind, str) or len(kind) > 64 or not KIND_PATTERN.match(kind):
         raise PayloadError(f"Ledger kind {kind!r} must be a dotted lowercase name like 'expert.validated'.")
     if not isinstance(actor, str) or not actor or len(actor) > 200:
         raise PayloadError("A ledger entry needs an actor: a non-empty reference like 'contributor:42'.")
     payload_bytes = canonical_json(payload)
-    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
-        last = _lock_and_read_tail(cursor)
-        if last is None:
-            sequence, prev_hash, prev_leaf = 0, ZERO_HASH, None
+    created_at = timezone.now()
+    content_hash = hashlib.sha256(
+        event_data(kind=kind, payload=payload_bytes, actor=actor, time=format_time(created_at))
+    ).digest()
+    event = PendingEvent(kind=kind, payload=payload_bytes, actor=actor, created_at=created_at, content_hash=content_hash)
+    event.sequence = None
+    mode = sequencing_mode()
+    time_value = PendingEvent._meta.get_field("created_at").get_db_prep_value(created_at, connection)
+    values = [kind, payload_bytes, actor, time_value, content_hash]
+    insert_event = (
+        "INSERT INTO ledger_pendingevent (kind, payload, actor, created_at, content_hash)"
+        " VALUES (%s, %s, %s, %s, %s) RETURNING id"
+    )
+    # Outside any transaction (PostgreSQL, durable), the one INSERT statement is its own transaction.
+    own_statement = (
+        connection.vendor == "postgresql" and mode != "inline" and settings.LEDGER_SYNCHRONOUS_COMMIT
+        and connection.get_autocommit()
+    )
+    with (contextlib.nullcontext() if own_statement else transaction.atomic(savepoint=False)), \
+            connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            if not settings.LEDGER_SYNCHRONOUS_COMMIT:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
+            cursor.execute(  # one round trip for both rows
+                f"WITH event AS ({insert_event}) INSERT INTO ledger_unsequencedevent (event_id) "
+                "SELECT id FROM event RETURNING event_id",
+                values,
+            )
+            event.id = cursor.fetchone()[0]
         else:
-            sequence, prev_hash, prev_leaf = last[0] + 1, bytes(last[1]), bytes(last[2])
-        created_at = timezone.now()
-        data = leaf_data(
-            sequence=sequence, kind=kind, payload=payload_bytes, actor=actor,
-            time=format_time(created_at), prev_hash=prev_hash,
-        )
-        entry = Entry(
-            sequence=sequence, kind=kind, payload=payload_bytes, actor=actor, created_at=created_at,
-            prev_hash=prev_hash, entry_hash=hashlib.sha256(data).digest(), leaf_hash=leaf_hash(data),
-        )
-        closed = closed_subtrees(cursor, sequence, entry.leaf_hash, prev_leaf)
-        insert_entry = (
-            "INSERT INTO ledger_entry (sequence, kind, payload, actor, created_at, prev_hash, entry_hash, leaf_hash)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"
-        )
-        entry_values = [
-            sequence, kind, payload_bytes, actor,
-            Entry._meta.get_field("created_at").get_db_prep_value(created_at, connection),
-            prev_hash, entry.entry_hash, entry.leaf_hash,
-        ]
-        insert_nodes = 'INSERT INTO ledger_merklenode ("level", "index", "hash") VALUES ' + ", ".join(
-            ["(%s, %s, %s)"] * len(closed)
-        )
-        node_values = [value for node in closed for value in node]
-        if closed and connection.vendor == "postgresql":  # one round trip for both
-            cursor.execute(f"WITH nodes AS ({insert_nodes}) {insert_entry}", node_values + entry_values)
-        else:
-            if closed:
-                cursor.execute(insert_nodes, node_values)
-            cursor.execute(insert_entry, entry_values)
-        entry.id = cursor.fetchone()[0]
-        entry._state.adding, entry._state.db = False, connection.alias
-    return entry
+            cursor.execute(insert_event, values)
+            event.id = cursor.fetchone()[0]
+            cursor.execute("INSERT INTO ledger_unsequencedevent (event_id) VALUES (%s)", [event.id])
+        event._state.adding, event._state.db = False, connection.alias
+        if mode == "inline":
+            if connection.vendor == "postgresql":  # waits for any sequencer: one writer at a time
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SEQUENCER_LOCK_KEY])
+            while event.sequence is None and (batch := integrate_batch()):
+                event.sequence = next((e.sequence for e in batch if e.event_id == event.id), None)
+        elif mode == "after_commit" and not any(f is _sequence_after_commit for _, f, _ in connection.run_on_commit):
+            transaction.on_commit(_sequence_after_commit, robust=True)
+    return event
 
 
-def closed_subtrees(cursor, index: int, leaf: bytes, prev_leaf: bytes | None) -> list[tuple[int, int, bytes]]:
-    """The complete subtrees (level, index, hash) that leaf `index` closes: one per trailing 1 bit
-    of the index. Their left halves are the previous leaf and stored nodes at the tree's right edge."""
-    closing = (index ^ (index + 1)).bit_length() - 1  # trailing ones of index
-    stored = {}
-    if closing > 1:
-        wanted = [(level, (index >> level) - 1) for level in range(1, closing)]
-        cursor.execute(
-            'SELECT "level", "index", "hash" FROM ledger_merklenode WHERE '
-            + " OR ".join(['("level" = %s AND "index" = %s)'] * len(wanted)),
-            [value for key in wanted for value in key],
+def _sequence_after_commit() -> None:
+    """Integrate the queue now that the caller's transaction is committed, unless another sequencer
+    leads (it integrates this event too). Bounded by settings.LEDGER_AFTER_COMMIT_SECONDS (default
+    1): under a steady stream of writers the queue may never be empty, and the caller's request
+    must return; the next writer's commit or the periodic sequencer takes over."""
+    budget = getattr(settings, "LEDGER_AFTER_COMMIT_SECONDS", 1.0)
+    sequence_pending(wait=False, deadline=time.monotonic() + budget)
+
+
+def _compact_range(cursor) -> tuple[merkle.CompactRange, bytes]:
+    """The stored right edge of the tree (one complete subtree per set bit of its size) and the
+    hash of its last entry: all a batch needs to append."""
+    cursor.execute("SELECT sequence, entry_hash FROM ledger_entry ORDER BY sequence DESC LIMIT 1")
+    last = cursor.fetchone()
+    tree = merkle.CompactRange()
+    if last is None:
+        return tree, ZERO_HASH
+    size = last[0] + 1
+    keys = [(level, (size >> level) - 1) for level in reversed(range(size.bit_length())) if size >> level & 1]
+    stored = stored_tree.read_subtrees(set(keys))
+    tree.size, tree.stack = size, [stored[key] for key in keys]
+    return tree, bytes(last[1])
+
+
+class Integrated(NamedTuple):
+    sequence: int
+    event_id: int
+    created_at: datetime
+
+
+def integrate_batch(*, limit: int | None = None) -> list[Integrated]:
+    """Append the oldest queued events (by event id) as entries, in one transaction: dense
+    sequence, hash chain, leaves and the complete subtrees they close; their queue rows go with
+    it. Commits or rolls back as a whole, so a crash integrates nothing twice and loses nothing.
+    The caller is the one sequencer (see sequence_pending), or runs inline under SQLite's lock."""
+    limit = limit or getattr(settings, "LEDGER_SEQUENCER_BATCH", 2000)
+    with transaction.atomic(), connection.cursor() as cursor:
+        queued = UnsequencedEvent.objects.order_by("event_id").values("event_id")[:limit]
+        events = list(
+            PendingEvent.objects.filter(id__in=models.Subquery(queued))
+            .order_by("id")
+            .values_list("id", "kind", "payload", "actor", "created_at")
         )
-        stored = {(level, position): bytes(h) for level, position, h in cursor.fetchall()}
-    nodes, h = [], leaf
-    for level in range(closing):
-        left = prev_leaf if level == 0 else stored[(level, (index >> level) - 1)]
-        h = node_hash(left, h)
-        nodes.append((level + 1, index >> (level + 1), h))
-    return nodes
+        if not events:
+            return []
+        tree, prev_hash = _compact_range(cursor)
+        created_at_field = Entry._meta.get_field("created_at")
+        entries, nodes, integrated = [], [], []
+        for event_id, kind, payload, actor, created_at in events:
+            sequence, payload = tree.size, bytes(payload)
+            data = leaf_data(
+                sequence=sequence, kind=kind, payload=payload, actor=actor,
+                time=format_time(created_at), prev_hash=prev_hash,
+            )
+            entry_hash, leaf = hashlib.sha256(data).digest(), leaf_hash(data)
+            nodes += tree.append(leaf)
+            entries.append((
+                sequence, kind, payload, actor, created_at_field.get_db_prep_value(created_at, connection),
+                prev_hash, entry_hash, leaf, event_id,
+            ))
+            integrated.append(Integrated(sequence, event_id, created_at))
+            prev_hash = entry_hash
+        # Nodes before entries: MerkleNode ids (verification's order) then follow the sequence.
+        if nodes:
+            cursor.executemany('INSERT INTO ledger_merklenode ("level", "index", "hash") VALUES (%s, %s, %s)', nodes)
+        cursor.executemany(
+            "INSERT INTO ledger_entry"
+            " (sequence, kind, payload, actor, created_at, prev_hash, entry_hash, leaf_hash, event_id)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            entries,
+        )
+        ids = [event[0] for event in events]
+        if connection.vendor == "postgresql":
+            cursor.execute("DELETE FROM ledger_unsequencedevent WHERE event_id = ANY(%s)", [ids])
+        else:
+            cursor.execute(
+                "DELETE FROM ledger_unsequencedevent WHERE event_id IN (" + ", ".join(["%s"] * len(ids)) + ")", ids
+            )
+    return integrated
+
+
+@contextlib.contextmanager
+def sequencer_leadership(*, wait: bool):
+    """Yield True while this process is the one sequencer (PostgreSQL: a session advisory lock,
+    released on exit or when the session ends, e.g. killed); False if another holds it and
+    `wait` is false. SQLite: every batch holds the database write lock, so any process may lead."""
+    if connection.vendor != "postgresql":
+        yield True
+        return
+    with connection.cursor() as cursor:
+        if wait:
+            cursor.execute("SELECT pg_advisory_lock(%s)", [SEQUENCER_LOCK_KEY])
+            leading = True
+        else:
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [SEQUENCER_LOCK_KEY])
+            leading = cursor.fetchone()[0]
+    try:
+        yield leading
+    finally:
+        if leading:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [SEQUENCER_LOCK_KEY])
+
+
+def sequence_pending(*, wait: bool = True, sign: bool = True, deadline: float | None = None) -> int:
+    """Integrate every committed queued event, batch by batch, as the one sequencer; then sign a
+    checkpoint if the last one is older than settings.LEDGER_CHECKPOINT_MIN_SECONDS (default 1).
+    Returns how many events it integrated (0 when another sequencer leads and `wait` is false:
+    that one integrates them). Leaving the lead, it looks at the queue once more, so an event
+    committed while it led is never left for nobody; past `deadline` (time.monotonic()) it leaves
+    after the batch in hand."""
+    integrated = 0
+    while True:
+        with sequencer_leadership(wait=wait) as leading:
+            if not leading:
+                return integrated
+            while batch := integrate_batch():
+                integrated += len(batch)
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+            if sign and integrated:
+                _checkpoint_if_due()
+        if deadline is not None and time.monotonic() > deadline:
+            return integrated
+        if not UnsequencedEvent.objects.exists():
+            return integrated
+
+
+def _checkpoint_if_due() -> None:
+    latest = Checkpoint.objects.order_by("-id").values_list("created_at", flat=True).first()
+    interval = timedelta(seconds=getattr(settings, "LEDGER_CHECKPOINT_MIN_SECONDS", 1))
+    if latest is None or timezone.now() - latest >= interval:
+        create_checkpoint()
 
 
 CHECKPOINT_LOCK_KEY = 0x4C454448  # serialises checkpoint signing

@@ -44,6 +44,11 @@ def _read(keys: set[tuple[int, int]], database) -> dict[tuple[int, int], bytes]:
     return found
 
 
+def read_subtrees(keys: set[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+    """The stored hashes of these complete subtrees (level, index), in one query."""
+    return _read(keys, connection)
+
+
 def _with_stored_subtrees(build: Callable[[merkle.SubtreeHash], object], database=None):
     wanted: set[tuple[int, int]] = set()
 

@@ -1,5 +1,6 @@
 """Recompute the ledger from its entries: hash chain, leaves, Merkle roots at every checkpoint,
-every signature. Streaming (chunks of entries, a compact range of subtree roots), so memory
+every signature, each checkpoint's against the key in office at its tree size (see ledger.keys), and that every
+recorded event is integrated as recorded. Streaming (chunks of entries, a compact range of subtree roots), so memory
 stays O(log n) whatever the ledger's size.
 
 Other parts add checks with `register_check(fn)`: fn() returns None or True when all holds,
@@ -10,13 +11,17 @@ import json
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import NamedTuple
 
-from ledger.canonical import ZERO_HASH, PayloadError, canonical_json, format_time, leaf_data, parse_time
-from ledger.checkpoints import open_checkpoint
+from ledger.canonical import (
+    ZERO_HASH, PayloadError, canonical_json, event_data, format_time, leaf_data, parse_time,
+)
+from ledger.checkpoints import CheckpointBody
+from ledger.keys import ROTATION_KIND, KeyHistory, first_key
 from ledger.merkle import CompactRange, leaf_hash
-from ledger.signing import NoteError, Verifier
+from ledger.signing import NoteError, split_note
 
 CHUNK = 20_000
 
@@ -63,28 +68,42 @@ class SignedCheckpoint:
 def verify_stream(
     entries: Iterable[EntryRecord],
     checkpoints: list[SignedCheckpoint],
-    verifier: Verifier,
+    first_key: str,
     stored_nodes: Iterator[tuple[int, int, bytes]] | None = None,
+    trusted_key: str | None = None,
 ) -> tuple[int, int]:
-    """Raise Problem at the first entry or checkpoint that does not hold; return (entries, checkpoints)."""
-    due: dict[int, list[tuple[str, bytes]]] = {}
+    """Raise Problem at the first entry or checkpoint that does not hold; return (entries, checkpoints).
+
+    `first_key` is the ledger's first signing key; the key history grows with each rotation entry read, and each
+    checkpoint is opened with the keys in office at its size once the entries before it are read. `trusted_key`,
+    when given, must be one of the history's keys."""
+    due: dict[int, list[SignedCheckpoint]] = {}
     for checkpoint in checkpoints:
         try:
-            body = open_checkpoint(checkpoint.note, verifier)
+            body = CheckpointBody.parse(split_note(checkpoint.note)[0])
         except NoteError as exc:
             raise Problem(f"checkpoint {checkpoint.label}: {exc}") from exc
-        if checkpoint.stored_size is not None and (
-            body.tree_size != checkpoint.stored_size or body.root_hash != checkpoint.stored_root
-        ):
-            raise Problem(f"checkpoint {checkpoint.label}: its columns differ from its signed note")
-        due.setdefault(body.tree_size, []).append((checkpoint.label, body.root_hash))
+        due.setdefault(body.tree_size, []).append(checkpoint)
+    try:
+        keys = KeyHistory(first_key)
+    except NoteError as exc:
+        raise Problem(f"the ledger's first key: {exc}") from exc
 
     tree = CompactRange()
     prev = ZERO_HASH
 
     def check_checkpoints_at(size: int) -> None:
-        for label, root in due.pop(size, ()):
-            if tree.root() != root:
+        for checkpoint in due.pop(size, ()):
+            label = checkpoint.label
+            try:
+                body = keys.open_checkpoint(checkpoint.note)
+            except NoteError as exc:
+                raise Problem(f"checkpoint {label}: {exc}") from exc
+            if checkpoint.stored_size is not None and (
+                body.tree_size != checkpoint.stored_size or body.root_hash != checkpoint.stored_root
+            ):
+                raise Problem(f"checkpoint {label}: its columns differ from its signed note")
+            if tree.root() != body.root_hash:
                 raise Problem(
                     f"checkpoint {label}: the root of the first {size} entries is not the signed root"
                 )
@@ -115,6 +134,11 @@ def verify_stream(
                         f"{where}: the stored Merkle node (level {level}, index {index}) "
                         f"does not match the entries"
                     )
+        if entry.kind == ROTATION_KIND:
+            try:
+                keys.rotate(sequence=entry.sequence, payload=json.loads(entry.payload))
+            except (NoteError, ValueError) as exc:
+                raise Problem(f"{where}: not a valid key rotation: {exc}") from exc
         prev = digest
         check_checkpoints_at(tree.size)
     if stored_nodes is not None:
@@ -123,7 +147,9 @@ def verify_stream(
             raise Problem(f"stored Merkle node (level {extra[0]}, index {extra[1]}) is not part of the tree")
     if due:
         size = min(due)
-        raise Problem(f"checkpoint {due[size][0][0]}: it signs {size} entries, the ledger has {tree.size}")
+        raise Problem(f"checkpoint {due[size][0].label}: it signs {size} entries, the ledger has {tree.size}")
+    if trusted_key is not None and trusted_key.strip() not in {p.verifier_key for p in keys.periods}:
+        raise Problem(f"the trusted key {trusted_key.strip()} is not one of the ledger's keys ({keys.current} is in office)")
     return tree.size, len(checkpoints)
 
 
@@ -181,19 +207,71 @@ def _database_nodes(chunk: int) -> Iterator[tuple[int, int, bytes]]:
         after = rows[-1][0]
 
 
+def check_events(*, chunk: int = CHUNK, bound_seconds: float | None = None) -> None:
+    """Raise Problem, naming it, at the first recorded event that the ledger does not hold as
+    recorded: an entry whose kind, payload, actor or time differ from its event's content hash,
+    or an event committed more than `bound_seconds` ago (settings.LEDGER_INTEGRATION_BOUND_SECONDS,
+    default 60) and still not integrated."""
+    from django.conf import settings
+    from django.utils import timezone
+
+    from ledger.models import Entry, PendingEvent
+
+    start = 0
+    while True:
+        rows = list(
+            Entry.objects.filter(sequence__gte=start, event_id__isnull=False)
+            .order_by("sequence")
+            .values_list("sequence", "kind", "payload", "actor", "created_at", "event_id")[:chunk]
+        )
+        recorded = dict(
+            PendingEvent.objects.filter(id__in=[row[5] for row in rows]).values_list("id", "content_hash")
+        )
+        for sequence, kind, payload, actor, created_at, event_id in rows:
+            if event_id not in recorded:
+                raise Problem(f"entry {sequence}: it integrates event {event_id}, which was never recorded")
+            data = event_data(kind=kind, payload=bytes(payload), actor=actor, time=format_time(created_at))
+            if hashlib.sha256(data).digest() != bytes(recorded[event_id]):
+                raise Problem(f"entry {sequence}: its contents differ from event {event_id} as it was recorded")
+        if len(rows) < chunk:
+            break
+        start = rows[-1][0] + 1
+    if bound_seconds is None:
+        bound_seconds = getattr(settings, "LEDGER_INTEGRATION_BOUND_SECONDS", 60)
+    stale = (
+        PendingEvent.objects.filter(created_at__lt=timezone.now() - timedelta(seconds=bound_seconds))
+        .exclude(id__in=Entry.objects.filter(event_id__isnull=False).values("event_id"))
+        .order_by("id")
+    )
+    count = stale.count()
+    if count:
+        first = stale.first()
+        raise Problem(
+            f"event {first.id} ({first.kind} by {first.actor}, recorded {format_time(first.created_at)}) "
+            f"is committed but not integrated after {bound_seconds:g} s"
+            + (f", and {count - 1} more" if count > 1 else "")
+            + ": is the sequencer running? (`python manage.py ledger sequence`)"
+        )
+
+
 def verify_database(*, chunk: int = CHUNK, extra_checks: bool = True) -> Result:
-    from ledger.models import Checkpoint
+    from ledger.models import Checkpoint, Entry
     from ledger.signing import ledger_signer
 
-    verifier = Verifier.parse(ledger_signer().verifier_key)
+    configured = ledger_signer().verifier_key
+    first_rotation = Entry.objects.filter(kind=ROTATION_KIND).order_by("sequence").values_list("payload", flat=True).first()
     checkpoints = [
         SignedCheckpoint(label=f"#{c.id} (size {c.tree_size})", note=c.note, stored_size=c.tree_size, stored_root=bytes(c.root_hash))
         for c in Checkpoint.objects.order_by("id")
     ]
-    return _run(
-        lambda: verify_stream(_database_entries(chunk), checkpoints, verifier, _database_nodes(chunk)),
-        extra_checks,
-    )
+
+    def verify() -> tuple[int, int]:
+        counts = verify_stream(_database_entries(chunk), checkpoints, first_key(first_rotation, configured),
+                               _database_nodes(chunk), trusted_key=configured)
+        check_events(chunk=chunk)
+        return counts
+
+    return _run(verify, extra_checks)
 
 
 # An export bundle (see ledger.export), checked offline.
@@ -212,19 +290,34 @@ def _bundle_entries(stream: io.TextIOBase) -> Iterator[EntryRecord]:
             raise Problem(f"entries.jsonl line {number} is not a ledger entry: {exc}") from exc
 
 
+def _first_rotation_payload(bundle: tarfile.TarFile) -> bytes | None:
+    """The payload of the bundle's first key rotation entry, if any (read ahead: the first key signs the
+    checkpoints before it). The entry itself is checked when the entries are verified in order."""
+    for line in bundle.extractfile("entries.jsonl"):
+        if ROTATION_KIND.encode() in line:
+            item = json.loads(line)
+            if item.get("kind") == ROTATION_KIND:
+                return canonical_json(item["payload"])
+    return None
+
+
 def verify_bundle(path: Path | str, *, verifier_key: str | None = None) -> Result:
     """Verify an export bundle against `verifier_key` (by default the key inside the bundle:
     compare it with the published one)."""
     try:
         with tarfile.open(path, "r:gz") as bundle:
-            key = verifier_key or bundle.extractfile("verifier-key.txt").read().decode()
-            verifier = Verifier.parse(key)
+            key = (verifier_key or bundle.extractfile("verifier-key.txt").read().decode()).strip()
+            first_rotation = _first_rotation_payload(bundle)
             checkpoints = [
                 SignedCheckpoint(label=Path(member.name).name, note=bundle.extractfile(member).read().decode())
                 for member in sorted(bundle.getmembers(), key=lambda m: m.name)
                 if member.name.startswith("checkpoints/") and member.isfile()
             ]
             entries = io.TextIOWrapper(bundle.extractfile("entries.jsonl"), encoding="utf-8")
-            return _run(lambda: verify_stream(_bundle_entries(entries), checkpoints, verifier), extra_checks=False)
+            return _run(
+                lambda: verify_stream(_bundle_entries(entries), checkpoints, first_key(first_rotation, key),
+                                      trusted_key=key),
+                extra_checks=False,
+            )
     except (OSError, tarfile.TarError, KeyError, AttributeError, NoteError) as exc:
         return Result(ok=False, message=f"not a readable ledger bundle: {exc}")

@@ -14,9 +14,25 @@ from marketplace.services.systems import system_create, system_update, system_va
 from mosaic.errors import DomainError
 
 
+def strategy_choices() -> list[tuple[str, str]]:
+    """Every registered strategy, named with its level and the first line of its description."""
+    from composition.strategies import STRATEGIES
+
+    def summary(strategy) -> str:
+        return ((strategy.__doc__ or "").strip().splitlines() or [""])[0].rstrip(".")
+
+    return [(name, f"{name} ({strategy.level} level){': ' + summary(strategy) if summary(strategy) else ''}")
+            for name, strategy in STRATEGIES.items()]
+
+
 class ComposedSystemForm(forms.ModelForm):
     experts = forms.ModelMultipleChoiceField(queryset=Expert.objects.filter(consent_revoked_at__isnull=True))
-    strategy_config = forms.JSONField(required=False, initial=dict, help_text="Parameters of the strategy (JSON).")
+    strategy = forms.ChoiceField(choices=strategy_choices, help_text="How the experts are composed.")
+    strategy_config = forms.JSONField(
+        required=False, initial=dict,
+        help_text="Parameters of the strategy (a JSON object), checked by the strategy's own validation: e.g. "
+                  "{\"weights\": {\"<expert id>\": 0.5, ...}} for logit_mixture or merge, {\"order\": [\"<expert id>\", "
+                  "...], \"threshold\": -0.3} for cascade, {} for single.")
 
     class Meta:
         model = ComposedSystem
@@ -38,7 +54,7 @@ class ComposedSystemForm(forms.ModelForm):
                     expert_ids=[e.pk for e in data["experts"]], actor=self.actor,
                 )
             except DomainError as error:
-                raise forms.ValidationError(error.message) from None
+                self.add_error(error.param if error.param in self.fields else None, error.message)
         return data
 
 
@@ -47,8 +63,57 @@ class ComposedSystemAdmin(admin.ModelAdmin):
     form = ComposedSystemForm
     list_display = ["slug", "name", "strategy", "base_model", "owner_organization", "status", "updated_at"]
     list_filter = ["status", "strategy"]
-    readonly_fields = ["quality", "license_summary", "created_at", "updated_at"]
+    readonly_fields = ["evaluations", "quality", "license_summary", "created_at", "updated_at"]
     actions = ["evaluate"]
+    change_form_template = "admin/marketplace/composedsystem/change_form.html"
+
+    def get_urls(self):
+        from django.urls import path
+
+        return [path("<id:object_id>/evaluate/", self.admin_site.admin_view(self.evaluate_one),
+                     name="marketplace_composedsystem_evaluate"), *super().get_urls()]
+
+    def evaluate_one(self, request, object_id: int):
+        """The change page's "Evaluate" button: queues the evaluation task and comes back to the page, which
+        shows its progress and result."""
+        from django.http import HttpResponseNotAllowed
+        from django.shortcuts import get_object_or_404, redirect
+
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not self.has_change_permission(request):
+            from django.core.exceptions import PermissionDenied
+
+            raise PermissionDenied
+        self.evaluate(request, ComposedSystem.objects.filter(pk=get_object_or_404(ComposedSystem, pk=object_id).pk))
+        return redirect("admin:marketplace_composedsystem_change", object_id)
+
+    @admin.display(description="evaluations (newest first)")
+    def evaluations(self, obj):
+        from django.utils.html import format_html, format_html_join
+
+        runs = list(obj.evaluations.all()[:5]) if obj.pk else []
+        if not runs:
+            return "None yet: press Evaluate above."
+
+        def result(run) -> str:
+            if run.state == run.State.FAILED:
+                return f"failed: {run.error}"
+            if "accuracy" not in run.result:
+                return "-"
+            low, high = run.result["interval95"]
+            shares = ", ".join(f"{ref} {c['share_bp'] / 100:.1f}% (Shapley {c['shapley']:.3f})"
+                               for ref, c in sorted(run.result.get("contributions", {}).items()))
+            return (f"accuracy {run.result['accuracy']:.3f} [{low:.3f}, {high:.3f}] on {run.result['n']} items "
+                    f"(base model {run.result.get('base_accuracy', 0):.3f}); contributions: {shares or 'none'}")
+
+        rows = format_html_join(
+            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((run.pk, run.state,
+              f"{run.progress_done}/{run.progress_total}" if run.progress_total else run.progress_done,
+              run.created_at.strftime("%Y-%m-%d %H:%M"), result(run)) for run in runs))
+        return format_html('<table class="evaluations"><thead><tr><th>#</th><th>state</th><th>coalitions done</th>'
+                           "<th>requested</th><th>result</th></tr></thead><tbody>{}</tbody></table>", rows)
 
     @admin.action(description="Evaluate: held-out accuracy and each expert's contribution (queued)")
     def evaluate(self, request, queryset):
@@ -161,6 +226,24 @@ class PlanAdmin(admin.ModelAdmin):
     list_display = ["slug", "name", "monthly_fee_minor", "price_per_1k_tokens_minor", "requests_per_minute",
                     "tokens_per_minute", "monthly_token_quota", "is_active"]
     readonly_fields = ["stripe_product_id", "stripe_fee_price_id", "stripe_metered_price_id"]
+
+    def save_model(self, request, obj, form, change):
+        """A new plan gets its prices through the same service as `create_plan` (Stripe's, or local records)."""
+        from marketplace.services.billing import plan_create, plan_ensure_prices
+
+        if change:
+            obj.save()
+            plan_ensure_prices(plan=obj)
+            return
+        try:
+            created = plan_create(**{f: form.cleaned_data[f] for f in (
+                "slug", "name", "monthly_fee_minor", "price_per_1k_tokens_minor", "requests_per_minute",
+                "tokens_per_minute", "monthly_token_quota")})
+        except DomainError as error:
+            self.message_user(request, error.message, messages.ERROR)
+            raise
+        obj.pk = created.pk
+        obj.refresh_from_db()
 
 
 @admin.register(Subscription)

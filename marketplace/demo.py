@@ -204,13 +204,36 @@ DEMO_ORGANIZATIONS = [
 ]
 
 
+DEMO_PLANS = [
+    # slug, name, monthly fee, price per 1k tokens (minor units), requests/min, tokens/min, tokens/month
+    ("starter", "Starter", 0, 80, 30, 20_000, 1_000_000),
+    ("team", "Team", 2000, 50, 600, 200_000, 10_000_000),
+]
+
+
+def seed_plans() -> dict:
+    """The demo's plans, each with its prices: Stripe's when Stripe is configured (e.g. a localstripe), local price
+    records otherwise (marketplace.services.billing), so a new organization can subscribe offline."""
+    from marketplace.models import Plan
+    from marketplace.services.billing import plan_create, plan_ensure_prices
+
+    plans = {}
+    for slug, name, fee, price, rpm, tpm, quota in DEMO_PLANS:
+        plan = Plan.objects.filter(slug=slug).first()
+        if plan is None:
+            plan = plan_create(slug=slug, name=name, monthly_fee_minor=fee, price_per_1k_tokens_minor=price,
+                               requests_per_minute=rpm, tokens_per_minute=tpm, monthly_token_quota=quota)
+        plans[slug] = plan_ensure_prices(plan=plan)
+    return plans
+
+
 def seed_organizations(context: DemoContext) -> None:
     """alice-co and bob-co with owners, a plan, subscriptions and fresh API keys.
 
     The plan goes through Stripe when STRIPE_API_BASE is set (e.g. a localstripe); otherwise the plan and the
     subscriptions are local rows only (nothing is billed), which the summary says."""
-    from marketplace.models import Organization, OrganizationAPIKey, Plan, Subscription
-    from marketplace.services.billing import plan_create
+    from marketplace.models import Organization, OrganizationAPIKey, Subscription
+    from marketplace.services.billing import has_local_prices
     from marketplace.services.organizations import api_key_create, api_key_revoke, organization_create
 
     User = get_user_model()
@@ -223,18 +246,12 @@ def seed_organizations(context: DemoContext) -> None:
         organizations[name] = organization
     context.users["organizations"] = organizations
 
-    plan = Plan.objects.filter(slug="team").first()
-    billed = bool(settings.STRIPE_API_BASE)
-    if plan is None:
-        limits = dict(requests_per_minute=600, tokens_per_minute=200_000, monthly_token_quota=10_000_000)
-        if billed:
-            plan = plan_create(slug="team", name="Team", monthly_fee_minor=2000, price_per_1k_tokens_minor=50, **limits)
-        else:
-            plan = Plan.objects.create(slug="team", name="Team", monthly_fee_minor=2000,
-                                       price_per_1k_tokens_minor=50, **limits)
+    plans = seed_plans()
+    billed = not has_local_prices(plans["team"])
     for organization in organizations.values():
         if not Subscription.objects.filter(organization=organization, status=Subscription.Status.ACTIVE).exists():
-            Subscription.objects.create(organization=organization, plan=plan, status=Subscription.Status.ACTIVE)
+            Subscription.objects.create(organization=organization, plan=plans["team"],
+                                        status=Subscription.Status.ACTIVE)
 
     keys = []
     for name, organization in organizations.items():
@@ -245,6 +262,14 @@ def seed_organizations(context: DemoContext) -> None:
     context.summary.append(
         "Organizations: alice-co (owner alice, commercial, legal) and bob-co (owner bob, non-commercial, medical and "
         f"research), both on plan 'team' ({'billed through Stripe' if billed else 'local only: Stripe not configured'})."
+    )
+    context.summary.append(
+        "Plans (GET /api/plans): " + "; ".join(
+            f"{p.slug} {p.monthly_fee_minor / 100:.2f} {settings.CURRENCY}/month + {p.price_per_1k_tokens_minor} "
+            f"minor units per 1k tokens, {p.monthly_token_quota:,} tokens/month" for p in plans.values())
+        + (" (Stripe prices)" if billed else " (local price records: Stripe is not configured, so a new "
+           "organization's subscription starts at once and nothing is billed)")
+        + ". New organizations sign up at /organizations/signup/."
     )
     context.summary.append("API keys (new on each run): " + "; ".join(keys))
 
@@ -260,28 +285,51 @@ def chat_renderer(base_model: BaseModel) -> Callable[[str], str]:
     return lambda message: chat_prompt(tokenizer, message)
 
 
+# Each system's price, minor units per 1,000 tokens (it overrides the plan's): more engine work costs more.
+DEMO_SYSTEM_PRICES = {DEFAULT_SYSTEM: 40, "mosaic-mixture": 60, "mosaic-cascade": 50, "mosaic-merge": 30,
+                      "alice-adder": 20}
+
+
 def demo_systems(experts_by_skill: dict[str, Expert], examples: list[dict]) -> list[tuple]:
     """(slug, name, strategy, config, skills, owner organization or None, description)."""
+    from composition.skills import demo_strategies
+
     skills = list(experts_by_skill)
-    ids = [str(experts_by_skill[s].pk) for s in skills]
+    strategies = demo_strategies({skill: str(experts_by_skill[skill].pk) for skill in skills}, examples)
     return [
-        (DEFAULT_SYSTEM, "Mosaic router", "trained_router", {"examples": examples, "mode": "top1"}, skills, None,
+        (DEFAULT_SYSTEM, "Mosaic router", *strategies["router"], skills, None,
          "A classifier on the base model's embeddings sends each request to the one expert whose skill it asks "
          "for, or to the base model alone for anything else."),
-        ("mosaic-mixture", "Mosaic mixture", "trained_router", {"examples": examples, "mode": "mixture"}, skills,
+        ("mosaic-mixture", "Mosaic mixture", *strategies["mixture"], skills,
          None, "The experts' next-token distributions mixed at every token with the router's probabilities "
                "as weights (the base model alone for general questions)."),
-        ("mosaic-cascade", "Mosaic cascade", "cascade", {"order": ids, "threshold": -0.3}, skills, None,
-         "Each expert in turn until one is confident (mean token log-probability at least -0.3)."),
-        ("mosaic-merge", "Mosaic merge", "merge", {}, skills, None,
-         "All five adapters merged into one with equal weights (a derivative work)."),
+        ("mosaic-cascade", "Mosaic cascade", *strategies["cascade"], skills, None,
+         "Each expert in turn until one is confident (mean token log-probability at least -0.1); the base model "
+         "alone when none is."),
+        ("mosaic-merge", "Mosaic merge", *strategies["merge"], skills, None,
+         "The five adapters merged into one by TIES (each keeps its largest half, signs elected, scale 3): a "
+         "derivative work."),
         ("alice-adder", "Alice's adder", "single", {}, ["add"], "alice-co", "Private to alice-co: the adder alone."),
+        ("mosaic-extract", "Mosaic JSON extraction", "single", {}, ["extract"], None,
+         "The extractor alone, for structured outputs: call it with response_format json_schema "
+         "(PERSON_SCHEMA in marketplace/demo.py) and every answer is a JSON object that matches the schema."),
     ]
+
+
+# The schema the JSON-extraction system is called with (README: structured outputs).
+PERSON_SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 40}, "age": {"type": "integer", "minimum": 0,
+                                                                       "maximum": 150},
+                   "city": {"type": "string", "maxLength": 40}},
+    "required": ["name", "age", "city"],
+    "additionalProperties": False,
+}
 
 
 def seed_systems(context: DemoContext) -> None:
     from marketplace.models import ComposedSystem, Organization
-    from marketplace.services.systems import system_create
+    from marketplace.services.systems import system_create, system_update
 
     valid = {skill: e for skill, e in context.experts.items()
              if e.current_version and e.current_version.status == "valid" and e.consent_revoked_at is None}
@@ -291,11 +339,18 @@ def seed_systems(context: DemoContext) -> None:
     examples = router_examples({skill: str(expert.pk) for skill, expert in valid.items()}, render)
     operator = context.users.get("operator")
     for slug, name, strategy, config, skills, owner, description in demo_systems(valid, examples):
-        if ComposedSystem.objects.filter(slug=slug).exists() or not all(s in valid for s in skills) or not skills:
+        existing = ComposedSystem.objects.filter(slug=slug).first()
+        if existing is not None:
+            if existing.price_per_1k_tokens_minor is None and slug in DEMO_SYSTEM_PRICES:  # seeded before prices
+                system_update(system=existing, actor=f"user:{operator.pk if operator else 0}",
+                              price_per_1k_tokens_minor=DEMO_SYSTEM_PRICES[slug])
+            continue
+        if not all(s in valid for s in skills) or not skills:
             continue
         system_create(slug=slug, name=name, description=description, base_model=context.base_model,
                       strategy=strategy, strategy_config=config, expert_ids=[valid[s].pk for s in skills],
                       owner_organization=Organization.objects.filter(slug=owner).first() if owner else None,
+                      price_per_1k_tokens_minor=DEMO_SYSTEM_PRICES.get(slug),
                       actor=f"user:{operator.pk if operator else 0}")
         context.log(f"system {slug} ({strategy} over {', '.join(skills)})")
     context.summary.append(f"Systems: {', '.join(ComposedSystem.objects.order_by('pk').values_list('slug', flat=True))}"

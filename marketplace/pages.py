@@ -1,4 +1,5 @@
-"""Web pages for contributors: home, sign-up, dashboard, upload, expert detail (session auth); a system's page.
+"""Web pages for contributors: home, sign-up, dashboard, upload, expert detail, earnings, consent (session
+auth); a system's page.
 
 The pages call the same services as the API; a refusal is shown on the form it came from."""
 from __future__ import annotations
@@ -9,9 +10,13 @@ from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.db.models import OuterRef, Subquery
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_http_methods
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_http_methods, require_POST
 
+from marketplace.credit.selectors import contributor_earnings
+from marketplace.model_cards import model_card_html
 from marketplace.models import ExpertVersion
+from marketplace.selectors.contributions import activity_by_day, latest_contributions
 from marketplace.selectors.base_models import base_model_list
 from marketplace.selectors.experts import (
     contributor_for_user,
@@ -24,6 +29,8 @@ from marketplace.selectors.experts import (
 from marketplace.selectors.systems import systems_visible_to_user
 from marketplace.services.accounts import contributor_register
 from marketplace.services.experts import AdapterUpload, expert_contribute, expert_version_contribute
+from marketplace.web_forms import show_refusal
+from marketplace.services.revocation import expert_restore_consent, expert_revoke_consent
 from mosaic.errors import DomainError
 
 
@@ -98,7 +105,7 @@ def signup(request):
                 display_name=data["display_name"], priorities=split_list(data["priorities"]),
             )
         except DomainError as error:
-            form.add_error(None, error.message)
+            show_refusal(form, error)
         else:
             login(request, contributor.user, backend="django.contrib.auth.backends.ModelBackend")
             messages.success(request, f"Welcome, {contributor.display_name}.")
@@ -143,7 +150,7 @@ def upload(request):
                 },
             )
         except DomainError as error:
-            form.add_error(None, error.message)
+            show_refusal(form, error)
         else:
             return redirect("expert-detail", expert_id=version.expert_id)
     return render(request, "marketplace/upload.html", {"form": form}, status=400 if form.errors else 200)
@@ -168,13 +175,58 @@ def expert_detail(request, expert_id: int):
                 expert_version_contribute(expert=expert_get_owned(user=request.user, expert_id=expert_id),
                                           adapter=form.adapter(), model_card=form.cleaned_data["model_card"])
             except DomainError as error:
-                form.add_error(None, error.message)
+                show_refusal(form, error)
                 status = 400
             else:
                 return redirect("expert-detail", expert_id=expert_id)
     versions = version_list_visible(user=request.user, expert=expert)
-    return render(request, "marketplace/expert_detail.html",
-                  {"expert": expert, "versions": versions, "is_owner": is_owner, "form": form}, status=status)
+    card = next((v.model_card for v in versions if v.model_card.strip()), "")
+    context = {"expert": expert, "versions": versions, "is_owner": is_owner, "form": form,
+               "model_card_html": model_card_html(card) if card else ""}
+    if is_owner:
+        context.update(activity=activity_by_day(contributor=expert.owner, expert=expert),
+                       contributions=latest_contributions(contributor=expert.owner, expert=expert))
+    return render(request, "marketplace/expert_detail.html", context, status=status)
+
+
+@login_required
+def earnings(request):
+    """The contributor's attribution, usage, contribution and credit over time; statements and payouts."""
+    try:
+        contributor = contributor_for_user(user=request.user)
+    except DomainError as error:
+        return render(request, "marketplace/dashboard.html", {"problem": error.message}, status=403)
+    return render(request, "marketplace/earnings.html", {
+        "contributor": contributor, "earnings": contributor_earnings(contributor=contributor),
+        "activity": activity_by_day(contributor=contributor),
+        "contributions": latest_contributions(contributor=contributor),
+    })
+
+
+CONSENT_ACTIONS = {"revoke": expert_revoke_consent, "restore": expert_restore_consent}
+
+
+@login_required
+@require_POST
+def expert_consent(request, expert_id: int, action: str):
+    """Revoke or restore consent from the dashboard or the expert's page; back to where the form was."""
+    try:
+        expert = expert_get_owned(user=request.user, expert_id=expert_id)
+    except DomainError as error:
+        return render(request, "marketplace/not_found.html", {"message": error.message}, status=404)
+    if action not in CONSENT_ACTIONS:
+        return render(request, "marketplace/not_found.html",
+                      {"message": "Consent can be revoked or restored, nothing else."}, status=404)
+    try:
+        CONSENT_ACTIONS[action](expert=expert, user=request.user)
+    except DomainError as error:
+        messages.error(request, error.message)
+    else:
+        messages.success(request, f"Consent for {expert.name} {'revoked' if action == 'revoke' else 'restored'}.")
+    back = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+        back = f"/experts/{expert.pk}/"
+    return redirect(back)
 
 
 def system_detail(request, slug: str):

@@ -1,9 +1,15 @@
-"""Every Stripe call goes through here, configured from settings (STRIPE_API_KEY, STRIPE_API_BASE).
+"""Every Stripe call goes through here, configured from settings (STRIPE_API_KEY, STRIPE_API_BASE), and every
+webhook's signature is checked here (`verified_event`).
 
 Products, plans, customers and subscriptions use Stripe's classic objects (which localstripe implements).
 The metered plan's unit is one minor unit of money already charged by Mosaic (Usage.charge_minor), so Stripe
 invoices exactly what Mosaic computed, whatever price each system sets. Usage goes to Stripe as billing meter
-events, whose `identifier` (the Usage id) makes each report idempotent."""
+events, whose `identifier` (the Usage id) makes each report idempotent.
+
+Stripe Connect (contributors' Express accounts and the transfers that pay them) goes through `connect_client`,
+a `stripe.StripeClient` (callers catch `stripe.StripeError` themselves: a refused transfer is a failed payout,
+not an HTTP error). Refunds, disputes and credit notes read the charge and invoice they concern back from
+Stripe (`retrieve_charge`, `retrieve_invoice`)."""
 import stripe
 from django.conf import settings
 
@@ -11,6 +17,14 @@ from mosaic.errors import DomainError
 from mosaic.parsers import JSONRefused, loads_limited
 
 METER_EVENT_NAME = "mosaic_usage_minor"
+# The embedded default key: with it and no STRIPE_API_BASE, Stripe is not configured and billing is local
+# (marketplace.services.billing): plans get local price records and subscriptions start without Stripe.
+EMBEDDED_DEFAULT_KEY = "sk_test_mosaic_local"
+
+
+def is_configured() -> bool:
+    """Whether Mosaic bills through Stripe: an API base (a localstripe) or a key of one's own is set."""
+    return bool(settings.STRIPE_API_BASE) or settings.STRIPE_API_KEY != EMBEDDED_DEFAULT_KEY
 
 
 class StripeFailed(DomainError):
@@ -91,6 +105,19 @@ def create_subscription(
     return subscription, item.id
 
 
+def create_card_payment_method(*, number: str, exp_month: int, exp_year: int, cvc: str) -> str:
+    """A card payment method from raw card details: the card flow localstripe supports (test mode). Stripe itself
+    takes raw numbers only from PCI-compliant callers; in production the card is collected by Stripe's own page."""
+    _configured()
+    return _call(stripe.PaymentMethod.create, type="card",
+                 card={"number": number, "exp_month": exp_month, "exp_year": exp_year, "cvc": cvc}).id
+
+
+def cancel_subscription(*, subscription_id: str) -> None:
+    _configured()
+    _call(stripe.Subscription.delete, subscription_id)
+
+
 def report_meter_event(*, customer_id: str, value: int, identifier: str, timestamp: int):
     _configured()
     return _call(
@@ -103,14 +130,27 @@ def report_meter_event(*, customer_id: str, value: int, identifier: str, timesta
     )
 
 
-def verified_event(*, payload: bytes, signature: str, secret: str) -> dict:
-    """The event a webhook delivers, once its signature verifies and it has the shape every handler reads:
-    a JSON object with string `id` and `type`, an integer `created` and `data.object`. Anything else is a
-    DomainError (400): a signed but malformed event is the sender's mistake, never a 500."""
-    try:
-        stripe.WebhookSignature.verify_header(payload, signature, secret, stripe.Webhook.DEFAULT_TOLERANCE)
-    except (ValueError, stripe.SignatureVerificationError) as error:
-        raise DomainError(f"Rejected webhook: {error}", code="invalid_signature") from error
+def webhook_secrets() -> tuple[str, ...]:
+    """The signing secrets of the one webhook endpoint: the account's own events and Connect events (Stripe gives a
+    Connect endpoint a secret of its own)."""
+    return tuple(dict.fromkeys(s for s in (settings.STRIPE_WEBHOOK_SECRET, settings.STRIPE_CONNECT_WEBHOOK_SECRET) if s))
+
+
+def verified_event(*, payload: bytes, signature: str, secrets: tuple[str, ...] | None = None) -> dict:
+    """The event a webhook delivers, once its signature verifies (with the stripe SDK, against any of `secrets`,
+    by default `webhook_secrets()`) and it has the shape every handler reads: a JSON object with string `id` and
+    `type`, an integer `created` and `data.object`. Anything else is a DomainError (400): a signed but malformed
+    event is the sender's mistake, never a 500."""
+    secrets = secrets if secrets is not None else webhook_secrets()
+    problem: Exception = ValueError("no webhook secret is configured")
+    for secret in secrets:
+        try:
+            stripe.WebhookSignature.verify_header(payload, signature, secret, stripe.Webhook.DEFAULT_TOLERANCE)
+            break
+        except (ValueError, stripe.SignatureVerificationError) as error:
+            problem = error
+    else:
+        raise DomainError(f"Rejected webhook: {problem}", code="invalid_signature") from problem
     try:
         event = loads_limited(payload)
     except JSONRefused as error:
@@ -136,3 +176,57 @@ def verified_event(*, payload: bytes, signature: str, secret: str) -> dict:
 def list_invoices(*, customer_id: str, limit: int = 24) -> list[dict]:
     _configured()
     return [invoice.to_dict() for invoice in _call(stripe.Invoice.list, customer=customer_id, limit=limit).data]
+
+
+def retrieve_charge(charge_id: str) -> dict:
+    _configured()
+    return _call(stripe.Charge.retrieve, id=charge_id).to_dict()
+
+
+def retrieve_invoice(invoice_id: str) -> dict:
+    _configured()
+    return _call(stripe.Invoice.retrieve, id=invoice_id).to_dict()
+
+
+def invoice_of_charge(charge: dict) -> str | None:
+    """The id of the invoice a charge paid: the charge names it, or (newer API versions) its payment intent does."""
+    if charge.get("invoice"):
+        return charge["invoice"] if isinstance(charge["invoice"], str) else charge["invoice"].get("id")
+    intent = charge.get("payment_intent")
+    if not intent:
+        return None
+    if isinstance(intent, str):
+        _configured()
+        intent = _call(stripe.PaymentIntent.retrieve, id=intent).to_dict()
+    invoice = intent.get("invoice")
+    return invoice if isinstance(invoice, str) or invoice is None else invoice.get("id")
+
+
+# Stripe Connect ------------------------------------------------------------------------------------------------
+
+
+def connect_client() -> stripe.StripeClient:
+    base = {"api": settings.STRIPE_API_BASE} if settings.STRIPE_API_BASE else None
+    return stripe.StripeClient(settings.STRIPE_API_KEY, base_addresses=base, max_network_retries=2)
+
+
+def create_express_account(*, email: str | None, metadata: dict, idempotency_key: str, client=None):
+    """Raises stripe.StripeError when Stripe refuses."""
+    return (client or connect_client()).v1.accounts.create(
+        params={"type": "express", "email": email, "capabilities": {"transfers": {"requested": True}},
+                "metadata": metadata},
+        options={"idempotency_key": idempotency_key},
+    )
+
+
+def create_account_link(*, account: str, refresh_url: str, return_url: str, client=None):
+    """Raises stripe.StripeError when Stripe refuses."""
+    return (client or connect_client()).v1.account_links.create(
+        params={"account": account, "refresh_url": refresh_url, "return_url": return_url,
+                "type": "account_onboarding"}
+    )
+
+
+def create_transfer(*, params: dict, idempotency_key: str, client=None):
+    """Raises stripe.StripeError when Stripe refuses or cannot be reached (the caller decides what that means)."""
+    return (client or connect_client()).v1.transfers.create(params=params, options={"idempotency_key": idempotency_key})

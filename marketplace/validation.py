@@ -20,6 +20,7 @@ from pathlib import Path
 from django.conf import settings
 
 from composition.experts import CONFIG_FILE, PEFT_PREFIX, WEIGHTS_FILE, pattern_value, positive_number
+from marketplace.model_cards import is_local_path
 from mosaic.errors import DomainError
 from mosaic.parsers import JSONRefused, loads_limited
 
@@ -267,13 +268,20 @@ def names_base_model(name_or_path: str, base_model) -> bool:
         return False
 
 
-def check_against_base_model(report: AdapterReport, base_model) -> None:
-    """Names, target modules and shapes against the registered base model's Linear modules."""
+def check_against_base_model(report: AdapterReport, base_model) -> str:
+    """Names, target modules and shapes against the registered base model's Linear modules. An adapter that
+    names its base model by a local directory (what peft's save_pretrained writes) is taken for this base
+    model when its shapes match; the returned note says so (empty otherwise)."""
+    note = ""
     if not names_base_model(report.base_model_name_or_path, base_model):
-        raise AdapterRejected(
-            f"This adapter was made for base model {report.base_model_name_or_path or '(none named)'!r}, "
-            f"not {base_model.name!r}: set base_model_name_or_path in {CONFIG_FILE} to {base_model.name!r}."
-        )
+        if is_local_path(report.base_model_name_or_path):
+            note = (f"The adapter names its base model by the local directory {report.base_model_name_or_path!r}; "
+                    f"it was mapped to the registered base model {base_model.name!r}, whose module shapes it matches.")
+        else:
+                raise AdapterRejected(
+                f"This adapter was made for base model {report.base_model_name_or_path or '(none named)'!r}, "
+                f"not {base_model.name!r}: set base_model_name_or_path in {CONFIG_FILE} to {base_model.name!r}."
+            )
     shapes = {name: tuple(shape) for name, shape in base_model.module_shapes.items()}
     short_names = {name.rsplit(".", 1)[-1] for name in shapes}
     unknown = [target for target in report.target_modules if target.rsplit(".", 1)[-1] not in short_names]
@@ -296,6 +304,7 @@ def check_against_base_model(report: AdapterReport, base_model) -> None:
                     f"Tensor {info.name!r} has shape {list(info.shape)}, but at rank {rank} the base model's "
                     f"{module} [{out_features}, {in_features}] needs {list(expected[part])}."
                 )
+    return note
 
 
 def verify_adapter_weights(directory: str | Path) -> None:

@@ -4,7 +4,7 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, JsonResponse
-from django.views.defaults import page_not_found
+from django.views.defaults import page_not_found, server_error as html_server_error
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -100,3 +100,11 @@ def not_found(request, exception=None):
     if request.path.startswith(("/api/", "/v1/")):
         return JsonResponse(error_body(f"Nothing at {request.path}.", code="not_found"), status=404)
     return page_not_found(request, exception)
+
+
+def server_error(request):
+    """An unhandled error: JSON in the error shape under /api/ and /v1/, the HTML page elsewhere."""
+    if request.path.startswith(("/api/", "/v1/")):
+        return JsonResponse(error_body("The server failed while handling this request.", code="server_error"),
+                            status=500)
+    return html_server_error(request)

@@ -46,6 +46,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "mosaic.middleware.RequestContextMiddleware",  # request id, request log line, request metrics
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -95,6 +96,19 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+# Static files in every mode (DEBUG or not), served by whitenoise: the admin's, Swagger UI's and ReDoc's (from
+# drf-spectacular-sidecar) and plotly.js (from the plotly wheel, mosaic.staticfiles). Straight from the finders,
+# so no collectstatic step is needed; whatever collectstatic wrote under STATIC_ROOT is served too.
+INSTALLED_APPS += ["drf_spectacular_sidecar"]
+MIDDLEWARE.insert(MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+                  "whitenoise.middleware.WhiteNoiseMiddleware")
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "mosaic.staticfiles.PackageFileFinder",
+]
+WHITENOISE_USE_FINDERS = True
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise serves it too (empty unless collectstatic ran)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -126,6 +140,10 @@ SPECTACULAR_SETTINGS = {
         "ChatRoleEnum": "gpu_workers.contract.CHAT_ROLES",
         "SubscriptionStatusEnum": "marketplace.models.Subscription.Status",
     },
+    # Swagger UI and ReDoc from our own static files (drf-spectacular-sidecar): /api/docs/ works offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 API_KEY_CUSTOM_HEADER = "HTTP_AUTHORIZATION"
 
@@ -155,8 +173,10 @@ CELERY_BEAT_SCHEDULE["stripe-report-usage"] = {
 CELERY_BEAT_SCHEDULE["idempotency-purge"] = {"task": "marketplace.purge_idempotency_keys", "schedule": 3600}
 CELERY_BEAT_SCHEDULE["ledger-checkpoint"] = {
     "task": "ledger.make_checkpoint",
-    "schedule": env.int("LEDGER_CHECKPOINT_INTERVAL_SECONDS", default=300),
+    "schedule": env.int("LEDGER_CHECKPOINT_INTERVAL_SECONDS", default=60),
 }
+# Beat signs a checkpoint this often; without a broker (no beat) `runserver` does it in a thread (ledger.scheduler).
+LEDGER_CHECKPOINT_INTERVAL_SECONDS = CELERY_BEAT_SCHEDULE["ledger-checkpoint"]["schedule"]
 
 CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
 
@@ -200,9 +220,24 @@ EVALUATION_SUITE = env.str("EVALUATION_SUITE", default="composition.skills")
 EVALUATION_ITEMS_PER_SKILL = env.int("EVALUATION_ITEMS_PER_SKILL", default=20)
 EVALUATION_CONCURRENCY = env.int("EVALUATION_CONCURRENCY", default=8)
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="WARNING")},
-}
+# --- Operations and the production profile (mosaic/profiles.py, mosaic/logs.py, mosaic/readiness.py) -----
+# /readyz asks the database, the broker and the workers, each within this many seconds.
+READINESS_TIMEOUT_SECONDS = env.float("READINESS_TIMEOUT_SECONDS", default=1.0)
+# When set, /metrics answers only `Authorization: Bearer <METRICS_TOKEN>`.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+
+from mosaic.profiles import apply_profile  # noqa: E402
+
+# MOSAIC_ENV=production refuses the embedded SECRET_KEY, DEBUG, an empty ALLOWED_HOSTS and SQLite, and turns on
+# secure cookies, HSTS and the SSL redirect (SECURE_PROXY_SSL_HEADER behind a TLS-terminating proxy).
+MOSAIC_ENV = apply_profile(globals(), env)
+
+from mosaic.logs import logging_config  # noqa: E402
+
+# JSON lines in production (LOG_FORMAT=json|text overrides), each with its request id.
+LOGGING = logging_config(
+    level=env.str("LOG_LEVEL", default="WARNING"),
+    json_lines=env.str("LOG_FORMAT", default="json" if MOSAIC_ENV == "production" else "text") == "json",
+    mosaic_level=env.str("MOSAIC_LOG_LEVEL", default="INFO" if MOSAIC_ENV == "production" else "WARNING"),
+)
+# --- end of operations and the production profile ------------------------------------------------------------

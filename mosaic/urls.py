@@ -1,17 +1,24 @@
 from django.contrib import admin
 from django.urls import include, path, register_converter
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from mosaic.converters import DatabaseIdConverter
+from mosaic.health import healthz, readyz
+from mosaic.metrics import metrics_view
 
 register_converter(DatabaseIdConverter, "id")  # before the includes below import their URL modules
 
 handler404 = "mosaic.errors.not_found"
+handler500 = "mosaic.errors.server_error"
 
 urlpatterns = [
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
     path("api/", include("marketplace.api.catalog_urls")),
     path("api/", include("marketplace.api.organization_urls")),
     path("api/", include("marketplace.api.credit_urls")),

@@ -22,6 +22,13 @@ class CompletionRequest:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     n: int = 1
+    # Passed to every generation (composition.decoding): see GenerationRequest.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: int | None = None
+    json_output: bool = False
+    json_schema: dict | None = None
 
 
 @dataclass
@@ -31,6 +38,10 @@ class CompletionResult:
     prompt_tokens: int
     completion_tokens: int
     attribution: dict[str, float]
+    # Per choice: the generation whose text is the answer (its tokens and log-probabilities), and the mixture
+    # that generated it, where one did (None where the answer is not one generation under one mixture).
+    generations: list[Generation | None] = field(default_factory=list)
+    mixtures: list[dict[str, float] | None] = field(default_factory=list)
 
 
 @dataclass
@@ -41,6 +52,8 @@ class Choice:
     finish_reason: str
     completion_tokens: int
     attribution: dict[str, float]
+    generation: Generation | None = None  # the generation whose text this is, when it is one
+    mixture: dict[str, float] | None = None  # the mixture that generated it, when one did
 
 
 def full_attribution(expert_ids: list[str], weights: dict[str, float]) -> dict[str, float]:
@@ -100,6 +113,8 @@ class Strategy(StrategySpec):
             prompt_tokens=count_tokens(engine, request.prompt),
             completion_tokens=sum(choice.completion_tokens for choice in choices),
             attribution=full_attribution(self.expert_ids, attribution),
+            generations=[choice.generation for choice in choices],
+            mixtures=[choice.mixture for choice in choices],
         )
 
     # helpers for subclasses
@@ -107,7 +122,10 @@ class Strategy(StrategySpec):
     def generation_request(self, prompt: str, request: CompletionRequest, seed: int | None,
                            mixture: dict[str, float], **overrides) -> GenerationRequest:
         values = dict(prompt=prompt, mixture=mixture, max_tokens=request.max_tokens,
-                      temperature=request.temperature, top_p=request.top_p, stop=list(request.stop), seed=seed)
+                      temperature=request.temperature, top_p=request.top_p, stop=list(request.stop), seed=seed,
+                      presence_penalty=request.presence_penalty, frequency_penalty=request.frequency_penalty,
+                      logit_bias=dict(request.logit_bias), logprobs=request.logprobs,
+                      json_output=request.json_output, json_schema=request.json_schema)
         values.update(overrides)
         return GenerationRequest(**values)
 

@@ -27,7 +27,8 @@ class LogitMixture(LogitMixtureSpec, Strategy):
         if self.config["source"] == "fixed":
             weights = {k: v for k, v in self.config["weights"].items() if v > 0}
             generation = engine.generate([self.generation_request(prompt, request, seed, weights)])[0]
-            return Choice(generation.text, generation.finish_reason, generation.completion_tokens, weights)
+            return Choice(generation.text, generation.finish_reason, generation.completion_tokens, weights,
+                          generation=generation, mixture=weights)
 
         totals = {expert_id: 0.0 for expert_id in self.expert_ids}
 
@@ -44,7 +45,8 @@ class LogitMixture(LogitMixtureSpec, Strategy):
         # every expert keeps its own lane (KV cache) over the same prefix; the router reweighs them per token
         generation = engine.generate([self.generation_request(prompt, request, seed, uniform(self.expert_ids),
                                                               mixture_rule=mixture_now)])[0]
-        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, totals)
+        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, totals,
+                      generation=generation)
 
 
 class Contrastive(ContrastiveSpec, Strategy):
@@ -71,7 +73,8 @@ class Contrastive(ContrastiveSpec, Strategy):
             attribution = {expert: 1.0}
         else:
             attribution = {expert: 1.0 / (1.0 + strength), amateur: strength / (1.0 + strength)}
-        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, attribution)
+        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, attribution,
+                      generation=generation)
 
 
 def contrastive_scores(expert_logprobs: torch.Tensor, amateur_logprobs: torch.Tensor, *,

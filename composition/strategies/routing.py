@@ -29,7 +29,8 @@ class Single(SingleSpec, Strategy):
     def complete(self, prompt, request, seed, engine):
         expert = self.config["expert"]
         generation = engine.generate([self.generation_request(prompt, request, seed, {expert: 1.0})])[0]
-        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, {expert: 1.0})
+        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, {expert: 1.0},
+                      generation=generation, mixture={expert: 1.0})
 
 
 class BaseAlone(BaseAloneSpec, Strategy):
@@ -47,7 +48,8 @@ class BaseAlone(BaseAloneSpec, Strategy):
 
     def complete(self, prompt, request, seed, engine):
         generation = engine.generate([self.generation_request(prompt, request, seed, {})])[0]
-        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, {})
+        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, {},
+                      generation=generation, mixture={})
 
 
 class EmbeddingRouter(EmbeddingRouterSpec, Strategy):
@@ -77,7 +79,8 @@ class EmbeddingRouter(EmbeddingRouterSpec, Strategy):
         weights = self.routing_weights(prompt, engine, top_k=self.config["top_k"],
                                        temperature=self.config["temperature"])
         generation = engine.generate([self.generation_request(prompt, request, seed, weights)])[0]
-        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, weights)
+        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, weights,
+                      generation=generation, mixture=weights)
 
 
 def expert_profiles(experts, engine: Engine) -> list[torch.Tensor]:
@@ -164,7 +167,8 @@ class TrainedRouter(TrainedRouterSpec, Strategy):
             total = sum(weights.values())
             weights = {expert_id: p / total for expert_id, p in weights.items()}
         generation = engine.generate([self.generation_request(prompt, request, seed, weights)])[0]
-        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, weights)
+        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, weights,
+                      generation=generation, mixture=weights)
 
 
 class Cascade(CascadeSpec, Strategy):
@@ -172,7 +176,9 @@ class Cascade(CascadeSpec, Strategy):
 
     Confidence is the mean log-probability of the generated tokens under the expert that wrote
     them. The first answer at or above the threshold is returned; if none is, the last expert's
-    answer ("last") or the most confident one ("most_confident"). Attribution: {answering expert: 1}."""
+    answer ("last"), the most confident one ("most_confident") or the base model's own ("base": a
+    question outside every expert's skill, such as a general one). Attribution: {answering expert: 1};
+    empty when the base model answered (no expert shaped it)."""
 
     def complete(self, prompt, request, seed, engine):
         tried = []
@@ -182,11 +188,16 @@ class Cascade(CascadeSpec, Strategy):
             if generation.mean_logprob >= self.config["threshold"]:
                 break
         else:
+            if self.config["fallback"] == "base":
+                generation = engine.generate([self.generation_request(prompt, request, seed, {})])[0]
+                return Choice(generation.text, generation.finish_reason, generation.completion_tokens, {},
+                              generation=generation, mixture={})
             if self.config["fallback"] == "most_confident":
                 tried.sort(key=lambda pair: pair[1].mean_logprob, reverse=True)
                 tried = tried[:1]
         expert_id, generation = tried[-1]
-        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, {expert_id: 1.0})
+        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, {expert_id: 1.0},
+                      generation=generation, mixture={expert_id: 1.0})
 
 
 class Switch(SwitchSpec, Strategy):
@@ -223,4 +234,5 @@ class Switch(SwitchSpec, Strategy):
         # every expert keeps its own lane (KV cache) over the same prefix; the switch picks one per token
         generation = engine.generate([self.generation_request(prompt, request, seed, uniform(self.expert_ids),
                                                               mixture_rule=expert_now)])[0]
-        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, counts)
+        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, counts,
+                      generation=generation)

@@ -40,7 +40,8 @@ class Debate(DebateSpec, Strategy):
         summariser = self.config["summariser"]
         final = engine.generate([self.generation_request(summary_prompt, request, seed, {summariser: 1.0})])[0]
         tokens[summariser] += final.completion_tokens
-        return Choice(final.text, final.finish_reason, final.completion_tokens, dict(tokens))
+        return Choice(final.text, final.finish_reason, final.completion_tokens, dict(tokens),
+                      generation=final, mixture={summariser: 1.0})
 
 
 class Aggregate(AggregateSpec, Strategy):
@@ -97,4 +98,6 @@ class Aggregate(AggregateSpec, Strategy):
             generation.finish_reason,
             generation.completion_tokens,
             {expert_id: 1.0 / len(members) for expert_id in members},
+            generation=generation,
+            mixture={chosen: 1.0},
         )

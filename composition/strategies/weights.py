@@ -48,7 +48,7 @@ class Merge(MergeSpec, Strategy):
     def complete(self, prompt, request, seed, engine):
         generation = engine.generate([self.generation_request(prompt, request, seed, {self.merged.id: 1.0})])[0]
         return Choice(generation.text, generation.finish_reason, generation.completion_tokens,
-                      dict(self.config["weights"]))
+                      dict(self.config["weights"]), generation=generation, mixture={self.merged.id: 1.0})
 
 
 def simplex_grid(count: int, step: float) -> list[tuple[float, ...]]:
@@ -109,4 +109,5 @@ class MergeSearch(MergeSearchSpec, Strategy):
 
     def complete(self, prompt, request, seed, engine):
         generation = engine.generate([self.generation_request(prompt, request, seed, {self.merged.id: 1.0})])[0]
-        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, dict(self.best_weights))
+        return Choice(generation.text, generation.finish_reason, generation.completion_tokens, dict(self.best_weights),
+                      generation=generation, mixture={self.merged.id: 1.0})

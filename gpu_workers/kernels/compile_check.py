@@ -106,16 +106,22 @@ def compile_all(capability: int = 90) -> list[dict]:
         )
         reports.append({"kernel": "lora_expand", "variant": label, **_inspect(compiled)})
     for dtype in ("bf16", "fp32"):
+        logits = {"logits_ptr": f"*{dtype}", "K": "i32", "V": "i32", "V_PER_PROGRAM": "i32", "stride_lb": "i32",
+                  "stride_lk": "i32"}
+        aligned = ["logits_ptr", "V", "V_PER_PROGRAM", "stride_lb", "stride_lk"]
         compiled = _compile(
-            mixture._mixture_kernel,
-            {"logits_ptr": f"*{dtype}", "log_w_ptr": "*fp32", "inv_temp_ptr": "*fp32", "out_ptr": "*fp32",
-             "K": "i32", "V": "i32", "stride_lb": "i32", "stride_lk": "i32",
-             "stride_ob": "i32"},
-            {"stride_lv": 1, "BLOCK_K": 4, "BLOCK_V": 512},
-            ["logits_ptr", "out_ptr", "V", "stride_lb", "stride_lk", "stride_ob"],
-            {"num_warps": 8, "num_stages": 2}, target,
+            mixture._expert_normaliser_kernel, {**logits, "part_m_ptr": "*fp32", "part_s_ptr": "*fp32"},
+            {"stride_lv": 1, "BLOCK_K": 4, "BLOCK_V": 512}, aligned, {"num_warps": 4, "num_stages": 2}, target,
         )
-        reports.append({"kernel": "mixture", "variant": f"{dtype} k<=4", **_inspect(compiled)})
+        reports.append({"kernel": "mixture", "variant": f"normaliser {dtype} k<=4", **_inspect(compiled)})
+        compiled = _compile(
+            mixture._mixture_chunk_kernel,
+            {**logits, "offset_ptr": "*fp32", "inv_temp_ptr": "*fp32", "out_ptr": "*fp32", "part_m_ptr": "*fp32",
+             "part_s_ptr": "*fp32", "stride_ob": "i32"},
+            {"stride_lv": 1, "BLOCK_K": 4, "BLOCK_V": 512}, aligned + ["out_ptr", "stride_ob"],
+            {"num_warps": 4, "num_stages": 2}, target,
+        )
+        reports.append({"kernel": "mixture", "variant": f"chunk {dtype} k<=4", **_inspect(compiled)})
     return reports
 
 

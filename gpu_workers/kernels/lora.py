@@ -22,6 +22,7 @@ the number of distinct adapters:
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -286,6 +287,39 @@ def _multiprocessors(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+@dataclass(frozen=True)
+class LoraKernelConfig:
+    """Launch parameters of the two Triton kernels. `split_k` None means: split the shrink's reduction over
+    `in` until the tiles fill the GPU twice over (decode shapes have few tiles)."""
+
+    block_k: int = 64
+    block_n: int = 64
+    split_k: int | None = None
+    shrink_warps: int = 4
+    shrink_stages: int = 3
+    expand_warps: int = 4
+    expand_stages: int = 2
+
+
+def default_kernel_config(dtype: torch.dtype, r_max: int, in_features: int, num_pairs: int) -> LoraKernelConfig:
+    """Launch parameters by shape, from the sweep on an H100 (bench/results/gpu_sweep.md): a long reduction
+    (in >= 8192) takes wide K blocks split four ways; at decode sizes a narrow-warp expand over 128 outputs
+    wins. fp32 (the CPU interpreter, tests) keeps small blocks."""
+    block_r = max(16, _next_pow2(r_max))
+    if dtype == torch.float32:
+        return LoraKernelConfig(block_k=32, block_n=64 if block_r <= 64 else 32)
+    long_reduction = in_features >= 8192
+    decode = num_pairs <= 256
+    return LoraKernelConfig(
+        block_k=256 if long_reduction else 64,
+        split_k=4 if long_reduction else None,
+        shrink_stages=4 if long_reduction else 3,
+        block_n=32 if block_r > 64 else (64 if long_reduction else 128),
+        expand_warps=2 if decode and not long_reduction else 4,
+        expand_stages=1 if decode and not long_reduction else 2,
+    )
+
+
 def _triton_split_k(n_tiles: int, in_features: int, block_k: int, device: torch.device) -> int:
     """Split the reduction over `in` when there are too few tiles to fill the GPU (decode shapes)."""
     if device.type != "cuda":
@@ -298,15 +332,14 @@ def _triton_split_k(n_tiles: int, in_features: int, block_k: int, device: torch.
     return split
 
 
-def _lora_triton(y, x, a, b, scalings, ranks, plan: LoraPlan, split_k: int | None = None):
+def _lora_triton(y, x, a, b, scalings, ranks, plan: LoraPlan, config: LoraKernelConfig):
     num_rows, in_features = x.shape
     n_slots, r_max, _ = a.shape
     out_features = b.shape[1]
     block_r = max(16, _next_pow2(r_max))
     ieee = x.dtype == torch.float32
-    block_k = 32 if ieee else 64
-    if split_k is None:
-        split_k = _triton_split_k(plan.num_tiles, in_features, block_k, x.device)
+    block_k = config.block_k
+    split_k = config.split_k or _triton_split_k(plan.num_tiles, in_features, block_k, x.device)
     k_per_split = -(-in_features // (split_k * block_k)) * block_k
     split_k = -(-in_features // k_per_split)
     h = torch.empty((split_k, max(plan.num_pairs, 1), block_r), dtype=torch.float32, device=x.device)
@@ -322,11 +355,11 @@ def _lora_triton(y, x, a, b, scalings, ranks, plan: LoraPlan, split_k: int | Non
         a.stride(0), a.stride(1), a.stride(2),
         h.stride(0), h.stride(1),
         BLOCK_M=plan.block_m, BLOCK_R=block_r, BLOCK_K=block_k, IEEE=ieee, UPCAST=upcast,
-        **({} if interpreted else {"num_warps": 4, "num_stages": 3}),
+        **({} if interpreted else {"num_warps": config.shrink_warps, "num_stages": config.shrink_stages}),
     )
     atomic = plan.k > 1
     target = torch.zeros(y.shape, dtype=torch.float32, device=y.device) if atomic else y
-    block_n = 64 if block_r <= 64 else 32
+    block_n = config.block_n
     _lora_expand_kernel[(plan.num_tiles, triton.cdiv(out_features, block_n))](
         h, b, target, scalings, ranks,
         plan.pair_rows, plan.pair_weights, plan.tile_slot, plan.tile_start, plan.tile_end,
@@ -336,7 +369,7 @@ def _lora_triton(y, x, a, b, scalings, ranks, plan: LoraPlan, split_k: int | Non
         target.stride(0), target.stride(1),
         SPLIT_K=split_k, BLOCK_M=plan.block_m, BLOCK_N=block_n, BLOCK_R=block_r,
         ATOMIC=atomic, IEEE=ieee, UPCAST=upcast,
-        **({} if interpreted else {"num_warps": 4, "num_stages": 2}),
+        **({} if interpreted else {"num_warps": config.expand_warps, "num_stages": config.expand_stages}),
     )
     if atomic:
         y += target.to(y.dtype)
@@ -356,13 +389,15 @@ def apply_lora(
     plan: LoraPlan | None = None,
     backend: str = "auto",
     split_k: int | None = None,
+    config: LoraKernelConfig | None = None,
 ) -> torch.Tensor:
     """Add the mixed LoRA delta to y [T, out] in place and return y.
 
     x [T, in]; a [n_slots, r_max, in]; b [n_slots, out, r_max]; scalings [n_slots]; indices [T, k] (int,
     -1 = none) and weights [T, k]; ranks [n_slots] (defaults to r_max). backend "auto" runs Triton on CUDA
     and torch elsewhere; "triton" on the CPU needs TRITON_INTERPRET=1. A plan built with build_lora_plan
-    for these indices may be passed to share its cost across projections."""
+    for these indices may be passed to share its cost across projections. config sets the Triton launch
+    (default_kernel_config when None); split_k, when given, overrides its split of the shrink's reduction."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown LoRA backend {backend!r}; expected one of {BACKENDS}")
     if indices.dim() == 1:
@@ -385,6 +420,9 @@ def apply_lora(
         plan = build_lora_plan(indices, weights, n_slots=a.shape[0])
     elif plan.num_rows != x.shape[0]:
         raise ValueError(f"plan is for {plan.num_rows} rows, x has {x.shape[0]}")
+    config = config or default_kernel_config(x.dtype, a.shape[1], x.shape[1], plan.num_pairs)
+    if split_k is not None:
+        config = dataclasses.replace(config, split_k=split_k)
     return _lora_triton(
-        y, x.contiguous(), a, b, scalings.float().contiguous(), ranks.to(torch.int32).contiguous(), plan, split_k
+        y, x.contiguous(), a, b, scalings.float().contiguous(), ranks.to(torch.int32).contiguous(), plan, config
     )

@@ -5,9 +5,10 @@ For each row b, k experts' logits [k, V] and mixture weights w [k]:
 then temperature (divide by T and renormalise) and top-p (keep the smallest set of most likely tokens whose
 mass reaches p, renormalise). The result is float32 log-probabilities [B, V], -inf outside the top-p set.
 
-The Triton kernel runs one program per row: an online-softmax sweep over the vocabulary gives every
-expert's log-normaliser at once, a second sweep writes the tempered mixture and computes its own normaliser
-online, a third normalises the row in place (the row is in L2 by then).
+The Triton path splits every row's vocabulary into chunks, one program per (row, chunk), so that a decode
+batch of a few dozen rows still fills the GPU: a first launch gives, per chunk, every expert's online-softmax
+partials (max and sum of exponentials), combined into each expert's log-normaliser; a second writes the
+tempered mixture of the chunk and its own partials, combined into the row's normaliser and subtracted.
 Top-p, which needs an order over the vocabulary, is applied afterwards with a sort, only for rows with p < 1.
 """
 from __future__ import annotations
@@ -66,75 +67,118 @@ def mixture_reference(
 if triton is not None:
 
     @triton.jit
-    def _mixture_kernel(
-        logits_ptr, log_w_ptr, inv_temp_ptr, out_ptr,
-        K, V,
-        stride_lb, stride_lk, stride_lv, stride_ob,
+    def _expert_normaliser_kernel(
+        logits_ptr, part_m_ptr, part_s_ptr,
+        K, V, V_PER_PROGRAM,
+        stride_lb, stride_lk, stride_lv,
         BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
     ):
+        """Over one chunk of the vocabulary, each expert's max and sum of exponentials (online softmax)."""
         row = tl.program_id(0).to(tl.int64)
+        chunk = tl.program_id(1)
+        n_chunks = tl.num_programs(1)
         offs_k = tl.arange(0, BLOCK_K)
         k_mask = offs_k < K
         base = logits_ptr + row * stride_lb + offs_k[:, None] * stride_lk
-        log_w = tl.load(log_w_ptr + row * K + offs_k, mask=k_mask, other=float("-inf"))
-        inv_temp = tl.load(inv_temp_ptr + row)
-
-        # Sweep 1: each expert's max and sum of exponentials, online.
         m = tl.full((BLOCK_K,), float("-inf"), dtype=tl.float32)
         s = tl.zeros((BLOCK_K,), dtype=tl.float32)
-        for v0 in range(0, V, BLOCK_V):
-            offs_v = v0 + tl.arange(0, BLOCK_V)
+        for v0 in range(0, V_PER_PROGRAM, BLOCK_V):
+            offs_v = chunk * V_PER_PROGRAM + v0 + tl.arange(0, BLOCK_V)
             v_mask = offs_v < V
             x = tl.load(base + offs_v[None, :] * stride_lv, mask=k_mask[:, None] & v_mask[None, :],
                         other=float("-inf")).to(tl.float32)
             x = tl.where(k_mask[:, None], x, 0.0)
             m_new = tl.maximum(m, tl.max(x, axis=1))
-            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
+            # Logits masked to -inf (a constrained vocabulary) can fill a whole block: keep s at 0, not NaN.
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(x - m_safe[:, None]), axis=1)
             m = m_new
-        lse = m + tl.log(s)
+        partial = (row * n_chunks + chunk) * K + offs_k
+        tl.store(part_m_ptr + partial, m, mask=k_mask)
+        tl.store(part_s_ptr + partial, s, mask=k_mask)
 
-        # Sweep 2: the mixture, tempered, and its normaliser, online.
+    @triton.jit
+    def _mixture_chunk_kernel(
+        logits_ptr, offset_ptr, inv_temp_ptr, out_ptr, part_m_ptr, part_s_ptr,
+        K, V, V_PER_PROGRAM,
+        stride_lb, stride_lk, stride_lv, stride_ob,
+        BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
+    ):
+        """Over one chunk: the tempered mixture log Σ_j exp(x_j + offset_j) / T, written out unnormalised,
+        and that chunk's max and sum of exponentials for the row's normaliser."""
+        row = tl.program_id(0).to(tl.int64)
+        chunk = tl.program_id(1)
+        n_chunks = tl.num_programs(1)
+        offs_k = tl.arange(0, BLOCK_K)
+        k_mask = offs_k < K
+        base = logits_ptr + row * stride_lb + offs_k[:, None] * stride_lk
+        offset = tl.load(offset_ptr + row * K + offs_k, mask=k_mask, other=0.0)
+        inv_temp = tl.load(inv_temp_ptr + row)
         mz = float("-inf")
         sz = 0.0
-        for v0 in range(0, V, BLOCK_V):
-            offs_v = v0 + tl.arange(0, BLOCK_V)
+        for v0 in range(0, V_PER_PROGRAM, BLOCK_V):
+            offs_v = chunk * V_PER_PROGRAM + v0 + tl.arange(0, BLOCK_V)
             v_mask = offs_v < V
             x = tl.load(base + offs_v[None, :] * stride_lv, mask=k_mask[:, None] & v_mask[None, :],
                         other=0.0).to(tl.float32)
-            c = x - lse[:, None] + log_w[:, None]
-            c = tl.where(k_mask[:, None], c, float("-inf"))
+            c = tl.where(k_mask[:, None], x + offset[:, None], float("-inf"))
             cm = tl.max(c, axis=0)
+            cm = tl.where(cm == float("-inf"), 0.0, cm)  # a token every expert rules out stays -inf, not NaN
             mixed = cm + tl.log(tl.sum(tl.exp(c - cm[None, :]), axis=0))
             z = tl.where(v_mask, mixed * inv_temp, float("-inf"))
             tl.store(out_ptr + row * stride_ob + offs_v, z, mask=v_mask)
             mz_new = tl.maximum(mz, tl.max(z, axis=0))
-            sz = sz * tl.exp(mz - mz_new) + tl.sum(tl.exp(z - mz_new), axis=0)
+            mz_safe = tl.where(mz_new == float("-inf"), 0.0, mz_new)
+            sz = sz * tl.exp(mz - mz_safe) + tl.sum(tl.exp(z - mz_safe), axis=0)
             mz = mz_new
-        lse_z = mz + tl.log(sz)
+        tl.store(part_m_ptr + row * n_chunks + chunk, mz)
+        tl.store(part_s_ptr + row * n_chunks + chunk, sz)
 
-        # Sweep 3: normalise what sweep 2 wrote (each thread reads back its own elements).
-        tl.debug_barrier()
-        for v0 in range(0, V, BLOCK_V):
-            offs_v = v0 + tl.arange(0, BLOCK_V)
-            v_mask = offs_v < V
-            z = tl.load(out_ptr + row * stride_ob + offs_v, mask=v_mask, other=0.0)
-            tl.store(out_ptr + row * stride_ob + offs_v, z - lse_z, mask=v_mask)
+
+def _combine(part_m: torch.Tensor, part_s: torch.Tensor, dim: int) -> torch.Tensor:
+    """log Σ s·exp(m) over the chunks: the normaliser from each chunk's online-softmax partials."""
+    return torch.logsumexp(part_m + torch.log(part_s), dim=dim)
+
+
+def _vocabulary_chunks(rows: int, vocab: int, block_v: int, device: torch.device) -> int:
+    """Enough chunks of the vocabulary for rows x chunks programs to fill the GPU four times over."""
+    if device.type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        wanted = -(-4 * sms // rows)
+    else:
+        wanted = 3  # the interpreter: several chunks, so that the combine is exercised
+    return max(1, min(wanted, -(-vocab // block_v)))
 
 
 def _mixture_triton(logits, log_w, temperature):
+    """Split over the vocabulary in two launches: every expert's normaliser (partials per chunk, combined in
+    torch), then the tempered mixture per chunk with its own partial normaliser, subtracted at the end."""
     rows, k, vocab = logits.shape
-    out = torch.empty((rows, vocab), dtype=torch.float32, device=logits.device)
+    device = logits.device
     block_k = max(2, 1 << (k - 1).bit_length())
     block_v = max(16, min(2048 // block_k, 1 << (vocab - 1).bit_length()))
-    interpreted = logits.device.type != "cuda"
-    _mixture_kernel[(rows,)](
-        logits, log_w, (1.0 / temperature).contiguous(), out,
-        k, vocab,
-        logits.stride(0), logits.stride(1), logits.stride(2), out.stride(0),
-        BLOCK_K=block_k, BLOCK_V=block_v,
-        **({} if interpreted else {"num_warps": 8}),
+    chunks = _vocabulary_chunks(rows, vocab, block_v, device)
+    v_per_program = -(-vocab // (chunks * block_v)) * block_v
+    chunks = -(-vocab // v_per_program)
+    interpreted = device.type != "cuda"
+    launch = {} if interpreted else {"num_warps": 4}
+    strides = (logits.stride(0), logits.stride(1), logits.stride(2))
+
+    part_m = torch.empty((rows, chunks, k), dtype=torch.float32, device=device)
+    part_s = torch.empty_like(part_m)
+    _expert_normaliser_kernel[(rows, chunks)](
+        logits, part_m, part_s, k, vocab, v_per_program, *strides, BLOCK_K=block_k, BLOCK_V=block_v, **launch,
     )
-    return out
+    offset = (log_w - _combine(part_m, part_s, dim=1)).contiguous()
+
+    out = torch.empty((rows, vocab), dtype=torch.float32, device=device)
+    part_mz = torch.empty((rows, chunks), dtype=torch.float32, device=device)
+    part_sz = torch.empty_like(part_mz)
+    _mixture_chunk_kernel[(rows, chunks)](
+        logits, offset, (1.0 / temperature).contiguous(), out, part_mz, part_sz, k, vocab, v_per_program,
+        *strides, out.stride(0), BLOCK_K=block_k, BLOCK_V=block_v, **launch,
+    )
+    return out.sub_(_combine(part_mz, part_sz, dim=1)[:, None])
 
 
 def mix_next_token_logprobs(
@@ -153,7 +197,7 @@ def mix_next_token_logprobs(
     if logits.dim() != 3 or weights.shape != logits.shape[:2]:
         raise ValueError(f"expected logits [B, k, V] and weights [B, k]; got {tuple(logits.shape)}, "
                          f"{tuple(weights.shape)}")
-    if check and bool((weights < 0).any()) or bool((weights.sum(dim=-1) <= 0).any()):
+    if check and (bool((weights < 0).any()) or bool((weights.sum(dim=-1) <= 0).any())):
         raise ValueError("mixture weights must be non-negative with a positive sum in every row")
     if backend == "auto":
         backend = "triton" if (logits.is_cuda and triton is not None) else "torch"

@@ -10,7 +10,10 @@ class SettlementPeriod(AppendOnlyModel):
     end_date = models.DateField(help_text="Inclusive.")
     closed_at = models.DateTimeField()
     closed_by = models.CharField(max_length=200)
-    entry_sequence = models.BigIntegerField(help_text="Sequence of the ledger entry that records the close.")
+    entry_sequence = models.BigIntegerField(
+        null=True, help_text="Sequence of the ledger entry that records the close, when known at once."
+    )
+    event_id = models.BigIntegerField(null=True, help_text="The ledger's pending event that records the close.")
 
     class Meta:
         ordering = ["start_date"]
@@ -35,7 +38,10 @@ class Transaction(AppendOnlyModel):
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="reversals"
     )
     memo = models.JSONField(default=dict, blank=True)
-    entry_sequence = models.BigIntegerField(unique=True)
+    # The ledger event recording it (event_id; None before events were queued) and that event's
+    # sequence when it was known at once (inline sequencing); otherwise ledger.selectors resolves it.
+    entry_sequence = models.BigIntegerField(unique=True, null=True)
+    event_id = models.BigIntegerField(unique=True, null=True)
     created_at = models.DateTimeField()
 
     class Meta:

@@ -4,6 +4,7 @@ from datetime import date
 from django.db.models import Q, Sum
 
 from ledger.accounting.models import Posting, Transaction
+from ledger.selectors import event_sequences
 
 
 def account_balance(*, account: str, through: date | None = None) -> int:
@@ -48,3 +49,13 @@ def breakdown(*, account: str, start: date | None = None, end: date | None = Non
 
 def transaction_by_reference(*, reference: str) -> Transaction | None:
     return Transaction.objects.filter(reference=reference).first()
+
+
+def entry_sequences(*, transactions) -> dict[int, int | None]:
+    """The ledger sequence recording each transaction (by id); None while its event is queued."""
+    transactions = list(transactions)
+    integrated = event_sequences(event_ids={t.event_id for t in transactions if t.event_id is not None})
+    return {
+        t.id: t.entry_sequence if t.entry_sequence is not None else integrated.get(t.event_id)
+        for t in transactions
+    }

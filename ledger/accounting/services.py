@@ -96,13 +96,14 @@ def post_transaction(
             memo=memo,
             postings=postings,
         )
-        entry = record_event(kind=kind, payload=payload, actor=actor)
+        event = record_event(kind=kind, payload=payload, actor=actor)
         txn = Transaction.objects.create(
             reference=reference,
             kind=kind,
             reverses=reverses,
             memo=memo,
-            entry_sequence=entry.sequence,
+            entry_sequence=event.sequence,
+            event_id=event.id,
             created_at=timezone.now(),
         )
         Posting.objects.bulk_create(
@@ -151,7 +152,7 @@ def close_settlement_period(*, start_date: date, end_date: date, actor: str) -> 
         later = SettlementPeriod.objects.filter(start_date__gt=end_date).first()
         if later is not None:
             raise Conflict(f"A later period ({later}) is already closed.", code="period_out_of_order")
-        entry = record_event(
+        event = record_event(
             kind="settlement.closed",
             payload={"start": start_date.isoformat(), "end": end_date.isoformat()},
             actor=actor,
@@ -161,6 +162,7 @@ def close_settlement_period(*, start_date: date, end_date: date, actor: str) -> 
             end_date=end_date,
             closed_at=timezone.now(),
             closed_by=actor,
-            entry_sequence=entry.sequence,
+            entry_sequence=event.sequence,
+            event_id=event.id,
         )
     return period, True

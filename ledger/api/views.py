@@ -16,6 +16,8 @@ from ledger import selectors
 from ledger.api.permissions import IsAuditor
 from ledger.canonical import format_time
 from ledger.export import write_bundle
+from ledger.keys import signature_key_ids
+from ledger.rotation import key_history
 from ledger.signing import ledger_signer
 from mosaic.errors import NotFound
 from mosaic.pagination import StrictPageSizeMixin
@@ -45,6 +47,7 @@ class EntryOutput(serializers.Serializer):
     prev_hash = serializers.SerializerMethodField()
     entry_hash = serializers.SerializerMethodField()
     leaf_hash = serializers.SerializerMethodField()
+    event_id = serializers.IntegerField(allow_null=True, help_text="The recorded event it integrates.")
 
     def get_time(self, entry) -> str:
         return format_time(entry.created_at)
@@ -62,16 +65,38 @@ class EntryOutput(serializers.Serializer):
         return bytes(entry.leaf_hash).hex()
 
 
+class EventOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    kind = serializers.CharField()
+    actor = serializers.CharField()
+    time = serializers.SerializerMethodField()
+    payload = serializers.SerializerMethodField()
+    content_hash = serializers.SerializerMethodField()
+
+    def get_time(self, event) -> str:
+        return format_time(event.created_at)
+
+    def get_payload(self, event) -> dict:
+        return json.loads(bytes(event.payload))
+
+    def get_content_hash(self, event) -> str:
+        return bytes(event.content_hash).hex()
+
+
 class CheckpointOutput(serializers.Serializer):
     id = serializers.IntegerField()
     origin = serializers.CharField()
     tree_size = serializers.IntegerField()
     root_hash = serializers.SerializerMethodField()
+    key_id = serializers.SerializerMethodField(help_text="The signing key's ID (8 hex digits; see /api/ledger/keys).")
     created_at = serializers.DateTimeField()
     note = serializers.CharField()
 
     def get_root_hash(self, checkpoint) -> str:
         return b64(bytes(checkpoint.root_hash))
+
+    def get_key_id(self, checkpoint) -> str:
+        return signature_key_ids(checkpoint.note)[0]
 
 
 class AuditorView(APIView):
@@ -113,6 +138,17 @@ class EntryDetailView(AuditorView):
                 "proof": [b64(h) for h in selectors.inclusion_proof(entry=entry, checkpoint=checkpoint)],
                 "checkpoint": checkpoint.note,
             }
+        return Response(body)
+
+
+class EventDetailView(AuditorView):
+    @extend_schema(operation_id="ledger_event", responses=OpenApiTypes.OBJECT)
+    def get(self, request, event_id: int):
+        """A recorded event: "pending" (no sequence yet) until the sequencer integrates it, then
+        "integrated" with its sequence (its entry, with the inclusion proof, is at entries/<sequence>)."""
+        event, entry = selectors.event_get(event_id=event_id)
+        body = {**EventOutput(event).data, "status": "pending" if entry is None else "integrated"}
+        body["sequence"] = None if entry is None else entry.sequence
         return Response(body)
 
 
@@ -168,3 +204,21 @@ class VerifierKeyView(APIView):
     @extend_schema(operation_id="ledger_verifier_key", responses={(200, "text/plain"): OpenApiTypes.STR})
     def get(self, request):
         return HttpResponse(ledger_signer().verifier_key + "\n", content_type="text/plain; charset=utf-8")
+
+
+class KeyHistoryView(AuditorView):
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "LedgerKeyPeriod"
+
+        verifier_key = serializers.CharField()
+        key_id = serializers.CharField(help_text="8 hex digits, as in the signature lines of the notes it signed.")
+        first_size = serializers.IntegerField(help_text="The smallest tree size a checkpoint by this key may have.")
+        last_size = serializers.IntegerField(allow_null=True, help_text="The largest; null for the key in office.")
+        retired_by_entry = serializers.IntegerField(allow_null=True,
+                                                    help_text="Sequence of the ledger.key_rotated entry that retired it.")
+
+    @extend_schema(operation_id="ledger_key_history", responses=OutputSerializer(many=True))
+    def get(self, request):
+        return Response(self.OutputSerializer(key_history().as_list(), many=True).data)
+

@@ -1,5 +1,6 @@
 from django.urls import path, register_converter
 
+from marketplace.api.stripe_webhooks import StripeWebhookApi
 from marketplace.credit import api
 
 
@@ -21,5 +22,6 @@ urlpatterns = [
     path("credit/statements", api.StatementListView.as_view(), name="credit-statements"),
     path("credit/statements/<id:pk>.<str:fmt>", api.StatementFileView.as_view(), name="credit-statement-file"),
     path("credit/stripe/onboarding", api.OnboardingView.as_view(), name="credit-stripe-onboarding"),
-    path("stripe/connect-webhook", api.ConnectWebhookView.as_view(), name="stripe-connect-webhook"),
+    # The one webhook endpoint, under the address Connect endpoints were registered with.
+    path("stripe/connect-webhook", StripeWebhookApi.as_view(), name="stripe-connect-webhook"),
 ]

@@ -19,7 +19,7 @@ from marketplace import quotas
 from marketplace.api.authentication import HasKeyScope, OrganizationKeyAuthentication
 from marketplace.models import ComposedSystem
 from marketplace.selectors.systems import system_for_organization, systems_callable_by
-from marketplace.services import completions, idempotency
+from marketplace.services import completions, idempotency, openai_params
 from mosaic.errors import DomainError, error_body
 from mosaic.parsers import LimitedJSONParser
 
@@ -62,6 +62,7 @@ def model_object(system: ComposedSystem) -> dict:
         "quality": system.quality,
         "price_per_1k_tokens_minor": system.price_per_1k_tokens_minor,
         "license_summary": system.license_summary,
+        "supported_parameters": list(openai_params.SUPPORTED_PARAMETERS),
     }
 
 
@@ -144,13 +145,22 @@ class CompletionParamsSerializer(serializers.Serializer):
                          allow_null=True, default=None)
     stream = StrictBoolean(required=False, default=False)
     stream_options = StreamOptionsSerializer(required=False, allow_null=True, default=None)
+    presence_penalty = StrictFloat(required=False, min_value=-contract.PENALTY_LIMIT,
+                                   max_value=contract.PENALTY_LIMIT, allow_null=True, default=None)
+    frequency_penalty = StrictFloat(required=False, min_value=-contract.PENALTY_LIMIT,
+                                    max_value=contract.PENALTY_LIMIT, allow_null=True, default=None)
+    logit_bias = serializers.DictField(child=serializers.JSONField(), required=False, allow_null=True,
+                                       default=None)
+    response_format = serializers.JSONField(required=False, allow_null=True, default=None)
+    user = StrictString(required=False, allow_null=True, default=None)  # the caller's end user; not used
 
     def validate(self, attrs):
         """The rules of gpu_workers.contract, checked again by the worker: a 400 naming the parameter."""
         attrs["max_tokens"] = attrs.get("max_completion_tokens") or attrs.get("max_tokens") or 16
         try:
             contract.checked_text(attrs["model"], "model")
-            attrs["sampling"] = contract.sampling_params(attrs, max_tokens_limit=settings.MAX_TOKENS_LIMIT)
+            params = openai_params.worker_params(attrs, chat="messages" in attrs)
+            attrs["sampling"] = contract.sampling_params(params, max_tokens_limit=settings.MAX_TOKENS_LIMIT)
             if "messages" in attrs:
                 contract.checked_messages(attrs["messages"])
             if "prompt" in attrs:
@@ -162,30 +172,46 @@ class CompletionParamsSerializer(serializers.Serializer):
 
 class MessageSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=contract.CHAT_ROLES)
-    content = serializers.JSONField()
+    content = serializers.JSONField(allow_null=True)
+    name = StrictString(required=False)
+    tool_calls = serializers.JSONField(required=False)
+    tool_call_id = StrictString(required=False)
 
     def validate_content(self, content):
-        if isinstance(content, str):
+        if content is None or isinstance(content, str):
             return content
-        if isinstance(content, list) and all(
-            isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
-            for part in content
-        ):
+        if isinstance(content, list) and all(isinstance(part, dict) for part in content):
+            for position, part in enumerate(content):
+                if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise serializers.ValidationError(
+                        f"content[{position}] is a {part.get('type')!r} part; Mosaic's systems read text only "
+                        "(text parts, no images, audio or files).")
             return "".join(part["text"] for part in content)
         raise serializers.ValidationError("content must be a string or a list of text parts.")
 
 
 class ChatCompletionInputSerializer(CompletionParamsSerializer):
     messages = MessageSerializer(many=True, allow_empty=False)
+    logprobs = StrictBoolean(required=False, allow_null=True, default=None)
+    top_logprobs = StrictInteger(required=False, min_value=0, max_value=contract.MAX_TOP_LOGPROBS, allow_null=True,
+                                 default=None)
+    tools = serializers.ListField(child=serializers.JSONField(), required=False, allow_null=True, default=None)
+    tool_choice = serializers.JSONField(required=False, allow_null=True, default=None)
+    parallel_tool_calls = StrictBoolean(required=False, allow_null=True, default=None)
 
 
 class CompletionInputSerializer(CompletionParamsSerializer):
     prompt = StrictString(allow_blank=True, trim_whitespace=False)
+    logprobs = StrictInteger(required=False, min_value=0, max_value=contract.MAX_TOP_LOGPROBS, allow_null=True,
+                             default=None)
+    echo = StrictBoolean(required=False, default=False)
+    best_of = StrictInteger(required=False, min_value=1, allow_null=True, default=None)
 
 
 def _validated(serializer_class, request) -> dict:
     if not isinstance(request.data, dict):
         raise DomainError("The request body must be a JSON object.")
+    openai_params.refuse_unsupported(request.data, accepted=serializer_class().fields)
     serializer = serializer_class(data=request.data)
     serializer.is_valid(raise_exception=True)
     return serializer.validated_data
@@ -245,16 +271,17 @@ class _CompletionApi(OpenAIView):
         prepared = completions.completion_prepare(
             api_key=request.auth, model=data["model"], params=data["sampling"], stream=data["stream"],
             started=started, **({"messages": data["messages"]} if self.chat else {"prompt": data["prompt"]}),
+            **openai_params.message_extras(data),  # tools, tool_choice, parallel_tool_calls, echo
         )
         if data["stream"]:
             include_usage = bool(data["stream_options"] and data["stream_options"].get("include_usage"))
-            response = StreamingHttpResponse(self._stream(prepared, include_usage=include_usage),
+            response = StreamingHttpResponse(self._stream(prepared, data, include_usage=include_usage),
                                              content_type="text/event-stream")
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"
         else:
             served = completions.completion_run(prepared=prepared)
-            response = Response(self._body(served, prepared))
+            response = Response(self._body(served, prepared, data))
             response["x-mosaic-engine-ms"] = str(served.usage.engine_ms)
         for name, value in prepared.reservation.headers.items():
             response[name] = value
@@ -275,16 +302,9 @@ class _CompletionApi(OpenAIView):
         return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
                 "total_tokens": usage.total_tokens}
 
-    def _body(self, served, prepared) -> dict:
-        if self.chat:
-            choices = [
-                {"index": c.index, "message": {"role": "assistant", "content": c.text, "refusal": None},
-                 "finish_reason": c.finish_reason, "logprobs": None}
-                for c in served.result.choices
-            ]
-        else:
-            choices = [{"index": c.index, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
-                       for c in served.result.choices]
+    def _body(self, served, prepared, data) -> dict:
+        shape = openai_params.chat_choice if self.chat else openai_params.completion_choice
+        choices = [shape(c, data) for c in served.result.choices]
         return {
             **self._envelope(prepared, chunk=False),
             "choices": choices,
@@ -292,13 +312,18 @@ class _CompletionApi(OpenAIView):
             "attribution": attribution_list(attribution=served.usage.attribution, members=prepared.serving.members),
         }
 
-    def _chunk_choice(self, index: int, text: str | None, finish_reason: str | None, first: bool) -> dict:
+    def _chunk_choice(self, index: int, text: str | None, finish_reason: str | None, first: bool,
+                      final: contract.ChoiceResult | None = None, data: dict | None = None) -> dict:
+        """One choice of a chunk; `final`, the finished choice of the result, adds its logprobs and tool calls
+        (a stream's last chunk of a choice carries all of them)."""
         if self.chat:
             delta = {"role": "assistant", "content": text or ""} if first else ({"content": text} if text else {})
-            return {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
-        return {"index": index, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
+            chunk = {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+        else:
+            chunk = {"index": index, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
+        return openai_params.final_chunk_choice(chunk, final, data, chat=self.chat, first=first) if final else chunk
 
-    def _stream(self, prepared, *, include_usage: bool):
+    def _stream(self, prepared, data, *, include_usage: bool):
         envelope = self._envelope(prepared, chunk=True)
 
         def line(payload: dict) -> bytes:
@@ -311,8 +336,8 @@ class _CompletionApi(OpenAIView):
                 if isinstance(event, completions.Served):
                     for choice in event.result.choices:
                         first = choice.index not in started_choices
-                        yield line({**envelope, "choices": [
-                            self._chunk_choice(choice.index, None, choice.finish_reason, first)]})
+                        yield line({**envelope, "choices": [self._chunk_choice(
+                            choice.index, None, choice.finish_reason, first, choice, data)]})
                     yield line({**envelope, "choices": [],
                                 "usage": self._usage(event.usage) if include_usage else None,
                                 "attribution": attribution_list(attribution=event.usage.attribution,
@@ -320,8 +345,8 @@ class _CompletionApi(OpenAIView):
                     break
                 first = event.choice_index not in started_choices
                 started_choices.add(event.choice_index)
-                yield line({**envelope, "choices": [
-                    self._chunk_choice(event.choice_index, event.text_delta, None, first)]})
+                delta = openai_params.echoed(event.text_delta, data, first=first)
+                yield line({**envelope, "choices": [self._chunk_choice(event.choice_index, delta, None, first)]})
         except GeneratorExit:  # the client left: the service settles or abandons the request
             events.close()
             raise

@@ -2,19 +2,24 @@
 from django.contrib.auth import get_user_model
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
+from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from marketplace import stripe_client
 from marketplace.models import Membership, OrganizationAPIKey, Plan, Subscription
+from marketplace.selectors.billing import plans_active
 from marketplace.selectors.organizations import (
+    OWNER,
+    OWNER_OR_BILLING,
+    OWNER_OR_DEVELOPER,
     api_keys_for_organization,
     membership_for,
     organizations_for_user,
     require_role,
 )
 from marketplace.selectors.usage import usage_summary
-from marketplace.services.billing import subscription_create
+from marketplace.services.billing import subscription_change_plan, subscription_create
 from marketplace.services.organizations import (
     api_key_create,
     api_key_revoke,
@@ -24,10 +29,7 @@ from marketplace.services.organizations import (
 )
 from mosaic.errors import DomainError, NotFound
 
-OWNER = (Membership.Role.OWNER,)
 SCOPES = ", ".join(OrganizationAPIKey.Scope.values)
-OWNER_OR_BILLING = (Membership.Role.OWNER, Membership.Role.BILLING)
-OWNER_OR_DEVELOPER = (Membership.Role.OWNER, Membership.Role.DEVELOPER)
 
 
 class OrganizationInputSerializer(serializers.Serializer):
@@ -207,6 +209,8 @@ def subscription_output(subscription) -> dict:
 
 
 class SubscriptionApi(APIView):
+    error_statuses = (402, 502)  # the card refused; Stripe could not be reached
+
     @extend_schema(request=None, responses=SubscriptionOutputSerializer)
     def get(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
@@ -229,6 +233,19 @@ class SubscriptionApi(APIView):
             payment_method=serializer.validated_data.get("payment_method"), actor=f"user:{request.user.pk}",
         )
         return Response({**subscription_output(subscription), "unavailable_systems": unavailable}, status=201)
+
+    @extend_schema(request=SubscriptionInputSerializer, responses={200: SubscriptionCreatedOutputSerializer},
+                   summary="Change plan (subscribes when there is no live subscription)")
+    def put(self, request, organization_id: int):
+        membership = membership_for(user=request.user, organization_id=organization_id)
+        require_role(membership=membership, roles=OWNER_OR_BILLING, action="change the plan")
+        serializer = SubscriptionInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        subscription, unavailable = subscription_change_plan(
+            organization=membership.organization, plan=serializer.validated_data["plan"],
+            payment_method=serializer.validated_data.get("payment_method"), actor=f"user:{request.user.pk}",
+        )
+        return Response({**subscription_output(subscription), "unavailable_systems": unavailable})
 
 
 class InvoiceOutputSerializer(serializers.Serializer):
@@ -284,3 +301,38 @@ class UsageApi(APIView):
         group_by = [g for g in request.query_params.get("group_by", "day,system").split(",") if g]
         return Response({"organization": membership.organization.slug, "group_by": group_by,
                          "data": usage_summary(organization=membership.organization, group_by=group_by)})
+
+
+class PlanOutputSerializer(serializers.Serializer):
+    slug = serializers.CharField()
+    name = serializers.CharField()
+    currency = serializers.CharField()
+    monthly_fee_minor = serializers.IntegerField(help_text="Minor units of the currency, per month.")
+    price_per_1k_tokens_minor = serializers.IntegerField(
+        help_text="Minor units per 1,000 tokens, for systems that set no price of their own.")
+    requests_per_minute = serializers.IntegerField()
+    tokens_per_minute = serializers.IntegerField()
+    monthly_token_quota = serializers.IntegerField()
+    billing = serializers.ChoiceField(choices=["stripe", "local"],
+                                      help_text="stripe: billed through Stripe; local: local price records, "
+                                                "nothing is billed (Stripe is not configured).")
+
+
+def plan_output(plan) -> dict:
+    from django.conf import settings
+
+    from marketplace.services.billing import has_local_prices
+
+    return {"slug": plan.slug, "name": plan.name, "currency": settings.CURRENCY,
+            "monthly_fee_minor": plan.monthly_fee_minor, "price_per_1k_tokens_minor": plan.price_per_1k_tokens_minor,
+            "requests_per_minute": plan.requests_per_minute, "tokens_per_minute": plan.tokens_per_minute,
+            "monthly_token_quota": plan.monthly_token_quota,
+            "billing": "local" if has_local_prices(plan) else "stripe"}
+
+
+class PlanListApi(APIView):
+    permission_classes = [AllowAny]
+
+    @extend_schema(request=None, responses=PlanOutputSerializer(many=True), operation_id="api_plans_list")
+    def get(self, request):
+        return Response([plan_output(plan) for plan in plans_active()])

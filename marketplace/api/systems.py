@@ -9,7 +9,7 @@ from rest_framework.views import APIView
 from marketplace.models import BaseModel, ComposedSystem, Organization
 from marketplace.selectors.experts import expert_get_owned
 from marketplace.selectors.systems import systems_visible_to_user
-from marketplace.services.revocation import expert_revoke_consent
+from marketplace.services.revocation import expert_restore_consent, expert_revoke_consent
 from marketplace.services.systems import system_create, system_get, system_update
 from mosaic.errors import NotFound
 
@@ -117,4 +117,13 @@ class ExpertRevokeConsentApi(APIView):
         # Another contributor's expert is 404, like a missing one: the answer does not reveal that it exists.
         expert = expert_get_owned(user=request.user, expert_id=expert_id)
         expert = expert_revoke_consent(expert=expert, user=request.user)
+        return Response({"id": expert.pk, "slug": expert.slug, "consent_revoked_at": expert.consent_revoked_at})
+
+
+class ExpertRestoreConsentApi(APIView):
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT,
+                   summary="Restore consent (the expert's contributor); refused while a system's license policy forbids it")
+    def post(self, request, expert_id: int):
+        expert = expert_get_owned(user=request.user, expert_id=expert_id)
+        expert = expert_restore_consent(expert=expert, user=request.user)
         return Response({"id": expert.pk, "slug": expert.slug, "consent_revoked_at": expert.consent_revoked_at})

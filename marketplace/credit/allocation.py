@@ -7,15 +7,17 @@ balanced accounting transaction with its `credit.allocated` ledger entry. Alloca
 nothing: allocated usage is never selected again, and the transaction reference is the batch.
 """
 from dataclasses import dataclass
-from datetime import date, datetime
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from ledger.accounting.models import SettlementPeriod
 from ledger.accounting.services import PostingSpec, post_transaction
 from marketplace.credit import accounts
-from marketplace.credit.rules import PLAIN_DECIMAL
+from marketplace.credit.rules import MAX_CHARGE_MINOR, MAX_WEIGHT_TOTAL, PLAIN_DECIMAL
 
 ADVISORY_LOCK_KEY = 7_000_007
 ACTOR = "system:credit"
@@ -61,14 +63,16 @@ def _dialect() -> dict[str, str]:
 PENDING = """
     u.allocated = %(no)s AND u.id > %(after)s AND u.id <= %(upto)s AND u.created_at < %(until)s
     AND NOT EXISTS (
-        SELECT 1 FROM accounting_settlementperiod p WHERE {day} BETWEEN p.start_date AND p.end_date
+        SELECT 1 FROM accounting_settlementperiod p
+        WHERE {day} BETWEEN p.start_date AND p.end_date AND u.created_at < p.closed_at
     )
 """
 
 LINES = """
 WITH batch AS (
     SELECT u.id, u.system_id, u.created_at, u.attribution, u.charge_minor,
-           u.charge_minor - u.charge_minor * %(fee_bp)s / 10000 AS pool,
+           u.charge_minor - ((u.charge_minor / 10000) * %(fee_bp)s + (u.charge_minor %% 10000) * %(fee_bp)s / 10000)
+               AS pool,
            CASE WHEN s.attribution_alpha_bp > 10000 THEN 10000 ELSE s.attribution_alpha_bp END AS alpha
     FROM marketplace_usage u JOIN marketplace_composedsystem s ON s.id = u.system_id
     WHERE {pending}
@@ -112,8 +116,14 @@ totals AS (
            ROW_NUMBER() OVER (PARTITION BY usage_id, contributor_id ORDER BY expert_id) AS nth
     FROM weighted w
 ),
+-- pool * n / d and pool * n mod d without forming pool * n (up to 10^25): see SPLIT_BASE below.
 contributor_split AS (
-    SELECT t.*, pool * n / d AS cq, pool * n %% d AS cr FROM totals t WHERE d > 0
+    SELECT x.*, hi_q * {base} + lo / d AS cq, lo %% d AS cr
+    FROM (
+        SELECT t.*, (pool / {base} * n) / d AS hi_q,
+               ((pool / {base} * n) %% d) * {base} + (pool %% {base}) * n AS lo
+        FROM totals t WHERE d > 0
+    ) x
 ),
 contributor_ranked AS (
     SELECT c.*,
@@ -123,10 +133,16 @@ contributor_ranked AS (
 ),
 expert_split AS (
     SELECT usage_id, expert_id, contributor_id, amount,
-           CASE WHEN n > 0 THEN amount * num / n ELSE 0 END AS q,
-           CASE WHEN n > 0 THEN amount * num %% n ELSE 0 END AS r
+           CASE WHEN n > 0 THEN e_hi_q * {base} + e_lo / n ELSE 0 END AS q,
+           CASE WHEN n > 0 THEN e_lo %% n ELSE 0 END AS r
     FROM (
-        SELECT cr.*, cq + CASE WHEN c_rank <= c_left THEN 1 ELSE 0 END AS amount FROM contributor_ranked cr
+        SELECT z.*,
+               CASE WHEN n > 0 THEN (amount / {base} * num) / n ELSE 0 END AS e_hi_q,
+               CASE WHEN n > 0 THEN ((amount / {base} * num) %% n) * {base} + (amount %% {base}) * num ELSE 0 END
+                   AS e_lo
+        FROM (
+            SELECT cr.*, cq + CASE WHEN c_rank <= c_left THEN 1 ELSE 0 END AS amount FROM contributor_ranked cr
+        ) z
     ) y
 ),
 expert_ranked AS (
@@ -166,7 +182,8 @@ WHERE l.batch = %(batch)s GROUP BY 1, 2, 3, 4
 
 REFUSED = """
 SELECT COUNT(*) FROM marketplace_usage u WHERE u.allocated = %(no)s AND u.created_at < %(until)s AND EXISTS (
-    SELECT 1 FROM accounting_settlementperiod p WHERE {day} BETWEEN p.start_date AND p.end_date
+    SELECT 1 FROM accounting_settlementperiod p
+    WHERE {day} BETWEEN p.start_date AND p.end_date AND u.created_at < p.closed_at
 )
 """
 
@@ -186,10 +203,36 @@ def _as_date(value) -> date:
     return value if isinstance(value, date) else date.fromisoformat(str(value))
 
 
+# Exact in 64-bit integers (SQLite has no wider type, and PostgreSQL's bigint overflows) for any charge up to
+# MAX_CHARGE_MINOR: a pool P < 2^50 times a weight n <= D <= 10^10 (step 3 of rules.py: the attribution and share
+# terms each sum to at most 10^6, times at most 10^4) would need 84 bits. With P = hi * B + lo_part (B = 2^21):
+#   P * n = B * (hi * n) = B * (q1 * D + r1) + lo_part * n,  so  P * n // D = B * q1 + (B * r1 + lo_part * n) // D
+# where hi * n < 2^29 * 2^34 and B * r1 + lo_part * n < 2^56 fit in 63 bits. The fee is split the same way
+# (charge // 10^4 * fee_bp + charge % 10^4 * fee_bp // 10^4).
+SPLIT_BASE = 2**21
+assert MAX_CHARGE_MINOR < 2**50 and (MAX_CHARGE_MINOR // SPLIT_BASE) * MAX_WEIGHT_TOTAL < 2**63
+
+
+def _value_dates() -> Callable[[object], date]:
+    """A usage's value date: the day it was served, or, when that day is in a period closed before it was
+    recorded (a period closed up to now, the same day), the day after the latest closed period: the next
+    period starts where the closed one ended."""
+    closed = list(SettlementPeriod.objects.values_list("start_date", "end_date"))
+    first_open = max((end for _, end in closed), default=None)
+
+    def value_date(day) -> date:
+        day = _as_date(day)
+        if any(start <= day <= end for start, end in closed):
+            return first_open + timedelta(days=1)
+        return day
+
+    return value_date
+
+
 def _sql(template: str) -> str:
     dialect = _dialect()
     pending = PENDING.format(**dialect)
-    return template.format(pending=pending, **dialect)
+    return template.format(pending=pending, base=SPLIT_BASE, **dialect)
 
 
 def _mark_allocated_sql() -> str:
@@ -234,11 +277,12 @@ def _allocate_batch(*, after: int, until: datetime, batch_size: int, actor: str)
         payables = cursor.fetchall()
         cursor.execute(_mark_allocated_sql(), params)
 
+        value_date = _value_dates()
         postings: list[PostingSpec] = []
         usage_count = charged = first_usage = 0
         for organization_id, day, charge, count, first in receivables:
             postings.append(
-                PostingSpec(account=accounts.receivable(organization_id), amount=int(charge), value_date=_as_date(day))
+                PostingSpec(account=accounts.receivable(organization_id), amount=int(charge), value_date=value_date(day))
             )
             usage_count += count
             charged += int(charge)
@@ -251,7 +295,7 @@ def _allocate_batch(*, after: int, until: datetime, batch_size: int, actor: str)
             else:
                 account, dimension = accounts.payable(contributor_id), accounts.earning_dimension(system_id, expert_id)
                 to_contributors += amount
-            postings.append(PostingSpec(account=account, amount=-amount, value_date=_as_date(day), dimension=dimension))
+            postings.append(PostingSpec(account=account, amount=-amount, value_date=value_date(day), dimension=dimension))
         post_transaction(
             kind="credit.allocated",
             reference=allocation_reference(last),
@@ -272,7 +316,8 @@ def allocate_pending_usage(
     *, until: datetime | None = None, batch_size: int = 50_000, actor: str = ACTOR
 ) -> AllocationRun:
     """Allocate every unallocated usage created before `until` (default: now), batch by batch.
-    Usage dated inside a closed settlement period is refused (left unallocated and counted)."""
+    Usage dated inside a settlement period closed after it was recorded is refused (left unallocated and
+    counted); usage recorded after the close of a period that holds its day goes to the next period."""
     until = until or timezone.now()
     run = AllocationRun()
     after = 0

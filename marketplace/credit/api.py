@@ -1,19 +1,15 @@
-"""Thin DRF views for credit: earnings, accounts for auditors, statements, Stripe Connect."""
-from django.conf import settings
+"""Thin DRF views for credit: earnings, accounts for auditors, statements, Stripe Connect onboarding."""
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
-from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from marketplace.credit.payouts import handle_connect_event
+from marketplace.credit.payouts import start_onboarding
 from marketplace.credit.selectors import account_detail, contributor_earnings, contributor_for, statement_for
 from marketplace.credit.statements import statement_html
-from marketplace.credit.stripe_connect import start_onboarding
 from marketplace.models import CreditStatement
-from marketplace.stripe_client import verified_event
 from mosaic.errors import DomainError
 
 
@@ -95,7 +91,9 @@ class AccountView(APIView):
 
             transaction = serializers.CharField()
             kind = serializers.CharField()
-            ledger_sequence = serializers.IntegerField()
+            ledger_sequence = serializers.IntegerField(
+                allow_null=True, help_text="None for a moment: until the ledger's sequencer integrates its event."
+            )
             reverses = serializers.CharField(allow_null=True)
             value_date = serializers.DateField()
             dimension = serializers.CharField()
@@ -169,24 +167,3 @@ class OnboardingView(APIView):
         data.is_valid(raise_exception=True)
         contributor = contributor_for(user=request.user)
         return Response(self.Output(start_onboarding(contributor=contributor, **data.validated_data)).data, status=201)
-
-
-class ConnectWebhookView(APIView):
-    """Stripe Connect events (transfers, payouts, connected accounts), signature-checked."""
-
-    authentication_classes: list = []
-    permission_classes = [AllowAny]
-
-    class Output(serializers.Serializer):
-        class Meta:
-            ref_name = "CreditConnectWebhookOutput"
-
-        received = serializers.BooleanField()
-        result = serializers.CharField()
-
-    @extend_schema(request=OpenApiTypes.OBJECT, responses={200: Output, 400: OpenApiResponse(description="bad signature")},
-                   summary="Stripe Connect webhook")
-    def post(self, request):
-        event = verified_event(payload=request.body, signature=request.META.get("HTTP_STRIPE_SIGNATURE", ""),
-                               secret=settings.STRIPE_CONNECT_WEBHOOK_SECRET)
-        return Response(self.Output({"received": True, "result": handle_connect_event(event=event)}).data)

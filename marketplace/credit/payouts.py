@@ -1,4 +1,4 @@
-"""Payouts: Stripe Connect transfers, and the Connect webhook events that settle or fail them.
+"""Payouts: Stripe Connect onboarding and transfers, and the Connect webhook events that settle or fail them.
 
 State only moves forward: pending -> sent -> paid, and failed from any state. Whatever order the
 events arrive in, the final state is `failed` if any failure was seen, else `paid` if a payment was
@@ -10,8 +10,7 @@ seen; and every state change posts its money once:
 import logging
 
 import stripe
-from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from ledger.accounting.models import Transaction
@@ -20,13 +19,38 @@ from ledger.services import record_event
 from marketplace.credit import accounts
 from marketplace.credit.allocation import ACTOR
 from marketplace.credit.settlement import payouts_reference
-from marketplace.credit.stripe_connect import stripe_client
 from marketplace.models import Contributor, Payout, StripeEvent
+from marketplace.stripe_client import connect_client, create_account_link, create_express_account, create_transfer
+from mosaic.errors import DomainError
 
 logger = logging.getLogger(__name__)
 
 PAID_EVENTS = {"transfer.paid", "payout.paid"}
 FAILED_EVENTS = {"transfer.failed", "transfer.reversed", "payout.failed", "payout.canceled"}
+CONNECT_EVENTS = {"account.updated", "transfer.created"} | PAID_EVENTS | FAILED_EVENTS
+
+
+def account_idempotency_key(contributor: Contributor) -> str:
+    return f"mosaic-contributor-{contributor.pk}-express-account"
+
+
+def start_onboarding(*, contributor: Contributor, refresh_url: str, return_url: str, client=None) -> dict:
+    """Create the contributor's Express account once, then a fresh onboarding link."""
+    client = client or connect_client()
+    try:
+        if not contributor.stripe_account_id:
+            account = create_express_account(
+                email=contributor.user.email or None, metadata={"contributor_id": str(contributor.pk)},
+                idempotency_key=account_idempotency_key(contributor), client=client,
+            )
+            with transaction.atomic():
+                contributor.stripe_account_id = account.id
+                contributor.save(update_fields=["stripe_account_id"])
+        link = create_account_link(account=contributor.stripe_account_id, refresh_url=refresh_url,
+                                   return_url=return_url, client=client)
+    except stripe.StripeError as error:
+        raise DomainError(f"Stripe refused the onboarding request: {error.user_message or error}", code="stripe_error")
+    return {"account": contributor.stripe_account_id, "url": link.url, "expires_at": link.expires_at}
 
 
 def transfer_params(payout: Payout) -> dict:
@@ -45,11 +69,9 @@ def send_payout(*, payout: Payout, client=None) -> Payout:
     so a retry after a lost response never pays twice."""
     if payout.status != Payout.Status.PENDING:
         return payout
-    client = client or stripe_client()
+    client = client or connect_client()
     try:
-        transfer = client.v1.transfers.create(
-            params=transfer_params(payout), options={"idempotency_key": payout.idempotency_key}
-        )
+        transfer = create_transfer(params=transfer_params(payout), idempotency_key=payout.idempotency_key, client=client)
     except (stripe.InvalidRequestError, stripe.PermissionError) as error:
         return mark_failed(payout_id=payout.pk, reason=f"Stripe refused the transfer: {error.user_message or error}")
     except stripe.StripeError:
@@ -78,7 +100,7 @@ def send_payout(*, payout: Payout, client=None) -> Payout:
 
 
 def send_pending_payouts(*, client=None) -> int:
-    client = client or stripe_client()
+    client = client or connect_client()
     sent = 0
     for payout in Payout.objects.filter(status=Payout.Status.PENDING).select_related("period").order_by("id"):
         if send_payout(payout=payout, client=client).status == Payout.Status.SENT:
@@ -152,23 +174,9 @@ def _payout_for(obj: dict) -> Payout | None:
     return None
 
 
-def handle_connect_event(*, event: dict) -> str:
-    """Apply one verified Connect webhook event exactly once. Returns what was done.
-
-    The StripeEvent row and the event's effect commit in one transaction: an error while applying
-    rolls the row back too, so Stripe's retry of the event applies it (instead of answering "duplicate")."""
-    with transaction.atomic():
-        try:
-            with transaction.atomic():
-                StripeEvent.objects.create(
-                    event_id=event["id"], type=event["type"], created=int(event.get("created") or 0), payload=event
-                )
-        except IntegrityError:
-            return "duplicate"
-        return _apply_connect_event(event=event)
-
-
-def _apply_connect_event(*, event: dict) -> str:
+def connect_event_apply(*, event: dict) -> str:
+    """Apply one verified Connect event (called once per event by the webhook dispatcher, in its transaction).
+    Returns what was done."""
     kind = event["type"]
     obj = (event.get("data") or {}).get("object") or {}
     if kind == "account.updated":

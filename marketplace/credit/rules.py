@@ -20,16 +20,26 @@ For one usage charge:
    over its experts the same way (ties to the smaller expert id), for statements.
 5. If D = 0 (nobody left to pay: all revoked, or no weight), the whole charge goes to the platform.
 The parts always sum exactly to the pool and are never negative.
+
+Bound: a usage charge is at most MAX_CHARGE_MINOR (10^15 minor units); larger amounts are refused where they
+enter (a price, a plan fee, a usage charge). Here the arithmetic is Python's (unbounded); the SQL allocation is
+exact in 64-bit integers up to that bound (see allocation.SPLIT_BASE).
 """
 import re
 from dataclasses import dataclass, field
 
 PPM = 1_000_000
 BASIS_POINTS = 10_000
+MAX_CHARGE_MINOR = 10**15
+MAX_WEIGHT_TOTAL = BASIS_POINTS * PPM  # the largest D of step 4
 PLAIN_DECIMAL = r"^[0-9]{1,6}(\.[0-9]+)?$"
 EXPERT_KEY = r"^[1-9][0-9]{0,17}$"
 _PLAIN_DECIMAL = re.compile(PLAIN_DECIMAL)
 _EXPERT_KEY = re.compile(EXPERT_KEY)
+
+
+def within_bound(amount_minor: int) -> bool:
+    return 0 <= amount_minor <= MAX_CHARGE_MINOR
 
 
 def weight_ppm(value) -> int:

@@ -5,7 +5,7 @@ from django.conf import settings
 from django.db.models import Sum
 
 from ledger.accounting.models import Posting, SettlementPeriod
-from ledger.accounting.selectors import account_balance
+from ledger.accounting.selectors import account_balance, entry_sequences
 from marketplace.credit import accounts
 from marketplace.credit.statements import names_for
 from marketplace.models import Contributor, CreditStatement, Payout
@@ -29,7 +29,7 @@ def contributor_earnings(*, contributor: Contributor) -> dict:
     """Balance owed now (earned minus paid out), with breakdowns by system, expert and period."""
     account = accounts.payable(contributor.pk)
     earned = (
-        Posting.objects.filter(account=account, transaction__kind__in=("credit.allocated", "credit.reversed"))
+        Posting.objects.filter(account=account, transaction__kind__in=("credit.allocated", "credit.reversed", "credit.restored"))
         .exclude(dimension__startswith="payout:")
         .values("dimension")
         .annotate(total=Sum("amount"))
@@ -97,7 +97,8 @@ def account_detail(*, user, account: str, limit: int = 200) -> dict:
     postings = Posting.objects.filter(account=account)
     if not postings.exists():
         raise NotFound(f"No account '{account}' has any postings.")
-    recent = postings.select_related("transaction").order_by("-id")[:limit]
+    recent = list(postings.select_related("transaction").order_by("-id")[:limit])
+    sequences = entry_sequences(transactions={p.transaction for p in recent})
     return {
         "account": account,
         "balance": postings.aggregate(total=Sum("amount"))["total"] or 0,
@@ -106,7 +107,7 @@ def account_detail(*, user, account: str, limit: int = 200) -> dict:
             {
                 "transaction": p.transaction.reference,
                 "kind": p.transaction.kind,
-                "ledger_sequence": p.transaction.entry_sequence,
+                "ledger_sequence": sequences[p.transaction_id],
                 "reverses": p.transaction.reverses.reference if p.transaction.reverses_id else None,
                 "value_date": p.value_date,
                 "dimension": p.dimension,

@@ -14,7 +14,7 @@ from ledger.accounting.services import PostingSpec, close_settlement_period, pos
 from marketplace.credit import accounts
 from marketplace.credit.allocation import ACTOR, ADVISORY_LOCK_KEY, allocate_pending_usage
 from marketplace.credit.statements import names_for, statement_csv, statement_line
-from marketplace.models import Contributor, CreditStatement, Payout
+from marketplace.models import Contributor, CreditStatement, Payout, Usage
 from mosaic.errors import DomainError
 
 
@@ -54,10 +54,13 @@ def payouts_reference(period: SettlementPeriod) -> str:
 
 
 def close_period(*, start: date, end: date, actor: str = ACTOR) -> CloseResult:
+    """Close [start, end]. An end of today closes the current period up to now: what is recorded later today
+    is allocated to the next period, which starts where this one ended (allocation._value_dates)."""
     if end < start:
         raise DomainError("A period's end date cannot be before its start date.", param="end")
-    if end >= timezone.now().date():
-        raise DomainError(f"A period can be closed only after its last day ({end}) has passed.", param="end")
+    today = timezone.now().date()
+    if end > today:
+        raise DomainError(f"A period can be closed up to today ({today}) at most, not {end}.", param="end")
     existing = SettlementPeriod.objects.filter(start_date=start, end_date=end).first()
     if existing is not None:
         return _summary(existing, created=False)
@@ -76,9 +79,10 @@ def close_period(*, start: date, end: date, actor: str = ACTOR) -> CloseResult:
             Posting.objects.filter(
                 account__startswith="contributor:", account__endswith=":payable", value_date__gte=start, value_date__lte=end
             )
-            .values("account", "dimension", "value_date", "transaction__kind")
+            # A reversal for a Stripe object (refund, dispute, credit note) is a line of its own.
+            .values("account", "dimension", "value_date", "transaction__kind", "transaction__memo__stripe_object")
             .annotate(total=Sum("amount"))
-            .order_by("account", "value_date", "dimension", "transaction__kind")
+            .order_by("account", "value_date", "dimension", "transaction__kind", "transaction__memo__stripe_object")
         )
         lines_by_contributor: dict[int, list[dict]] = defaultdict(list)
         names = names_for(dimensions={row["dimension"] for row in movements})
@@ -86,7 +90,7 @@ def close_period(*, start: date, end: date, actor: str = ACTOR) -> CloseResult:
             lines_by_contributor[accounts.contributor_of(row["account"])].append(
                 statement_line(
                     dimension=row["dimension"], day=row["value_date"], kind=row["transaction__kind"],
-                    posted=row["total"], names=names,
+                    posted=row["total"], names=names, reference=row["transaction__memo__stripe_object"] or "",
                 )
             )
         involved = {c for c, total in opening.items() if total} | {c for c, total in closing.items() if total}
@@ -147,3 +151,16 @@ def close_period(*, start: date, end: date, actor: str = ACTOR) -> CloseResult:
 def previous_month(*, today: date) -> tuple[date, date]:
     end = today.replace(day=1) - timedelta(days=1)
     return end.replace(day=1), end
+
+
+def next_period_start() -> date | None:
+    """Where the next period starts: the day after the latest closed period, or before the first close the
+    first day of any contributor's credit or of usage not yet allocated; None when there is nothing to close."""
+    latest = SettlementPeriod.objects.order_by("-end_date").first()
+    if latest is not None:
+        return latest.end_date + timedelta(days=1)
+    first = Posting.objects.filter(account__startswith="contributor:").order_by("value_date").first()
+    pending = Usage.objects.filter(allocated=False).order_by("created_at").first()
+    days = [d for d in (first.value_date if first else None,
+                        pending.created_at.astimezone(dt_timezone.utc).date() if pending else None) if d]
+    return min(days, default=None)

@@ -8,7 +8,7 @@ from django.template.loader import render_to_string
 from marketplace.credit import accounts
 from marketplace.models import ComposedSystem, CreditStatement, Expert, LicenseTerms
 
-CSV_COLUMNS = ["day", "system_id", "system", "expert_id", "expert", "attribution", "kind", "amount_minor"]
+CSV_COLUMNS = ["day", "system_id", "system", "expert_id", "expert", "attribution", "kind", "amount_minor", "reference"]
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,9 @@ def names_for(*, dimensions: set[str]) -> Names:
     return Names(systems=systems, experts=experts, attributions=attributions)
 
 
-def statement_line(*, dimension: str, day, kind: str, posted: int, names: Names) -> dict:
-    """One row; `posted` is the payable posting sum (credit negative), shown as earned (positive)."""
+def statement_line(*, dimension: str, day, kind: str, posted: int, names: Names, reference: str = "") -> dict:
+    """One row; `posted` is the payable posting sum (credit negative), shown as earned (positive). `reference` names
+    the Stripe object (refund, dispute, credit note) a reversal's row is for."""
     earning = accounts.parse_earning_dimension(dimension)
     system_id, expert_id = earning if earning else (None, None)
     return {
@@ -57,6 +58,7 @@ def statement_line(*, dimension: str, day, kind: str, posted: int, names: Names)
         "attribution": names.attributions.get(expert_id, "") if expert_id else "",
         "kind": kind,
         "amount_minor": -posted,
+        "reference": reference,
     }
 
 

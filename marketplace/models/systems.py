@@ -1,5 +1,7 @@
 from django.db import models
 
+from marketplace.credit.rules import MAX_CHARGE_MINOR
+
 
 class ComposedSystem(models.Model):
     """Experts + a composition strategy + its parameters, callable as one model."""
@@ -92,6 +94,12 @@ class Usage(models.Model):
     reported_to_stripe = models.BooleanField(default=False)
     allocated = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [
+            # The allocation is exact up to this bound (see marketplace.credit.rules).
+            models.CheckConstraint(condition=models.Q(charge_minor__lte=MAX_CHARGE_MINOR), name="usage_charge_within_bound"),
+        ]
 
     @property
     def total_tokens(self) -> int:

@@ -5,6 +5,16 @@ from marketplace.models import Membership, Organization, OrganizationAPIKey
 from mosaic.errors import Forbidden, NotFound
 
 
+# Who may do what in an organization: the one place the API and the pages read it from.
+OWNER = (Membership.Role.OWNER,)  # manage members, create and revoke API keys
+OWNER_OR_BILLING = (Membership.Role.OWNER, Membership.Role.BILLING)  # subscribe, change plan, see invoices
+OWNER_OR_DEVELOPER = (Membership.Role.OWNER, Membership.Role.DEVELOPER)  # see API keys
+
+
+def may(*, membership: Membership, roles: tuple[str, ...]) -> bool:
+    return membership.role in roles
+
+
 def organizations_for_user(*, user) -> QuerySet[Organization]:
     return Organization.objects.filter(memberships__user=user).order_by("name")
 

@@ -36,6 +36,36 @@ def clean_priorities(priorities, *, param: str = "priorities") -> list[str]:
     return cleaned
 
 
+def _checked_new_user(*, username: str, password: str, email: str) -> str:
+    """The user name, stripped, once it is valid and free and the password passes the validators."""
+    User = get_user_model()
+    username = (username or "").strip()
+    if not username:
+        raise DomainError("Choose a user name.", param="username")
+    candidate = User(username=username, email=email)
+    try:
+        User._meta.get_field("username").run_validators(username)
+    except ValidationError as error:
+        raise DomainError(" ".join(error.messages), param="username") from None
+    try:
+        validate_password(password, user=candidate)
+    except ValidationError as error:
+        raise DomainError(" ".join(error.messages), param="password") from None
+    if User.objects.filter(username__iexact=username).exists():
+        raise Conflict(f"The user name {username!r} is taken.", param="username")
+    return username
+
+
+def user_register(*, username: str, password: str, email: str = ""):
+    """A user account without a contributor profile (an organization's member)."""
+    username = _checked_new_user(username=username, password=password, email=email)
+    try:
+        with transaction.atomic():
+            return get_user_model().objects.create_user(username=username, email=email, password=password)
+    except IntegrityError:
+        raise Conflict(f"The user name {username!r} is taken.", param="username") from None
+
+
 def contributor_register(
     *,
     username: str,
@@ -46,22 +76,11 @@ def contributor_register(
     priorities: list[str] | None = None,
 ) -> Contributor:
     """Create a user and their contributor profile, and record `contributor.registered`."""
-    User = get_user_model()
-    username = (username or "").strip()
-    if not username:
-        raise DomainError("Choose a user name.", param="username")
+    username = _checked_new_user(username=username, password=password, email=email)
     priorities = clean_priorities(priorities)
-    candidate = User(username=username, email=email)
-    try:
-        User._meta.get_field("username").run_validators(username)
-        validate_password(password, user=candidate)
-    except ValidationError as error:
-        raise DomainError(" ".join(error.messages), param="password" if password else "username") from None
-    if User.objects.filter(username__iexact=username).exists():
-        raise Conflict(f"The user name {username!r} is taken.", param="username")
     try:
         with transaction.atomic():
-            user = User.objects.create_user(username=username, email=email, password=password)
+            user = get_user_model().objects.create_user(username=username, email=email, password=password)
             contributor = Contributor.objects.create(
                 user=user, display_name=(display_name or username).strip()[:120], bio=bio,
                 priorities=priorities,

@@ -1,31 +1,74 @@
 """Plans, subscriptions and Stripe: create plans, subscribe, report usage, apply webhook events."""
+import calendar
 import datetime
 
-from django.db import IntegrityError, transaction
+from django.db import transaction
+from django.utils import timezone
 
 from ledger.services import record_event
 from marketplace import policy, stripe_client
-from marketplace.models import Organization, Plan, StripeEvent, Subscription, Usage
+from marketplace.models import Organization, Plan, Subscription, Usage
+from marketplace.selectors.billing import subscription_live
 from marketplace.selectors.systems import systems_callable_by
+from marketplace.services.usage import check_amount
 from mosaic.errors import Conflict, DomainError
+
+
+LOCAL_PRICE_PREFIX = "local_"
+
+
+def _local_prices(slug: str) -> dict:
+    """A plan's price records when Stripe is not configured: ids that say so, never sent to Stripe."""
+    return {"stripe_product_id": f"{LOCAL_PRICE_PREFIX}product_{slug}",
+            "stripe_fee_price_id": f"{LOCAL_PRICE_PREFIX}price_{slug}_fee",
+            "stripe_metered_price_id": f"{LOCAL_PRICE_PREFIX}price_{slug}_metered"}
+
+
+def _stripe_prices(*, slug: str, name: str, monthly_fee_minor: int) -> dict:
+    product_id = stripe_client.create_product(name=name, metadata={"mosaic_plan": slug})
+    fee_id = stripe_client.create_monthly_plan(product_id=product_id, amount_minor=monthly_fee_minor,
+                                               nickname=f"{name}: monthly fee")
+    metered_id = stripe_client.create_metered_plan(product_id=product_id, nickname=f"{name}: usage, per minor unit")
+    return {"stripe_product_id": product_id, "stripe_fee_price_id": fee_id, "stripe_metered_price_id": metered_id}
+
+
+def _prices(*, slug: str, name: str, monthly_fee_minor: int) -> dict:
+    """Stripe's product and prices when Stripe is configured (a localstripe, or a key of one's own); local price
+    records otherwise (the offline demo: subscriptions then start at once and nothing is billed)."""
+    if stripe_client.is_configured():
+        return _stripe_prices(slug=slug, name=name, monthly_fee_minor=monthly_fee_minor)
+    return _local_prices(slug)
+
+
+def has_local_prices(plan: Plan) -> bool:
+    return plan.stripe_fee_price_id.startswith(LOCAL_PRICE_PREFIX)
 
 
 def plan_create(
     *, slug: str, name: str, monthly_fee_minor: int, price_per_1k_tokens_minor: int,
     requests_per_minute: int = 60, tokens_per_minute: int = 100_000, monthly_token_quota: int = 10_000_000,
 ) -> Plan:
+    check_amount(monthly_fee_minor, param="monthly_fee_minor")
+    check_amount(price_per_1k_tokens_minor, param="price_per_1k_tokens_minor")
     if Plan.objects.filter(slug=slug).exists():
         raise Conflict(f"A plan with slug {slug!r} already exists.", param="slug")
-    product_id = stripe_client.create_product(name=name, metadata={"mosaic_plan": slug})
-    fee_id = stripe_client.create_monthly_plan(product_id=product_id, amount_minor=monthly_fee_minor,
-                                               nickname=f"{name}: monthly fee")
-    metered_id = stripe_client.create_metered_plan(product_id=product_id, nickname=f"{name}: usage, per minor unit")
     return Plan.objects.create(
         slug=slug, name=name, monthly_fee_minor=monthly_fee_minor, price_per_1k_tokens_minor=price_per_1k_tokens_minor,
         requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
-        monthly_token_quota=monthly_token_quota, stripe_product_id=product_id, stripe_fee_price_id=fee_id,
-        stripe_metered_price_id=metered_id,
+        monthly_token_quota=monthly_token_quota, **_prices(slug=slug, name=name, monthly_fee_minor=monthly_fee_minor),
     )
+
+
+def plan_ensure_prices(*, plan: Plan) -> Plan:
+    """Gives a plan without prices its prices (Stripe's when configured, else local records); a plan with local
+    records gets Stripe's once Stripe is configured. A plan that has Stripe prices keeps them."""
+    has_stripe_prices = bool(plan.stripe_fee_price_id and plan.stripe_metered_price_id) and not has_local_prices(plan)
+    if has_stripe_prices or (plan.stripe_fee_price_id and not stripe_client.is_configured()):
+        return plan
+    for field, value in _prices(slug=plan.slug, name=plan.name, monthly_fee_minor=plan.monthly_fee_minor).items():
+        setattr(plan, field, value)
+    plan.save(update_fields=["stripe_product_id", "stripe_fee_price_id", "stripe_metered_price_id"])
+    return plan
 
 
 STRIPE_STATUS = {
@@ -46,18 +89,21 @@ def _timestamp(value) -> datetime.datetime | None:
 def subscription_create(
     *, organization: Organization, plan: Plan, actor: str, payment_method: str | None = None
 ) -> tuple[Subscription, dict]:
-    """Subscribes through Stripe. Returns the subscription and {system: reason} for systems the terms exclude."""
+    """Subscribes through Stripe (or locally, when the plan has local prices and Stripe is not configured).
+    Returns the subscription and {system: reason} for systems the terms exclude."""
     unavailable = policy.subscription_check(
         organization=organization, plan=plan, systems=list(systems_callable_by(organization=organization))
     )
-    live = Subscription.objects.filter(
-        organization=organization,
-        status__in=[Subscription.Status.ACTIVE, Subscription.Status.PAST_DUE, Subscription.Status.INCOMPLETE],
-    ).select_related("plan").first()
+    live = subscription_live(organization=organization)
     if live is not None:
         raise Conflict(f"{organization.name} already has a {live.status} subscription to {live.plan.name}.")
     if not (plan.stripe_fee_price_id and plan.stripe_metered_price_id):
-        raise DomainError(f"Plan {plan.slug!r} has no Stripe prices; create it with `create_plan`.", param="plan")
+        raise DomainError(f"Plan {plan.slug!r} has no prices; create it with `create_plan`.", param="plan")
+    if has_local_prices(plan):
+        if stripe_client.is_configured():
+            raise DomainError(f"Plan {plan.slug!r} has only local prices but Stripe is configured; give it Stripe "
+                              f"prices with `create_plan --slug {plan.slug} --ensure-prices`.", param="plan")
+        return _subscription_create_local(organization=organization, plan=plan, actor=actor), unavailable
     if not organization.stripe_customer_id:
         organization.stripe_customer_id = stripe_client.create_customer(
             name=organization.name, metadata={"mosaic_organization": str(organization.pk)},
@@ -82,13 +128,58 @@ def subscription_create(
             current_period_start=_timestamp(remote.get("current_period_start")),
             current_period_end=_timestamp(remote.get("current_period_end")),
         )
+        _record_created(subscription, actor=actor)
+    return subscription, unavailable
+
+
+def _record_created(subscription: Subscription, *, actor: str) -> None:
+    record_event(
+        kind="subscription.created",
+        payload={"organization": subscription.organization.ledger_ref, "plan": subscription.plan.slug,
+                 "status": subscription.status, "stripe_subscription": subscription.stripe_subscription_id},
+        actor=actor,
+    )
+
+
+def _subscription_create_local(*, organization: Organization, plan: Plan, actor: str) -> Subscription:
+    """Active at once for one calendar month from now; no Stripe subscription (its id stays blank)."""
+    now = timezone.now()
+    with transaction.atomic():
+        subscription = Subscription.objects.create(
+            organization=organization, plan=plan, status=Subscription.Status.ACTIVE,
+            current_period_start=now, current_period_end=_one_month_after(now),
+        )
+        _record_created(subscription, actor=actor)
+    return subscription
+
+
+def _one_month_after(moment: datetime.datetime) -> datetime.datetime:
+    year, month = (moment.year + 1, 1) if moment.month == 12 else (moment.year, moment.month + 1)
+    return moment.replace(year=year, month=month, day=min(moment.day, calendar.monthrange(year, month)[1]))
+
+
+def subscription_change_plan(
+    *, organization: Organization, plan: Plan, actor: str, payment_method: str | None = None
+) -> tuple[Subscription, dict]:
+    """Puts the organization on `plan`: subscribes it if it has no live subscription; otherwise the live one ends
+    now (cancelled at Stripe too) and a new one starts on the new plan."""
+    live = subscription_live(organization=organization)
+    if live is None:
+        return subscription_create(organization=organization, plan=plan, actor=actor, payment_method=payment_method)
+    if live.plan_id == plan.pk:
+        raise Conflict(f"{organization.name} is already on {plan.name}.", param="plan")
+    if live.stripe_subscription_id:
+        stripe_client.cancel_subscription(subscription_id=live.stripe_subscription_id)
+    with transaction.atomic():
+        previous = live.status
+        Subscription.objects.filter(pk=live.pk).update(status=Subscription.Status.CANCELED)
         record_event(
-            kind="subscription.created",
-            payload={"organization": organization.ledger_ref, "plan": plan.slug, "status": subscription.status,
-                     "stripe_subscription": remote["id"]},
+            kind="subscription.changed",
+            payload={"organization": organization.ledger_ref, "from": previous, "to": Subscription.Status.CANCELED,
+                     "plan": live.plan.slug, "reason": f"plan changed to {plan.slug}"},
             actor=actor,
         )
-    return subscription, unavailable
+    return subscription_create(organization=organization, plan=plan, actor=actor, payment_method=payment_method)
 
 
 def usage_report_to_stripe(*, limit: int = 500) -> int:
@@ -109,6 +200,13 @@ def usage_report_to_stripe(*, limit: int = 500) -> int:
         Usage.objects.filter(pk=usage.pk).update(reported_to_stripe=True)
         reported += 1
     return reported
+
+
+INVOICE_STATUS_EVENTS = {"invoice.payment_failed", "invoice.paid", "invoice.payment_succeeded"}
+
+
+def is_subscription_event(event_type: str) -> bool:
+    return event_type.startswith("customer.subscription.") or event_type in INVOICE_STATUS_EVENTS
 
 
 def _subscription_status_from(event_type: str, obj: dict) -> str | None:
@@ -181,8 +279,9 @@ def _is_mosaics(obj: dict) -> bool:
     return "mosaic_organization" in metadata
 
 
-def stripe_event_apply(*, event: dict) -> str:
-    """Handles one verified webhook event exactly once. Returns what happened, for the response.
+def subscription_event_apply(*, event: dict) -> str:
+    """Applies one verified subscription or invoice event (called once per event by the webhook dispatcher, in its
+    transaction). Returns what happened, for the response.
 
     Each thing the event carries (the status; a subscription event's period) is applied when the event is the
     newest of those that carry it, so events delivered late, twice or out of order end in the state of in-order
@@ -190,11 +289,6 @@ def stripe_event_apply(*, event: dict) -> str:
     obj = event["data"]["object"]
     created = int(event["created"])
     with transaction.atomic():
-        try:
-            with transaction.atomic():
-                StripeEvent.objects.create(event_id=event["id"], type=event["type"], created=created, payload=event)
-        except IntegrityError:
-            return "duplicate"
         status = _subscription_status_from(event["type"], obj)
         if status is None:
             return "ignored"

@@ -1,16 +1,17 @@
 """Serving one completion request: prepare it, run it, settle or abandon it.
 
-    prepared = completion_prepare(api_key=..., model=..., prompt=... | messages=..., params=..., stream=...)
+    prepared = completion_prepare(api_key=..., model=..., prompt=... | messages=..., params=..., stream=...,
+                                  tools=..., tool_choice=..., parallel_tool_calls=..., echo=...)
         policy (licenses, revocation), the subscription's plan, a quota reservation, the task message
     completion_run(prepared=prepared) -> Served          (the result, settled)
     completion_stream(prepared=prepared) -> TokenEvent..., then Served
-    completion_settle: usage and its ledger entry, exactly once per request id (services.usage)
+    completion_settle: usage and its ledger entry, exactly once per request id (services.usage), and the
+        completion's metrics (mosaic.metrics)
     completion_abandon: nothing was served in full: the reserved tokens go back to the quota
 """
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from marketplace.selectors.organizations import active_plan
 from marketplace.selectors.systems import system_for_organization
 from marketplace.services import inference
 from marketplace.services.usage import usage_record
+from mosaic import logs, metrics
 from mosaic.errors import DomainError
 
 CHAT_MESSAGE_OVERHEAD_TOKENS = 8  # the chat template's tokens around each message, for the quota estimate
@@ -52,7 +54,7 @@ class Served:
 
 def estimated_tokens(*, prompt: str | None, messages: list[dict] | None, params: contract.SamplingParams) -> int:
     """What a request may cost at most, reserved against the quota before it runs (characters bound tokens)."""
-    text = "".join(m["content"] for m in messages) if messages is not None else prompt or ""
+    text = "".join(m["content"] or "" for m in messages) if messages is not None else prompt or ""
     overhead = CHAT_MESSAGE_OVERHEAD_TOKENS * len(messages or [])
     return len(text) + overhead + params.max_tokens * params.n
 
@@ -60,7 +62,11 @@ def estimated_tokens(*, prompt: str | None, messages: list[dict] | None, params:
 def completion_prepare(
     *, api_key: OrganizationAPIKey, model: str, params: contract.SamplingParams, stream: bool = False,
     prompt: str | None = None, messages: list[dict] | None = None, started: float | None = None,
+    tools: list[dict] | None = None, tool_choice: str | dict | None = None, parallel_tool_calls: bool = True,
+    echo: bool = False,
 ) -> PreparedCompletion:
+    """Everything decided before the request runs. Its id is the HTTP request's (mosaic.logs), so the logs of
+    the web process and of the worker that served it share one id."""
     organization = api_key.organization
     system = system_for_organization(organization=organization, slug=model)
     plan = active_plan(organization=organization)
@@ -69,9 +75,10 @@ def completion_prepare(
     serving = policy.request_plan(organization=organization, system=system, actor=f"organization:{organization.pk}")
     reservation = quotas.reserve(organization=organization, plan=plan,
                                  estimated_tokens=estimated_tokens(prompt=prompt, messages=messages, params=params))
-    request_id = uuid.uuid4().hex
+    request_id = logs.current_request_id() or logs.new_request_id()
     message = inference.build_message(request_id=request_id, system=system, plan=serving, params=params,
-                                      prompt=prompt, messages=messages, stream=stream)
+                                      prompt=prompt, messages=messages, stream=stream, tools=tools,
+                                      tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls, echo=echo)
     return PreparedCompletion(
         request_id=request_id, organization=organization, api_key=api_key, system=system, plan=plan,
         serving=serving, reservation=reservation, message=message,
@@ -80,6 +87,7 @@ def completion_prepare(
 
 
 def completion_settle(*, prepared: PreparedCompletion, result: contract.CompletionResult) -> Usage:
+    metrics.observe_completion(system=prepared.system.slug, result=result.to_dict())
     return usage_record(
         request_id=prepared.request_id, organization=prepared.organization, api_key=prepared.api_key,
         system=prepared.system, plan=prepared.plan, prompt_tokens=result.usage.prompt_tokens,

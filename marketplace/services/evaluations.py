@@ -262,7 +262,7 @@ def _record(*, system, members, sets, report, correct, base, measured, runner, i
         contribution_payload = {
             **contribution.ledger_payload(),
             "system": system.ledger_ref,
-            "evaluation_entry": recorded.sequence,
+            "evaluation_event": recorded.id,
             "intervals95": {ref: [decimal_string(low), decimal_string(high)]
                             for ref, (low, high) in sorted(measured.intervals.items())},
             "interval_method": "bootstrap over items",
@@ -278,7 +278,9 @@ def _record(*, system, members, sets, report, correct, base, measured, runner, i
             )
             for m in members
         )
-        quality.update(evaluated_at=timezone.now().isoformat(), ledger_sequence=recorded.sequence,
+        # The sequences are known at once only when the ledger sequences inline (else None until integrated).
+        quality.update(evaluated_at=timezone.now().isoformat(), ledger_event=recorded.id,
+                       contribution_event=measured_entry.id, ledger_sequence=recorded.sequence,
                        contribution_sequence=measured_entry.sequence)
         ComposedSystem.objects.filter(pk=system.pk).update(quality=quality)
         system.quality = quality

@@ -121,6 +121,32 @@ def _base_model_named(name: str) -> BaseModel:
     return base_model
 
 
+def _base_model_matching(report, local_path: str) -> BaseModel:
+    """The one registered base model whose modules the adapter fits, for a card that names its base model only
+    by a local directory (peft's save_pretrained)."""
+    fitting = []
+    for base_model in BaseModel.objects.order_by("name"):
+        try:
+            check_against_base_model(report, base_model)
+        except DomainError:
+            continue
+        fitting.append(base_model)
+    if len(fitting) == 1:
+        return fitting[0]
+    known = ", ".join(BaseModel.objects.order_by("name").values_list("name", flat=True)) or "none yet"
+    if not fitting:
+        raise DomainError(f"The model card names the base model by the local directory {local_path!r}, and no "
+                          f"registered base model has the modules this adapter fits (registered: {known}).",
+                          param="base_model")
+    raise DomainError(f"The model card names the base model by the local directory {local_path!r}, and the adapter "
+                      f"fits several registered base models ({', '.join(b.name for b in fitting)}): name one.",
+                      param="base_model")
+
+
+def _with_mapping_note(card_metadata: dict, note: str) -> dict:
+    return {**card_metadata, "base_model_mapped": note} if note else card_metadata
+
+
 def _stored_version(*, expert: Expert, staged: uploads.StagedAdapter, report, model_card: str,
                     card_metadata: dict, actor: str) -> ExpertVersion:
     """Store the staged files and create the version row (inside the caller's transaction)."""
@@ -217,14 +243,16 @@ def expert_contribute(
     terms = clean_license_terms({**(license_terms or {}), "spdx_id": merged["license"]})
     tags = clean_tags(merged["tags"])
     priorities = clean_priorities(priorities)
-    base = _base_model_named(merged["base_model"])
+    mapping_needed = not merged["base_model"] and card_metadata.get("base_model_path")
+    base = None if mapping_needed else _base_model_named(merged["base_model"])
     if Expert.objects.filter(owner=owner, slug=slug).exists():
         raise Conflict(f"You already have an expert with slug {slug!r}; upload a new version to it instead.",
                        param="slug")
 
     with uploads.staged_adapter(**vars(adapter)) as staged:
         report = inspect_adapter(staged.directory)
-        check_against_base_model(report, base)
+        base = base or _base_model_matching(report, card_metadata["base_model_path"])
+        card_metadata = _with_mapping_note(card_metadata, check_against_base_model(report, base))
 
         def write(stored: list[Path]) -> ExpertVersion:
             expert = Expert.objects.create(
@@ -255,7 +283,7 @@ def expert_version_contribute(*, expert: Expert, adapter: AdapterUpload,
                               "base_model": expert.base_model.name})
     with uploads.staged_adapter(**vars(adapter)) as staged:
         report = inspect_adapter(staged.directory)
-        check_against_base_model(report, expert.base_model)
+        card_metadata = _with_mapping_note(card_metadata, check_against_base_model(report, expert.base_model))
 
         def write(stored: list[Path]) -> ExpertVersion:
             locked = (Expert.objects.select_for_update(of=("self",)).select_related("owner", "base_model")

@@ -37,10 +37,13 @@ class EngineUnavailable(DomainError):
 def build_message(
     *, request_id: str, system: ComposedSystem, plan: ServingPlan, params: contract.SamplingParams | dict,
     prompt: str | None = None, messages: list[dict] | None = None, stream: bool = False,
+    tools: list[dict] | None = None, tool_choice: str | dict | None = None, parallel_tool_calls: bool = True,
+    echo: bool = False,
 ) -> TaskMessage:
     """The task message: everything a worker needs, no database access required (see DESIGN, Contracts).
     `deadline` (epoch seconds) is when the web side stops waiting; a worker drops the message after it."""
     base = system.base_model
+    tools, tool_choice = contract.checked_tools(tools, tool_choice)  # as a worker reads them (tool_choice "auto")
     return TaskMessage(
         request_id=request_id,
         deadline=fresh_deadline(),
@@ -53,6 +56,10 @@ def build_message(
         prompt=None if messages is not None else prompt,
         messages=messages,
         stream=stream,
+        tools=tools,
+        tool_choice=tool_choice,
+        echo=echo,
+        parallel_tool_calls=parallel_tool_calls,
     )
 
 

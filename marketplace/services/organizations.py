@@ -101,3 +101,15 @@ def api_key_mark_used(*, api_key: OrganizationAPIKey) -> None:
     if api_key.last_used_at is None or (now - api_key.last_used_at).total_seconds() >= 60:
         OrganizationAPIKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
         api_key.last_used_at = now
+
+
+def organization_sign_up(
+    *, username: str, password: str, email: str, organization_name: str, is_commercial: bool = True,
+    domains: list[str] | None = None,
+) -> Organization:
+    """A new person and their organization, of which they are the owner: both or neither."""
+    from marketplace.services.accounts import user_register
+
+    with transaction.atomic():
+        owner = user_register(username=username, password=password, email=email)
+        return organization_create(name=organization_name, owner=owner, is_commercial=is_commercial, domains=domains)

@@ -3,6 +3,7 @@ from django.db import transaction
 
 from ledger.services import record_event
 from marketplace import policy
+from marketplace.services.usage import check_amount
 from marketplace.models import BaseModel, ComposedSystem, Expert, ExpertVersion, Organization, SystemExpert
 from mosaic.errors import Conflict, DomainError, NotFound
 
@@ -113,6 +114,8 @@ def system_create(
     attribution_alpha_bp: int = 5000,
     on_revocation: str = ComposedSystem.OnRevocation.RUN_WITHOUT,
 ) -> ComposedSystem:
+    if price_per_1k_tokens_minor is not None:
+        check_amount(price_per_1k_tokens_minor, param="price_per_1k_tokens_minor")
     experts, config, license_summary = system_validate(
         base_model=base_model, strategy=strategy, strategy_config=strategy_config, expert_ids=expert_ids, actor=actor
     )
@@ -142,6 +145,8 @@ def system_update(
     unknown = sorted(set(fields) - set(_UPDATABLE))
     if unknown:
         raise DomainError(f"Cannot change {', '.join(unknown)}.", param=unknown[0])
+    if fields.get("price_per_1k_tokens_minor") is not None:
+        check_amount(fields["price_per_1k_tokens_minor"], param="price_per_1k_tokens_minor")
     recompose = strategy is not None or strategy_config is not None or expert_ids is not None
     experts = None
     if recompose:

@@ -8,11 +8,23 @@ from django.db import IntegrityError, transaction
 
 from ledger.services import record_event
 from marketplace import quotas
+from marketplace.credit.rules import MAX_CHARGE_MINOR, within_bound
 from marketplace.models import ComposedSystem, Organization, OrganizationAPIKey, Plan, Usage
+from mosaic.errors import DomainError
 
 
 def charge_minor(*, total_tokens: int, price_per_1k_tokens_minor: int) -> int:
     return -(-total_tokens * price_per_1k_tokens_minor // 1000)
+
+
+def check_amount(amount_minor, *, param: str) -> None:
+    """Refuse a money amount outside [0, MAX_CHARGE_MINOR] where it enters (prices, fees, usage charges): the credit
+    arithmetic is exact up to that bound (see marketplace.credit.rules)."""
+    if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) or not within_bound(amount_minor):
+        raise DomainError(
+            f"{param} must be an integer number of minor units from 0 to {MAX_CHARGE_MINOR:,} (the supported maximum); "
+            f"got {amount_minor!r}.", code="amount_out_of_range", param=param,
+        )
 
 
 def price_for(*, system: ComposedSystem, plan: Plan) -> int:
@@ -62,12 +74,13 @@ def _record(*, request_id, organization, api_key, system, plan, prompt_tokens, c
             engine_ms, attribution, reservation) -> Usage:
     total = prompt_tokens + completion_tokens
     attribution = normalised_attribution(attribution)
+    charge = charge_minor(total_tokens=total, price_per_1k_tokens_minor=price_for(system=system, plan=plan))
+    check_amount(charge, param="charge_minor")
     with transaction.atomic():
         usage = Usage.objects.create(
             request_id=request_id, organization=organization, api_key=api_key, system=system,
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, latency_ms=latency_ms,
-            engine_ms=engine_ms, attribution=attribution,
-            charge_minor=charge_minor(total_tokens=total, price_per_1k_tokens_minor=price_for(system=system, plan=plan)),
+            engine_ms=engine_ms, attribution=attribution, charge_minor=charge,
         )
         if reservation is not None:  # before record_event: never wait for a quota row holding the ledger lock
             quotas.settle(reservation=reservation, actual_tokens=total)

@@ -47,5 +47,5 @@ def test_a_refused_upload_shows_the_reason_and_stores_nothing(page, live_server,
     page.get_by_role("button", name="Upload", exact=True).click()
     page.wait_for_load_state()
 
-    assert "pickle" in page.locator(".errors").first.inner_text().lower()
+    assert "pickle" in page.locator(".errorlist").first.inner_text().lower()
     assert not ExpertVersion.objects.filter(expert__slug="sneaky").exists()

@@ -105,6 +105,13 @@ def test_cascade_can_fall_back_to_the_most_confident_answer(engine, experts):
     assert strategy.run(ask("cascade"), engine).attribution[max(confidences, key=confidences.get)] == 1.0
 
 
+def test_cascade_can_leave_a_question_no_expert_is_sure_of_to_the_base_model(engine, experts):
+    strategy = build_strategy("cascade", {"threshold": 0.0, "fallback": "base"}, experts)
+    result = strategy.run(ask("cascade"), engine)
+    assert result.texts == [generate(engine, "cascade", {}).text]
+    assert result.attribution == pytest.approx({expert_id: 1 / len(IDS) for expert_id in IDS})
+
+
 def test_switch_hands_segments_to_the_nearest_expert_and_attributes_token_shares(engine, experts):
     strategy = build_strategy("switch", {"segment": "tokens", "segment_tokens": 3}, experts)
     result = strategy.run(ask("rev hgfe=", max_tokens=9), engine)

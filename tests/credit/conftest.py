@@ -60,8 +60,9 @@ def signed_webhook(payload: bytes, secret: str, timestamp: int | None = None) ->
 
 
 class RecordingStripe:
-    """A tiny local HTTP server standing in for api.stripe.com (localstripe has no Connect):
-    it records every request the stripe SDK sends and answers with canned Stripe objects."""
+    """A tiny local HTTP server standing in for api.stripe.com (localstripe has no Connect, disputes or credit notes):
+    it records every request the stripe SDK sends and answers with canned Stripe objects (for a GET, the object
+    stored under its path in `objects`)."""
 
     def __init__(self):
         import itertools
@@ -72,12 +73,25 @@ class RecordingStripe:
 
         self.requests: list[dict] = []
         self.failures: list[tuple[int, dict]] = []  # (status, error body) answered first, in order
+        self.objects: dict[str, dict] = {}  # GET path -> the object answered
         counter = itertools.count(1)
         recorder = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
+
+            def do_GET(self):
+                recorder.requests.append({"method": "GET", "path": self.path, "headers": dict(self.headers)})
+                found = recorder.objects.get(self.path.split("?")[0])
+                status, answer = (200, found) if found is not None else (
+                    404, {"error": {"message": f"No such object: {self.path}", "type": "invalid_request_error"}})
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)

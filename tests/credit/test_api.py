@@ -109,7 +109,7 @@ def test_a_contributor_downloads_their_statement_as_csv_and_html_and_nobody_else
 
     assert [s["id"] for s in listing] == [statement.id]
     assert csv_response["Content-Type"].startswith("text/csv")
-    assert csv_response.content.decode().startswith("day,system_id,system,expert_id,expert,attribution,kind,amount_minor\n")
+    assert csv_response.content.decode().startswith("day,system_id,system,expert_id,expert,attribution,kind,amount_minor,reference\n")
     assert b"Credit statement" in html_response.content
     assert client_for(charlie.user).get(f"/api/credit/statements/{statement.id}.csv").status_code == 404
 

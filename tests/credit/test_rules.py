@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings as hypothesis_settings, stra
 
 from marketplace.credit.allocation import allocate_pending_usage
 from marketplace.credit.reference import reference_allocation
-from marketplace.credit.rules import allocate_usage, largest_remainder, weight_ppm
+from marketplace.credit.rules import MAX_CHARGE_MINOR, allocate_usage, largest_remainder, weight_ppm
 from marketplace.models import ContributionMeasurement, CreditLine, Usage
 
 weights = st.dictionaries(st.integers(min_value=1, max_value=50), st.integers(min_value=0, max_value=10**10), min_size=1, max_size=12)
@@ -44,13 +44,15 @@ def test_weights_are_read_as_plain_decimals_in_parts_per_million(text, ppm):
 
 decimal_strings = st.one_of(
     st.decimals(min_value=0, max_value=3, places=7, allow_nan=False).map(str),
-    st.sampled_from(["0", "1", "0.5", "nonsense", "-1"]),
+    st.sampled_from(["0", "1", "0.5", "nonsense", "-1", "999999.999999", "0.000001"]),
 )
+# Any charge the marketplace accepts, with the small ones and the bound itself drawn often.
+charges = st.one_of(st.integers(0, 10**4), st.integers(0, MAX_CHARGE_MINOR), st.just(MAX_CHARGE_MINOR))
 attribution = st.dictionaries(st.integers(min_value=1, max_value=8).map(str), decimal_strings, max_size=8)
 
 
 @given(
-    charge=st.integers(min_value=0, max_value=10**8),
+    charge=charges,
     fee_bp=st.integers(min_value=0, max_value=10_000),
     alpha_bp=st.integers(min_value=0, max_value=12_000),
     attribution=attribution,
@@ -72,7 +74,7 @@ def test_any_usage_charge_is_split_exactly_with_no_negative_part(charge, fee_bp,
 
 usage_rows = st.lists(
     st.tuples(
-        st.integers(min_value=0, max_value=10**6),
+        charges,
         st.dictionaries(st.integers(0, 3), decimal_strings, max_size=4),
         st.booleans(),
     ),
@@ -85,7 +87,7 @@ usage_rows = st.lists(
 @hypothesis_settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(rows=usage_rows, shares=st.lists(st.integers(0, 10_000), min_size=4, max_size=4), alpha=st.integers(0, 10_000),
        revoke=st.integers(0, 4))
-def test_the_sql_allocation_equals_the_python_reference_on_random_data(world, rows, shares, alpha, revoke):
+def test_the_sql_allocation_equals_the_python_reference_on_random_data_up_to_the_largest_charge(world, rows, shares, alpha, revoke):
     now = timezone.now()
     world.system.attribution_alpha_bp = alpha
     world.system.save(update_fields=["attribution_alpha_bp"])
@@ -112,6 +114,7 @@ def test_the_sql_allocation_equals_the_python_reference_on_random_data(world, ro
         assert {l.expert_id: l.amount_minor for l in lines if l.expert_id} == expected.experts
         assert lines.get(expert=None).amount_minor == expected.platform_minor
         assert lines.aggregate(total=Sum("amount_minor"))["total"] == usage.charge_minor
+        assert not lines.filter(amount_minor__lt=0).exists()
     if revoke < 4:
         world.experts[revoke].consent_revoked_at = None
         world.experts[revoke].save(update_fields=["consent_revoked_at"])

@@ -3,10 +3,11 @@ import io
 from datetime import date, timedelta
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db.models import Sum
 from django.utils import timezone
 
+from ledger.accounting.models import Posting
 from ledger.accounting.selectors import account_balance, balances
 from ledger.models import Entry
 from marketplace.credit.accounts import PAYOUTS_CLEARING, payable
@@ -121,10 +122,78 @@ def test_the_carried_balance_opens_the_next_period(october):
 
 
 @pytest.mark.django_db
-def test_a_period_that_has_not_ended_cannot_be_closed(world):
+def test_a_period_cannot_end_after_today(world):
     today = timezone.now().date()
-    with pytest.raises(DomainError, match="only after its last day"):
-        close_period(start=today - timedelta(days=3), end=today)
+    with pytest.raises(DomainError, match="up to today"):
+        close_period(start=today - timedelta(days=3), end=today + timedelta(days=1))
+
+
+@pytest.fixture
+def served_today(world, settings):
+    settings.PAYOUT_MINIMUM_MINOR = 1000
+    alice = world.contributors[0]
+    alice.stripe_account_id, alice.payouts_enabled = "acct_alice", True
+    alice.save()
+    today = timezone.now().date()
+    usage_on(today, organization=world.organization, system=world.system, charge_minor=5000,
+             attribution={str(world.experts[0].id): "1"})
+    return world, today
+
+
+def _recorded_now(**fields):
+    """A usage recorded now (not back-dated): what a request after the close looks like."""
+    from tests.credit.factories import UsageFactory
+
+    return UsageFactory(**fields)
+
+
+@pytest.mark.django_db
+def test_the_current_period_closes_up_to_now_with_a_statement_and_a_payout(served_today):
+    world, today = served_today
+    alice = world.contributors[0]
+
+    result = close_period(start=today - timedelta(days=6), end=today)
+
+    assert result.created and result.payouts == 1
+    statement = CreditStatement.objects.get(contributor=alice)
+    assert statement.earned_minor > 0 and statement.payout_minor == statement.earned_minor
+    assert Payout.objects.get().amount_minor == statement.payout_minor
+
+
+@pytest.mark.django_db
+def test_usage_recorded_after_closing_today_goes_to_the_next_period_which_starts_where_it_ended(served_today):
+    world, today = served_today
+    close_period(start=today - timedelta(days=6), end=today)
+    late = _recorded_now(organization=world.organization, system=world.system, charge_minor=1000,
+                         attribution={str(world.experts[2].id): "1"})
+
+    run = allocate_pending_usage()
+
+    assert run.usage_count == 1 and run.refused_in_closed_periods == 0
+    assert Usage.objects.get(pk=late.pk).allocated
+    bob = world.contributors[1]
+    dates = set(Posting.objects.filter(account=payable(bob.id)).values_list("value_date", flat=True))
+    assert dates == {today + timedelta(days=1)}
+
+
+@pytest.mark.django_db
+def test_the_command_closes_up_to_today_and_starts_the_next_period_after_the_last(served_today, capsys):
+    world, today = served_today
+    usage_on(today - timedelta(days=6), organization=world.organization, system=world.system, charge_minor=100,
+             attribution={str(world.experts[0].id): "1"})
+    call_command("close_period", "--end", "today")  # the first period starts on the first day with usage
+
+    with pytest.raises(CommandError, match="cannot be before its start"):
+        call_command("close_period", "--end", "today")
+
+    out = capsys.readouterr().out
+    assert out == f"period {today - timedelta(days=6)}..{today} closed: 1 statements, 1 payouts totalling 4080, 0 carried over\n"
+
+
+@pytest.mark.django_db
+def test_the_command_says_when_there_is_nothing_to_close(world):
+    with pytest.raises(CommandError, match="nothing to close"):
+        call_command("close_period", "--end", "today")
 
 
 @pytest.mark.django_db

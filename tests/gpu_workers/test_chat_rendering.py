@@ -8,7 +8,8 @@ from gpu_workers import serving
 
 
 def chat(*messages):
-    return SimpleNamespace(prompt=None, messages=[{"role": role, "content": text} for role, text in messages])
+    return SimpleNamespace(prompt=None, messages=[{"role": role, "content": text} for role, text in messages],
+                           tools=None, tool_choice=None)
 
 
 def test_system_and_user_messages_go_through_the_template_in_order():

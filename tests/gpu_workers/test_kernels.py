@@ -5,7 +5,15 @@ import zlib
 import pytest
 import torch
 
-from gpu_workers.kernels.lora import apply_lane_lora, apply_lora, build_lora_plan, gather_lane_lora, lora_reference
+from gpu_workers.kernels.lora import (
+    LoraKernelConfig,
+    apply_lane_lora,
+    apply_lora,
+    build_lora_plan,
+    default_kernel_config,
+    gather_lane_lora,
+    lora_reference,
+)
 from gpu_workers.kernels.mixture import apply_top_p, mix_next_token_logprobs, mixture_reference
 
 # Relative error ||out - ref|| / ||ref|| allowed per dtype (the output itself is rounded to the dtype).
@@ -184,6 +192,19 @@ def test_a_plan_is_shared_across_projections_and_split_k_gives_the_same_result()
         assert relative_error(out, ref) < TOLERANCE[torch.float32]
 
 
+@pytest.mark.parametrize("config", [
+    default_kernel_config(torch.bfloat16, 16, in_features=11008, num_pairs=64),  # the long-reduction launch
+    default_kernel_config(torch.bfloat16, 16, in_features=4096, num_pairs=64),  # the decode launch
+    LoraKernelConfig(block_k=128, block_n=256, split_k=2, shrink_warps=8, expand_warps=8, expand_stages=3),
+])
+def test_every_launch_configuration_computes_the_same_delta(config):
+    y, x, a, b, scalings, indices, weights = random_lora_case(
+        rows=19, in_features=300, out_features=200, n_slots=4, rank=16, k=1, dtype=torch.bfloat16, seed=8,
+    )
+    out = apply_lora(y.clone(), x, a, b, scalings, indices, weights, config=config, backend="triton")
+    assert relative_error(out, expected(y, x, a, b, scalings, indices, weights)) < TOLERANCE[torch.bfloat16]
+
+
 def test_plan_tiles_each_hold_one_slot_and_cover_every_pair_once():
     indices = torch.tensor([[2, -1], [0, 2], [2, 1], [-1, -1], [2, 0]])
     plan = build_lora_plan(indices, torch.ones(5, 2), n_slots=3, block_m=2)
@@ -243,6 +264,20 @@ def test_zero_weight_expert_does_not_count():
     weights = torch.tensor([[1.0, 0.0]] * 3)
     out = mix_next_token_logprobs(logits, weights, backend="triton")
     assert torch.allclose(out, torch.log_softmax(logits[:, 0], dim=-1), atol=1e-5)
+
+
+def test_tokens_masked_out_in_whole_chunks_stay_impossible_and_the_rest_is_a_distribution():
+    logits = torch.randn(2, 2, 3000)
+    logits[:, :, 1000:2600] = float("-inf")  # more than one whole chunk of the vocabulary, in both experts
+    weights = torch.tensor([[0.3, 0.7], [1.0, 1.0]])
+
+    out = mix_next_token_logprobs(logits, weights, temperature=0.7, backend="triton")
+
+    ref = mixture_reference(logits.double(), weights, temperature=0.7)
+    assert torch.isinf(out[:, 1000:2600]).all()
+    kept = torch.isfinite(ref)
+    assert torch.equal(torch.isfinite(out), kept)
+    assert (out[kept] - ref[kept]).abs().max().item() < 1e-4
 
 
 def test_top_p_keeps_the_smallest_set_reaching_the_mass():

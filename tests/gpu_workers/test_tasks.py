@@ -51,7 +51,9 @@ def test_a_completion_returns_text_usage_and_attribution_per_the_contract(gpu_wo
     result = submit(message)
 
     expected = reference_text(gpu_world, "alpha", "hello")
-    assert set(result) == {"request_id", "choices", "usage", "attribution", "engine_ms"}
+    assert set(result) == {"request_id", "choices", "usage", "attribution", "engine_ms", "first_token_ms",
+                           "inter_token_ms"}
+    assert 0 < result["first_token_ms"] <= result["engine_ms"] + 1
     assert result["request_id"] == message["request_id"]
     assert result["choices"] == [{"index": 0, "text": expected.text, "finish_reason": expected.finish_reason}]
     assert result["usage"] == {"prompt_tokens": expected.prompt_tokens, "completion_tokens": expected.completion_tokens}

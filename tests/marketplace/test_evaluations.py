@@ -129,7 +129,7 @@ def test_the_ledger_records_the_evaluation_and_each_experts_shapley_value(world)
         evaluation_suite.heldout_sha256(evaluation_suite.GENERAL),
     ]
     assert recorded["dataset_sha256"] == evaluation_suite.heldout_sha256(items)
-    assert measured["evaluation_entry"] == Entry.objects.get(kind="evaluation.recorded").sequence
+    assert measured["evaluation_event"] == Entry.objects.get(kind="evaluation.recorded").event_id
     assert measured["method"] == "exact_shapley" and measured["dataset_sha256"] == recorded["dataset_sha256"]
     assert measured["values"] == {
         french.ledger_ref: f"{shapley_of_two(coalitions, 'f', 'p'):.6f}",
@@ -197,6 +197,24 @@ def test_the_admin_action_queues_an_evaluation_the_operator_can_watch(world, sta
     assert evaluation.result == ComposedSystem.objects.get(pk=served.duo.pk).quality
     page = client.get(f"/admin/marketplace/systemevaluation/{evaluation.pk}/change/")
     assert page.status_code == 200 and b"succeeded" in page.content
+
+
+def test_the_evaluate_button_runs_the_evaluation_and_the_system_page_shows_its_progress_and_result(
+        world, staff, client, django_capture_on_commit_callbacks):
+    served = world[0]
+    client.force_login(staff)
+    change_page = f"/admin/marketplace/composedsystem/{served.duo.pk}/change/"
+    assert f'action="/admin/marketplace/composedsystem/{served.duo.pk}/evaluate/"' in client.get(change_page).content.decode()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(f"/admin/marketplace/composedsystem/{served.duo.pk}/evaluate/")
+
+    assert response.status_code == 302 and response["Location"] == change_page
+    evaluation = SystemEvaluation.objects.get()
+    page = client.get(change_page).content.decode()
+    assert evaluation.state == SystemEvaluation.State.SUCCEEDED, evaluation.error
+    assert f"<td>{evaluation.pk}</td><td>succeeded</td><td>4/4</td>" in page
+    assert f"accuracy {evaluation.result['accuracy']:.3f}" in page and f"expert:{served.french.pk}" in page
 
 
 def test_after_a_revocation_only_the_experts_still_serving_are_measured(world):

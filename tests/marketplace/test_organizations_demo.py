@@ -30,3 +30,12 @@ def test_running_it_again_reuses_everything_and_replaces_the_demo_keys(context):
     assert Subscription.objects.count() == 2
     assert OrganizationAPIKey.objects.filter(revoked=False).count() == 2
     assert OrganizationAPIKey.objects.filter(revoked=True).count() == 2
+
+
+def test_offline_the_demo_plans_get_local_prices_and_the_plans_endpoint_lists_them(context, client):
+    seed_organizations(context)
+    plans = {plan["slug"]: plan for plan in client.get("/api/plans").json()}
+    assert set(plans) == {"starter", "team"}
+    assert all(plan["billing"] == "local" for plan in plans.values())
+    assert plans["team"]["monthly_fee_minor"] == 2000 and plans["starter"]["price_per_1k_tokens_minor"] == 80
+    assert any(line.startswith("Plans (GET /api/plans)") and "local price records" in line for line in context.summary)

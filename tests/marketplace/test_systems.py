@@ -142,6 +142,23 @@ def test_the_admin_shows_a_bad_composition_as_a_form_error(client, staff, expert
     assert not ComposedSystem.objects.exists()
 
 
+def test_the_admin_offers_the_strategies_as_a_choice_and_puts_a_config_error_by_its_field(client, staff, experts, base):
+    import re
+
+    client.force_login(staff)
+    page = client.get("/admin/marketplace/composedsystem/add/").content.decode()
+    options = re.findall(r'<option value="([a-z_]+)"', page[page.index('name="strategy"'):page.index("</select>", page.index('name="strategy"'))])
+    assert {"single", "trained_router", "logit_mixture", "cascade", "merge"} <= set(options)
+    form = {"slug": "bad", "name": "Bad", "base_model": base.pk, "strategy": "cascade",
+            "strategy_config": '{"order": ["nope"]}', "experts": [e.pk for e in experts],
+            "attribution_alpha_bp": 5000, "on_revocation": "run_without", "status": "active"}
+    response = client.post("/admin/marketplace/composedsystem/add/", form)
+    field_errors = response.context["adminform"].form.errors
+    assert response.status_code == 200 and list(field_errors) == ["strategy_config"]
+    assert "Invalid strategy configuration" in field_errors["strategy_config"][0]
+    assert response.content.decode().count("Invalid strategy configuration") == 1
+
+
 def test_changing_the_experts_pins_the_new_ones_at_their_current_version(staff, experts, base):
     client = client_for(staff)
     system_id = compose(client, experts).json()["id"]

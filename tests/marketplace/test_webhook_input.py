@@ -47,3 +47,28 @@ def test_a_signed_but_malformed_event_is_a_400_and_nothing_is_stored(client, set
     assert response.status_code == 400, response.content
     assert response.json()["error"]["code"] == "invalid_event"
     assert not StripeEvent.objects.exists()
+
+
+def test_the_one_endpoint_dispatches_a_connect_event_signed_with_the_connect_secret(client, settings):
+    from tests.marketplace.factories import ContributorFactory
+
+    settings.STRIPE_WEBHOOK_SECRET, settings.STRIPE_CONNECT_WEBHOOK_SECRET = "whsec_account", "whsec_connect"
+    contributor = ContributorFactory(stripe_account_id="acct_42", payouts_enabled=False)
+    event = good_event(type="account.updated", data={"object": {"id": "acct_42", "object": "account",
+                                                                "payouts_enabled": True}})
+
+    response = post_signed(client, "/api/stripe/webhook", "whsec_connect", json.dumps(event).encode())
+
+    assert response.json() == {"received": True, "result": "account updated"}
+    contributor.refresh_from_db()
+    assert contributor.payouts_enabled
+
+
+def test_an_event_signed_with_neither_secret_is_refused_and_an_unknown_type_is_stored_and_ignored(client, settings):
+    settings.STRIPE_WEBHOOK_SECRET, settings.STRIPE_CONNECT_WEBHOOK_SECRET = "whsec_account", "whsec_connect"
+    payload = json.dumps(good_event(type="customer.created", data={"object": {"id": "cus_1"}})).encode()
+
+    assert post_signed(client, "/api/stripe/connect-webhook", "whsec_other", payload).status_code == 400
+    assert not StripeEvent.objects.exists()
+    assert post_signed(client, "/api/stripe/connect-webhook", "whsec_account", payload).json()["result"] == "ignored"
+    assert StripeEvent.objects.filter(type="customer.created").exists()

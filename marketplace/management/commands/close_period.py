@@ -1,28 +1,36 @@
 from datetime import date
 
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
-from marketplace.credit.settlement import close_period
+from marketplace.credit.settlement import close_period, next_period_start
 from mosaic.errors import DomainError
 
 
 def _day(text: str) -> date:
+    if text == "today":
+        return timezone.now().date()
     try:
         return date.fromisoformat(text)
     except ValueError as error:
-        raise CommandError(f"'{text}' is not a date like 2026-11-30") from error
+        raise CommandError(f"'{text}' is not a date like 2026-11-30 (or 'today')") from error
 
 
 class Command(BaseCommand):
-    help = "Close a settlement period: allocate, freeze, write statements, create payouts (idempotent)."
+    help = ("Close a settlement period: allocate, freeze, write statements, create payouts (idempotent). "
+            "--end today closes the current period up to now; the next period starts where it ended.")
 
     def add_arguments(self, parser):
-        parser.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
-        parser.add_argument("--end", required=True, help="last day (inclusive), YYYY-MM-DD")
+        parser.add_argument("--start", help="first day, YYYY-MM-DD (default: the day after the last closed period, "
+                                            "or the first day with credit before any close)")
+        parser.add_argument("--end", required=True, help="last day (inclusive), YYYY-MM-DD or 'today' (up to now)")
 
     def handle(self, *args, start, end, **options):
+        first = _day(start) if start else next_period_start()
+        if first is None:
+            raise CommandError("No contributor has earned anything yet and no period was closed: nothing to close.")
         try:
-            result = close_period(start=_day(start), end=_day(end), actor="operator:close_period")
+            result = close_period(start=first, end=_day(end), actor="operator:close_period")
         except DomainError as error:
             raise CommandError(error.message) from error
         verb = "closed" if result.created else "was already closed"
