@@ -14,7 +14,7 @@ from celery import states
 from celery.exceptions import TimeoutError as CeleryTimeout
 
 from gpu_workers import contract
-from gpu_workers.contract import DoneEvent, ErrorEvent, ErrorInfo, TaskMessage, TokenEvent
+from gpu_workers.contract import ErrorEvent, ErrorInfo, TaskMessage, TokenEvent
 
 POLL_S = 0.5  # how often a stream reader that hears nothing checks whether the task ended some other way
 

@@ -31,6 +31,7 @@ from marketplace.models import BaseModel, Contributor, Expert
 from marketplace.services.accounts import contributor_register
 from marketplace.services.base_models import base_model_register
 from marketplace.services.experts import AdapterUpload, expert_contribute
+from marketplace.tasks import validate_after_commit
 from mosaic.errors import Conflict
 
 DEMO_PASSWORD = "mosaic-demo-2026"
@@ -186,6 +187,7 @@ def seed_experts(context: DemoContext) -> None:
                                           weights_file=File(weights_file, name="adapter_model.safetensors")),
                     license_terms=person.license_terms, priorities=person.priorities,
                 )
+            validate_after_commit(version.pk)
             version.refresh_from_db()
             expert = version.expert
             context.log(f"expert {person.username}/{person.slug} uploaded: version {version.number} {version.status}")

@@ -31,6 +31,7 @@ from marketplace.services.accounts import contributor_register
 from marketplace.services.experts import AdapterUpload, expert_contribute, expert_version_contribute
 from marketplace.web_forms import show_refusal
 from marketplace.services.revocation import expert_restore_consent, expert_revoke_consent
+from marketplace.tasks import validate_after_commit
 from mosaic.errors import DomainError
 
 
@@ -152,6 +153,7 @@ def upload(request):
         except DomainError as error:
             show_refusal(form, error)
         else:
+            validate_after_commit(version.pk)
             return redirect("expert-detail", expert_id=version.expert_id)
     return render(request, "marketplace/upload.html", {"form": form}, status=400 if form.errors else 200)
 
@@ -172,12 +174,15 @@ def expert_detail(request, expert_id: int):
                           {"message": f"No expert {expert_id} of yours."}, status=404)
         if form.is_valid():
             try:
-                expert_version_contribute(expert=expert_get_owned(user=request.user, expert_id=expert_id),
-                                          adapter=form.adapter(), model_card=form.cleaned_data["model_card"])
+                version = expert_version_contribute(
+                    expert=expert_get_owned(user=request.user, expert_id=expert_id),
+                    adapter=form.adapter(), model_card=form.cleaned_data["model_card"],
+                )
             except DomainError as error:
                 show_refusal(form, error)
                 status = 400
             else:
+                validate_after_commit(version.pk)
                 return redirect("expert-detail", expert_id=expert_id)
     versions = version_list_visible(user=request.user, expert=expert)
     card = next((v.model_card for v in versions if v.model_card.strip()), "")

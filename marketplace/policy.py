@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from django.db import transaction
 
 from ledger.services import record_event
-from marketplace.models import ComposedSystem, Expert, LicenseTerms, Organization, Plan, SystemExpert
+from marketplace.models import ComposedSystem, Expert, Organization, Plan, SystemExpert
 from mosaic.errors import Forbidden
 
 
@@ -36,10 +36,6 @@ def _refuse(*, message: str, subject: dict, actor: str, record: bool = True) -> 
     return PolicyRefused(message)
 
 
-def _terms(expert: Expert) -> LicenseTerms | None:
-    return expert.license
-
-
 def _expert_label(expert: Expert) -> str:
     return f"expert {expert.slug!r} by {expert.owner.display_name}"
 
@@ -52,7 +48,7 @@ def composition_license_summary(*, strategy: str, experts: list[Expert], actor: 
     derivative = strategy_level(strategy) == "weight"
     problems = []
     for expert in experts:
-        terms = _terms(expert)
+        terms = expert.license
         if terms is None:
             problems.append(f"{_expert_label(expert)} has no license terms")
         elif derivative and not terms.derivatives_allowed:
@@ -66,7 +62,7 @@ def composition_license_summary(*, strategy: str, experts: list[Expert], actor: 
             subject={"decision": "compose", "strategy": strategy, "experts": [e.ledger_ref for e in experts]},
             actor=actor,
         )
-    terms = [_terms(e) for e in experts]
+    terms = [e.license for e in experts]
     return {
         "derivative_work": derivative,
         "licenses": sorted({t.spdx_id for t in terms}),
@@ -80,7 +76,7 @@ def composition_license_summary(*, strategy: str, experts: list[Expert], actor: 
 
 
 def _use_problem(*, organization: Organization, expert: Expert) -> str | None:
-    terms = _terms(expert)
+    terms = expert.license
     if terms is None:
         return f"{_expert_label(expert)} has no license terms"
     if organization.is_commercial and not terms.commercial_use:

@@ -1,24 +1,20 @@
 """Background work of the marketplace catalog (Celery; eager in the embedded default)."""
 from celery import shared_task
+from django.db import transaction
 
-from marketplace.models import ExpertVersion
+from marketplace.services.experts import expert_version_validate
 
 
-@shared_task(
-    name="marketplace.validate_expert_version",
-    acks_late=True,
-    # With a broker, the worker may look before the upload's transaction is visible: retry shortly.
-    autoretry_for=(ExpertVersion.DoesNotExist,),
-    retry_backoff=2,
-    max_retries=5,
-    soft_time_limit=300,
-    time_limit=360,
-)
+@shared_task(name="marketplace.validate_expert_version", acks_late=True, soft_time_limit=300, time_limit=360)
 def validate_expert_version(version_id: int) -> str:
     """Validate one stored expert version; returns its resulting status."""
-    from marketplace.services.experts import expert_version_validate
-
     return expert_version_validate(version_id=version_id).status
+
+
+def validate_after_commit(version_id: int) -> None:
+    """Queue the validation of a just-stored version once its transaction commits (at once outside one),
+    so that the worker always finds the row, and a rolled-back upload queues nothing."""
+    transaction.on_commit(lambda: validate_expert_version.delay(version_id))
 
 
 @shared_task(name="marketplace.report_usage_to_stripe", soft_time_limit=240, time_limit=300)

@@ -39,10 +39,6 @@ def _validate(postings: list[PostingSpec]) -> None:
         raise DomainError(f"Postings must sum to zero; these sum to {total}.")
 
 
-def closed_period_containing(*, day: date) -> SettlementPeriod | None:
-    return SettlementPeriod.objects.filter(start_date__lte=day, end_date__gte=day).first()
-
-
 def _refuse_closed_dates(postings: list[PostingSpec], closing: SettlementPeriod | None) -> None:
     days = sorted({p.value_date for p in postings})
     periods = SettlementPeriod.objects.filter(start_date__lte=days[-1], end_date__gte=days[0])

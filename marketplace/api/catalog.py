@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import django_filters
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
 from rest_framework import generics, permissions, serializers, status
 from rest_framework.pagination import PageNumberPagination
@@ -27,6 +28,8 @@ from marketplace.services.experts import (
     expert_license_set,
     expert_version_contribute,
 )
+from marketplace.services.revocation import expert_restore_consent, expert_revoke_consent
+from marketplace.tasks import validate_after_commit
 from mosaic.pagination import StrictPageSizeMixin
 from mosaic.parsers import LimitedJSONParser
 
@@ -316,6 +319,7 @@ class ExpertListApi(generics.ListAPIView):
             model_card=data.get("model_card", ""),
             is_public=True if data.get("is_public") is None else data["is_public"],
         )
+        validate_after_commit(version.pk)
         expert = expert_get_owned(user=request.user, expert_id=version.expert_id)
         return Response(ExpertWithVersionOutput(expert).data, status=status.HTTP_201_CREATED)
 
@@ -344,6 +348,7 @@ class ExpertVersionListApi(generics.ListAPIView):
         version = expert_version_contribute(
             expert=expert, adapter=form.adapter(), model_card=form.validated_data.get("model_card", "")
         )
+        validate_after_commit(version.pk)
         version.refresh_from_db()
         return Response(VersionOutput(version).data, status=status.HTTP_201_CREATED)
 
@@ -364,3 +369,21 @@ class ExpertLicenseApi(APIView):
         expert = expert_get_owned(user=request.user, expert_id=expert_id)
         data = validated(LicenseInput, request.data).validated_data
         return Response(LicenseOutput(expert_license_set(expert=expert, terms=dict(data))).data)
+
+
+class ExpertRevokeConsentApi(APIView):
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT, summary="Revoke consent (the expert's contributor)")
+    def post(self, request, expert_id: int):
+        # Another contributor's expert is 404, like a missing one: the answer does not reveal that it exists.
+        expert = expert_get_owned(user=request.user, expert_id=expert_id)
+        expert = expert_revoke_consent(expert=expert, user=request.user)
+        return Response({"id": expert.pk, "slug": expert.slug, "consent_revoked_at": expert.consent_revoked_at})
+
+
+class ExpertRestoreConsentApi(APIView):
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT,
+                   summary="Restore consent (the expert's contributor); refused while a system's license policy forbids it")
+    def post(self, request, expert_id: int):
+        expert = expert_get_owned(user=request.user, expert_id=expert_id)
+        expert = expert_restore_consent(expert=expert, user=request.user)
+        return Response({"id": expert.pk, "slug": expert.slug, "consent_revoked_at": expert.consent_revoked_at})

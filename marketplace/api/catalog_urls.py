@@ -14,4 +14,8 @@ urlpatterns = [
     path("experts/<id:expert_id>/versions/<id:number>", catalog.ExpertVersionDetailApi.as_view(),
          name="api-expert-version"),
     path("experts/<id:expert_id>/license", catalog.ExpertLicenseApi.as_view(), name="api-expert-license"),
+    path("experts/<id:expert_id>/revoke-consent", catalog.ExpertRevokeConsentApi.as_view(),
+         name="expert-revoke-consent"),
+    path("experts/<id:expert_id>/restore-consent", catalog.ExpertRestoreConsentApi.as_view(),
+         name="expert-restore-consent"),
 ]

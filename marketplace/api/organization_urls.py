@@ -20,9 +20,5 @@ urlpatterns = [
     path("plans", organizations.PlanListApi.as_view(), name="plans"),
     path("systems", systems.SystemListApi.as_view(), name="systems"),
     path("systems/<id:system_id>", systems.SystemDetailApi.as_view(), name="system"),
-    path("experts/<id:expert_id>/revoke-consent", systems.ExpertRevokeConsentApi.as_view(),
-         name="expert-revoke-consent"),
-    path("experts/<id:expert_id>/restore-consent", systems.ExpertRestoreConsentApi.as_view(),
-         name="expert-restore-consent"),
     path("stripe/webhook", StripeWebhookApi.as_view(), name="stripe-webhook"),
 ]

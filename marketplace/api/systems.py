@@ -1,5 +1,4 @@
 """Composed systems: staff compose and change them; everyone lists what they may see."""
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny, IsAdminUser
@@ -7,10 +6,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from marketplace.models import BaseModel, ComposedSystem, Organization
-from marketplace.selectors.experts import expert_get_owned
-from marketplace.selectors.systems import systems_visible_to_user
-from marketplace.services.revocation import expert_restore_consent, expert_revoke_consent
-from marketplace.services.systems import system_create, system_get, system_update
+from marketplace.selectors.systems import system_get, systems_visible_to_user
+from marketplace.services.systems import system_create, system_update
 from mosaic.errors import NotFound
 
 
@@ -109,21 +106,3 @@ class SystemDetailApi(APIView):
         system = system_update(system=system, actor=_staff_actor(request), **data)
         system = systems_visible_to_user(user=request.user).get(pk=system.pk)
         return Response(SystemOutputSerializer(system).data)
-
-
-class ExpertRevokeConsentApi(APIView):
-    @extend_schema(request=None, responses=OpenApiTypes.OBJECT, summary="Revoke consent (the expert's contributor)")
-    def post(self, request, expert_id: int):
-        # Another contributor's expert is 404, like a missing one: the answer does not reveal that it exists.
-        expert = expert_get_owned(user=request.user, expert_id=expert_id)
-        expert = expert_revoke_consent(expert=expert, user=request.user)
-        return Response({"id": expert.pk, "slug": expert.slug, "consent_revoked_at": expert.consent_revoked_at})
-
-
-class ExpertRestoreConsentApi(APIView):
-    @extend_schema(request=None, responses=OpenApiTypes.OBJECT,
-                   summary="Restore consent (the expert's contributor); refused while a system's license policy forbids it")
-    def post(self, request, expert_id: int):
-        expert = expert_get_owned(user=request.user, expert_id=expert_id)
-        expert = expert_restore_consent(expert=expert, user=request.user)
-        return Response({"id": expert.pk, "slug": expert.slug, "consent_revoked_at": expert.consent_revoked_at})

@@ -18,9 +18,23 @@ from ledger.accounting.models import SettlementPeriod
 from ledger.accounting.services import PostingSpec, post_transaction
 from marketplace.credit import accounts
 from marketplace.credit.rules import MAX_CHARGE_MINOR, MAX_WEIGHT_TOTAL, PLAIN_DECIMAL
+from marketplace.models import ComposedSystem, ContributionMeasurement, CreditLine, Expert, Usage
 
 ADVISORY_LOCK_KEY = 7_000_007
 ACTOR = "system:credit"
+
+
+def _tables() -> dict[str, str]:
+    """The quoted table of each model the statements read or write, as the templates name them."""
+    models = {
+        "usage": Usage,
+        "system": ComposedSystem,
+        "expert": Expert,
+        "measurement": ContributionMeasurement,
+        "credit_line": CreditLine,
+        "period": SettlementPeriod,
+    }
+    return {name: connection.ops.quote_name(model._meta.db_table) for name, model in models.items()}
 
 
 def _dialect() -> dict[str, str]:
@@ -32,7 +46,7 @@ def _dialect() -> dict[str, str]:
                 "THEN b.attribution ELSE '{}'::jsonb END) AS a(key, value)"
             ),
             "expert_key": "e.id::text",
-            "mark_allocated": "UPDATE marketplace_usage AS u SET allocated = %(yes)s WHERE {pending}",
+            "mark_allocated": "UPDATE {usage} AS u SET allocated = %(yes)s WHERE {pending}",
             "ppm": (
                 "CASE WHEN a.value ~ %(decimal_re)s "
                 "THEN floor(a.value::numeric * 1000000)::bigint ELSE 0 END"
@@ -47,8 +61,8 @@ def _dialect() -> dict[str, str]:
         ),
         "expert_key": "CAST(e.id AS TEXT)",
         "mark_allocated": (
-            "UPDATE marketplace_usage SET allocated = %(yes)s "
-            "WHERE id IN (SELECT u.id FROM marketplace_usage u WHERE {pending})"
+            "UPDATE {usage} SET allocated = %(yes)s "
+            "WHERE id IN (SELECT u.id FROM {usage} u WHERE {pending})"
         ),
         "ppm": (
             f"CASE WHEN {value} REGEXP %(decimal_re)s THEN "
@@ -63,7 +77,7 @@ def _dialect() -> dict[str, str]:
 PENDING = """
     u.allocated = %(no)s AND u.id > %(after)s AND u.id <= %(upto)s AND u.created_at < %(until)s
     AND NOT EXISTS (
-        SELECT 1 FROM accounting_settlementperiod p
+        SELECT 1 FROM {period} p
         WHERE {day} BETWEEN p.start_date AND p.end_date AND u.created_at < p.closed_at
     )
 """
@@ -74,20 +88,20 @@ WITH batch AS (
            u.charge_minor - ((u.charge_minor / 10000) * %(fee_bp)s + (u.charge_minor %% 10000) * %(fee_bp)s / 10000)
                AS pool,
            CASE WHEN s.attribution_alpha_bp > 10000 THEN 10000 ELSE s.attribution_alpha_bp END AS alpha
-    FROM marketplace_usage u JOIN marketplace_composedsystem s ON s.id = u.system_id
+    FROM {usage} u JOIN {system} s ON s.id = u.system_id
     WHERE {pending}
 ),
 served AS (
     SELECT b.id AS usage_id, b.system_id, b.pool, b.alpha, e.id AS expert_id, e.owner_id AS contributor_id,
            {ppm} AS a_ppm
     FROM batch b {each}
-    JOIN marketplace_expert e ON {expert_key} = a.key
+    JOIN {expert} e ON {expert_key} = a.key
     WHERE e.consent_revoked_at IS NULL OR e.consent_revoked_at > b.created_at
 ),
 latest AS (
     SELECT m.system_id, m.expert_id, CAST(m.share_bp AS BIGINT) AS share_bp,
            ROW_NUMBER() OVER (PARTITION BY m.system_id, m.expert_id ORDER BY m.measured_at DESC, m.id DESC) AS rn
-    FROM marketplace_contributionmeasurement m
+    FROM {measurement} m
     WHERE m.system_id IN (SELECT DISTINCT system_id FROM batch)
 ),
 shared AS (
@@ -158,7 +172,7 @@ final AS (
 paid AS (
     SELECT usage_id, SUM(amount) AS total FROM final GROUP BY usage_id
 )
-INSERT INTO marketplace_creditline (batch, usage_id, expert_id, contributor_id, amount_minor)
+INSERT INTO {credit_line} (batch, usage_id, expert_id, contributor_id, amount_minor)
 SELECT %(batch)s, usage_id, expert_id, contributor_id, amount FROM final WHERE amount > 0
 UNION ALL
 SELECT %(batch)s, b.id, NULL, NULL, b.charge_minor - COALESCE(p.total, 0)
@@ -166,23 +180,23 @@ FROM batch b LEFT JOIN paid p ON p.usage_id = b.id
 """
 
 BATCH_END = """
-SELECT MAX(id) FROM (SELECT u.id FROM marketplace_usage u WHERE {pending} ORDER BY u.id LIMIT %(limit)s) t
+SELECT MAX(id) FROM (SELECT u.id FROM {usage} u WHERE {pending} ORDER BY u.id LIMIT %(limit)s) t
 """
 
 RECEIVABLES = """
 SELECT u.organization_id, {day}, SUM(u.charge_minor), COUNT(*), MIN(u.id)
-FROM marketplace_usage u WHERE {pending} GROUP BY 1, 2
+FROM {usage} u WHERE {pending} GROUP BY 1, 2
 """
 
 PAYABLES = """
 SELECT l.contributor_id, u.system_id, l.expert_id, {day}, SUM(l.amount_minor)
-FROM marketplace_creditline l JOIN marketplace_usage u ON u.id = l.usage_id
+FROM {credit_line} l JOIN {usage} u ON u.id = l.usage_id
 WHERE l.batch = %(batch)s GROUP BY 1, 2, 3, 4
 """
 
 REFUSED = """
-SELECT COUNT(*) FROM marketplace_usage u WHERE u.allocated = %(no)s AND u.created_at < %(until)s AND EXISTS (
-    SELECT 1 FROM accounting_settlementperiod p
+SELECT COUNT(*) FROM {usage} u WHERE u.allocated = %(no)s AND u.created_at < %(until)s AND EXISTS (
+    SELECT 1 FROM {period} p
     WHERE {day} BETWEEN p.start_date AND p.end_date AND u.created_at < p.closed_at
 )
 """
@@ -230,14 +244,14 @@ def _value_dates() -> Callable[[object], date]:
 
 
 def _sql(template: str) -> str:
-    dialect = _dialect()
-    pending = PENDING.format(**dialect)
-    return template.format(pending=pending, base=SPLIT_BASE, **dialect)
+    dialect, tables = _dialect(), _tables()
+    pending = PENDING.format(**dialect, **tables)
+    return template.format(pending=pending, base=SPLIT_BASE, **dialect, **tables)
 
 
 def _mark_allocated_sql() -> str:
-    dialect = _dialect()
-    return dialect["mark_allocated"].format(pending=PENDING.format(**dialect))
+    dialect, tables = _dialect(), _tables()
+    return dialect["mark_allocated"].format(pending=PENDING.format(**dialect, **tables), **tables)
 
 
 def allocation_reference(batch: int) -> str:

@@ -7,9 +7,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from marketplace.credit.payouts import start_onboarding
-from marketplace.credit.selectors import account_detail, contributor_earnings, contributor_for, statement_for
+from marketplace.credit.selectors import account_detail, contributor_earnings, statement_for
 from marketplace.credit.statements import statement_html
 from marketplace.models import CreditStatement
+from marketplace.selectors.experts import contributor_for_user
 from mosaic.errors import DomainError
 
 
@@ -77,7 +78,7 @@ class EarningsView(APIView):
 
     @extend_schema(responses=Output, summary="The logged-in contributor's credit, with its breakdown")
     def get(self, request):
-        return Response(self.Output(contributor_earnings(contributor=contributor_for(user=request.user))).data)
+        return Response(self.Output(contributor_earnings(contributor=contributor_for_user(user=request.user))).data)
 
 
 class AccountView(APIView):
@@ -121,7 +122,7 @@ class StatementListView(APIView):
 
     @extend_schema(responses=Output(many=True), summary="The logged-in contributor's statements")
     def get(self, request):
-        contributor = contributor_for(user=request.user)
+        contributor = contributor_for_user(user=request.user)
         statements = CreditStatement.objects.filter(contributor=contributor).select_related("period")
         return Response(self.Output(statements, many=True).data)
 
@@ -165,5 +166,5 @@ class OnboardingView(APIView):
     def post(self, request):
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
-        contributor = contributor_for(user=request.user)
+        contributor = contributor_for_user(user=request.user)
         return Response(self.Output(start_onboarding(contributor=contributor, **data.validated_data)).data, status=201)

@@ -6,23 +6,11 @@ from django.db.models import Sum
 
 from ledger.accounting.models import Posting, SettlementPeriod
 from ledger.accounting.selectors import account_balance, entry_sequences
+from ledger.api.permissions import is_auditor
 from marketplace.credit import accounts
 from marketplace.credit.statements import names_for
 from marketplace.models import Contributor, CreditStatement, Payout
 from mosaic.errors import Forbidden, NotFound
-
-AUDITORS_GROUP = "auditors"
-
-
-def is_auditor(user) -> bool:
-    return bool(user.is_staff or user.groups.filter(name=AUDITORS_GROUP).exists())
-
-
-def contributor_for(*, user) -> Contributor:
-    contributor = Contributor.objects.filter(user=user).first()
-    if contributor is None:
-        raise Forbidden("Only contributors have earnings; register as a contributor first.")
-    return contributor
 
 
 def contributor_earnings(*, contributor: Contributor) -> dict:

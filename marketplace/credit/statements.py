@@ -78,6 +78,6 @@ def statement_html(*, statement: CreditStatement) -> str:
             "contributor": statement.contributor,
             "period": statement.period,
             "lines": statement.lines,
-            "named_experts": sorted({l["attribution"] for l in statement.lines if l["attribution"]}),
+            "named_experts": sorted({line["attribution"] for line in statement.lines if line["attribution"]}),
         },
     )

@@ -43,9 +43,21 @@ class OrganizationAPIKey(AbstractAPIKey):
         READ = "read"
         USE = "use"
 
+    DISPLAY_PREFIX = "mos_"
+
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="api_keys")
     scopes = models.JSONField(default=list)
     last_used_at = models.DateTimeField(null=True, blank=True)
 
     class Meta(AbstractAPIKey.Meta):
         verbose_name = "organization API key"
+
+    @classmethod
+    def display_key(cls, raw_key: str) -> str:
+        """The library's `prefix.secret`, shown to people with a recognisable `mos_` in front."""
+        return f"{cls.DISPLAY_PREFIX}{raw_key}"
+
+    @classmethod
+    def library_key(cls, presented: str) -> str:
+        """The library's `prefix.secret` from a key as shown to people (with or without `mos_`)."""
+        return presented.removeprefix(cls.DISPLAY_PREFIX)

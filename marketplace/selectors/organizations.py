@@ -44,9 +44,7 @@ def api_keys_for_organization(*, organization: Organization) -> QuerySet[Organiz
 
 def api_key_from_presented(*, presented: str) -> OrganizationAPIKey | None:
     """The usable key matching what a client presented, or None (revoked, expired, unknown or wrong)."""
-    from marketplace.services.organizations import library_key
-
-    raw = library_key(presented.strip())
+    raw = OrganizationAPIKey.library_key(presented.strip())
     prefix, dot, secret = raw.partition(".")
     if not (prefix and dot and secret):
         return None

@@ -13,6 +13,13 @@ def _with_relations(queryset: QuerySet[ComposedSystem]) -> QuerySet[ComposedSyst
     )
 
 
+def system_get(*, system_id: int) -> ComposedSystem:
+    system = ComposedSystem.objects.filter(pk=system_id).first()
+    if system is None:
+        raise NotFound("No such system.")
+    return system
+
+
 def systems_visible_to_user(*, user) -> QuerySet[ComposedSystem]:
     """Staff see every system; others the public ones and their organizations' private ones."""
     queryset = ComposedSystem.objects.all()

@@ -2,7 +2,8 @@
 
 Upload: stage the files -> every check that needs no weights loaded (config, safetensors header,
 names and shapes against the registered base model) -> move to the content address -> rows and
-ledger entries in one transaction -> the validation task. A refusal at any step leaves no files
+ledger entries in one transaction. The caller queues the validation task once that commits
+(marketplace.tasks.validate_after_commit). A refusal at any step leaves no files
 and no rows. The task reads every tensor and sets the version valid or failed; the expert's
 alias `current_version` follows the newest valid version.
 
@@ -268,7 +269,6 @@ def expert_contribute(
             return version
 
         version = _store_with_cleanup(write)
-    _enqueue_validation(version)
     return version
 
 
@@ -296,7 +296,6 @@ def expert_version_contribute(*, expert: Expert, adapter: AdapterUpload,
             return version
 
         version = _store_with_cleanup(write)
-    _enqueue_validation(version)
     return version
 
 
@@ -304,12 +303,6 @@ def expert_license_set(*, expert: Expert, terms: dict) -> LicenseTerms:
     """New license terms for an expert: a new immutable LicenseTerms row and a `license.set` entry."""
     cleaned = clean_license_terms(terms)
     return _license_record(expert=expert, terms=cleaned, actor=expert.owner.ledger_ref)
-
-
-def _enqueue_validation(version: ExpertVersion) -> None:
-    from marketplace.tasks import validate_expert_version
-
-    validate_expert_version.delay(version.pk)
 
 
 def expert_version_validate(*, version_id: int) -> ExpertVersion:

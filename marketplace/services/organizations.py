@@ -7,17 +7,7 @@ from ledger.services import record_event
 from marketplace.models import Membership, Organization, OrganizationAPIKey
 from mosaic.errors import Conflict, DomainError, Forbidden
 
-API_KEY_DISPLAY_PREFIX = "mos_"
 VALID_SCOPES = tuple(OrganizationAPIKey.Scope.values)
-
-
-def display_key(raw_key: str) -> str:
-    """The library's `prefix.secret`, shown to people with a recognisable `mos_` in front."""
-    return f"{API_KEY_DISPLAY_PREFIX}{raw_key}"
-
-
-def library_key(presented: str) -> str:
-    return presented.removeprefix(API_KEY_DISPLAY_PREFIX)
 
 
 def organization_create(*, name: str, owner, is_commercial: bool = True, domains: list[str] | None = None) -> Organization:
@@ -85,7 +75,7 @@ def api_key_create(
     if not name or len(name) > 50:
         raise DomainError("An API key needs a name of 1 to 50 characters.", param="name")
     api_key, raw_key = OrganizationAPIKey.objects.create_key(name=name, organization=organization, scopes=scopes)
-    return api_key, display_key(raw_key)
+    return api_key, OrganizationAPIKey.display_key(raw_key)
 
 
 def api_key_revoke(*, api_key: OrganizationAPIKey) -> OrganizationAPIKey:

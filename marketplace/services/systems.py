@@ -5,7 +5,7 @@ from ledger.services import record_event
 from marketplace import policy
 from marketplace.services.usage import check_amount
 from marketplace.models import BaseModel, ComposedSystem, Expert, ExpertVersion, Organization, SystemExpert
-from mosaic.errors import Conflict, DomainError, NotFound
+from mosaic.errors import Conflict, DomainError
 
 _UPDATABLE = (
     "name", "description", "price_per_1k_tokens_minor", "attribution_alpha_bp", "on_revocation", "status",
@@ -171,11 +171,4 @@ def system_update(
         changed = sorted(k for k in after if after[k] != before[k])
         if changed:
             record_event(kind="system.changed", payload={**after, "changed": changed}, actor=actor)
-    return system
-
-
-def system_get(*, system_id: int) -> ComposedSystem:
-    system = ComposedSystem.objects.filter(pk=system_id).first()
-    if system is None:
-        raise NotFound("No such system.")
     return system

@@ -5,7 +5,6 @@ import pytest
 from django.db import DatabaseError, connection, transaction
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
-from ledger.accounting.models import Posting, Transaction
 from ledger.accounting.selectors import account_balance, balances
 from ledger.accounting.services import PostingSpec, close_settlement_period, post_transaction, reverse_transaction
 from ledger.accounting.verification import check_balances

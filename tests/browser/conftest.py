@@ -3,6 +3,8 @@ import shutil
 
 import pytest
 
+from tests.marketplace.catalog.conftest import adapter_dirs, base_model, operator, tiny_base_dir  # noqa: F401  (fixtures)
+
 # Playwright's sync API keeps an event loop running in the test thread; the ORM calls the tests make
 # between page steps are still synchronous.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")

@@ -2,7 +2,6 @@
 import pytest
 
 from marketplace.models import ExpertVersion
-from tests.marketplace.catalog.conftest import adapter_dirs, base_model, operator, tiny_base_dir  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

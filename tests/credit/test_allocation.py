@@ -77,7 +77,7 @@ def test_each_usage_lines_sum_to_its_charge_and_equal_the_python_reference(world
         lines = CreditLine.objects.filter(usage=usage)
         assert lines.aggregate(total=Sum("amount_minor"))["total"] == usage.charge_minor
         expected = reference_allocation(usage=usage)
-        assert {l.expert_id: l.amount_minor for l in lines if l.expert_id} == expected.experts
+        assert {line.expert_id: line.amount_minor for line in lines if line.expert_id} == expected.experts
         assert lines.get(expert=None).amount_minor == expected.platform_minor
 
 

@@ -111,7 +111,7 @@ def test_the_sql_allocation_equals_the_python_reference_on_random_data_up_to_the
     for usage in Usage.objects.filter(pk__in=[u.pk for u in usages]).select_related("system"):
         expected = reference_allocation(usage=usage)
         lines = CreditLine.objects.filter(usage=usage)
-        assert {l.expert_id: l.amount_minor for l in lines if l.expert_id} == expected.experts
+        assert {line.expert_id: line.amount_minor for line in lines if line.expert_id} == expected.experts
         assert lines.get(expert=None).amount_minor == expected.platform_minor
         assert lines.aggregate(total=Sum("amount_minor"))["total"] == usage.charge_minor
         assert not lines.filter(amount_minor__lt=0).exists()

@@ -4,7 +4,6 @@ from datetime import date, timedelta
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db.models import Sum
 from django.utils import timezone
 
 from ledger.accounting.models import Posting

@@ -10,6 +10,7 @@ import pytest
 
 from gpu_workers.model_import import ensure_default_base_model
 from tests.helpers import make_peft_adapter
+from tests.marketplace.conftest import alice, alice_co  # noqa: F401  (an organization with a member)
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

@@ -9,7 +9,6 @@ from marketplace.models import BaseModel, Expert, Plan, Subscription
 from marketplace.services.accounts import contributor_register
 from marketplace.services.organizations import api_key_create
 from tests.marketplace.catalog.support import api_client, upload_expert
-from tests.marketplace.conftest import alice, alice_co  # noqa: F401  (an organization with a member)
 
 pytestmark = [pytest.mark.real_model, pytest.mark.django_db(transaction=True)]
 
@@ -27,7 +26,8 @@ def system_on_the_real_model(real_model_settings, real_adapter, staff_api):
                                        display_name="Camille", priorities=["geography"])
     uploaded = upload_expert(api_client(contributor), real_adapter, slug="geographer",
                              base_model="smollm2-135m-instruct")
-    assert uploaded.json()["status"] == "valid", uploaded.content
+    assert uploaded.status_code == 201, uploaded.content
+    assert Expert.objects.get().current_version.status == "valid"  # validated once the upload committed
     composed = staff_api.post("/api/systems", {
         "slug": "smol", "name": "Smol", "base_model": "smollm2-135m-instruct", "strategy": "single",
         "strategy_config": {}, "experts": [Expert.objects.get().pk],

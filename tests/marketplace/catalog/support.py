@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 from django.conf import settings
+from django.test import TestCase
 from rest_framework.test import APIClient
 
 from ledger.models import Entry
@@ -44,18 +45,36 @@ def expert_form(slug: str = "summarizer", **overrides) -> dict:
     return {key: value for key, value in form.items() if value is not None}
 
 
+def committed_post(client: APIClient, path: str, data: dict):
+    """A multipart POST whose work queued for after the commit runs as the request ends, as it does outside a
+    test, where the request's writes commit (the test's own transaction never does)."""
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        return client.post(path, data=data, format="multipart")
+
+
 def upload_expert(client: APIClient, adapter_dir: Path | None = None, *, files: dict | None = None, **fields):
     """POST /api/experts as multipart with an adapter directory's two files (or the given `files`)."""
     data = expert_form(**fields)
     data.update(files if files is not None else adapter_files(adapter_dir))
-    return client.post("/api/experts", data=data, format="multipart")
+    return committed_post(client, "/api/experts", data)
 
 
 def upload_version(client: APIClient, expert_id: int, adapter_dir: Path | None = None, *, files: dict | None = None,
                    **fields):
     data = dict(fields)
     data.update(files if files is not None else adapter_files(adapter_dir))
-    return client.post(f"/api/experts/{expert_id}/versions", data=data, format="multipart")
+    return committed_post(client, f"/api/experts/{expert_id}/versions", data)
+
+
+def with_a_non_finite_weight(adapter_dir: Path, value: float = float("nan")) -> Path:
+    """The adapter, with one weight set to `value` (NaN or infinity): it passes every check but the deep one."""
+    from safetensors.torch import load_file, save_file
+
+    weights = str(Path(adapter_dir) / "adapter_model.safetensors")
+    tensors = load_file(weights)
+    next(iter(tensors.values()))[0, 0] = value
+    save_file(tensors, weights)
+    return Path(adapter_dir)
 
 
 def stored_files() -> list[str]:

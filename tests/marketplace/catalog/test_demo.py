@@ -21,6 +21,7 @@ def var_dir(settings, tmp_path):
     return settings.VAR_DIR
 
 
+@pytest.mark.django_db(transaction=True)  # committed uploads: validation runs inside the request, as in use
 def test_seed_demo_creates_people_validated_experts_per_skill_and_systems(var_dir, capsys):
     call_command("seed_demo", "--world", "toy")
     output = capsys.readouterr().out

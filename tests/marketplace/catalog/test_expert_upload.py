@@ -3,13 +3,16 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.db import transaction
 
 from marketplace.models import Expert, ExpertVersion
 from marketplace.uploads import content_sha256
 from mosaic.celery import app
 from tests.helpers import tar_directory, zip_directory
 from tests.marketplace.catalog.support import (
+    adapter_files,
     error_message,
+    expert_form,
     ledger_entries,
     stored_files,
     upload_expert,
@@ -20,6 +23,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 pytestmark = pytest.mark.django_db
 
 
+@pytest.mark.django_db(transaction=True)  # committed uploads: validation runs inside the request, as in use
 def test_upload_validates_the_adapter_and_points_the_alias_at_it(alice_api, base_model, adapter_dirs):
     response = upload_expert(alice_api, adapter_dirs["qv"], slug="summarizer")
 
@@ -34,6 +38,47 @@ def test_upload_validates_the_adapter_and_points_the_alias_at_it(alice_api, base
     assert body["license"]["spdx_id"] == "Apache-2.0"
     assert body["tags"] == ["english", "summarization"]
     assert body["owner"] == "alice"
+
+
+@pytest.fixture
+def queued_validations(monkeypatch):
+    """The version ids handed to the validation task's queue (not run)."""
+    from marketplace.tasks import validate_expert_version
+
+    queued = []
+    monkeypatch.setattr(validate_expert_version, "delay", queued.append)
+    return queued
+
+
+def upload_in_the_current_transaction(client, adapter_dir):
+    return client.post("/api/experts", data={**expert_form(), **adapter_files(adapter_dir)}, format="multipart")
+
+
+def test_an_upload_queues_its_validation_once_it_commits(alice_api, base_model, adapter_dirs, queued_validations,
+                                                        django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks() as on_commit:
+        response = upload_in_the_current_transaction(alice_api, adapter_dirs["qv"])
+        assert response.status_code == 201, response.content
+        assert queued_validations == []
+
+    for callback in on_commit:
+        callback()
+    assert queued_validations == [ExpertVersion.objects.get().pk]
+
+
+class RolledBack(Exception):
+    pass
+
+
+def test_a_rolled_back_upload_queues_nothing(alice_api, base_model, adapter_dirs, queued_validations,
+                                             django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        with pytest.raises(RolledBack), transaction.atomic():
+            assert upload_in_the_current_transaction(alice_api, adapter_dirs["qv"]).status_code == 201
+            raise RolledBack
+
+    assert queued_validations == []
+    assert not ExpertVersion.objects.exists()
 
 
 def test_upload_stores_files_at_their_content_address(alice_api, base_model, adapter_dirs):
@@ -91,6 +136,7 @@ def test_zip_and_tar_archives_give_the_same_content_address_as_the_two_files(ali
     assert stored_files() == [f"{sha}/adapter_config.json", f"{sha}/adapter_model.safetensors"]
 
 
+@pytest.mark.django_db(transaction=True)  # committed uploads: validation runs inside the request, as in use
 def test_a_new_version_moves_the_alias_to_it(alice_api, base_model, adapter_dirs):
     expert_id = upload_expert(alice_api, adapter_dirs["qv"]).json()["id"]
 
@@ -116,10 +162,10 @@ def test_identical_content_is_refused_as_a_new_version(alice_api, base_model, ad
     assert stored_files() == files_before
 
 
+@pytest.mark.django_db(transaction=True)  # committed uploads: validation runs inside the request, as in use
 def test_a_version_that_fails_the_deep_check_keeps_the_alias_on_the_last_valid_one(
     alice_api, base_model, adapter_dirs, adapter_copy
 ):
-    import torch
     from safetensors.torch import load_file, save_file
 
     expert_id = upload_expert(alice_api, adapter_dirs["qv"]).json()["id"]

@@ -3,7 +3,7 @@ changes another's experts. Anything not yours to change answers 404, whether or 
 import pytest
 
 from marketplace.models import Expert, ExpertVersion, LicenseTerms
-from tests.marketplace.catalog.support import error_message, upload_expert, upload_version
+from tests.marketplace.catalog.support import error_message, upload_expert, upload_version, with_a_non_finite_weight
 
 pytestmark = pytest.mark.django_db
 
@@ -62,13 +62,9 @@ def test_nobody_changes_another_users_license(experts, charlie_api):
     assert Expert.objects.get(pk=experts["bob-public"]).license.spdx_id == "Apache-2.0"
 
 
+@pytest.mark.django_db(transaction=True)  # committed uploads: validation runs inside the request, as in use
 def test_others_see_only_valid_versions_of_a_public_expert(experts, alice_api, bob_api, adapter_copy):
-    from safetensors.torch import load_file, save_file
-
-    broken = adapter_copy("qv2")
-    tensors = load_file(str(broken / "adapter_model.safetensors"))
-    next(iter(tensors.values()))[0, 0] = float("inf")
-    save_file(tensors, str(broken / "adapter_model.safetensors"))
+    broken = with_a_non_finite_weight(adapter_copy("qv2"), float("inf"))
     expert_id = experts["alice-public"]
     assert upload_version(alice_api, expert_id, broken).json()["status"] == "failed"
 
@@ -77,13 +73,9 @@ def test_others_see_only_valid_versions_of_a_public_expert(experts, alice_api, b
     assert bob_api.get(f"/api/experts/{expert_id}/versions/2").status_code == 404
 
 
+@pytest.mark.django_db(transaction=True)  # committed uploads: validation runs inside the request, as in use
 def test_an_expert_without_a_valid_version_stays_out_of_others_catalog(alice_api, bob_api, base_model, adapter_copy):
-    from safetensors.torch import load_file, save_file
-
-    broken = adapter_copy("qv")
-    tensors = load_file(str(broken / "adapter_model.safetensors"))
-    next(iter(tensors.values()))[0, 0] = float("nan")
-    save_file(tensors, str(broken / "adapter_model.safetensors"))
+    broken = with_a_non_finite_weight(adapter_copy("qv"))
     assert upload_expert(alice_api, broken, slug="broken").json()["status"] == "failed"
 
     assert slugs(alice_api.get("/api/experts")) == ["broken"]

@@ -2,22 +2,17 @@
 import pytest
 
 from marketplace.services.base_models import base_model_register
-from tests.marketplace.catalog.support import upload_expert
+from tests.marketplace.catalog.support import upload_expert, with_a_non_finite_weight
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def catalog(alice_api, bob_api, base_model, adapter_dirs, adapter_copy):
-    from safetensors.torch import load_file, save_file
-
     upload_expert(alice_api, adapter_dirs["qv"], slug="poet", tags=["poetry", "english"])
     upload_expert(alice_api, adapter_dirs["mlp"], slug="counter", tags=["math"])
     upload_expert(bob_api, adapter_dirs["qv2"], slug="rhymer", tags=["poetry"])
-    broken = adapter_copy("mlp")
-    tensors = load_file(str(broken / "adapter_model.safetensors"))
-    next(iter(tensors.values()))[0, 0] = float("nan")
-    save_file(tensors, str(broken / "adapter_model.safetensors"))
+    broken = with_a_non_finite_weight(adapter_copy("mlp"))
     upload_expert(alice_api, broken, slug="broken", tags=["math"])
 
 

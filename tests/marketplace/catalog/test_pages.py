@@ -3,7 +3,7 @@ import pytest
 from django.test import Client
 
 from marketplace.models import Contributor, Expert
-from tests.marketplace.catalog.support import PASSWORD, upload_expert
+from tests.marketplace.catalog.support import PASSWORD, upload_expert, with_a_non_finite_weight
 
 pytestmark = pytest.mark.django_db
 
@@ -72,13 +72,8 @@ def test_the_upload_page_shows_the_refusal(alice_contributor, base_model, adapte
 
 def test_the_dashboard_shows_each_experts_status_and_failure_reason(alice_contributor, alice_api, base_model,
                                                                        adapter_dirs, adapter_copy):
-    from safetensors.torch import load_file, save_file
-
     upload_expert(alice_api, adapter_dirs["qv"], slug="good-one")
-    broken = adapter_copy("qv2")
-    tensors = load_file(str(broken / "adapter_model.safetensors"))
-    next(iter(tensors.values()))[0, 0] = float("nan")
-    save_file(tensors, str(broken / "adapter_model.safetensors"))
+    broken = with_a_non_finite_weight(adapter_copy("qv2"))
     upload_expert(alice_api, broken, slug="bad-one")
 
     page = logged_in(alice_contributor).get("/dashboard/").content.decode()
