@@ -279,6 +279,8 @@ def run_message(message: dict, *, listener=None) -> dict:
         engine = serving_engine(parsed.base_model.path)
         prompt = render_prompt(parsed, engine.tokenizer)
         check_fits_context(parsed, prompt, engine)  # before loading adapters or generating anything
+        request = completion_request(parsed, prompt)
+        check_logit_bias(parsed, engine)
         experts = [_checked_expert(ref) for ref in parsed.experts]
         strategy_key = (
             parsed.base_model.path, parsed.strategy, json.dumps(parsed.strategy_config, sort_keys=True),
@@ -287,8 +289,6 @@ def run_message(message: dict, *, listener=None) -> dict:
         strategy = _strategies.get_or_make(
             strategy_key, lambda: build_strategy(parsed.strategy, parsed.strategy_config, experts)
         )
-        request = completion_request(parsed, prompt)
-        check_logit_bias(parsed, engine)
         started = time.perf_counter()
         clock = TokenClock(listener)
         # a call is sent whole, never as text: with tools offered, no token reaches the listener
