@@ -67,13 +67,19 @@ def _load_world(cursor, *, contributors: int, experts_per_contributor: int, firs
     user0 = cursor.fetchone()[0]
     _copy(cursor, "auth_user", ["id", "password", "is_superuser", "username", "first_name", "last_name", "email",
                                 "is_staff", "is_active", "date_joined"],
-          ((user0 + i + 1, "!", False, f"bench{first_user + i}", "", "", "", False, True, now) for i in range(contributors)))
+          ((user0 + i + 1, "!", False, f"bench{first_user + i}", "", "", f"bench{first_user + i}@example.org", False,
+            True, now) for i in range(contributors)))
     cursor.execute("SELECT COALESCE(MAX(id), 0) FROM marketplace_contributor")
     contributor0 = cursor.fetchone()[0]
+    # What a payout needs besides Stripe: a verified email and an authenticator (marketplace.services.security).
     _copy(cursor, "marketplace_contributor", ["id", "user_id", "display_name", "bio", "priorities", "stripe_account_id",
-                                              "payouts_enabled", "created_at"],
+                                              "payouts_enabled", "verified_email", "created_at"],
           ((contributor0 + i + 1, user0 + i + 1, f"Bench {first_user + i}", "", "[]",
-            f"acct_bench{first_user + i}", payouts_enabled, now) for i in range(contributors)))
+            f"acct_bench{first_user + i}", payouts_enabled, f"bench{first_user + i}@example.org", now)
+           for i in range(contributors)))
+    _copy(cursor, "otp_totp_totpdevice", ["user_id", "name", "confirmed", "throttling_failure_count", "created_at",
+                                          "key", "step", "t0", "digits", "tolerance", "drift", "last_t"],
+          ((user0 + i + 1, "bench", True, 0, now, "00" * 20, 30, 0, 6, 1, 0, -1) for i in range(contributors)))
     cursor.execute("SELECT id FROM marketplace_basemodel LIMIT 1")
     base = cursor.fetchone()
     if base is None:

@@ -136,6 +136,8 @@ def seed_people(context: DemoContext) -> None:
         f"Log in at /login/ (or /admin/ for staff) with password {DEMO_PASSWORD!r} as: operator (staff), "
         "auditor (ledger auditor), " + ", ".join(f"{p.username} (contributor)" for p in DEMO_CONTRIBUTORS)
     )
+    context.summary.append("operator and auditor set up an authenticator app (TOTP) at their first login; "
+                           "emails (password reset, verification) are printed on the console")
 
 
 def train_demo_expert(context: DemoContext, person: DemoContributor):

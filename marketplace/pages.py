@@ -32,6 +32,7 @@ from marketplace.services.experts import AdapterUpload, expert_contribute, exper
 from marketplace.web_forms import show_refusal
 from marketplace.services.revocation import expert_restore_consent, expert_revoke_consent
 from marketplace.tasks import validate_after_commit
+from marketplace.services.security import email_verification_send
 from mosaic.errors import DomainError
 
 
@@ -110,6 +111,9 @@ def signup(request):
         else:
             login(request, contributor.user, backend="django.contrib.auth.backends.ModelBackend")
             messages.success(request, f"Welcome, {contributor.display_name}.")
+            if contributor.user.email:
+                email_verification_send(user=contributor.user, base_url=request.build_absolute_uri("/"))
+                messages.info(request, f"We sent a link to {contributor.user.email} to confirm it.")
             return redirect("dashboard")
     return render(request, "marketplace/signup.html", {"form": form})
 

@@ -220,6 +220,76 @@ EVALUATION_SUITE = env.str("EVALUATION_SUITE", default="composition.skills")
 EVALUATION_ITEMS_PER_SKILL = env.int("EVALUATION_ITEMS_PER_SKILL", default=20)
 EVALUATION_CONCURRENCY = env.int("EVALUATION_CONCURRENCY", default=8)
 
+# ---------------------------------------------------------------- Account security (issue 22)
+# Throttled logins (django-axes), two-factor (django-otp, TOTP + recovery codes), a strict CSP (django-csp),
+# email for password reset and verification. One block, so the production profile can override its values.
+from csp.constants import NONE, SELF  # noqa: E402
+
+INSTALLED_APPS += ["axes", "django_otp", "django_otp.plugins.otp_totp", "django_otp.plugins.otp_static", "csp"]
+MIDDLEWARE.insert(MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware") + 1,
+                  "django_otp.middleware.OTPMiddleware")
+MIDDLEWARE.insert(MIDDLEWARE.index("django_otp.middleware.OTPMiddleware") + 1,
+                  "mosaic.security.SecondFactorRequiredMiddleware")
+MIDDLEWARE += ["csp.middleware.CSPMiddleware", "axes.middleware.AxesMiddleware"]
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+
+# Failed logins, counted per user name and per IP address (either one locks): the 6th failure within the
+# back-off window gets a 429. The window starts at AXES_BASE_COOLOFF_SECONDS and doubles with every further
+# failure (an attempt while locked counts), up to AXES_MAX_COOLOFF_SECONDS.
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=6)  # axes locks at the failure that reaches it
+AXES_BASE_COOLOFF_SECONDS = env.int("AXES_BASE_COOLOFF_SECONDS", default=60)
+AXES_MAX_COOLOFF_SECONDS = env.int("AXES_MAX_COOLOFF_SECONDS", default=3600)
+AXES_COOLOFF_TIME = "mosaic.security.login_cool_off"
+AXES_LOCKOUT_CALLABLE = "mosaic.security.lockout_response"
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_USERNAME_CALLABLE = "mosaic.security.login_username"
+AXES_USE_ATTEMPT_EXPIRATION = True  # each record keeps its own back-off end
+AXES_RESET_ON_SUCCESS = True
+# The client's address: REMOTE_ADDR, or behind N trusted reverse proxies the Nth address from the right of
+# X-Forwarded-For (the one the outermost proxy saw), so a client cannot choose its own by sending the header.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+AXES_CLIENT_IP_CALLABLE = "mosaic.security.client_ip_address"
+
+# API tokens record when they were last used (shown on the account page with their creation time).
+REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"] = [
+    "marketplace.api.authentication.RecordingTokenAuthentication"
+    if name == "rest_framework.authentication.TokenAuthentication" else name
+    for name in REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"]
+]
+
+# Two-factor: required for staff, auditors, and contributors before their first payout; offered to everyone.
+OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="Mosaic")
+SECOND_FACTOR_FRESH_SECONDS = env.int("SECOND_FACTOR_FRESH_SECONDS", default=600)  # payout-details changes
+RECOVERY_CODE_COUNT = 10
+
+# Strict CSP: scripts, styles, images, fonts and connections from our own origin only; no inline code.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+
+# Email: the console in the demo; SMTP in production (EMAIL_BACKEND=django.core.mail.backends.smtp.EmailBackend
+# with EMAIL_HOST, EMAIL_PORT, EMAIL_HOST_USER, EMAIL_HOST_PASSWORD, EMAIL_USE_TLS).
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env.str("EMAIL_HOST", default="localhost")
+EMAIL_PORT = env.int("EMAIL_PORT", default=587)
+EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
+EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=True)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Mosaic <no-reply@mosaic.local>")
+PASSWORD_RESET_TIMEOUT = env.int("PASSWORD_RESET_TIMEOUT", default=3 * 86400)
+# ---------------------------------------------------------------- end Account security
+
 # --- Operations and the production profile (mosaic/profiles.py, mosaic/logs.py, mosaic/readiness.py) -----
 # /readyz asks the database, the broker and the workers, each within this many seconds.
 READINESS_TIMEOUT_SECONDS = env.float("READINESS_TIMEOUT_SECONDS", default=1.0)
@@ -240,4 +310,5 @@ LOGGING = logging_config(
     json_lines=env.str("LOG_FORMAT", default="json" if MOSAIC_ENV == "production" else "text") == "json",
     mosaic_level=env.str("MOSAIC_LOG_LEVEL", default="INFO" if MOSAIC_ENV == "production" else "WARNING"),
 )
+LOGGING["loggers"] = {**LOGGING.get("loggers", {}), "mosaic.security": {"level": "INFO"}, "axes": {"level": "WARNING"}}
 # --- end of operations and the production profile ------------------------------------------------------------

@@ -30,6 +30,7 @@ from marketplace.services.experts import (
 )
 from marketplace.services.revocation import expert_restore_consent, expert_revoke_consent
 from marketplace.tasks import validate_after_commit
+from marketplace.services.security import email_verification_send
 from mosaic.pagination import StrictPageSizeMixin
 from mosaic.parsers import LimitedJSONParser
 
@@ -167,6 +168,9 @@ class RegisterInput(serializers.Serializer):
 class TokenInput(serializers.Serializer):
     username = serializers.CharField(max_length=150)
     password = serializers.CharField(max_length=128, trim_whitespace=False)
+    otp_code = serializers.CharField(max_length=16, required=False, allow_blank=True,
+                                     help_text="Staff, auditors and contributors with payouts: a code from the "
+                                               "authenticator app, or a recovery code.")
 
 
 class ProfileInput(serializers.Serializer):
@@ -201,7 +205,9 @@ class RegisterApi(APIView):
     def post(self, request):
         data = validated(RegisterInput, request.data).validated_data
         contributor = contributor_register(**data)
-        token = token_issue(username=contributor.user.username, password=data["password"])
+        token = token_issue(request=request._request, username=contributor.user.username, password=data["password"])
+        if contributor.user.email:
+            email_verification_send(user=contributor.user, base_url=request.build_absolute_uri("/"))
         return Response({"contributor": ContributorOutput(contributor).data, "token": token.key},
                         status=status.HTTP_201_CREATED)
 
@@ -209,13 +215,14 @@ class RegisterApi(APIView):
 class TokenApi(APIView):
     permission_classes = [permissions.AllowAny]
     authentication_classes: list = []
-    error_statuses = (401,)  # a wrong user name or password (see mosaic.schema)
+    error_statuses = (401, 403, 429)  # wrong credentials; no second factor set up; too many failures (mosaic.schema)
 
     @extend_schema(request=TokenInput,
                    responses={200: inline_serializer("Token", {"token": serializers.CharField()})})
     def post(self, request):
         data = validated(TokenInput, request.data).validated_data
-        return Response({"token": token_issue(**data).key})
+        # The Django request: django-axes marks it when the login is locked out, and its middleware answers 429.
+        return Response({"token": token_issue(request=request._request, **data).key})
 
 
 class ContributorMeApi(APIView):

@@ -2,7 +2,7 @@
 serving a completion is marketplace.services.completions.
 
 Authentication is `Authorization: Bearer mos_<prefix>.<secret>`, an organization API key
-(marketplace.api.authentication)."""
+(marketplace.api.key_authentication)."""
 import json
 import time
 
@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 
 from gpu_workers import contract
 from marketplace import quotas
-from marketplace.api.authentication import HasKeyScope, OrganizationKeyAuthentication
+from marketplace.api.key_authentication import HasKeyScope, OrganizationKeyAuthentication
 from marketplace.models import ComposedSystem
 from marketplace.selectors.systems import system_for_organization, systems_callable_by
 from marketplace.services import completions, idempotency, openai_params

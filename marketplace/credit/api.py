@@ -11,7 +11,9 @@ from marketplace.credit.selectors import account_detail, contributor_earnings, s
 from marketplace.credit.statements import statement_html
 from marketplace.models import CreditStatement
 from marketplace.selectors.experts import contributor_for_user
-from mosaic.errors import DomainError
+from marketplace.services.security import payout_setup_refusal, require_fresh_second_factor
+from mosaic.errors import DomainError, Forbidden
+from mosaic.security import allow_its_inline_styles
 
 
 class EarningsView(APIView):
@@ -141,7 +143,8 @@ class StatementFileView(APIView):
         if fmt == "csv":
             response = HttpResponse(statement.csv, content_type="text/csv; charset=utf-8")
         else:
-            response = HttpResponse(statement_html(statement=statement), content_type="text/html; charset=utf-8")
+            response = allow_its_inline_styles(
+                HttpResponse(statement_html(statement=statement), content_type="text/html; charset=utf-8"))
         response["Content-Disposition"] = f'inline; filename="{name}.{fmt}"'
         return response
 
@@ -153,6 +156,9 @@ class OnboardingView(APIView):
 
         refresh_url = serializers.URLField()
         return_url = serializers.URLField()
+        otp_code = serializers.CharField(required=False, allow_blank=True, max_length=16,
+                                         help_text="A code from your authenticator (or a recovery code), unless "
+                                                   "this session passed a second-factor check in the last minutes.")
 
     class Output(serializers.Serializer):
         class Meta:
@@ -167,4 +173,9 @@ class OnboardingView(APIView):
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
         contributor = contributor_for_user(user=request.user)
-        return Response(self.Output(start_onboarding(contributor=contributor, **data.validated_data)).data, status=201)
+        refusal = payout_setup_refusal(contributor)
+        if refusal:
+            raise Forbidden(refusal, code="payout_setup_refused")
+        fields = dict(data.validated_data)
+        require_fresh_second_factor(request=request, code=fields.pop("otp_code", ""))
+        return Response(self.Output(start_onboarding(contributor=contributor, **fields)).data, status=201)

@@ -37,8 +37,9 @@ def account_idempotency_key(contributor: Contributor) -> str:
 def start_onboarding(*, contributor: Contributor, refresh_url: str, return_url: str, client=None) -> dict:
     """Create the contributor's Express account once, then a fresh onboarding link."""
     client = client or connect_client()
+    created = not contributor.stripe_account_id
     try:
-        if not contributor.stripe_account_id:
+        if created:
             account = create_express_account(
                 email=contributor.user.email or None, metadata={"contributor_id": str(contributor.pk)},
                 idempotency_key=account_idempotency_key(contributor), client=client,
@@ -50,6 +51,11 @@ def start_onboarding(*, contributor: Contributor, refresh_url: str, return_url: 
                                    return_url=return_url, client=client)
     except stripe.StripeError as error:
         raise DomainError(f"Stripe refused the onboarding request: {error.user_message or error}", code="stripe_error")
+    # The link lets the contributor change where their payouts go: each one is on the ledger.
+    record_event(kind="contributor.payout_details_change",
+                 payload={"contributor": contributor.ledger_ref, "stripe_account": contributor.stripe_account_id,
+                          "account_created": created},
+                 actor=contributor.ledger_ref)
     return {"account": contributor.stripe_account_id, "url": link.url, "expires_at": link.expires_at}
 
 

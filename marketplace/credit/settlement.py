@@ -15,6 +15,7 @@ from marketplace.credit import accounts
 from marketplace.credit.allocation import ACTOR, ADVISORY_LOCK_KEY, allocate_pending_usage
 from marketplace.credit.statements import names_for, statement_csv, statement_line
 from marketplace.models import Contributor, CreditStatement, Payout, Usage
+from marketplace.services.security import payout_ready
 from mosaic.errors import DomainError
 
 
@@ -96,13 +97,14 @@ def close_period(*, start: date, end: date, actor: str = ACTOR) -> CloseResult:
         involved = {c for c, total in opening.items() if total} | {c for c, total in closing.items() if total}
         involved = {c for c in involved | set(lines_by_contributor) if c is not None}
         contributors = Contributor.objects.in_bulk(involved)
+        payable_ids = set(payout_ready(Contributor.objects.filter(pk__in=involved)).values_list("pk", flat=True))
         minimum = settings.PAYOUT_MINIMUM_MINOR
 
         payouts = []
         for contributor_id in sorted(involved):
             contributor = contributors.get(contributor_id)
             owed = -closing.get(contributor_id, 0)
-            if contributor and owed >= minimum and owed > 0 and contributor.payouts_enabled and contributor.stripe_account_id:
+            if contributor and owed >= minimum and owed > 0 and contributor_id in payable_ids:
                 payouts.append(
                     Payout(contributor=contributor, period=period, amount_minor=owed, currency=settings.CURRENCY,
                            stripe_account_id=contributor.stripe_account_id)

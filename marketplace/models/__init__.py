@@ -1,4 +1,4 @@
-from marketplace.models.accounts import Contributor
+from marketplace.models.accounts import ApiTokenUse, Contributor
 from marketplace.models.billing import Plan, StripeEvent, Subscription
 from marketplace.models.catalog import BaseModel, Expert, ExpertVersion, LicenseTerms
 from marketplace.models.idempotency import IdempotencyRecord
@@ -9,6 +9,7 @@ from marketplace.models.quotas import QuotaWindow
 from marketplace.models.systems import ComposedSystem, ContributionMeasurement, SystemExpert, Usage
 
 __all__ = [
+    "ApiTokenUse",
     "BaseModel",
     "ComposedSystem",
     "ContributionMeasurement",

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from django.contrib.auth import authenticate, get_user_model
 from django.contrib.auth.password_validation import validate_password
+from django.contrib.auth.signals import user_logged_in
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from rest_framework.authtoken.models import Token
 
 from ledger.services import record_event
 from marketplace.models import Contributor
+from marketplace.services.security import second_factor_check_for_token
 from mosaic.errors import Conflict, DomainError
 
 MAX_PRIORITIES = 20
@@ -96,11 +98,14 @@ def contributor_register(
     return contributor
 
 
-def token_issue(*, username: str, password: str) -> Token:
-    """The user's API token (created on first request)."""
-    user = authenticate(username=username, password=password)
+def token_issue(*, request, username: str, password: str, otp_code: str = "") -> Token:
+    """The user's API token (created on first request). `request` lets the login throttle count the attempt.
+    An account that must use a second factor sends a code from its authenticator (or a recovery code) too."""
+    user = authenticate(request, username=username, password=password)
     if user is None or not user.is_active:
         raise DomainError("Wrong user name or password.", code="authentication_failed", status_code=401)
+    second_factor_check_for_token(user=user, code=otp_code)
+    user_logged_in.send(sender=user.__class__, request=request, user=user)  # a login: the throttle forgets failures
     token, _ = Token.objects.get_or_create(user=user)
     return token
 

@@ -6,9 +6,11 @@ from rest_framework.test import APIClient
 
 from marketplace.credit.settlement import close_period
 from marketplace.models import CreditStatement
+from marketplace.services.security import recovery_codes_renew
 from tests.credit.conftest import usage_on
 from tests.credit.factories import UserFactory
 from tests.openapi import assert_matches_schema
+from tests.second_factor import enrol_authenticator, verify_email
 
 
 @pytest.fixture
@@ -123,13 +125,32 @@ def test_a_contributor_downloads_their_statement_as_csv_and_html_and_nobody_else
 
 
 @pytest.mark.django_db
+def test_the_html_statement_may_use_its_own_inline_style_and_nothing_else_inline(earned):
+    import base64
+    import hashlib
+    import re
+
+    statement = CreditStatement.objects.get(contributor=earned.contributors[0])
+    response = client_for(earned.contributors[0].user).get(f"/api/credit/statements/{statement.id}.html")
+
+    style = re.search(r"<style>(.*?)</style>", response.content.decode(), re.S).group(1)
+    digest = base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()
+    policy = response["Content-Security-Policy"]
+    assert f"style-src 'self' 'sha256-{digest}'" in policy
+    assert "script-src 'self';" in policy and "unsafe-inline" not in policy
+
+
+@pytest.mark.django_db
 def test_onboarding_creates_one_express_account_and_a_fresh_link(world, stripe_server):
     charlie = world.contributors[2]
+    verify_email(charlie)
+    enrol_authenticator(charlie.user)
+    first_code, second_code = recovery_codes_renew(user=charlie.user)[:2]
     client = client_for(charlie.user)
     urls = {"refresh_url": "https://mosaic.example/connect/refresh", "return_url": "https://mosaic.example/connect/done"}
 
-    first = client.post("/api/credit/stripe/onboarding", urls, format="json")
-    second = client.post("/api/credit/stripe/onboarding", urls, format="json")
+    first = client.post("/api/credit/stripe/onboarding", {**urls, "otp_code": first_code}, format="json")
+    second = client.post("/api/credit/stripe/onboarding", {**urls, "otp_code": second_code}, format="json")
 
     assert first.status_code == 201
     paths = [r["path"] for r in stripe_server.requests]

@@ -12,6 +12,7 @@ from ledger.append_only import protections_lifted
 from marketplace.credit.payouts import send_pending_payouts
 from marketplace.models import Payout
 from tests.credit.conftest import signed_webhook, usage_on
+from tests.second_factor import ready_for_payouts
 
 
 @pytest.mark.django_db
@@ -19,9 +20,7 @@ def test_usage_to_payout_verifies_and_a_tampered_posting_is_caught(world, settin
     settings.PAYOUT_MINIMUM_MINOR = 100
     a1, a2, b, c = world.experts
     for contributor in world.contributors:
-        contributor.stripe_account_id = f"acct_{contributor.user.username}"
-        contributor.payouts_enabled = True
-        contributor.save()
+        ready_for_payouts(contributor, stripe_account=f"acct_{contributor.user.username}")
     for n in range(12):
         usage_on(date(2026, 10, 1 + n), organization=world.organization, system=world.system, charge_minor=250 + n,
                  attribution={str(a1.id): "0.4", str(b.id): "0.35", str(c.id): "0.25"})

@@ -13,6 +13,7 @@ from marketplace.credit.settlement import close_period
 from marketplace.models import Payout, StripeEvent
 from tests.conftest import is_postgres
 from tests.credit.conftest import signed_webhook, usage_on
+from tests.second_factor import ready_for_payouts
 
 WEBHOOK = "/api/stripe/connect-webhook"
 
@@ -25,9 +26,7 @@ def payouts(world, settings):
     world.system.contributions.all().delete()
     a1, a2, b, c = world.experts
     for contributor in world.contributors[:2]:
-        contributor.stripe_account_id = f"acct_{contributor.user.username}"
-        contributor.payouts_enabled = True
-        contributor.save()
+        ready_for_payouts(contributor, stripe_account=f"acct_{contributor.user.username}")
     usage_on(date(2026, 10, 5), organization=world.organization, system=world.system, charge_minor=3000,
              attribution={str(a1.id): "0.5", str(a2.id): "0.1666666", str(b.id): "0.3333334"})
     close_period(start=date(2026, 10, 1), end=date(2026, 10, 31))

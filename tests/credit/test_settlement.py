@@ -17,6 +17,7 @@ from marketplace.models import CreditStatement, Payout, Usage
 from mosaic.errors import DomainError
 from tests.credit.conftest import usage_on
 from tests.credit.factories import LicenseTermsFactory
+from tests.second_factor import ready_for_payouts
 
 START = date(2026, 10, 1)
 END = date(2026, 10, 31)
@@ -31,9 +32,7 @@ def october(world, settings):
     a1, a2, b, c = world.experts
     alice, bob, charlie = world.contributors
     for contributor in (alice, bob):
-        contributor.stripe_account_id = f"acct_{contributor.user.username}"
-        contributor.payouts_enabled = True
-        contributor.save()
+        ready_for_payouts(contributor, stripe_account=f"acct_{contributor.user.username}")
     license = LicenseTermsFactory(expert=a1, spdx_id="CC-BY-4.0", attribution_required=True)
     a1.license = license
     a1.save(update_fields=["license"])
@@ -60,6 +59,26 @@ def test_closing_a_period_writes_statements_pays_balances_above_the_minimum_and_
     assert account_balance(account=PAYOUTS_CLEARING) == -1600
     bobs = CreditStatement.objects.get(contributor=bob)
     assert (bobs.opening_minor, bobs.earned_minor, bobs.payout_minor, bobs.closing_minor) == (0, 400, 0, 400)
+
+
+@pytest.mark.django_db
+def test_a_contributor_whose_email_is_not_verified_gets_no_payout_and_keeps_the_balance(october):
+    alice = october.contributors[0]
+    alice.user.email = "alice@new-address.example"  # a changed address is unverified
+    alice.user.save()
+
+    result = close_period(start=START, end=END)
+
+    assert result.payouts == 0
+    assert account_balance(account=payable(alice.id)) == -1600
+
+
+@pytest.mark.django_db
+def test_a_contributor_without_an_authenticator_gets_no_payout(october):
+    alice = october.contributors[0]
+    alice.user.totpdevice_set.all().delete()
+
+    assert close_period(start=START, end=END).payouts == 0
 
 
 @pytest.mark.django_db

@@ -18,6 +18,7 @@ from marketplace.models import ComposedSystem, ContributionMeasurement, CreditLi
 from marketplace.services.systems import system_create
 from tests.credit.factories import UsageFactory
 from tests.marketplace import evaluation_suite
+from tests.second_factor import sign_in_with_second_factor
 
 FRENCH_PROMPTS = ["upp xy=", "srt cab=", "dbl ab=", "inc 12="]
 POETRY_PROMPTS = ["nxt ab=", "upp xy=", "inc 12=", "rev abc="]
@@ -183,7 +184,7 @@ def test_a_system_whose_experts_name_no_skill_fails_with_the_reason_and_writes_n
 def test_the_admin_action_queues_an_evaluation_the_operator_can_watch(world, staff, client,
                                                                      django_capture_on_commit_callbacks):
     served = world[0]
-    client.force_login(staff)
+    sign_in_with_second_factor(client, staff)
 
     with django_capture_on_commit_callbacks(execute=True) as queued:
         response = client.post("/admin/marketplace/composedsystem/",

@@ -4,6 +4,7 @@ from django.core.management import call_command
 
 from marketplace.models import Membership, Organization, OrganizationAPIKey
 from tests.marketplace.conftest import client_for
+from tests.second_factor import sign_in_with_second_factor
 
 pytestmark = pytest.mark.django_db
 
@@ -107,7 +108,7 @@ def test_staff_create_a_key_in_the_admin_and_see_it_once(client, alice_co):
     operator = UserFactory(username="operator")
     operator.is_staff = operator.is_superuser = True
     operator.save()
-    client.force_login(operator)
+    sign_in_with_second_factor(client, operator)
     response = client.post("/admin/marketplace/organizationapikey/add/",
                            {"name": "from-admin", "organization": alice_co.pk, "scopes": '["read"]'}, follow=True)
     assert response.status_code == 200

@@ -8,6 +8,7 @@ from ledger.models import Entry
 from marketplace.models import ComposedSystem, ExpertVersion
 from tests.marketplace.conftest import client_for
 from tests.marketplace.factories import BaseModelFactory, ExpertFactory
+from tests.second_factor import sign_in_with_second_factor
 
 pytestmark = pytest.mark.django_db
 
@@ -120,7 +121,7 @@ def test_private_systems_are_seen_only_by_their_organization_and_staff(staff, ex
 
 
 def test_staff_compose_through_the_admin_and_the_ledger_records_it(client, staff, experts, base):
-    client.force_login(staff)
+    sign_in_with_second_factor(client, staff)
     form = {"slug": "admin-duo", "name": "Admin duo", "description": "", "base_model": base.pk, "strategy": "merge",
             "strategy_config": "{}", "experts": [e.pk for e in experts], "owner_organization": "",
             "price_per_1k_tokens_minor": "", "attribution_alpha_bp": 5000, "on_revocation": "run_without",
@@ -133,7 +134,7 @@ def test_staff_compose_through_the_admin_and_the_ledger_records_it(client, staff
 
 
 def test_the_admin_shows_a_bad_composition_as_a_form_error(client, staff, experts, base):
-    client.force_login(staff)
+    sign_in_with_second_factor(client, staff)
     form = {"slug": "bad", "name": "Bad", "base_model": base.pk, "strategy": "single", "strategy_config": "{}",
             "experts": [e.pk for e in experts], "attribution_alpha_bp": 5000, "on_revocation": "run_without",
             "status": "active"}

@@ -11,6 +11,7 @@ from marketplace.models import BaseModel
 from marketplace.services.base_models import base_model_register, directory_sha256
 from mosaic.errors import DomainError
 from tests.marketplace.catalog.support import error_message, ledger_entries
+from tests.second_factor import sign_in_with_second_factor
 
 pytestmark = pytest.mark.django_db
 
@@ -83,7 +84,7 @@ def test_staff_register_a_base_model_in_the_admin(operator, tiny_base_dir):
     from django.test import Client
 
     client = Client()
-    client.force_login(operator)
+    sign_in_with_second_factor(client, operator)
     operator.is_superuser = True
     operator.save()
 
