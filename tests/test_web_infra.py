@@ -14,14 +14,14 @@ def test_the_admins_static_files_are_served_with_debug_off(settings):
     assert response.status_code == 200 and response["Content-Type"].startswith("text/css")
 
 
-@pytest.mark.parametrize("page", ["/api/docs/", "/api/redoc/"])
-def test_the_api_docs_load_only_our_own_static_files(page):
-    html = Client().get(page).content.decode()
+def test_the_api_docs_load_only_our_own_files():
+    html = Client().get("/api/docs/").content.decode()
     assets = re.findall(r'(?:src|href)="([^"]+)"', html)
-    assert assets and all(asset.startswith("/static/drf_spectacular_sidecar/") for asset in assets), assets
+    assert any(asset.startswith("/static/drf_spectacular_sidecar/") for asset in assets), assets
+    assert all(asset.startswith("/") and not asset.startswith("//") for asset in assets), assets
     assert not re.search(r"https?://", html.replace("http://www.w3.org", ""))
     for asset in assets:
-        assert Client().get(asset).status_code == 200, asset
+        assert Client().get(asset.replace("&amp;", "&")).status_code == 200, asset
 
 
 def test_plotly_is_served_from_our_static_files():

@@ -12,18 +12,27 @@ from composition import strategy_specs as specs
 from composition.errors import CompositionError
 from composition.experts import Expert
 from composition.strategies.base import CompletionRequest, CompletionResult, Strategy
+from composition.strategies.collaboration import (
+    HeterogeneousSwarm, KnowledgeCards, LLMBlender, MixtureOfAgents, MultiAgentFeedback, SlmMux, StructuredPipeline,
+)
+from composition.strategies.deferral import CoLLM, GraphRouter, MentorCollab, Nudging
 from composition.strategies.logits import Contrastive, LogitMixture
 from composition.strategies.routing import BaseAlone, Cascade, EmbeddingRouter, Single, Switch, TrainedRouter
 from composition.strategies.text import Aggregate, Debate
+from composition.strategies.optimised import ExPO, GreedySoup, LoraHub, ModelSwarms
 from composition.strategies.weights import Merge, MergeSearch
 
 STRATEGIES: dict[str, type[Strategy]] = {
     strategy.name: strategy
     for strategy in (
         Single, EmbeddingRouter, TrainedRouter, Cascade, Switch,
+        GraphRouter, MentorCollab, Nudging, CoLLM,
         Debate, Aggregate,
+        MixtureOfAgents, LLMBlender, KnowledgeCards, MultiAgentFeedback, HeterogeneousSwarm, SlmMux,
+        StructuredPipeline,
         LogitMixture, Contrastive,
         Merge, MergeSearch,
+        LoraHub, ModelSwarms, GreedySoup, ExPO,
         BaseAlone,
     )
 }

@@ -21,6 +21,7 @@ from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 from rest_framework.authtoken.models import Token
 
+from ledger.api.permissions import is_auditor
 from marketplace.models import ApiTokenUse, Contributor
 from mosaic.errors import DomainError, Forbidden
 
@@ -29,12 +30,6 @@ SESSION_SECOND_FACTOR_AT = "second_factor_at"
 
 
 # ---------------------------------------------------------------- who needs a second factor
-
-
-def is_auditor(user) -> bool:
-    from marketplace.credit.selectors import is_auditor as credit_is_auditor
-
-    return credit_is_auditor(user)
 
 
 def second_factor_required(user) -> bool:

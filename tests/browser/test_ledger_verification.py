@@ -12,6 +12,7 @@ from django.contrib.auth.models import Group, User
 from ledger import merkle
 from ledger.services import create_checkpoint, record_event
 from ledger.signing import Signer
+from tests.second_factor import current_code, enrol_authenticator
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -26,19 +27,20 @@ def ledger():
             create_checkpoint()
 
 
-def log_in(page, live_server, username):
-    page.goto(f"{live_server.url}/login/")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(f"{live_server.url}/")
-
-
 @pytest.fixture
 def auditor_page(page, live_server):
+    """An auditor signed in with the password, then the code of their authenticator (auditors must)."""
     user = User.objects.create_user("audrey", password=PASSWORD)
     user.groups.add(Group.objects.get_or_create(name="auditors")[0])
-    log_in(page, live_server, "audrey")
+    device = enrol_authenticator(user)
+    page.goto(f"{live_server.url}/login/")
+    page.fill("input[name=username]", "audrey")
+    page.fill("input[name=password]", PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url("**/account/two-factor/verify/**")
+    page.fill("input[name=code]", current_code(device))
+    page.get_by_role("button", name="Continue").click()
+    page.wait_for_load_state()
     return page
 
 

@@ -10,8 +10,11 @@ COMPOSING = sorted(set(STRATEGIES) - {"base"})
 
 
 def minimal_config(name):
-    return {"merge_search": {"dev_set": DEV_SET}, "single": {"expert": "alpha"},
-            "contrastive": {"expert": "alpha"}}.get(name, {})
+    learners = {name: {"dev_set": DEV_SET} for name in
+                ("merge_search", "graph_router", "lorahub", "model_swarms", "greedy_soup", "heterogeneous_swarm", "expo")}
+    return {**learners, "single": {"expert": "alpha"}, "contrastive": {"expert": "alpha"},
+            "mentor_collab": {"mentor": "alpha"}, "nudging": {"nudger": "alpha"},
+            "co_llm": {"assistant": "alpha"}}.get(name, {})
 
 
 @pytest.mark.parametrize("name", COMPOSING)

@@ -18,6 +18,7 @@ from marketplace.services.usage import usage_record
 from mosaic.errors import DomainError
 from tests.credit.factories import UsageFactory
 from tests.marketplace.factories import PlanFactory
+from tests.second_factor import ready_for_payouts
 
 pytestmark = pytest.mark.django_db
 
@@ -62,8 +63,7 @@ def test_a_plan_price_above_the_bound_is_refused_before_stripe_is_called(field, 
 def test_charges_at_the_bound_are_allocated_settled_and_paid_out_exactly(world, settings):
     settings.PAYOUT_MINIMUM_MINOR = 1
     for contributor in world.contributors:
-        contributor.stripe_account_id, contributor.payouts_enabled = f"acct_{contributor.pk}", True
-        contributor.save()
+        ready_for_payouts(contributor, stripe_account=f"acct_{contributor.pk}")
     a1, a2, b, c = world.experts
     end = date.today().replace(day=1) - timedelta(days=1)
     start = end.replace(day=1)

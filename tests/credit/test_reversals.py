@@ -17,6 +17,7 @@ from marketplace.credit.settlement import close_period
 from marketplace.models import CreditStatement, Payout, Usage
 from tests.credit.factories import UsageFactory
 from tests.marketplace.conftest import localstripe_url, stripe_api  # noqa: F401  (fixtures)
+from tests.second_factor import ready_for_payouts
 
 pytestmark = pytest.mark.django_db
 FAR_FUTURE = datetime(2100, 1, 1, tzinfo=UTC)
@@ -223,8 +224,7 @@ def test_a_dispute_lost_after_the_payout_leaves_a_negative_balance_that_the_next
     (start, end), (next_start, next_end) = months
     settings.PAYOUT_MINIMUM_MINOR = 100
     for contributor in world.contributors:
-        contributor.stripe_account_id, contributor.payouts_enabled = f"acct_{contributor.pk}", True
-        contributor.save()
+        ready_for_payouts(contributor, stripe_account=f"acct_{contributor.pk}")
     close_period(start=start, end=end)
     paid = {p.contributor_id: p.amount_minor for p in Payout.objects.all()}
     for payout in Payout.objects.all():

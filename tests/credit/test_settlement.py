@@ -150,8 +150,7 @@ def test_a_period_cannot_end_after_today(world):
 def served_today(world, settings):
     settings.PAYOUT_MINIMUM_MINOR = 1000
     alice = world.contributors[0]
-    alice.stripe_account_id, alice.payouts_enabled = "acct_alice", True
-    alice.save()
+    ready_for_payouts(alice, stripe_account="acct_alice")
     today = timezone.now().date()
     usage_on(today, organization=world.organization, system=world.system, charge_minor=5000,
              attribution={str(world.experts[0].id): "1"})

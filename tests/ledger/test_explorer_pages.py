@@ -7,13 +7,19 @@ from django.test import Client
 
 from ledger.services import create_checkpoint, record_event
 from ledger.signing import ledger_signer
+from marketplace.services.security import second_factor_required
+from tests.second_factor import sign_in_with_second_factor
 
 PAGES = ["/ledger/", "/ledger/entries/0/", "/ledger/checkpoints/"]
 
 
 def logged_in(user) -> Client:
+    """A signed-in client; staff and auditors with their second factor, as they must."""
     client = Client()
-    client.force_login(user)
+    if second_factor_required(user):
+        sign_in_with_second_factor(client, user)
+    else:
+        client.force_login(user)
     return client
 
 

@@ -21,6 +21,7 @@ from ledger.services import create_checkpoint, record_event
 from ledger.signing import Signer, ledger_signer, split_note
 from ledger.verification import verify_bundle
 from tests.marketplace.factories import UserFactory
+from tests.second_factor import sign_in_with_second_factor
 
 pytestmark = pytest.mark.django_db
 
@@ -175,7 +176,7 @@ def test_offline_verification_refuses_a_checkpoint_outside_its_keys_validity(rot
 def test_auditors_read_the_key_history(rotated_twice, client):
     first, second, third = rotated_twice
     auditor = UserFactory(is_staff=True)
-    client.force_login(auditor)
+    sign_in_with_second_factor(client, auditor)
 
     history = client.get("/api/ledger/keys").json()
 

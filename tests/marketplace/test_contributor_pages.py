@@ -11,6 +11,7 @@ from ledger.models import Entry
 from marketplace.credit.allocation import allocate_pending_usage
 from marketplace.models import ComposedSystem, Expert
 from tests.credit.conftest import usage_on, world  # noqa: F401
+from marketplace.services.security import second_factor_required
 from tests.credit.factories import (
     ComposedSystemFactory,
     ContributorFactory,
@@ -20,13 +21,18 @@ from tests.credit.factories import (
     SystemExpertFactory,
     UserFactory,
 )
+from tests.second_factor import sign_in_with_second_factor
 
 pytestmark = pytest.mark.django_db
 
 
 def logged_in(user) -> Client:
+    """A signed-in client; staff and auditors with their second factor, as they must."""
     client = Client()
-    client.force_login(user)
+    if second_factor_required(user):
+        sign_in_with_second_factor(client, user)
+    else:
+        client.force_login(user)
     return client
 
 

@@ -203,7 +203,7 @@ def test_the_admin_action_queues_an_evaluation_the_operator_can_watch(world, sta
 def test_the_evaluate_button_runs_the_evaluation_and_the_system_page_shows_its_progress_and_result(
         world, staff, client, django_capture_on_commit_callbacks):
     served = world[0]
-    client.force_login(staff)
+    sign_in_with_second_factor(client, staff)
     change_page = f"/admin/marketplace/composedsystem/{served.duo.pk}/change/"
     assert f'action="/admin/marketplace/composedsystem/{served.duo.pk}/evaluate/"' in client.get(change_page).content.decode()
 

@@ -146,7 +146,7 @@ def test_the_admin_shows_a_bad_composition_as_a_form_error(client, staff, expert
 def test_the_admin_offers_the_strategies_as_a_choice_and_puts_a_config_error_by_its_field(client, staff, experts, base):
     import re
 
-    client.force_login(staff)
+    sign_in_with_second_factor(client, staff)
     page = client.get("/admin/marketplace/composedsystem/add/").content.decode()
     options = re.findall(r'<option value="([a-z_]+)"', page[page.index('name="strategy"'):page.index("</select>", page.index('name="strategy"'))])
     assert {"single", "trained_router", "logit_mixture", "cascade", "merge"} <= set(options)

@@ -1,0 +1,313 @@
+"""Weight-level strategies that learn how to combine the experts' weights on a development set, then answer
+with the one adapter they found: LoraHub (CMA-ES), Model Swarms (particle swarm), greedy soup, ExPO.
+
+All of them combine weight updates linearly, ΔW = Σ c_i ΔW_i per module (development.combination_expert);
+what they learn is the coefficient vector c, available from `learned()` with the development set's hash.
+Attribution: |c_i| / Σ|c_j| (development.magnitude_attribution)."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from composition.engine import Engine
+from composition.errors import CompositionError
+from composition.experts import Expert
+from composition.merging import check_mergeable
+from composition.strategies.base import Choice, ConfigReader, Strategy
+from composition.strategies.development import (
+    combination_expert,
+    dev_loss,
+    dev_score,
+    dev_set_sha256,
+    magnitude_attribution,
+    read_dev_options,
+    read_dev_set,
+)
+
+
+class CombinationStrategy(Strategy):
+    """Shared by the weight-level learners: search coefficients in `search(engine)`, answer with the result."""
+
+    level = "weight"
+
+    def __init__(self, config: dict, experts: list[Expert]):
+        super().__init__(config, experts)
+        check_mergeable({expert.id: expert.adapter for expert in self.experts})
+        self.coefficients: dict[str, float] | None = None
+        self.evaluations: list[tuple[dict[str, float], float]] = []  # (coefficients, utility) in search order
+
+    def candidate(self, engine: Engine, coefficients: dict[str, float]) -> dict[str, float]:
+        """Register a candidate combination under this strategy's scratch id; returns its mixture."""
+        expert = combination_expert(self.experts, coefficients, rank=self.config.get("rank"),
+                                    expert_id=f"{self.name}-candidate")
+        engine.register_expert(expert)
+        return {expert.id: 1.0}
+
+    def prepare(self, engine: Engine) -> None:
+        super().prepare(engine)
+        self.evaluations = []
+        self.coefficients = self.search(engine)
+        self.combined = combination_expert(self.experts, self.coefficients, rank=self.config.get("rank"))
+        engine.register_expert(self.combined)
+
+    def search(self, engine: Engine) -> dict[str, float]:
+        raise NotImplementedError
+
+    def learned(self) -> dict:
+        """What the search learned, ready to store with the system and for the ledger's composition.optimised."""
+        if self.coefficients is None:
+            raise CompositionError(f"{self.name}: nothing learned yet (the strategy has not been prepared)")
+        dev_set = self.config.get("dev_set")
+        return {
+            "strategy": self.name,
+            "coefficients": {k: float(v) for k, v in self.coefficients.items()},
+            "evaluations": len(self.evaluations),
+            "dev_set_sha256": dev_set_sha256(dev_set) if dev_set else None,
+        }
+
+    def complete(self, prompt, request, seed, engine):
+        generation = engine.generate([self.generation_request(prompt, request, seed, {self.combined.id: 1.0})])[0]
+        return Choice(generation.text, generation.finish_reason, generation.completion_tokens,
+                      magnitude_attribution(self.coefficients))
+
+
+def read_utility(reader: ConfigReader, default: str) -> dict:
+    return {"utility": reader.choice("utility", ("loss", "metric"), default), **read_dev_options(reader)}
+
+
+class LoraHub(CombinationStrategy):
+    """LoraHub (Huang et al., 2023): gradient-free search for the coefficients c ∈ [-bound, bound]^n of
+    ΔW = Σ c_i ΔW_i with CMA-ES (the `cma` library), minimising the development set's loss (mean token
+    negative log-likelihood of the answers; utility "metric": 1 − the metric of greedy answers, the loss
+    breaking ties on the metric's plateaus) plus
+    l1 · mean |c_i|. Starts at uniform 1/n with step size sigma; at most `budget` evaluations; seeded."""
+
+    name = "lorahub"
+
+    @classmethod
+    def read_config(cls, reader: ConfigReader) -> dict:
+        return {
+            "dev_set": read_dev_set(reader),
+            **read_utility(reader, "loss"),
+            "bound": reader.number("bound", 1.5, minimum=0.1, maximum=10),
+            "l1": reader.number("l1", 0.05, minimum=0, maximum=10),
+            "sigma": reader.number("sigma", 0.5, minimum=1e-3, maximum=5),
+            "budget": reader.integer("budget", 40, minimum=2, maximum=2000),
+            "population": reader.integer("population", None, minimum=2, maximum=200),
+            "rank": reader.integer("rank", None, minimum=1, maximum=4096),
+            "seed": reader.integer("seed", 0, minimum=0),
+        }
+
+    def objective(self, engine: Engine, vector) -> float:
+        coefficients = dict(zip(self.expert_ids, (float(x) for x in vector)))
+        mixture = self.candidate(engine, coefficients)
+        value = dev_loss(engine, mixture, self.config["dev_set"])
+        if self.config["utility"] == "metric":  # the loss only breaks ties between equal scores
+            value = 1.0 - dev_score(engine, mixture, self.config["dev_set"], self.config) + 1e-3 * value
+        value += self.config["l1"] * sum(abs(c) for c in coefficients.values()) / len(coefficients)
+        self.evaluations.append((coefficients, -value))
+        return value
+
+    def search(self, engine: Engine) -> dict[str, float]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import cma
+
+        count = len(self.expert_ids)
+        bound = self.config["bound"]
+        options = {"bounds": [-bound, bound], "seed": self.config["seed"] + 1, "verbose": -9,
+                   "maxfevals": self.config["budget"], "tolflatfitness": self.config["budget"]}
+        if self.config["population"]:
+            options["popsize"] = self.config["population"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            strategy = cma.CMAEvolutionStrategy([1.0 / count] * count, self.config["sigma"], options)
+            first = self.objective(engine, [1.0 / count] * count)
+            best = ([1.0 / count] * count, first)
+            while not strategy.stop() and len(self.evaluations) < self.config["budget"]:
+                remaining = self.config["budget"] - len(self.evaluations)
+                solutions = strategy.ask()[:remaining]
+                values = [self.objective(engine, solution) for solution in solutions]
+                if len(solutions) == strategy.popsize:
+                    strategy.tell(solutions, values)
+                for solution, value in zip(solutions, values):
+                    if value < best[1]:
+                        best = (list(solution), value)
+        return dict(zip(self.expert_ids, (float(x) for x in best[0])))
+
+
+class ModelSwarms(CombinationStrategy):
+    """Model Swarms (Feng et al., 2024): particle swarm optimisation in weight space, guided by a utility on
+    the development set (default: the metric of greedy answers). A particle is a set of weights ΔW = Σ c_i ΔW_i;
+    the swarm starts with one particle per expert (c = its unit vector) plus `extra_particles` random mixes.
+    Each iteration: v ← inertia·v + r1·cognitive·(personal best − x) + r2·social·(global best − x)
+    − r3·repel·(global worst − x); x ← x + step·v; step ← max(step·step_factor, min_step). Stops after
+    `iterations` or `patience` iterations without a better global best; seeded."""
+
+    name = "model_swarms"
+
+    @classmethod
+    def read_config(cls, reader: ConfigReader) -> dict:
+        return {
+            "dev_set": read_dev_set(reader),
+            **read_utility(reader, "metric"),
+            "extra_particles": reader.integer("extra_particles", 2, minimum=0, maximum=100),
+            "iterations": reader.integer("iterations", 5, minimum=1, maximum=200),
+            "inertia": reader.number("inertia", 0.2, minimum=0, maximum=1),
+            "cognitive": reader.number("cognitive", 0.3, minimum=0, maximum=1),
+            "social": reader.number("social", 0.4, minimum=0, maximum=1),
+            "repel": reader.number("repel", 0.05, minimum=0, maximum=1),
+            "step": reader.number("step", 0.5, minimum=1e-3, maximum=2),
+            "step_factor": reader.number("step_factor", 0.95, minimum=0.1, maximum=1),
+            "min_step": reader.number("min_step", 0.1, minimum=0, maximum=2),
+            "patience": reader.integer("patience", 5, minimum=1, maximum=200),
+            "rank": reader.integer("rank", None, minimum=1, maximum=4096),
+            "seed": reader.integer("seed", 0, minimum=0),
+        }
+
+    def utility(self, engine: Engine, position: np.ndarray) -> float:
+        coefficients = dict(zip(self.expert_ids, (float(x) for x in position)))
+        mixture = self.candidate(engine, coefficients)
+        if self.config["utility"] == "loss":
+            value = -dev_loss(engine, mixture, self.config["dev_set"])
+        else:
+            value = dev_score(engine, mixture, self.config["dev_set"], self.config)
+        self.evaluations.append((coefficients, value))
+        return value
+
+    def search(self, engine: Engine) -> dict[str, float]:
+        config = self.config
+        count = len(self.expert_ids)
+        rng = np.random.default_rng(config["seed"])
+        positions = [np.eye(count)[i] for i in range(count)]
+        positions += [rng.dirichlet(np.ones(count)) for _ in range(config["extra_particles"])]
+        velocities = [rng.uniform(-0.1, 0.1, count) for _ in positions]
+        utilities = [self.utility(engine, x) for x in positions]
+        personal = [(x.copy(), u) for x, u in zip(positions, utilities)]
+        best_index = int(np.argmax(utilities))  # the first particle wins ties: experts come first
+        best = (positions[best_index].copy(), utilities[best_index])
+        worst_index = int(np.argmin(utilities))
+        worst = (positions[worst_index].copy(), utilities[worst_index])
+        step, stale = config["step"], 0
+        for _ in range(config["iterations"]):
+            improved = False
+            for index in range(len(positions)):
+                r1, r2, r3 = rng.uniform(0, 1, 3)
+                velocities[index] = (
+                    config["inertia"] * velocities[index]
+                    + r1 * config["cognitive"] * (personal[index][0] - positions[index])
+                    + r2 * config["social"] * (best[0] - positions[index])
+                    - r3 * config["repel"] * (worst[0] - positions[index])
+                )
+                positions[index] = positions[index] + step * velocities[index]
+                value = self.utility(engine, positions[index])
+                if value > personal[index][1]:
+                    personal[index] = (positions[index].copy(), value)
+                if value > best[1]:
+                    best, improved = (positions[index].copy(), value), True
+                if value < worst[1]:
+                    worst = (positions[index].copy(), value)
+            step = max(step * config["step_factor"], config["min_step"])
+            stale = 0 if improved else stale + 1
+            if stale >= config["patience"]:
+                break
+        return dict(zip(self.expert_ids, (float(x) for x in best[0])))
+
+
+class GreedySoup(CombinationStrategy):
+    """Greedy soup (Wortsman et al., 2022): rank the experts by their development-set score alone; start the
+    soup with the best; add each next expert if the uniform average of the soup with it scores at least as
+    well. The soup's uniform average answers (coefficients 1/|soup| for its members, 0 for the others)."""
+
+    name = "greedy_soup"
+
+    @classmethod
+    def read_config(cls, reader: ConfigReader) -> dict:
+        return {"dev_set": read_dev_set(reader), **read_dev_options(reader),
+                "rank": reader.integer("rank", None, minimum=1, maximum=4096)}
+
+    def search(self, engine: Engine) -> dict[str, float]:
+        dev_set = self.config["dev_set"]
+        alone = {e: dev_score(engine, {e: 1.0}, dev_set, self.config) for e in self.expert_ids}
+        for expert_id, value in alone.items():
+            self.evaluations.append(({k: float(k == expert_id) for k in self.expert_ids}, value))
+        ranked = sorted(self.expert_ids, key=lambda e: -alone[e])  # stable: the system's order breaks ties
+        soup, current = [ranked[0]], alone[ranked[0]]
+        for expert_id in ranked[1:]:
+            members = soup + [expert_id]
+            coefficients = {e: (1.0 / len(members) if e in members else 0.0) for e in self.expert_ids}
+            value = dev_score(engine, self.candidate(engine, coefficients), dev_set, self.config)
+            self.evaluations.append((coefficients, value))
+            if value >= current:
+                soup, current = members, value
+        return {e: (1.0 / len(soup) if e in soup else 0.0) for e in self.expert_ids}
+
+
+class ExPO(CombinationStrategy):
+    """ExPO, model extrapolation (Zheng et al., 2024): from a weaker to a stronger model,
+    W = W_strong + α (W_strong − W_weak), i.e. ΔW = (1+α) ΔW_strong − α ΔW_weak (the weak one may be the base
+    model, ΔW = 0: the strong expert's update amplified). `strong`/`weak` name them; otherwise the development
+    set ranks the experts alone and the best is strong, the worst weak (the base model when there is one expert).
+    `alpha_candidates`, with a development set, picks α by its score (the first best wins ties)."""
+
+    name = "expo"
+
+    @classmethod
+    def read_config(cls, reader: ConfigReader) -> dict:
+        strong = reader.expert("strong", None)
+        weak = reader.expert("weak", None, extra=("base",))
+        dev_set = read_dev_set(reader, required=False)
+        candidates = reader.raw("alpha_candidates", None)
+        if candidates is not None:
+            if (not isinstance(candidates, list) or not candidates
+                    or not all(isinstance(c, (int, float)) and not isinstance(c, bool) and 0 <= c <= 10
+                               for c in candidates)):
+                raise CompositionError("expo: 'alpha_candidates' must be a non-empty list of numbers in [0, 10]")
+            candidates = [float(c) for c in candidates]
+        if strong is None and weak is not None:
+            raise CompositionError("expo: 'weak' needs 'strong'")
+        if strong is not None and strong == weak:
+            raise CompositionError("expo: 'weak' must differ from 'strong'")
+        if dev_set is None and (strong is None or candidates is not None):
+            raise CompositionError(
+                "expo: without a 'dev_set', name 'strong' (and optionally 'weak') and give one 'alpha', "
+                "not 'alpha_candidates'"
+            )
+        return {
+            "strong": strong,
+            "weak": weak if strong is None or weak is not None else "base",
+            "alpha": reader.number("alpha", 0.3, minimum=0, maximum=10),
+            "alpha_candidates": candidates,
+            "dev_set": dev_set,
+            **read_dev_options(reader),
+            "rank": reader.integer("rank", None, minimum=1, maximum=4096),
+        }
+
+    def coefficients_for(self, strong: str, weak: str, alpha: float) -> dict[str, float]:
+        coefficients = {e: 0.0 for e in self.expert_ids}
+        coefficients[strong] = 1.0 + alpha
+        if weak != "base":
+            coefficients[weak] = -alpha
+        return coefficients
+
+    def search(self, engine: Engine) -> dict[str, float]:
+        strong, weak = self.config["strong"], self.config["weak"]
+        dev_set = self.config["dev_set"]
+        if strong is None:
+            alone = {e: dev_score(engine, {e: 1.0}, dev_set, self.config) for e in self.expert_ids}
+            ranked = sorted(self.expert_ids, key=lambda e: -alone[e])
+            strong = ranked[0]
+            weak = ranked[-1] if len(ranked) > 1 else "base"
+        self.pair = (strong, weak)
+        alphas = self.config["alpha_candidates"] or [self.config["alpha"]]
+        if len(alphas) == 1:
+            return self.coefficients_for(strong, weak, alphas[0])
+        best = None
+        for alpha in alphas:
+            coefficients = self.coefficients_for(strong, weak, alpha)
+            value = dev_score(engine, self.candidate(engine, coefficients), dev_set, self.config)
+            self.evaluations.append((coefficients, value))
+            if best is None or value > best[1]:
+                best = (coefficients, value)
+        return best[0]
