@@ -434,6 +434,399 @@ class MergeSearchSpec(StrategySpec):
         }
 
 
+# --- the collaboration methods (composition.strategies.deferral, collaboration, optimised) -----------------
+
+
+def read_dev_set(reader: ConfigReader, *, required: bool = True) -> list[dict] | None:
+    dev_set = reader.raw("dev_set", None)
+    if dev_set is None and not required:
+        return None
+    name = reader.strategy
+    if not isinstance(dev_set, list) or not dev_set:
+        raise CompositionError(f"{name}: 'dev_set' must be a non-empty list of {{prompt, answers}}")
+    for index, item in enumerate(dev_set):
+        if (not isinstance(item, dict) or not isinstance(item.get("prompt"), str)
+                or not isinstance(item.get("answers"), list) or not item["answers"]
+                or not all(isinstance(answer, str) for answer in item["answers"])
+                or set(item) - {"prompt", "answers"}):
+            raise CompositionError(
+                f"{name}: dev_set[{index}] must be an object with a prompt string and a non-empty list of answers"
+            )
+    return [{"prompt": item["prompt"], "answers": list(item["answers"])} for item in dev_set]
+
+
+def read_dev_options(reader: ConfigReader) -> dict:
+    """How a development set is answered and scored (greedy generation, then the metric)."""
+    return {
+        "metric": reader.choice("metric", ("exact_match", "token_f1"), "exact_match"),
+        "max_tokens": reader.integer("max_tokens", 32, minimum=1, maximum=4096),
+        "stop": reader.text_list("stop", []),
+    }
+
+
+BASE = "base"
+
+
+def helper_expert(reader: ConfigReader, key: str) -> str:
+    default = reader.expert_ids[0] if len(reader.expert_ids) == 1 else None
+    expert = reader.expert(key, default)
+    if expert is None:
+        raise CompositionError(f"{reader.strategy}: '{key}' is required when the system has several experts")
+    return expert
+
+
+def read_utility(reader: ConfigReader, default: str) -> dict:
+    return {"utility": reader.choice("utility", ("loss", "metric"), default), **read_dev_options(reader)}
+
+
+MOA_TEMPLATE = ("{prompt}\nYou have been given answers from several models. Synthesise them into one better "
+                "answer.\n{answers}\nAnswer: ")
+
+
+RANK_TEMPLATE = "{prompt}\nCandidate A: {a}\nCandidate B: {b}\nThe better candidate is "
+
+
+FUSE_TEMPLATE = "{prompt}\nThe best candidate answers:\n{answers}\nCombine their strengths into one answer: "
+
+
+KNOWLEDGE_TEMPLATE = "Write what is known that helps with this.\n{prompt}\nKnowledge: "
+
+
+READ_TEMPLATE = "Knowledge:\n{knowledge}\n\n{prompt}"
+
+
+FEEDBACK_TEMPLATE = "{prompt}\nAn answer: {answer}\nFeedback on this answer: "
+
+
+REFINE_TEMPLATE = "{prompt}\nYour previous answer: {answer}\nFeedback:\n{feedback}\nRefined answer: "
+
+
+SUMMARY_TEMPLATE = "{prompt}\nAnswers:\n{answers}\nFinal answer: "
+
+
+NODE_TEMPLATE = "{prompt}\nWhat others wrote:\n{inputs}\nYour answer: "
+
+
+REGENERATE_TEMPLATE = ("{prompt}\nYour previous answer: {own}\nAnswers from the assistants you read:\n{inputs}\n"
+                       "Updated answer: ")
+
+
+TOPOLOGIES = ("chain", "star", "complete", "custom")
+
+
+class GraphRouterSpec(StrategySpec):
+    name = "graph_router"
+    level = "api"
+
+    @classmethod
+    def read_config(cls, reader: ConfigReader) -> dict:
+        return {
+            "dev_set": read_dev_set(reader),
+            **read_dev_options(reader),
+            "neighbours": reader.integer("neighbours", 5, minimum=1, maximum=1000),
+            "temperature": reader.number("temperature", 0.05, minimum=1e-6),
+        }
+
+
+class MentorCollabSpec(StrategySpec):
+    name = "mentor_collab"
+    level = "api"
+
+    @classmethod
+    def read_config(cls, reader: ConfigReader) -> dict:
+        generator = reader.expert("generator", BASE, extra=(BASE,))
+        mentor = helper_expert(reader, "mentor")
+        if mentor == generator:
+            raise CompositionError("mentor_collab: 'mentor' must differ from 'generator'")
+        return {
+            "generator": generator,
+            "mentor": mentor,
+            "decision_proportion": reader.number("decision_proportion", 0.25, minimum=0, maximum=1),
+            "patch_tokens": reader.integer("patch_tokens", 8, minimum=1, maximum=256),
+            "seed": reader.integer("seed", 0),
+        }
+
+
+class NudgingSpec(StrategySpec):
+    name = "nudging"
+    level = "api"
+
+    @classmethod
+    def read_config(cls, reader: ConfigReader) -> dict:
+        base = reader.expert("base", BASE, extra=(BASE,))
+        nudger = helper_expert(reader, "nudger")
+        if nudger == base:
+            raise CompositionError("nudging: 'nudger' must differ from 'base'")
+        return {"base": base, "nudger": nudger, "gamma": reader.number("gamma", 0.4, minimum=0, maximum=1)}
+
+
+class CoLLMSpec(StrategySpec):
+    name = "co_llm"
+    level = "api"
+
+    @classmethod
+    def read_config(cls, reader: ConfigReader) -> dict:
+        base = reader.expert("base", BASE, extra=(BASE,))
+        assistant = helper_expert(reader, "assistant")
+        if assistant == base:
+            raise CompositionError("co_llm: 'assistant' must differ from 'base'")
+        gate = reader.choice("gate", ("confidence", "learned"), "confidence")
+        dev_set = read_dev_set(reader, required=gate == "learned")
+        if gate == "confidence" and dev_set is not None:
+            raise CompositionError("co_llm: 'dev_set' trains the learned gate; gate 'confidence' takes none")
+        return {
+            "base": base, "assistant": assistant, "gate": gate, "dev_set": dev_set,
+            "threshold": reader.number("threshold", 0.5, minimum=0, maximum=1),
+            "epochs": reader.integer("epochs", 200, minimum=1, maximum=100000),
+            "l2": reader.number("l2", 1e-3, minimum=0),
+            "seed": reader.integer("seed", 0),
+        }
+
+
+class MixtureOfAgentsSpec(StrategySpec):
+    name = "mixture_of_agents"
+    level = "text"
+
+    @classmethod
+    def read_config(cls, reader: ConfigReader) -> dict:
+        return {
+            "proposers": reader.expert_list("proposers", list(reader.expert_ids)),
+            "aggregator": reader.expert("aggregator", reader.expert_ids[0]),
+            "layers": reader.integer("layers", 2, minimum=1, maximum=4),
+            "aggregate_template": _template(reader, "aggregate_template", MOA_TEMPLATE, ("prompt", "answers")),
+        }
+
+
+class LLMBlenderSpec(StrategySpec):
+    name = "llm_blender"
+    level = "text"
+
+    @classmethod
+    def read_config(cls, reader: ConfigReader) -> dict:
+        experts = reader.expert_list("experts", list(reader.expert_ids))
+        return {
+            "experts": experts,
+            "ranker": reader.expert("ranker", BASE, extra=(BASE,)),
+            "fuser": reader.expert("fuser", BASE, extra=(BASE,)),
+            "top_k": reader.integer("top_k", min(2, len(experts)), minimum=1, maximum=len(experts)),
+            "rank_template": _template(reader, "rank_template", RANK_TEMPLATE, ("prompt", "a", "b")),
+            "fuse_template": _template(reader, "fuse_template", FUSE_TEMPLATE, ("prompt", "answers")),
+        }
+
+
+class KnowledgeCardsSpec(StrategySpec):
+    name = "knowledge_cards"
+    level = "text"
+
+    @classmethod
+    def read_config(cls, reader: ConfigReader) -> dict:
+        cards = reader.expert_list("cards", list(reader.expert_ids))
+        return {
+            "cards": cards,
+            "reader": reader.expert("reader", BASE, extra=(BASE,)),
+            "top_k": reader.integer("top_k", len(cards), minimum=1, maximum=len(cards)),
+            "knowledge_tokens": reader.integer("knowledge_tokens", 32, minimum=1, maximum=1024),
+            "knowledge_template": _template(reader, "knowledge_template", KNOWLEDGE_TEMPLATE, ("prompt",)),
+            "read_template": _template(reader, "read_template", READ_TEMPLATE, ("knowledge", "prompt")),
+        }
+
+
+class MultiAgentFeedbackSpec(StrategySpec):
+    name = "multiagent_feedback"
+    level = "text"
+
+    @classmethod
+    def read_config(cls, reader: ConfigReader) -> dict:
+        agents = reader.expert_list("agents", list(reader.expert_ids))
+        return {
+            "agents": agents,
+            "summariser": reader.expert("summariser", reader.expert_ids[0]),
+            "rounds": reader.integer("rounds", 1, minimum=0, maximum=5),
+            "feedback_count": reader.integer("feedback_count", min(2, max(len(agents) - 1, 0)), minimum=0,
+                                             maximum=max(len(agents) - 1, 0)),
+            "feedback_tokens": reader.integer("feedback_tokens", 32, minimum=1, maximum=1024),
+            "feedback_template": _template(reader, "feedback_template", FEEDBACK_TEMPLATE, ("prompt", "answer")),
+            "refine_template": _template(reader, "refine_template", REFINE_TEMPLATE, ("prompt", "answer", "feedback")),
+            "summary_template": _template(reader, "summary_template", SUMMARY_TEMPLATE, ("prompt", "answers")),
+        }
+
+
+class HeterogeneousSwarmSpec(StrategySpec):
+    name = "heterogeneous_swarm"
+    level = "text"
+
+    @classmethod
+    def read_config(cls, reader: ConfigReader) -> dict:
+        edges = reader.raw("edges", None)
+        output = reader.expert("output", None)
+        if edges is not None:
+            if (not isinstance(edges, list) or not all(
+                    isinstance(edge, list) and len(edge) == 2 and all(node in reader.expert_ids for node in edge)
+                    and edge[0] != edge[1] for edge in edges)):
+                raise CompositionError(
+                    "heterogeneous_swarm: 'edges' must be a list of [from, to] pairs of two different experts of the system")
+            if output is None:
+                raise CompositionError("heterogeneous_swarm: 'output' is required with 'edges'")
+            order = cls.order_of(reader.expert_ids, [tuple(edge) for edge in edges])
+            if order is None:
+                raise CompositionError("heterogeneous_swarm: 'edges' contain a cycle")
+            edges = [list(edge) for edge in edges]
+        elif output is not None:
+            raise CompositionError("heterogeneous_swarm: 'output' is only used with 'edges'")
+        dev_set = read_dev_set(reader, required=edges is None)
+        return {
+            "edges": edges, "output": output, "dev_set": dev_set, **read_dev_options(reader),
+            "particles": reader.integer("particles", 4, minimum=1, maximum=50),
+            "iterations": reader.integer("iterations", 3, minimum=0, maximum=50),
+            "seed": reader.integer("seed", 0, minimum=0),
+            "node_template": _template(reader, "node_template", NODE_TEMPLATE, ("prompt", "inputs")),
+        }
+
+    @staticmethod
+    def order_of(nodes: list[str], edges: list[tuple[str, str]]) -> list[str] | None:
+        incoming = {node: {a for a, b in edges if b == node} for node in nodes}
+        order = []
+        while len(order) < len(nodes):
+            ready = [n for n in nodes if n not in order and incoming[n] <= set(order)]
+            if not ready:
+                return None
+            order.append(ready[0])
+        return order
+
+
+class SlmMuxSpec(StrategySpec):
+    name = "slm_mux"
+    level = "text"
+
+    @classmethod
+    def read_config(cls, reader: ConfigReader) -> dict:
+        return {
+            "experts": reader.expert_list("experts", list(reader.expert_ids)),
+            "samples": reader.integer("samples", 5, minimum=1, maximum=64),
+            "sample_temperature": reader.number("sample_temperature", 0.7, minimum=1e-3, maximum=5),
+            "dev_set": read_dev_set(reader, required=False),
+            **read_dev_options(reader),
+        }
+
+
+class StructuredPipelineSpec(StrategySpec):
+    name = "structured"
+    level = "text"
+
+    @classmethod
+    def read_config(cls, reader: ConfigReader) -> dict:
+        agents = reader.expert_list("agents", list(reader.expert_ids))
+        topology = reader.choice("topology", TOPOLOGIES, "chain")
+        edges = reader.raw("edges", None)
+        if topology == "custom":
+            if (not isinstance(edges, list) or not all(
+                    isinstance(edge, list) and len(edge) == 2 and all(node in agents for node in edge)
+                    and edge[0] != edge[1] for edge in edges)):
+                raise CompositionError("structured: 'edges' must be a list of [speaker, listener] pairs of two "
+                                       "different agents")
+            edges = [list(edge) for edge in edges]
+        elif edges is not None:
+            raise CompositionError("structured: 'edges' is only used with topology 'custom'")
+        final = reader.expert("final", agents[-1] if topology == "chain" else agents[0])
+        if final not in agents:
+            raise CompositionError(f"structured: 'final' must be one of the agents {agents}")
+        return {
+            "agents": agents, "topology": topology, "edges": edges, "final": final,
+            "rounds": reader.integer("rounds", 2, minimum=0, maximum=5),
+            "regenerate_template": _template(reader, "regenerate_template", REGENERATE_TEMPLATE,
+                                             ("prompt", "own", "inputs")),
+        }
+
+
+class LoraHubSpec(StrategySpec):
+    name = "lorahub"
+    level = "weight"
+
+    @classmethod
+    def read_config(cls, reader: ConfigReader) -> dict:
+        return {
+            "dev_set": read_dev_set(reader),
+            **read_utility(reader, "loss"),
+            "bound": reader.number("bound", 1.5, minimum=0.1, maximum=10),
+            "l1": reader.number("l1", 0.05, minimum=0, maximum=10),
+            "sigma": reader.number("sigma", 0.5, minimum=1e-3, maximum=5),
+            "budget": reader.integer("budget", 40, minimum=2, maximum=2000),
+            "population": reader.integer("population", None, minimum=2, maximum=200),
+            "rank": reader.integer("rank", None, minimum=1, maximum=4096),
+            "seed": reader.integer("seed", 0, minimum=0),
+        }
+
+
+class ModelSwarmsSpec(StrategySpec):
+    name = "model_swarms"
+    level = "weight"
+
+    @classmethod
+    def read_config(cls, reader: ConfigReader) -> dict:
+        return {
+            "dev_set": read_dev_set(reader),
+            **read_utility(reader, "metric"),
+            "extra_particles": reader.integer("extra_particles", 2, minimum=0, maximum=100),
+            "iterations": reader.integer("iterations", 5, minimum=1, maximum=200),
+            "inertia": reader.number("inertia", 0.2, minimum=0, maximum=1),
+            "cognitive": reader.number("cognitive", 0.3, minimum=0, maximum=1),
+            "social": reader.number("social", 0.4, minimum=0, maximum=1),
+            "repel": reader.number("repel", 0.05, minimum=0, maximum=1),
+            "step": reader.number("step", 0.5, minimum=1e-3, maximum=2),
+            "step_factor": reader.number("step_factor", 0.95, minimum=0.1, maximum=1),
+            "min_step": reader.number("min_step", 0.1, minimum=0, maximum=2),
+            "patience": reader.integer("patience", 5, minimum=1, maximum=200),
+            "rank": reader.integer("rank", None, minimum=1, maximum=4096),
+            "seed": reader.integer("seed", 0, minimum=0),
+        }
+
+
+class GreedySoupSpec(StrategySpec):
+    name = "greedy_soup"
+    level = "weight"
+
+    @classmethod
+    def read_config(cls, reader: ConfigReader) -> dict:
+        return {"dev_set": read_dev_set(reader), **read_dev_options(reader),
+                "rank": reader.integer("rank", None, minimum=1, maximum=4096)}
+
+
+class ExPOSpec(StrategySpec):
+    name = "expo"
+    level = "weight"
+
+    @classmethod
+    def read_config(cls, reader: ConfigReader) -> dict:
+        strong = reader.expert("strong", None)
+        weak = reader.expert("weak", None, extra=("base",))
+        dev_set = read_dev_set(reader, required=False)
+        candidates = reader.raw("alpha_candidates", None)
+        if candidates is not None:
+            if (not isinstance(candidates, list) or not candidates
+                    or not all(isinstance(c, (int, float)) and not isinstance(c, bool) and 0 <= c <= 10
+                               for c in candidates)):
+                raise CompositionError("expo: 'alpha_candidates' must be a non-empty list of numbers in [0, 10]")
+            candidates = [float(c) for c in candidates]
+        if strong is None and weak is not None:
+            raise CompositionError("expo: 'weak' needs 'strong'")
+        if strong is not None and strong == weak:
+            raise CompositionError("expo: 'weak' must differ from 'strong'")
+        if dev_set is None and (strong is None or candidates is not None):
+            raise CompositionError(
+                "expo: without a 'dev_set', name 'strong' (and optionally 'weak') and give one 'alpha', "
+                "not 'alpha_candidates'"
+            )
+        return {
+            "strong": strong,
+            "weak": weak if strong is None or weak is not None else "base",
+            "alpha": reader.number("alpha", 0.3, minimum=0, maximum=10),
+            "alpha_candidates": candidates,
+            "dev_set": dev_set,
+            **read_dev_options(reader),
+            "rank": reader.integer("rank", None, minimum=1, maximum=4096),
+        }
+
+
 SPECS: dict[str, type[StrategySpec]] = {
     spec.name: spec
     for spec in (
@@ -442,6 +835,10 @@ SPECS: dict[str, type[StrategySpec]] = {
         LogitMixtureSpec, ContrastiveSpec,
         MergeSpec, MergeSearchSpec,
         BaseAloneSpec,
+        GraphRouterSpec, MentorCollabSpec, NudgingSpec, CoLLMSpec,
+        MixtureOfAgentsSpec, LLMBlenderSpec, KnowledgeCardsSpec, MultiAgentFeedbackSpec, HeterogeneousSwarmSpec,
+        SlmMuxSpec, StructuredPipelineSpec,
+        LoraHubSpec, ModelSwarmsSpec, GreedySoupSpec, ExPOSpec,
     )
 }
 
