@@ -14,8 +14,9 @@ def test_the_admins_static_files_are_served_with_debug_off(settings):
     assert response.status_code == 200 and response["Content-Type"].startswith("text/css")
 
 
-def test_the_api_docs_load_only_our_own_files():
-    html = Client().get("/api/docs/").content.decode()
+@pytest.mark.parametrize("page", ["/api/docs/", "/api/redoc/"])
+def test_the_api_docs_load_only_our_own_files(page):
+    html = Client().get(page).content.decode()
     assets = re.findall(r'(?:src|href)="([^"]+)"', html)
     assert any(asset.startswith("/static/drf_spectacular_sidecar/") for asset in assets), assets
     assert all(asset.startswith("/") and not asset.startswith("//") for asset in assets), assets
