@@ -21,7 +21,7 @@ import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
 
@@ -34,6 +34,9 @@ from composition.decoding import (
 )
 from composition.errors import CompositionError, UnconstrainedAnswer
 from composition.experts import Expert
+
+
+MixtureRule = Callable[[str, int], "dict[str, float]"]
 
 
 @dataclass
@@ -54,6 +57,24 @@ class GenerationRequest:
     logprobs: int | None = None
     json_output: bool = False
     json_schema: dict | None = None
+    # A mixture decided per token (a router, a switch): before each token, mixture_rule(prompt + text so far,
+    # step) gives the weights of this token's mixture over the experts of `mixture` (each keeps its own KV
+    # cache over the same prefix, so a mixture of k experts costs k rows per token, not k passes).
+    mixture_rule: MixtureRule | None = field(default=None, compare=False)
+
+
+def step_mixture(request: GenerationRequest, members: list[tuple[str | None, float]], text: str, step: int
+                 ) -> list[tuple[str | None, float]]:
+    """The members' weights for this token: the request's own, or those its mixture_rule gives now."""
+    if request.mixture_rule is None:
+        return members
+    weights = request.mixture_rule(request.prompt + text, step)
+    experts = {expert_id for expert_id, _ in members}
+    unknown = set(weights) - experts
+    if unknown:
+        raise CompositionError(f"the mixture rule names experts outside the request's mixture: {sorted(unknown)}")
+    normalise_mixture(weights)
+    return [(expert_id, float(weights.get(expert_id, 0.0))) for expert_id, _ in members]
 
 
 @dataclass
@@ -354,7 +375,8 @@ class ReferenceEngine:
                     else:
                         output = self._forward(expert_id, torch.tensor([sequence]))
                     logits.append(output.logits[0, -1])
-                token = state.step(self._mix(members, logits))
+                token = state.step(self._mix(step_mixture(request, members, state.text, len(state.token_ids)),
+                                             logits))
                 sequence.append(token)
                 fresh = [token]
                 if on_token is not None:
@@ -414,7 +436,7 @@ class MemoisingEngine:
 
     @staticmethod
     def _key(request: GenerationRequest) -> tuple | None:
-        if request.temperature > 0:
+        if request.temperature > 0 or request.mixture_rule is not None:
             return None
         return (request.prompt, tuple(sorted(request.mixture.items())), request.max_tokens, tuple(request.stop),
                 request.presence_penalty, request.frequency_penalty, tuple(sorted(request.logit_bias.items())),

@@ -12,11 +12,12 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
 from composition.errors import CompositionError
+
+if TYPE_CHECKING:  # torch loads where tensors are read or written, not where an adapter's files are hashed
+    import torch
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -83,6 +84,8 @@ class LoraAdapter:
             "inference_mode": True,
         }
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+        from safetensors.torch import save_file
+
         save_file(tensors, str(directory / WEIGHTS_FILE))
         return directory
 
@@ -165,6 +168,8 @@ def read_adapter(adapter_dir: str | Path) -> LoraAdapter:
         raise CompositionError("DoRA adapters are not supported")
     if config.get("fan_in_fan_out"):
         raise CompositionError("fan_in_fan_out adapters are not supported")
+    from safetensors.torch import load_file
+
     try:
         tensors = load_file(str(weights_path))
     except Exception as error:  # safetensors raises several types on corrupt files

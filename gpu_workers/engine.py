@@ -16,6 +16,7 @@ batched matrix products.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from composition.engine import (
     ScoreRequest,
     check_request,
     normalise_mixture,
+    step_mixture,
 )
 from composition.experts import Expert
 from gpu_workers.adapter_pool import AdapterPool
@@ -174,6 +176,103 @@ class Lane:
     weight: float
 
 
+@dataclass
+class Sequence:
+    """One request decoding in a RunningBatch: its prompt's tokens, its lanes (one per expert of its mixture,
+    each with its weight; one base-model lane for an empty mixture) and its decoding state."""
+
+    request: GenerationRequest
+    prompt_ids: list[int]
+    lanes: list[tuple[str | None, float]]
+    state: DecodeState
+    on_token: Callable[[str], None] | None = None  # called with the text so far after each token
+    error: BaseException | None = None  # its per-token mixture rule failed: it leaves at the end of the step
+
+    @property
+    def experts(self) -> set[str]:
+        return {expert_id for expert_id, _weight in self.lanes if expert_id is not None}
+
+
+def _left_pad(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - tensor.shape[dim]
+    if missing <= 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+class RunningBatch:
+    """The sequences decoding together and their one KV cache, one row per lane, rows of a sequence together.
+
+    Every row is left-padded: its attention mask is 0 over the columns before its own tokens, so sequences
+    of different lengths share the cache. A newcomer's prefilled cache is merged in by padding the shorter
+    side on the left; a sequence that leaves takes its rows out, and columns that no row uses any more are
+    cut off the left."""
+
+    def __init__(self):
+        self.sequences: list[Sequence] = []
+        self.cache: DynamicCache | None = None
+        self.attention: torch.Tensor | None = None  # [rows, columns] 1 where a row has a token
+        self.positions: torch.Tensor | None = None  # [rows, 1] the position of each row's next token
+        self.next_input: torch.Tensor | None = None  # [rows, 1] each row's last token, fed at the next step
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    @property
+    def rows(self) -> int:
+        return sum(len(sequence.lanes) for sequence in self.sequences)
+
+    @property
+    def experts(self) -> set[str]:
+        return {expert_id for sequence in self.sequences for expert_id in sequence.experts}
+
+    @property
+    def columns(self) -> int:
+        return 0 if self.attention is None else self.attention.shape[1]
+
+    def merge(self, sequences: list[Sequence], cache: DynamicCache, attention: torch.Tensor,
+              positions: torch.Tensor, next_input: torch.Tensor) -> None:
+        if not self.sequences:
+            self.sequences, self.cache = list(sequences), cache
+            self.attention, self.positions, self.next_input = attention, positions, next_input
+            return
+        width = max(self.columns, attention.shape[1])
+        for mine, theirs in zip(self.cache.layers, cache.layers):
+            mine.keys = torch.cat([_left_pad(mine.keys, width, 2), _left_pad(theirs.keys, width, 2)])
+            mine.values = torch.cat([_left_pad(mine.values, width, 2), _left_pad(theirs.values, width, 2)])
+        self.attention = torch.cat([_left_pad(self.attention, width, 1), _left_pad(attention, width, 1)])
+        self.positions = torch.cat([self.positions, positions])
+        self.next_input = torch.cat([self.next_input, next_input])
+        self.sequences.extend(sequences)
+
+    def keep(self, kept: list[Sequence]) -> None:
+        """Only `kept` (in batch order) stay; the others' rows leave the cache."""
+        if len(kept) == len(self.sequences):
+            return
+        if not kept:
+            self.__init__()
+            return
+        kept_ids = {id(sequence) for sequence in kept}
+        rows, row = [], 0
+        for sequence in self.sequences:
+            if id(sequence) in kept_ids:
+                rows.extend(range(row, row + len(sequence.lanes)))
+            row += len(sequence.lanes)
+        index = torch.tensor(rows, dtype=torch.long, device=self.attention.device)
+        self.cache.batch_select_indices(index)
+        self.attention, self.positions = self.attention[index], self.positions[index]
+        self.next_input = self.next_input[index]
+        self.sequences = [sequence for sequence in self.sequences if id(sequence) in kept_ids]
+        used = self.attention.any(dim=0).nonzero()
+        first = int(used[0]) if used.numel() else 0
+        if first > 0:  # columns only the departed used
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+            self.attention = self.attention[:, first:]
+
+
 class MosaicEngine:
     def __init__(
         self,
@@ -236,6 +335,18 @@ class MosaicEngine:
             else:
                 lanes.extend(Lane(index, expert_id, weight) for expert_id, weight in sorted(normalised.items()))
         return lanes
+
+    @staticmethod
+    def _step_lanes(lanes: list[Lane], states: list[DecodeState]) -> list[Lane]:
+        """The lanes reweighted for this token where a request's mixture is decided per token."""
+        if all(state.request.mixture_rule is None for state in states):
+            return lanes
+        weights: dict[int, list[tuple[str | None, float]]] = {}
+        for position, state in enumerate(states):
+            members = [(lane.expert_id, lane.weight) for lane in lanes if lane.request_index == position]
+            weights[position] = step_mixture(state.request, members, state.text, len(state.token_ids))
+        taken = {position: iter(members) for position, members in weights.items()}
+        return [Lane(lane.request_index, *next(taken[lane.request_index])) for lane in lanes]
 
     def _lane_slots(self, lanes: list[Lane]) -> torch.Tensor:
         slots = self.pool.acquire([lane.expert_id for lane in lanes if lane.expert_id is not None])
@@ -300,6 +411,71 @@ class MosaicEngine:
     def _encode(self, prompt: str) -> list[int]:
         return self.tokenizer(prompt)["input_ids"]
 
+    # -- iteration-level scheduling (gpu_workers.batching drives these, one step at a time) ---------------
+    def new_sequence(self, request: GenerationRequest, on_token=None) -> Sequence:
+        """A request ready to join a RunningBatch (checked: its parameters and its mixture's experts)."""
+        check_request(request)
+        normalised = normalise_mixture(request.mixture, self.known_experts)
+        lanes = sorted(normalised.items()) if normalised else [(None, 1.0)]
+        prompt_ids = self._encode(request.prompt)
+        return Sequence(request, prompt_ids, lanes, DecodeState(request, self.tokenizer, len(prompt_ids)), on_token)
+
+    @staticmethod
+    def _sequence_lanes(sequences: list[Sequence]) -> list[Lane]:
+        """The lanes of one forward (one token per sequence), weighted by each sequence's mixture for this
+        token (a per-token rule is asked once per token)."""
+        lanes = []
+        for index, sequence in enumerate(sequences):
+            members = sequence.lanes
+            if sequence.request.mixture_rule is not None and sequence.error is None:
+                try:
+                    members = step_mixture(sequence.request, sequence.lanes, sequence.state.text,
+                                           len(sequence.state.token_ids))
+                except Exception as error:  # noqa: BLE001 - this sequence fails alone, not the whole batch
+                    sequence.error = error
+            lanes.extend(Lane(index, expert_id, weight) for expert_id, weight in members)
+        return lanes
+
+    def _advance(self, sequences: list[Sequence], lanes: list[Lane], logits: torch.Tensor) -> torch.Tensor:
+        """Each sequence's next token from its lanes' last logits; returns them as next inputs [rows, 1]."""
+        mixed = self._mix(logits, lanes, len(sequences))
+        tokens = self._decode_step(mixed, [sequence.state for sequence in sequences])
+        for sequence in sequences:
+            if sequence.on_token is not None:
+                sequence.on_token(sequence.state.text)
+        return torch.tensor([tokens[lane.request_index] for lane in lanes], dtype=torch.long,
+                            device=self.device)[:, None]
+
+    @torch.inference_mode()
+    def prefill(self, batch: RunningBatch, newcomers: list[Sequence]) -> None:
+        """Run the newcomers' prompts (their first token) and merge them into the batch. The pool holds the
+        batch's experts and theirs together (PoolFull otherwise, and nothing changes)."""
+        with self.lock:
+            lanes = self._sequence_lanes(newcomers)
+            slots = self.pool.acquire(sorted(batch.experts | {e for s in newcomers for e in s.experts}))
+            lane_slots = torch.tensor([slots[lane.expert_id] if lane.expert_id is not None else -1 for lane in lanes],
+                                      dtype=torch.int32)
+            input_ids, attention, positions = self._left_padded(
+                [newcomers[lane.request_index].prompt_ids for lane in lanes])
+            cache = DynamicCache()
+            output = self._forward(input_ids, attention, positions, lane_slots, cache, last_only=True)
+            next_input = self._advance(newcomers, lanes, output.logits[:, -1])
+            batch.merge(newcomers, cache, attention, positions[:, -1:] + 1, next_input)
+
+    @torch.inference_mode()
+    def decode(self, batch: RunningBatch) -> None:
+        """One decode step for every sequence of the batch (each gets one more token)."""
+        with self.lock:
+            lanes = self._sequence_lanes(batch.sequences)
+            slots = self.pool.acquire(sorted(batch.experts))  # kept resident: a newcomer's load may move them
+            lane_slots = torch.tensor([slots[lane.expert_id] if lane.expert_id is not None else -1 for lane in lanes],
+                                      dtype=torch.int32)
+            attention = torch.cat([batch.attention, batch.attention.new_ones((batch.attention.shape[0], 1))], dim=1)
+            output = self._forward(batch.next_input, attention, batch.positions, lane_slots, batch.cache,
+                                   last_only=True)
+            batch.next_input = self._advance(batch.sequences, lanes, output.logits[:, -1])
+            batch.attention, batch.positions = attention, batch.positions + 1
+
     # -- the engine protocol ------------------------------------------------------------------------------
     @torch.inference_mode()
     def next_token_logits(self, requests: list[GenerationRequest]) -> torch.Tensor:
@@ -336,6 +512,7 @@ class MosaicEngine:
         active = list(range(len(requests)))  # requests still decoding, in lane order
         while True:
             output = self._forward(input_ids, attention, positions, lane_slots, cache, last_only=True)
+            lanes = self._step_lanes(lanes, [states[request_index] for request_index in active])
             mixed = self._mix(output.logits[:, -1], lanes, len(active))
             tokens = self._decode_step(mixed, [states[request_index] for request_index in active])
             if on_token is not None:

@@ -13,7 +13,6 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from composition.experts import Expert, load_expert
 from composition.strategies import CompletionRequest, build_strategy
 from gpu_workers import contract
 from gpu_workers.adapter_pool import AdapterError, adapter_digests
-from gpu_workers.batching import GenerationBatcher
+from gpu_workers.batching import Cancelled, Scheduler
 from gpu_workers.engine import MosaicEngine, get_engine
 from gpu_workers.token_clock import TokenClock
 
@@ -34,86 +33,30 @@ EXPERT_CACHE_SIZE = 256
 STRATEGY_CACHE_SIZE = 64
 
 
-class MessageError(ValueError):
-    """The task message does not have the shape of the contract."""
+MessageError = contract.MessageError
+ExpertRef = contract.ExpertRef
 
 
-@dataclass(frozen=True)
-class ExpertRef:
-    id: str
-    adapter_path: str
-    sha256: str
+def parse_message(message) -> contract.TaskMessage:
+    """The task message as the contract types it, on a worker that holds its base model."""
+    parsed = contract.TaskMessage.from_dict(message)
+    if not Path(parsed.base_model.path).is_dir():
+        raise MessageError(f"base model directory {parsed.base_model.path} does not exist on this worker")
+    return parsed
 
 
-@dataclass(frozen=True)
-class ParsedMessage:
-    request_id: str
-    base_model_path: str
-    experts: tuple[ExpertRef, ...]
-    strategy: str
-    strategy_config: dict
-    prompt: str | None
-    messages: list | None
-    request: CompletionRequest
-    tools: list | None = None
-    tool_choice: str | dict | None = None
-    echo: bool = False
-    parallel_tool_calls: bool = True  # False: at most one call per answer
-
-    @property
-    def offers_tools(self) -> bool:
-        return bool(self.tools) and self.tool_choice != "none"
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise MessageError(message)
-
-
-def parse_message(message) -> ParsedMessage:
-    _require(isinstance(message, dict), "the message must be a JSON object")
-    request_id = message.get("request_id")
-    _require(isinstance(request_id, str) and request_id != "", "request_id must be a non-empty string")
-    base = message.get("base_model")
-    _require(isinstance(base, dict) and isinstance(base.get("path"), str) and base["path"], "base_model.path is required")
-    _require(Path(base["path"]).is_dir(), f"base model directory {base['path']} does not exist on this worker")
-    experts = message.get("experts")
-    _require(isinstance(experts, list), "experts must be a list")
-    refs = []
-    for position, entry in enumerate(experts):
-        _require(isinstance(entry, dict) and all(isinstance(entry.get(key), str) and entry.get(key)
-                                                 for key in ("id", "adapter_path", "sha256")),
-                 f"experts[{position}] needs id, adapter_path and sha256 strings")
-        refs.append(ExpertRef(entry["id"], entry["adapter_path"], entry["sha256"].lower()))
-    strategy = message.get("strategy")
-    _require(isinstance(strategy, str) and strategy, "strategy must be a strategy name")
-    config = message.get("strategy_config") or {}
-    _require(isinstance(config, dict), "strategy_config must be a JSON object")
-
-    prompt, messages = message.get("prompt"), message.get("messages")
-    _require((prompt is None) != (messages is None), "give exactly one of prompt and messages")
-    try:  # the rules the web checked already (gpu_workers.contract): a message that breaks them is malformed
-        if prompt is not None:
-            contract.checked_prompt(prompt)
-        else:
-            contract.checked_messages(messages)
-        sampling = contract.sampling_params(message.get("params") or {})
-        offered, tool_choice = contract.checked_tools(message.get("tools"), message.get("tool_choice"))
-    except contract.ParamError as error:
-        raise MessageError(error.message) from None
-    echo = message.get("echo", False)
-    _require(isinstance(echo, bool) and not (echo and messages is not None), "echo is a boolean, for prompts only")
-    parallel = message.get("parallel_tool_calls", True)
-    _require(isinstance(parallel, bool), "parallel_tool_calls is a boolean")
-    request = CompletionRequest(prompt="", **sampling.__dict__)
-    call_schema = tools.call_schema(offered, tool_choice) if offered else None
-    if call_schema is not None:  # a call is required: decoding is constrained to one
+def completion_request(parsed: contract.TaskMessage, prompt: str) -> CompletionRequest:
+    """The strategies' request for a message: its prompt (rendered) and its sampling parameters. A tool_choice
+    that requires a call constrains decoding to a call of the offered functions (composition.tools.call_schema),
+    which cannot be combined with a response_format of the client's own."""
+    request = CompletionRequest(prompt=prompt, **parsed.params.__dict__)
+    call_schema = tools.call_schema(parsed.tools, parsed.tool_choice) if parsed.tools else None
+    if call_schema is not None:
         if request.json_output:
             raise contract.ParamError("response_format", "response_format cannot be combined with a tool_choice "
                                                          "that requires a tool call.")
         request = CompletionRequest(**{**request.__dict__, "json_output": True, "json_schema": call_schema})
-    return ParsedMessage(request_id, base["path"], tuple(refs), strategy, config, prompt, messages, request,
-                         offered, tool_choice, echo, parallel)
+    return request
 
 
 class _BoundedCache(OrderedDict):
@@ -153,17 +96,19 @@ def _checked_expert(ref: ExpertRef) -> Expert:
 
 
 class ServingEngine:
-    """The engine as strategies see it: forwards everything, and when a listener is set for this thread,
-    streams the text of single-request generations of the user's prompt (one per choice, in order)."""
+    """The engine as strategies see it: generations go through the base model's scheduler loop (continuous
+    batching, gpu_workers.batching) and stop at the request's deadline; when a listener is set for this thread,
+    the text of single-request generations of the user's prompt is streamed (one per choice, in order)."""
 
-    def __init__(self, engine: MosaicEngine, *, max_batch: int = 64, window_s: float = 0.005):
+    def __init__(self, engine: MosaicEngine, **scheduler_options):
         self.engine = engine
         self.tokenizer = engine.tokenizer
-        self.batcher = GenerationBatcher(engine, max_batch=max_batch, window_s=window_s)
+        self.scheduler = Scheduler(engine, **scheduler_options)
         self._local = threading.local()
 
-    def listen(self, prompt: str | None, listener) -> None:
+    def listen(self, prompt: str | None, listener, *, deadline: float | None = None) -> None:
         self._local.prompt, self._local.listener, self._local.choice = prompt, listener, 0
+        self._local.deadline = deadline
 
     def register_expert(self, expert):
         return self.engine.register_expert(expert)
@@ -179,11 +124,13 @@ class ServingEngine:
 
     def generate(self, requests, on_token=None):
         listener = getattr(self._local, "listener", None)
+        deadline = getattr(self._local, "deadline", None)
         if listener is None or len(requests) != 1 or requests[0].prompt != self._local.prompt:
-            return self.batcher.generate(requests, on_token=on_token)
+            return self.scheduler.generate(requests, on_token=on_token, deadline=deadline)
         choice = self._local.choice
         self._local.choice += 1
-        return self.batcher.generate(requests, on_token=lambda _index, text: listener(choice, text))
+        return self.scheduler.generate(requests, on_token=lambda _index, text: listener(choice, text),
+                                       deadline=deadline)
 
 
 _serving_engines: dict[int, ServingEngine] = {}
@@ -210,21 +157,30 @@ def engine_options_from_env(environ=None) -> dict:
     return options
 
 
-def batching_options_from_env(environ=None) -> dict:
-    """MOSAIC_MAX_BATCH (requests per merged generation), MOSAIC_BATCH_WINDOW_MS (how long to gather them)."""
+def scheduler_options_from_env(environ=None) -> dict:
+    """MOSAIC_MAX_BATCH_ROWS (lanes decoding together; MOSAIC_MAX_BATCH is its former name),
+    MOSAIC_MAX_PREFILL_TOKENS (prompt tokens prefilled in one step), MOSAIC_MAX_BATCH_TOKENS (KV tokens the
+    running batch may reserve: prompts plus max_tokens, per lane)."""
     environ = os.environ if environ is None else environ
-    try:
-        return {"max_batch": int(environ.get("MOSAIC_MAX_BATCH") or 64),
-                "window_s": float(environ.get("MOSAIC_BATCH_WINDOW_MS") or 5) / 1000}
-    except ValueError as error:
-        raise ValueError(f"MOSAIC_MAX_BATCH / MOSAIC_BATCH_WINDOW_MS must be numbers: {error}") from error
+    options = {}
+    for variable, key in (("MOSAIC_MAX_BATCH", "max_batch_rows"), ("MOSAIC_MAX_BATCH_ROWS", "max_batch_rows"),
+                          ("MOSAIC_MAX_PREFILL_TOKENS", "max_prefill_tokens"),
+                          ("MOSAIC_MAX_BATCH_TOKENS", "max_batch_tokens")):
+        if environ.get(variable):
+            try:
+                options[key] = int(environ[variable])
+            except ValueError as error:
+                raise ValueError(f"{variable}={environ[variable]!r} is not an integer") from error
+            if options[key] < 1:
+                raise ValueError(f"{variable} must be at least 1")
+    return options
 
 
 def serving_engine(base_model_path: str) -> ServingEngine:
     engine = get_engine(base_model_path, **engine_options_from_env())
     with _serving_lock:
         if id(engine) not in _serving_engines:
-            _serving_engines[id(engine)] = ServingEngine(engine, **batching_options_from_env())
+            _serving_engines[id(engine)] = ServingEngine(engine, **scheduler_options_from_env())
         return _serving_engines[id(engine)]
 
 
@@ -245,23 +201,21 @@ def attribution_strings(attribution: dict[str, float], expert_ids: list[str]) ->
     return {expert_id: str(value) for expert_id, value in floors.items()}
 
 
-def error_result(request_id, message: str, code: str, param: str | None = None) -> dict:
-    error = {"message": message, "code": code, **({"param": param} if param else {})}
-    return {"request_id": request_id if isinstance(request_id, str) else "", "error": error}
+error_result = contract.error_result
 
 
-def check_fits_context(parsed: ParsedMessage, prompt: str, engine: ServingEngine) -> None:
+def check_fits_context(parsed: contract.TaskMessage, prompt: str, engine: ServingEngine) -> None:
     """Refuse (contract.ContextLengthExceeded) a prompt that, with max_tokens, overflows the base model's
     context window: it costs one tokenisation, where generating would hold the worker for seconds."""
     context_length = getattr(getattr(engine.engine.model, "config", None), "max_position_embeddings", None)
     if context_length:
         contract.check_context_length(
-            prompt_tokens=len(engine.tokenizer(prompt)["input_ids"]), max_tokens=parsed.request.max_tokens,
+            prompt_tokens=len(engine.tokenizer(prompt)["input_ids"]), max_tokens=parsed.params.max_tokens,
             context_length=context_length, param="prompt" if parsed.prompt is not None else "messages",
         )
 
 
-def render_prompt(parsed: ParsedMessage, tokenizer) -> str:
+def render_prompt(parsed: contract.TaskMessage, tokenizer) -> str:
     """The prompt text, or the chat messages rendered with the base model's own chat template. The engine
     encodes that text with the tokenizer's special tokens, so a <bos> that the template writes is left to the
     tokenizer (Llama 3 and Mistral templates start with it; it must not appear twice)."""
@@ -278,41 +232,42 @@ def render_prompt(parsed: ParsedMessage, tokenizer) -> str:
     return text
 
 
-def check_logit_bias(parsed: ParsedMessage, engine: ServingEngine) -> None:
+def check_logit_bias(parsed: contract.TaskMessage, engine: ServingEngine) -> None:
     vocabulary = len(engine.tokenizer)
-    unknown = [token for token in parsed.request.logit_bias if token >= vocabulary]
+    unknown = [token for token in parsed.params.logit_bias if token >= vocabulary]
     if unknown:
         raise contract.ParamError("logit_bias", f"logit_bias names token {unknown[0]}, but this model's "
                                                 f"vocabulary has {vocabulary} tokens.")
 
 
-def result_choices(parsed: ParsedMessage, prompt: str, result, engine: ServingEngine) -> list[dict]:
+def result_choices(parsed: contract.TaskMessage, prompt: str, result, engine: ServingEngine
+                   ) -> tuple[contract.ChoiceResult, ...]:
     """Each choice's text and finish reason; with logprobs asked, its tokens' (composition.decoding's entries);
     with echo and logprobs, the prompt's tokens' (`prompt_logprobs`); with tools offered, the call the answer
     makes (`tool_calls`, finish reason "tool_calls")."""
-    top = parsed.request.logprobs
+    top = parsed.params.logprobs
     choices = []
     for index, (text, reason) in enumerate(zip(result.texts, result.finish_reasons)):
-        choice = {"index": index, "text": text, "finish_reason": reason}
+        logprobs = prompt_logprobs = tool_calls = None
         if top is not None:
             generation = result.generations[index] if index < len(result.generations) else None
             if generation is None or generation.tokens is None:
                 raise contract.ParamError("logprobs", f"the {parsed.strategy} strategy cannot report "
                                                       "log-probabilities.")
-            choice["logprobs"] = decoding.logprob_entries(engine.tokenizer, generation.tokens)
+            logprobs = decoding.logprob_entries(engine.tokenizer, generation.tokens)
             if parsed.echo:
                 mixture = result.mixtures[index] if index < len(result.mixtures) else None
                 if mixture is None:
                     raise contract.ParamError("echo", f"the {parsed.strategy} strategy decodes under no single "
                                                       "mixture, so it cannot score an echoed prompt.")
-                choice["prompt_logprobs"] = decoding.prompt_logprob_entries(engine, prompt, mixture, top)
+                prompt_logprobs = decoding.prompt_logprob_entries(engine, prompt, mixture, top)
         if parsed.offers_tools:
             calls = tools.parse_tool_calls(text, parsed.tools, call_id_prefix=f"call_{parsed.request_id[:12]}_{index}_")
             if calls:
-                choice.update(tool_calls=calls if parsed.parallel_tool_calls else calls[:1],
-                              finish_reason="tool_calls")
-        choices.append(choice)
-    return choices
+                tool_calls, reason = (calls if parsed.parallel_tool_calls else calls[:1]), "tool_calls"
+        choices.append(contract.ChoiceResult(index, text, reason, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
+                                             tool_calls=tool_calls))
+    return tuple(choices)
 
 
 def run_message(message: dict, *, listener=None) -> dict:
@@ -321,22 +276,23 @@ def run_message(message: dict, *, listener=None) -> dict:
     request_id = message.get("request_id") if isinstance(message, dict) else None
     try:
         parsed = parse_message(message)
-        engine = serving_engine(parsed.base_model_path)
+        engine = serving_engine(parsed.base_model.path)
         prompt = render_prompt(parsed, engine.tokenizer)
         check_fits_context(parsed, prompt, engine)  # before loading adapters or generating anything
+        request = completion_request(parsed, prompt)
+        check_logit_bias(parsed, engine)
         experts = [_checked_expert(ref) for ref in parsed.experts]
         strategy_key = (
-            parsed.base_model_path, parsed.strategy, json.dumps(parsed.strategy_config, sort_keys=True),
+            parsed.base_model.path, parsed.strategy, json.dumps(parsed.strategy_config, sort_keys=True),
             tuple(parsed.experts),
         )
         strategy = _strategies.get_or_make(
             strategy_key, lambda: build_strategy(parsed.strategy, parsed.strategy_config, experts)
         )
-        request = CompletionRequest(**{**parsed.request.__dict__, "prompt": prompt})
-        check_logit_bias(parsed, engine)
         started = time.perf_counter()
         clock = TokenClock(listener)
-        engine.listen(prompt, None if parsed.offers_tools else clock)  # a call is sent whole, never as text
+        # a call is sent whole, never as text: with tools offered, no token reaches the listener
+        engine.listen(prompt, None if parsed.offers_tools else clock, deadline=parsed.deadline)
         try:
             result = strategy.run(request, engine)
             choices = result_choices(parsed, prompt, result, engine)
@@ -354,15 +310,18 @@ def run_message(message: dict, *, listener=None) -> dict:
                             contract.INVALID_REQUEST, "response_format")
     except CompositionError as error:
         return error_result(request_id, str(error), "strategy_error")
+    except Cancelled:
+        return error_result(request_id, "the request's deadline passed while it was generating",
+                            contract.DEADLINE_EXCEEDED)
     except SoftTimeLimitExceeded:
         return error_result(request_id, "the request ran past the worker's time limit", "timeout")
     except Exception as error:  # anything the engine raises: report it, keep the worker serving
         return error_result(request_id, f"engine error: {type(error).__name__}: {error}", "engine_error")
-    return {
-        "request_id": parsed.request_id,
-        "choices": choices,
-        "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens},
-        "attribution": attribution_strings(result.attribution, [ref.id for ref in parsed.experts]),
-        "engine_ms": engine_ms,
+    return contract.CompletionResult(
+        request_id=parsed.request_id,
+        choices=choices,
+        usage=contract.Usage(result.prompt_tokens, result.completion_tokens),
+        attribution=attribution_strings(result.attribution, [ref.id for ref in parsed.experts]),
+        engine_ms=engine_ms,
         **clock.timings(),  # first_token_ms, inter_token_ms
-    }
+    ).to_dict()

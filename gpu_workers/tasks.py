@@ -1,7 +1,7 @@
 """Celery tasks: thin wrappers around gpu_workers.serving.run_message.
 
-    run_completion.apply_async(kwargs={"message": message}, task_id=message["request_id"],
-                               queue=f"base.{base_model_name}")
+The web side sends by name (gpu_workers.client.send): task contract.TASK_NAME, task_id the request id, on
+queue contract.queue_for(base model name), with the message's contract.TaskMessage.to_dict() as `message`.
 
 Each GPU worker consumes the queue of the base model it holds (MOSAIC_WORKER_BASE_MODEL_PATH, loaded when the
 worker process starts). Tasks are acknowledged late and rejected when their worker is lost, so a message held by a dead worker is
@@ -11,8 +11,11 @@ waits for it any more. Tasks are idempotent by request id: a redelivered request
 already computed, and the web side bills a request id at most once.
 
 Running a GPU worker, one per GPU:
-    MOSAIC_WORKER_BASE_MODEL_PATH=/models/base celery -A mosaic worker -Q base.<name> -P threads -c 64
-With the threads pool, concurrent requests are merged into shared batches (gpu_workers.batching). Celery
+    MOSAIC_WORKER_BASE_MODEL_PATH=/models/base CELERY_BROKER_URL=redis://... \
+        celery -A gpu_workers.app worker -Q base.<name> -P threads -c 64
+(gpu_workers.app never boots Django). With the threads pool, concurrent requests join one scheduler loop
+(gpu_workers.batching: continuous batching). A message with stream=true has its tokens published to a Redis
+stream as they are produced (gpu_workers.streaming.RedisStreamPublisher). Celery
 enforces time limits only with the prefork pool (-P prefork -c 1: one request at a time, limits enforced);
 with threads, max_tokens bounds each request's work.
 """
@@ -24,11 +27,10 @@ import threading
 import time
 from collections import OrderedDict
 
-from celery import shared_task, states
-from celery.exceptions import TimeoutError as CeleryTimeout
+from celery import shared_task
 from celery.signals import worker_init, worker_process_init
 
-from gpu_workers.serving import error_result, run_message
+from gpu_workers import contract
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +69,14 @@ def run_idempotent(message: dict, *, listener=None) -> dict:
     request_id = message.get("request_id") if isinstance(message, dict) else None
     if past_deadline(message):
         logger.warning("request %s dropped: its deadline passed before it ran", request_id)
-        return error_result(request_id, "the request's deadline passed before a worker could run it",
-                            "deadline_exceeded")
+        return contract.error_result(request_id, "the request's deadline passed before a worker could run it",
+                                     contract.DEADLINE_EXCEEDED)
     if isinstance(request_id, str):
         cached = completed_result(request_id)
         if cached is not None:
             return cached
+    from gpu_workers.serving import run_message  # the engine (torch) loads on a worker, never on import
+
     result = run_message(message, listener=listener)
     if isinstance(request_id, str) and "error" not in result:
         _remember(request_id, result)
@@ -80,30 +84,18 @@ def run_idempotent(message: dict, *, listener=None) -> dict:
 
 
 @shared_task(
-    name="gpu_workers.run_completion",
+    name=contract.TASK_NAME,
     acks_late=True,
     reject_on_worker_lost=True,
     soft_time_limit=SOFT_TIME_LIMIT_S,
     time_limit=HARD_TIME_LIMIT_S,
 )
 def run_completion(message: dict) -> dict:
+    if isinstance(message, dict) and message.get("stream"):
+        from gpu_workers.streaming import publish_run
+
+        return publish_run(message, broker_url=run_completion.app.conf.broker_url)
     return run_idempotent(message)
-
-
-def await_result(request_id: str, *, deadline: float) -> dict | None:
-    """The worker's result for a task sent with task_id=request_id, or None when none came by the deadline
-    (epoch seconds): its worker died, or no worker took it in time. Called on the web side, never in a task,
-    hence disable_sync_subtasks=False: Celery's guard is a process-wide flag that eager tasks on other threads
-    of a threaded server can leave set."""
-    pending = run_completion.AsyncResult(request_id)
-    try:
-        result = pending.get(timeout=max(deadline - time.time(), 0.001), propagate=False,
-                             disable_sync_subtasks=False)
-    except CeleryTimeout:
-        return None
-    if pending.state == states.SUCCESS and isinstance(result, dict):
-        return result
-    return error_result(request_id, f"the worker failed: {pending.state}: {result}", "engine_error")
 
 
 def preload_base_model() -> None:

@@ -24,7 +24,7 @@ class PolicyRefused(Forbidden):
 
 
 def strategy_level(strategy: str) -> str:
-    from composition.strategies import strategy_level as level
+    from composition.strategy_specs import strategy_level as level
 
     return level(strategy)
 
@@ -122,7 +122,7 @@ def restricted_plan(*, system: ComposedSystem, members: list[SystemExpert], keep
     if not keep:
         return None
     from composition.errors import CompositionError
-    from composition.strategies import validate_strategy_config
+    from composition.strategy_specs import validate_strategy_config
 
     removed = {str(m.expert_id) for m in members} - {str(m.expert_id) for m in keep}
     config = {key: _without(value, removed) for key, value in system.strategy_config.items()}

@@ -3,10 +3,12 @@
     build_strategy(name, config, experts) -> Strategy     (validates config against the experts)
     validate_strategy_config(name, config, expert_ids)   (no weights needed; returns the normalised config)
     strategy_level(name) -> "api" | "text" | "logit" | "weight"
+Both come from composition.strategy_specs, which the web process imports without torch.
     Strategy.run(CompletionRequest, engine) -> CompletionResult (texts, usage, attribution)
 """
 from __future__ import annotations
 
+from composition import strategy_specs as specs
 from composition.errors import CompositionError
 from composition.experts import Expert
 from composition.strategies.base import CompletionRequest, CompletionResult, Strategy
@@ -43,11 +45,11 @@ def strategy_class(name: str) -> type[Strategy]:
 
 
 def strategy_level(name: str) -> str:
-    return strategy_class(name).level
+    return specs.strategy_level(name)
 
 
 def validate_strategy_config(name: str, config: dict, expert_ids: list[str]) -> dict:
-    return strategy_class(name).validate(config, list(expert_ids))
+    return specs.validate_strategy_config(name, config, expert_ids)
 
 
 def build_strategy(name: str, config: dict, experts: list[Expert]) -> Strategy:

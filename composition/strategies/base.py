@@ -1,7 +1,6 @@
 """What every strategy shares: the request/result shapes, the config reader, the base class."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
@@ -10,8 +9,8 @@ import torch
 from composition.engine import DecodeState, Engine, Generation, GenerationRequest, check_request
 from composition.errors import CompositionError
 from composition.experts import Expert, check_same_base
+from composition.strategy_specs import REQUIRED, ConfigReader, StrategySpec, uniform  # noqa: F401 - re-exported
 
-LEVELS = ("api", "text", "logit", "weight")
 
 
 @dataclass
@@ -57,140 +56,6 @@ class Choice:
     mixture: dict[str, float] | None = None  # the mixture that generated it, when one did
 
 
-class ConfigReader:
-    """Reads a strategy config key by key with clear errors; `finish()` rejects unknown keys."""
-
-    def __init__(self, strategy: str, config: dict, expert_ids: list[str]):
-        if not isinstance(config, dict):
-            raise CompositionError(f"{strategy}: config must be a JSON object, got {type(config).__name__}")
-        if not expert_ids:
-            raise CompositionError(f"{strategy}: a system needs at least one expert (the expert list is empty)")
-        if len(set(expert_ids)) != len(expert_ids):
-            raise CompositionError(f"{strategy}: the expert list names an expert twice")
-        self.strategy = strategy
-        self.config = config
-        self.expert_ids = list(expert_ids)
-        self.seen: set[str] = set()
-
-    def _error(self, key: str, message: str) -> CompositionError:
-        return CompositionError(f"{self.strategy}: '{key}' {message}")
-
-    def _get(self, key: str, default):
-        self.seen.add(key)
-        if key in self.config:
-            return self.config[key], True
-        if default is REQUIRED:
-            raise CompositionError(f"{self.strategy}: '{key}' is required")
-        return default, False
-
-    def number(self, key: str, default=None, *, minimum=None, maximum=None) -> float | None:
-        value, given = self._get(key, default)
-        if value is None and (not given or default is None):
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise self._error(key, f"must be a number, got {value!r}")
-        if minimum is not None and value < minimum:
-            raise self._error(key, f"must be >= {minimum}, got {value}")
-        if maximum is not None and value > maximum:
-            raise self._error(key, f"must be <= {maximum}, got {value}")
-        return float(value)
-
-    def integer(self, key: str, default=None, *, minimum=None, maximum=None) -> int | None:
-        value, given = self._get(key, default)
-        if value is None and (not given or default is None):
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self._error(key, f"must be an integer, got {value!r}")
-        if minimum is not None and value < minimum:
-            raise self._error(key, f"must be >= {minimum}, got {value}")
-        if maximum is not None and value > maximum:
-            raise self._error(key, f"must be <= {maximum}, got {value}")
-        return int(value)
-
-    def text(self, key: str, default=None) -> str | None:
-        value, given = self._get(key, default)
-        if value is None and (not given or default is None):
-            return None
-        if not isinstance(value, str):
-            raise self._error(key, f"must be a string, got {value!r}")
-        return value
-
-    def choice(self, key: str, options: tuple[str, ...], default=None) -> str:
-        value = self.text(key, default)
-        if value not in options:
-            raise self._error(key, f"must be one of {', '.join(options)}; got {value!r}")
-        return value
-
-    def expert(self, key: str, default=None, *, extra: tuple[str, ...] = ()) -> str | None:
-        value, given = self._get(key, default)
-        if value is None and (not given or default is None):
-            return None
-        if not isinstance(value, str):
-            raise self._error(key, f"must be an expert id (a string), got {value!r}")
-        if value not in self.expert_ids and value not in extra:
-            known = ", ".join(self.expert_ids + list(extra))
-            raise self._error(key, f"names unknown expert {value!r}; the system's experts are: {known}")
-        return value
-
-    def expert_list(self, key: str, default=None) -> list[str]:
-        value, _ = self._get(key, default)
-        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-            raise self._error(key, f"must be a list of expert ids, got {value!r}")
-        if not value:
-            raise self._error(key, "must name at least one expert (the list is empty)")
-        unknown = [item for item in value if item not in self.expert_ids]
-        if unknown:
-            raise self._error(key, f"names unknown experts {unknown}; the system's experts are: {', '.join(self.expert_ids)}")
-        if len(set(value)) != len(value):
-            raise self._error(key, "names an expert twice")
-        return list(value)
-
-    def weights(self, key: str, default=None) -> dict[str, float] | None:
-        """{expert_id: weight}: known experts, non-negative numbers summing to 1."""
-        value, given = self._get(key, default)
-        if value is None and (not given or default is None):
-            return None
-        if not isinstance(value, dict) or not value:
-            raise self._error(key, f"must be a non-empty object of expert id -> weight, got {value!r}")
-        unknown = [item for item in value if item not in self.expert_ids]
-        if unknown:
-            raise self._error(key, f"names unknown experts {unknown}; the system's experts are: {', '.join(self.expert_ids)}")
-        for expert_id, weight in value.items():
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-                raise self._error(key, f"weight of {expert_id!r} must be a number, got {weight!r}")
-            if weight < 0:
-                raise self._error(key, f"weight of {expert_id!r} must be non-negative, got {weight}")
-        total = sum(value.values())
-        if abs(total - 1.0) > 1e-6:
-            raise self._error(key, f"must sum to 1 (the weights sum to {total:.6g})")
-        return {expert_id: float(weight) for expert_id, weight in value.items()}
-
-    def text_list(self, key: str, default=None) -> list[str]:
-        value, _ = self._get(key, default)
-        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-            raise self._error(key, f"must be a list of strings, got {value!r}")
-        return list(value)
-
-    def raw(self, key: str, default=None):
-        value, _ = self._get(key, default)
-        return value
-
-    def finish(self, normalised: dict) -> dict:
-        unknown = sorted(set(self.config) - self.seen)
-        if unknown:
-            raise CompositionError(
-                f"{self.strategy}: unknown config keys {unknown}; allowed keys: {sorted(self.seen)}"
-            )
-        return normalised
-
-
-REQUIRED = object()
-
-
-def uniform(expert_ids: list[str]) -> dict[str, float]:
-    return {expert_id: 1.0 / len(expert_ids) for expert_id in expert_ids}
-
-
 def full_attribution(expert_ids: list[str], weights: dict[str, float]) -> dict[str, float]:
     """Every expert of the system, non-negative, normalised to sum to 1."""
     total = sum(max(0.0, weights.get(expert_id, 0.0)) for expert_id in expert_ids)
@@ -199,7 +64,7 @@ def full_attribution(expert_ids: list[str], weights: dict[str, float]) -> dict[s
     return {expert_id: max(0.0, weights.get(expert_id, 0.0)) / total for expert_id in expert_ids}
 
 
-class Strategy:
+class Strategy(StrategySpec):
     """A way to answer a prompt with several experts.
 
     Subclasses set `name` and `level`, read their config in `read_config` and answer one choice
@@ -217,15 +82,6 @@ class Strategy:
         self.expert_ids = [expert.id for expert in experts]
         self.config = self.validate(config, self.expert_ids)
         self._prepared_for = None  # the engine this strategy last prepared
-
-    @classmethod
-    def validate(cls, config: dict, expert_ids: list[str]) -> dict:
-        reader = ConfigReader(cls.name, config, expert_ids)
-        return reader.finish(cls.read_config(reader))
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        raise NotImplementedError
 
     def prepare(self, engine: Engine) -> None:
         """Make the engine know every expert this strategy uses (called once per engine)."""

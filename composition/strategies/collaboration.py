@@ -12,12 +12,14 @@ import numpy as np
 import torch
 
 from composition.engine import Engine, ScoreRequest
-from composition.errors import CompositionError
 from composition.evaluation import METRICS, normalise_answer
-from composition.strategies.base import Choice, ConfigReader, Strategy
+from composition.strategies.base import Choice, Strategy
 from composition.strategies.deferral import BASE, mixture_of
-from composition.strategies.development import dev_score, dev_set_sha256, read_dev_options, read_dev_set
-from composition.strategies.text import _template
+from composition.strategies.development import dev_score, dev_set_sha256
+from composition.strategy_specs import (
+    HeterogeneousSwarmSpec, KnowledgeCardsSpec, LLMBlenderSpec, MixtureOfAgentsSpec, MultiAgentFeedbackSpec, SlmMuxSpec,
+    StructuredPipelineSpec,
+)
 
 
 def bullet_list(texts: list[str]) -> str:
@@ -44,27 +46,11 @@ class TokenLedger:
         return counts
 
 
-MOA_TEMPLATE = ("{prompt}\nYou have been given answers from several models. Synthesise them into one better "
-                "answer.\n{answers}\nAnswer: ")
-
-
-class MixtureOfAgents(Strategy):
+class MixtureOfAgents(MixtureOfAgentsSpec, Strategy):
     """Mixture-of-Agents (Wang et al., 2024): `layers` layers of proposers; the first answers the prompt, each
     next one reads the previous layer's answers (aggregate template, fields {prompt} {answers}) and answers
     again; the aggregator reads the last layer's answers and writes the answer returned.
     Attribution: token shares."""
-
-    name = "mixture_of_agents"
-    level = "text"
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        return {
-            "proposers": reader.expert_list("proposers", list(reader.expert_ids)),
-            "aggregator": reader.expert("aggregator", reader.expert_ids[0]),
-            "layers": reader.integer("layers", 2, minimum=1, maximum=4),
-            "aggregate_template": _template(reader, "aggregate_template", MOA_TEMPLATE, ("prompt", "answers")),
-        }
 
     def complete(self, prompt, request, seed, engine):
         ledger, template, proposers = TokenLedger(), self.config["aggregate_template"], self.config["proposers"]
@@ -77,32 +63,13 @@ class MixtureOfAgents(Strategy):
         return Choice(final.text, final.finish_reason, final.completion_tokens, ledger.shares())
 
 
-RANK_TEMPLATE = "{prompt}\nCandidate A: {a}\nCandidate B: {b}\nThe better candidate is "
-FUSE_TEMPLATE = "{prompt}\nThe best candidate answers:\n{answers}\nCombine their strengths into one answer: "
-
-
-class LLMBlender(Strategy):
+class LLMBlender(LLMBlenderSpec, Strategy):
     """LLM-Blender (Jiang et al., 2023): every expert answers; PairRanker compares every pair of candidates
     with the ranker (the base model or an expert): it reads both (rank template, fields {prompt} {a} {b}) in
     both orders, and a candidate beats the other when the ranker's log p("A") − log p("B") summed over the two
     orders favours it; candidates are ranked by wins (ties: higher mean token log-prob). GenFuser: the fuser
     reads the `top_k` best (fuse template, {prompt} {answers}) and writes the answer; top_k 1 returns the best
     candidate itself. Attribution: the experts whose candidates were fused, in equal shares."""
-
-    name = "llm_blender"
-    level = "text"
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        experts = reader.expert_list("experts", list(reader.expert_ids))
-        return {
-            "experts": experts,
-            "ranker": reader.expert("ranker", BASE, extra=(BASE,)),
-            "fuser": reader.expert("fuser", BASE, extra=(BASE,)),
-            "top_k": reader.integer("top_k", min(2, len(experts)), minimum=1, maximum=len(experts)),
-            "rank_template": _template(reader, "rank_template", RANK_TEMPLATE, ("prompt", "a", "b")),
-            "fuse_template": _template(reader, "fuse_template", FUSE_TEMPLATE, ("prompt", "answers")),
-        }
 
     def preference(self, engine: Engine, prompt: str, first: str, second: str) -> float:
         """> 0 when the ranker prefers `first` (log p("A") − log p("B"), averaged over both orders)."""
@@ -137,31 +104,12 @@ class LLMBlender(Strategy):
         return Choice(fused.text, fused.finish_reason, fused.completion_tokens, attribution)
 
 
-KNOWLEDGE_TEMPLATE = "Write what is known that helps with this.\n{prompt}\nKnowledge: "
-READ_TEMPLATE = "Knowledge:\n{knowledge}\n\n{prompt}"
-
-
-class KnowledgeCards(Strategy):
+class KnowledgeCards(KnowledgeCardsSpec, Strategy):
     """Knowledge cards (Feng et al., 2024): each card (an expert) writes `knowledge_tokens` tokens of
     knowledge for the prompt (knowledge template, {prompt}); the relevance selector keeps the `top_k` whose
     base-model embedding is most similar to the prompt's; the reader (the base model or an expert) answers the
     prompt after them (read template, {knowledge} {prompt}). Attribution: the kept cards, in shares
     proportional to their relevance (cosine similarity clipped at 0; equal when all are 0)."""
-
-    name = "knowledge_cards"
-    level = "text"
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        cards = reader.expert_list("cards", list(reader.expert_ids))
-        return {
-            "cards": cards,
-            "reader": reader.expert("reader", BASE, extra=(BASE,)),
-            "top_k": reader.integer("top_k", len(cards), minimum=1, maximum=len(cards)),
-            "knowledge_tokens": reader.integer("knowledge_tokens", 32, minimum=1, maximum=1024),
-            "knowledge_template": _template(reader, "knowledge_template", KNOWLEDGE_TEMPLATE, ("prompt",)),
-            "read_template": _template(reader, "read_template", READ_TEMPLATE, ("knowledge", "prompt")),
-        }
 
     def complete(self, prompt, request, seed, engine):
         cards = self.config["cards"]
@@ -185,35 +133,12 @@ class KnowledgeCards(Strategy):
         return Choice(answer.text, answer.finish_reason, answer.completion_tokens, weights)
 
 
-FEEDBACK_TEMPLATE = "{prompt}\nAn answer: {answer}\nFeedback on this answer: "
-REFINE_TEMPLATE = "{prompt}\nYour previous answer: {answer}\nFeedback:\n{feedback}\nRefined answer: "
-SUMMARY_TEMPLATE = "{prompt}\nAnswers:\n{answers}\nFinal answer: "
-
-
-class MultiAgentFeedback(Strategy):
+class MultiAgentFeedback(MultiAgentFeedbackSpec, Strategy):
     """Multi-agent feedback: every agent answers; in each of `rounds` rounds, each agent's answer gets
     feedback from the next `feedback_count` agents (in the system's order, wrapping around; feedback
     template {prompt} {answer}) and the agent refines it (refine template {prompt} {answer} {feedback});
     the summariser reads the final answers (summary template {prompt} {answers}) and writes the answer.
     Attribution: token shares."""
-
-    name = "multiagent_feedback"
-    level = "text"
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        agents = reader.expert_list("agents", list(reader.expert_ids))
-        return {
-            "agents": agents,
-            "summariser": reader.expert("summariser", reader.expert_ids[0]),
-            "rounds": reader.integer("rounds", 1, minimum=0, maximum=5),
-            "feedback_count": reader.integer("feedback_count", min(2, max(len(agents) - 1, 0)), minimum=0,
-                                             maximum=max(len(agents) - 1, 0)),
-            "feedback_tokens": reader.integer("feedback_tokens", 32, minimum=1, maximum=1024),
-            "feedback_template": _template(reader, "feedback_template", FEEDBACK_TEMPLATE, ("prompt", "answer")),
-            "refine_template": _template(reader, "refine_template", REFINE_TEMPLATE, ("prompt", "answer", "feedback")),
-            "summary_template": _template(reader, "summary_template", SUMMARY_TEMPLATE, ("prompt", "answers")),
-        }
 
     def complete(self, prompt, request, seed, engine):
         agents, ledger, config = self.config["agents"], TokenLedger(), self.config
@@ -231,9 +156,6 @@ class MultiAgentFeedback(Strategy):
         summary = config["summary_template"].format(prompt=prompt, answers=bullet_list(answers))
         final = ledger.generate(self, engine, [(config["summariser"], summary)], request, seed)[0]
         return Choice(final.text, final.finish_reason, final.completion_tokens, ledger.shares())
-
-
-NODE_TEMPLATE = "{prompt}\nWhat others wrote:\n{inputs}\nYour answer: "
 
 
 def topological_graph(matrix: np.ndarray, threshold: float = 0.5) -> tuple[list[int], list[tuple[int, int]]]:
@@ -259,7 +181,7 @@ def ancestors(node: str, incoming: dict[str, list[str]]) -> set[str]:
     return seen
 
 
-class HeterogeneousSwarm(Strategy):
+class HeterogeneousSwarm(HeterogeneousSwarmSpec, Strategy):
     """Heterogeneous Swarms (Feng et al., 2025): the experts are nodes of a directed acyclic graph of roles;
     in topological order each node answers, reading its predecessors' answers (node template {prompt}
     {inputs}; a node without predecessors reads the prompt alone), and the last node's answer is returned.
@@ -267,47 +189,6 @@ class HeterogeneousSwarm(Strategy):
     development set: particle swarm optimisation over continuous adjacency matrices in [0, 1]^(n×n)
     (`particles`, `iterations`, seeded), each decoded by `topological_graph` and scored by the development
     metric. Attribution: token shares of the output node and its ancestors."""
-
-    name = "heterogeneous_swarm"
-    level = "text"
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        edges = reader.raw("edges", None)
-        output = reader.expert("output", None)
-        if edges is not None:
-            if (not isinstance(edges, list) or not all(
-                    isinstance(edge, list) and len(edge) == 2 and all(node in reader.expert_ids for node in edge)
-                    and edge[0] != edge[1] for edge in edges)):
-                raise CompositionError(
-                    "heterogeneous_swarm: 'edges' must be a list of [from, to] pairs of two different experts of the system")
-            if output is None:
-                raise CompositionError("heterogeneous_swarm: 'output' is required with 'edges'")
-            order = cls.order_of(reader.expert_ids, [tuple(edge) for edge in edges])
-            if order is None:
-                raise CompositionError("heterogeneous_swarm: 'edges' contain a cycle")
-            edges = [list(edge) for edge in edges]
-        elif output is not None:
-            raise CompositionError("heterogeneous_swarm: 'output' is only used with 'edges'")
-        dev_set = read_dev_set(reader, required=edges is None)
-        return {
-            "edges": edges, "output": output, "dev_set": dev_set, **read_dev_options(reader),
-            "particles": reader.integer("particles", 4, minimum=1, maximum=50),
-            "iterations": reader.integer("iterations", 3, minimum=0, maximum=50),
-            "seed": reader.integer("seed", 0, minimum=0),
-            "node_template": _template(reader, "node_template", NODE_TEMPLATE, ("prompt", "inputs")),
-        }
-
-    @staticmethod
-    def order_of(nodes: list[str], edges: list[tuple[str, str]]) -> list[str] | None:
-        incoming = {node: {a for a, b in edges if b == node} for node in nodes}
-        order = []
-        while len(order) < len(nodes):
-            ready = [n for n in nodes if n not in order and incoming[n] <= set(order)]
-            if not ready:
-                return None
-            order.append(ready[0])
-        return order
 
     def prepare(self, engine: Engine) -> None:
         super().prepare(engine)
@@ -384,25 +265,12 @@ class HeterogeneousSwarm(Strategy):
         return Choice(final.text, final.finish_reason, final.completion_tokens, ledger.shares())
 
 
-class SlmMux(Strategy):
+class SlmMux(SlmMuxSpec, Strategy):
     """SLM-MUX (2025): each expert samples `samples` answers (temperature `sample_temperature`, seeds
     seed, seed+1, ...); an expert's confidence is the share of its samples that agree with its most common
     (normalised) answer; the most confident expert answers with that answer's first sample. Ties go to the
     better development-set score when a `dev_set` is given (learned when prepared), then to the system's order.
     Attribution: {chosen: 1}."""
-
-    name = "slm_mux"
-    level = "text"
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        return {
-            "experts": reader.expert_list("experts", list(reader.expert_ids)),
-            "samples": reader.integer("samples", 5, minimum=1, maximum=64),
-            "sample_temperature": reader.number("sample_temperature", 0.7, minimum=1e-3, maximum=5),
-            "dev_set": read_dev_set(reader, required=False),
-            **read_dev_options(reader),
-        }
 
     def prepare(self, engine: Engine) -> None:
         super().prepare(engine)
@@ -430,12 +298,7 @@ class SlmMux(Strategy):
         return Choice(chosen.text, chosen.finish_reason, chosen.completion_tokens, {expert: 1.0})
 
 
-REGENERATE_TEMPLATE = ("{prompt}\nYour previous answer: {own}\nAnswers from the assistants you read:\n{inputs}\n"
-                       "Updated answer: ")
-TOPOLOGIES = ("chain", "star", "complete", "custom")
-
-
-class StructuredPipeline(Strategy):
+class StructuredPipeline(StructuredPipelineSpec, Strategy):
     """Structured multi-agent collaboration: agents on a fixed communication structure. Every agent answers;
     then for `rounds` rounds every agent reads its previous answer and those of the agents it listens to
     (regenerate template {prompt} {own} {inputs}) and answers again; the `final` agent's last answer is
@@ -443,33 +306,6 @@ class StructuredPipeline(Strategy):
     to all, the others to the first), "complete" (everyone to everyone), "custom" (`edges`: [[speaker,
     listener], ...]). `final` defaults to the last agent of a chain, otherwise the first.
     Attribution: token shares of the agents whose answers reached the final agent within the rounds."""
-
-    name = "structured"
-    level = "text"
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        agents = reader.expert_list("agents", list(reader.expert_ids))
-        topology = reader.choice("topology", TOPOLOGIES, "chain")
-        edges = reader.raw("edges", None)
-        if topology == "custom":
-            if (not isinstance(edges, list) or not all(
-                    isinstance(edge, list) and len(edge) == 2 and all(node in agents for node in edge)
-                    and edge[0] != edge[1] for edge in edges)):
-                raise CompositionError("structured: 'edges' must be a list of [speaker, listener] pairs of two "
-                                       "different agents")
-            edges = [list(edge) for edge in edges]
-        elif edges is not None:
-            raise CompositionError("structured: 'edges' is only used with topology 'custom'")
-        final = reader.expert("final", agents[-1] if topology == "chain" else agents[0])
-        if final not in agents:
-            raise CompositionError(f"structured: 'final' must be one of the agents {agents}")
-        return {
-            "agents": agents, "topology": topology, "edges": edges, "final": final,
-            "rounds": reader.integer("rounds", 2, minimum=0, maximum=5),
-            "regenerate_template": _template(reader, "regenerate_template", REGENERATE_TEMPLATE,
-                                             ("prompt", "own", "inputs")),
-        }
 
     def listens_to(self) -> dict[str, list[str]]:
         agents, topology = self.config["agents"], self.config["topology"]

@@ -13,22 +13,13 @@ import torch
 
 from composition.engine import Engine, ScoreRequest
 from composition.errors import CompositionError
-from composition.strategies.base import Choice, CompletionRequest, ConfigReader, Strategy, decode_step_by_step
-from composition.strategies.development import dev_scores, dev_set_sha256, read_dev_options, read_dev_set
-
-BASE = "base"
+from composition.strategies.base import Choice, CompletionRequest, Strategy, decode_step_by_step
+from composition.strategies.development import dev_scores, dev_set_sha256
+from composition.strategy_specs import BASE, CoLLMSpec, GraphRouterSpec, MentorCollabSpec, NudgingSpec
 
 
 def mixture_of(model: str) -> dict[str, float]:
     return {} if model == BASE else {model: 1.0}
-
-
-def helper_expert(reader: ConfigReader, key: str) -> str:
-    default = reader.expert_ids[0] if len(reader.expert_ids) == 1 else None
-    expert = reader.expert(key, default)
-    if expert is None:
-        raise CompositionError(f"{reader.strategy}: '{key}' is required when the system has several experts")
-    return expert
 
 
 def token_share_attribution(counts: dict[str, int], helper: str) -> dict[str, float]:
@@ -39,25 +30,13 @@ def token_share_attribution(counts: dict[str, int], helper: str) -> dict[str, fl
     return {model: n / total for model, n in counts.items()}
 
 
-class GraphRouter(Strategy):
+class GraphRouter(GraphRouterSpec, Strategy):
     """Graph routing (GraphRouter, Feng et al., 2024): a bipartite graph of development queries and experts,
     each edge carrying how well the expert answered the query (its metric). A new query joins the graph by
     edges to its `neighbours` most similar development queries (cosine of base-model embeddings, weighted by
     softmax(similarity / temperature)); one round of message passing gives each expert the weighted mean of
     its edges from those neighbours, and the best expert answers (ties: the expert with the better overall
     development score, then the system's order). Learned when prepared. Attribution: {chosen: 1}."""
-
-    name = "graph_router"
-    level = "api"
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        return {
-            "dev_set": read_dev_set(reader),
-            **read_dev_options(reader),
-            "neighbours": reader.integer("neighbours", 5, minimum=1, maximum=1000),
-            "temperature": reader.number("temperature", 0.05, minimum=1e-6),
-        }
 
     def prepare(self, engine: Engine) -> None:
         super().prepare(engine)
@@ -91,29 +70,12 @@ class GraphRouter(Strategy):
 CHOICE_TEMPLATE = "\nOption (A): {generator}\nOption (B): {mentor}\nMy choice: Option ("
 
 
-class MentorCollab(Strategy):
+class MentorCollab(MentorCollabSpec, Strategy):
     """MentorCollab: a generator (the base model or an expert) writes; at a seeded random fraction
     `decision_proportion` of the steps it consults the mentor expert. When their next tokens differ, each writes
     a patch of `patch_tokens` tokens (greedily) and the generator reads both as options (A) and (B) and
     chooses by its own probability of "A" versus "B"; the chosen model then writes the next `patch_tokens`
     tokens. Attribution: token shares (see module docstring)."""
-
-    name = "mentor_collab"
-    level = "api"
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        generator = reader.expert("generator", BASE, extra=(BASE,))
-        mentor = helper_expert(reader, "mentor")
-        if mentor == generator:
-            raise CompositionError("mentor_collab: 'mentor' must differ from 'generator'")
-        return {
-            "generator": generator,
-            "mentor": mentor,
-            "decision_proportion": reader.number("decision_proportion", 0.25, minimum=0, maximum=1),
-            "patch_tokens": reader.integer("patch_tokens", 8, minimum=1, maximum=256),
-            "seed": reader.integer("seed", 0),
-        }
 
     def choose(self, context: str, engine: Engine, request) -> str:
         generator, mentor = self.config["generator"], self.config["mentor"]
@@ -152,21 +114,10 @@ class MentorCollab(Strategy):
                       token_share_attribution(counts, mentor))
 
 
-class Nudging(Strategy):
+class Nudging(NudgingSpec, Strategy):
     """Nudging (Fei et al., 2024): the base (the base model or an expert) writes, and wherever its top-1 token
     probability is below `gamma` the nudger expert writes the token instead; a nudged word is finished by the
     nudger (it keeps writing until its text ends in whitespace). Attribution: token shares (module docstring)."""
-
-    name = "nudging"
-    level = "api"
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        base = reader.expert("base", BASE, extra=(BASE,))
-        nudger = helper_expert(reader, "nudger")
-        if nudger == base:
-            raise CompositionError("nudging: 'nudger' must differ from 'base'")
-        return {"base": base, "nudger": nudger, "gamma": reader.number("gamma", 0.4, minimum=0, maximum=1)}
 
     def complete(self, prompt, request, seed, engine):
         base, nudger = self.config["base"], self.config["nudger"]
@@ -188,34 +139,13 @@ class Nudging(Strategy):
                       token_share_attribution(counts, nudger))
 
 
-class CoLLM(Strategy):
+class CoLLM(CoLLMSpec, Strategy):
     """Co-LLM (Shen et al., 2024): token-level deferral from a base (the base model or an expert) to an
     assistant expert. gate "confidence": defer when the base's top-1 probability is below `threshold`.
     gate "learned": a logistic gate on the base model's embedding of the text so far, trained on the
     development set with Co-LLM's weak labels (a position is labelled "defer" when the assistant's top token
     is the reference token and the base's is not); defer when the gate's probability exceeds `threshold`.
     Attribution: token shares (module docstring)."""
-
-    name = "co_llm"
-    level = "api"
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        base = reader.expert("base", BASE, extra=(BASE,))
-        assistant = helper_expert(reader, "assistant")
-        if assistant == base:
-            raise CompositionError("co_llm: 'assistant' must differ from 'base'")
-        gate = reader.choice("gate", ("confidence", "learned"), "confidence")
-        dev_set = read_dev_set(reader, required=gate == "learned")
-        if gate == "confidence" and dev_set is not None:
-            raise CompositionError("co_llm: 'dev_set' trains the learned gate; gate 'confidence' takes none")
-        return {
-            "base": base, "assistant": assistant, "gate": gate, "dev_set": dev_set,
-            "threshold": reader.number("threshold", 0.5, minimum=0, maximum=1),
-            "epochs": reader.integer("epochs", 200, minimum=1, maximum=100000),
-            "l2": reader.number("l2", 1e-3, minimum=0),
-            "seed": reader.integer("seed", 0),
-        }
 
     def prepare(self, engine: Engine) -> None:
         super().prepare(engine)

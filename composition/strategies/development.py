@@ -14,34 +14,6 @@ from composition.errors import CompositionError
 from composition.evaluation import METRICS, Item, items_hash
 from composition.experts import Expert
 from composition.merging import merge_adapters
-from composition.strategies.base import ConfigReader
-
-
-def read_dev_set(reader: ConfigReader, *, required: bool = True) -> list[dict] | None:
-    dev_set = reader.raw("dev_set", None)
-    if dev_set is None and not required:
-        return None
-    name = reader.strategy
-    if not isinstance(dev_set, list) or not dev_set:
-        raise CompositionError(f"{name}: 'dev_set' must be a non-empty list of {{prompt, answers}}")
-    for index, item in enumerate(dev_set):
-        if (not isinstance(item, dict) or not isinstance(item.get("prompt"), str)
-                or not isinstance(item.get("answers"), list) or not item["answers"]
-                or not all(isinstance(answer, str) for answer in item["answers"])
-                or set(item) - {"prompt", "answers"}):
-            raise CompositionError(
-                f"{name}: dev_set[{index}] must be an object with a prompt string and a non-empty list of answers"
-            )
-    return [{"prompt": item["prompt"], "answers": list(item["answers"])} for item in dev_set]
-
-
-def read_dev_options(reader: ConfigReader) -> dict:
-    """How a development set is answered and scored (greedy generation, then the metric)."""
-    return {
-        "metric": reader.choice("metric", ("exact_match", "token_f1"), "exact_match"),
-        "max_tokens": reader.integer("max_tokens", 32, minimum=1, maximum=4096),
-        "stop": reader.text_list("stop", []),
-    }
 
 
 def dev_set_sha256(dev_set: list[dict]) -> str:

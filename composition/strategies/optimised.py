@@ -14,16 +14,15 @@ from composition.engine import Engine
 from composition.errors import CompositionError
 from composition.experts import Expert
 from composition.merging import check_mergeable
-from composition.strategies.base import Choice, ConfigReader, Strategy
+from composition.strategies.base import Choice, Strategy
 from composition.strategies.development import (
     combination_expert,
     dev_loss,
     dev_score,
     dev_set_sha256,
     magnitude_attribution,
-    read_dev_options,
-    read_dev_set,
 )
+from composition.strategy_specs import ExPOSpec, GreedySoupSpec, LoraHubSpec, ModelSwarmsSpec
 
 
 class CombinationStrategy(Strategy):
@@ -72,32 +71,12 @@ class CombinationStrategy(Strategy):
                       magnitude_attribution(self.coefficients))
 
 
-def read_utility(reader: ConfigReader, default: str) -> dict:
-    return {"utility": reader.choice("utility", ("loss", "metric"), default), **read_dev_options(reader)}
-
-
-class LoraHub(CombinationStrategy):
+class LoraHub(LoraHubSpec, CombinationStrategy):
     """LoraHub (Huang et al., 2023): gradient-free search for the coefficients c ∈ [-bound, bound]^n of
     ΔW = Σ c_i ΔW_i with CMA-ES (the `cma` library), minimising the development set's loss (mean token
     negative log-likelihood of the answers; utility "metric": 1 − the metric of greedy answers, the loss
     breaking ties on the metric's plateaus) plus
     l1 · mean |c_i|. Starts at uniform 1/n with step size sigma; at most `budget` evaluations; seeded."""
-
-    name = "lorahub"
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        return {
-            "dev_set": read_dev_set(reader),
-            **read_utility(reader, "loss"),
-            "bound": reader.number("bound", 1.5, minimum=0.1, maximum=10),
-            "l1": reader.number("l1", 0.05, minimum=0, maximum=10),
-            "sigma": reader.number("sigma", 0.5, minimum=1e-3, maximum=5),
-            "budget": reader.integer("budget", 40, minimum=2, maximum=2000),
-            "population": reader.integer("population", None, minimum=2, maximum=200),
-            "rank": reader.integer("rank", None, minimum=1, maximum=4096),
-            "seed": reader.integer("seed", 0, minimum=0),
-        }
 
     def objective(self, engine: Engine, vector) -> float:
         coefficients = dict(zip(self.expert_ids, (float(x) for x in vector)))
@@ -137,34 +116,13 @@ class LoraHub(CombinationStrategy):
         return dict(zip(self.expert_ids, (float(x) for x in best[0])))
 
 
-class ModelSwarms(CombinationStrategy):
+class ModelSwarms(ModelSwarmsSpec, CombinationStrategy):
     """Model Swarms (Feng et al., 2024): particle swarm optimisation in weight space, guided by a utility on
     the development set (default: the metric of greedy answers). A particle is a set of weights ΔW = Σ c_i ΔW_i;
     the swarm starts with one particle per expert (c = its unit vector) plus `extra_particles` random mixes.
     Each iteration: v ← inertia·v + r1·cognitive·(personal best − x) + r2·social·(global best − x)
     − r3·repel·(global worst − x); x ← x + step·v; step ← max(step·step_factor, min_step). Stops after
     `iterations` or `patience` iterations without a better global best; seeded."""
-
-    name = "model_swarms"
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        return {
-            "dev_set": read_dev_set(reader),
-            **read_utility(reader, "metric"),
-            "extra_particles": reader.integer("extra_particles", 2, minimum=0, maximum=100),
-            "iterations": reader.integer("iterations", 5, minimum=1, maximum=200),
-            "inertia": reader.number("inertia", 0.2, minimum=0, maximum=1),
-            "cognitive": reader.number("cognitive", 0.3, minimum=0, maximum=1),
-            "social": reader.number("social", 0.4, minimum=0, maximum=1),
-            "repel": reader.number("repel", 0.05, minimum=0, maximum=1),
-            "step": reader.number("step", 0.5, minimum=1e-3, maximum=2),
-            "step_factor": reader.number("step_factor", 0.95, minimum=0.1, maximum=1),
-            "min_step": reader.number("min_step", 0.1, minimum=0, maximum=2),
-            "patience": reader.integer("patience", 5, minimum=1, maximum=200),
-            "rank": reader.integer("rank", None, minimum=1, maximum=4096),
-            "seed": reader.integer("seed", 0, minimum=0),
-        }
 
     def utility(self, engine: Engine, position: np.ndarray) -> float:
         coefficients = dict(zip(self.expert_ids, (float(x) for x in position)))
@@ -215,17 +173,10 @@ class ModelSwarms(CombinationStrategy):
         return dict(zip(self.expert_ids, (float(x) for x in best[0])))
 
 
-class GreedySoup(CombinationStrategy):
+class GreedySoup(GreedySoupSpec, CombinationStrategy):
     """Greedy soup (Wortsman et al., 2022): rank the experts by their development-set score alone; start the
     soup with the best; add each next expert if the uniform average of the soup with it scores at least as
     well. The soup's uniform average answers (coefficients 1/|soup| for its members, 0 for the others)."""
-
-    name = "greedy_soup"
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        return {"dev_set": read_dev_set(reader), **read_dev_options(reader),
-                "rank": reader.integer("rank", None, minimum=1, maximum=4096)}
 
     def search(self, engine: Engine) -> dict[str, float]:
         dev_set = self.config["dev_set"]
@@ -244,45 +195,12 @@ class GreedySoup(CombinationStrategy):
         return {e: (1.0 / len(soup) if e in soup else 0.0) for e in self.expert_ids}
 
 
-class ExPO(CombinationStrategy):
+class ExPO(ExPOSpec, CombinationStrategy):
     """ExPO, model extrapolation (Zheng et al., 2024): from a weaker to a stronger model,
     W = W_strong + α (W_strong − W_weak), i.e. ΔW = (1+α) ΔW_strong − α ΔW_weak (the weak one may be the base
     model, ΔW = 0: the strong expert's update amplified). `strong`/`weak` name them; otherwise the development
     set ranks the experts alone and the best is strong, the worst weak (the base model when there is one expert).
     `alpha_candidates`, with a development set, picks α by its score (the first best wins ties)."""
-
-    name = "expo"
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        strong = reader.expert("strong", None)
-        weak = reader.expert("weak", None, extra=("base",))
-        dev_set = read_dev_set(reader, required=False)
-        candidates = reader.raw("alpha_candidates", None)
-        if candidates is not None:
-            if (not isinstance(candidates, list) or not candidates
-                    or not all(isinstance(c, (int, float)) and not isinstance(c, bool) and 0 <= c <= 10
-                               for c in candidates)):
-                raise CompositionError("expo: 'alpha_candidates' must be a non-empty list of numbers in [0, 10]")
-            candidates = [float(c) for c in candidates]
-        if strong is None and weak is not None:
-            raise CompositionError("expo: 'weak' needs 'strong'")
-        if strong is not None and strong == weak:
-            raise CompositionError("expo: 'weak' must differ from 'strong'")
-        if dev_set is None and (strong is None or candidates is not None):
-            raise CompositionError(
-                "expo: without a 'dev_set', name 'strong' (and optionally 'weak') and give one 'alpha', "
-                "not 'alpha_candidates'"
-            )
-        return {
-            "strong": strong,
-            "weak": weak if strong is None or weak is not None else "base",
-            "alpha": reader.number("alpha", 0.3, minimum=0, maximum=10),
-            "alpha_candidates": candidates,
-            "dev_set": dev_set,
-            **read_dev_options(reader),
-            "rank": reader.integer("rank", None, minimum=1, maximum=4096),
-        }
 
     def coefficients_for(self, strong: str, weak: str, alpha: float) -> dict[str, float]:
         coefficients = {e: 0.0 for e in self.expert_ids}

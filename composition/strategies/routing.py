@@ -5,29 +5,26 @@ import torch
 
 from composition.engine import Engine
 from composition.errors import CompositionError
+from composition.strategy_specs import (
+    BASE_CLASS,
+    BaseAloneSpec,
+    CascadeSpec,
+    EmbeddingRouterSpec,
+    SingleSpec,
+    SwitchSpec,
+    TrainedRouterSpec,
+)
 from composition.strategies.base import (
     Choice,
-    ConfigReader,
     Strategy,
-    decode_step_by_step,
+    uniform,
 )
 
 
-class Single(Strategy):
+class Single(SingleSpec, Strategy):
     """One expert answers alone (a system of one, or an expert measured on its own).
 
     Attribution: {expert: 1}."""
-
-    name = "single"
-    level = "api"
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        default = reader.expert_ids[0] if len(reader.expert_ids) == 1 else None
-        expert = reader.expert("expert", default)
-        if expert is None:
-            raise CompositionError("single: 'expert' is required when the system has several experts")
-        return {"expert": expert}
 
     def complete(self, prompt, request, seed, engine):
         expert = self.config["expert"]
@@ -36,14 +33,11 @@ class Single(Strategy):
                       generation=generation, mixture={expert: 1.0})
 
 
-class BaseAlone(Strategy):
+class BaseAlone(BaseAloneSpec, Strategy):
     """The base model alone, with no expert: what a system with no experts answers. An evaluation
     measures it as the empty coalition, the value every expert's contribution is counted from.
 
     Config: none. Attribution: {} (no expert shaped the answer)."""
-
-    name = "base"
-    level = "api"
 
     def __init__(self, config: dict, experts: list):
         if experts:
@@ -52,21 +46,13 @@ class BaseAlone(Strategy):
         self.config = self.validate(config, [])
         self._prepared_for = None
 
-    @classmethod
-    def validate(cls, config: dict, expert_ids: list[str]) -> dict:
-        if expert_ids:
-            raise CompositionError("base: the base model alone takes no experts")
-        if not isinstance(config, dict) or config:
-            raise CompositionError(f"base: takes no configuration, got {config!r}")
-        return {}
-
     def complete(self, prompt, request, seed, engine):
         generation = engine.generate([self.generation_request(prompt, request, seed, {})])[0]
         return Choice(generation.text, generation.finish_reason, generation.completion_tokens, {},
                       generation=generation, mixture={})
 
 
-class EmbeddingRouter(Strategy):
+class EmbeddingRouter(EmbeddingRouterSpec, Strategy):
     """Routes each request to the nearest expert(s) by cosine similarity of base-model embeddings.
 
     Each expert is represented by the embeddings of its description and of each of its examples
@@ -74,15 +60,6 @@ class EmbeddingRouter(Strategy):
     over those texts (nearest neighbour). With top_k = 1 the best expert answers alone; with
     top_k > 1 the top experts answer as a mixture weighted by softmax(score / temperature).
     Attribution: the routing weights ({chosen: 1} for top_k = 1)."""
-
-    name = "embedding_router"
-    level = "api"
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        top_k = reader.integer("top_k", 1, minimum=1, maximum=len(reader.expert_ids))
-        temperature = reader.number("temperature", 0.05, minimum=1e-6)
-        return {"top_k": top_k, "temperature": temperature}
 
     def prepare(self, engine: Engine) -> None:
         super().prepare(engine)
@@ -119,10 +96,7 @@ def expert_profiles(experts, engine: Engine) -> list[torch.Tensor]:
     return profiles
 
 
-BASE_CLASS = "base"  # a trained router's label for "the base model answers alone"
-
-
-class TrainedRouter(Strategy):
+class TrainedRouter(TrainedRouterSpec, Strategy):
     """A logistic-regression router on base-model embeddings, trained on labelled queries.
 
     Labelled queries come from config["examples"] ([{"text", "expert"}]) or, when absent, from
@@ -134,33 +108,6 @@ class TrainedRouter(Strategy):
     Examples may name "base" (BASE_CLASS): queries that no expert should answer, such as general
     questions. When "base" is the most probable class, the base model answers alone in either mode;
     no expert shaped that answer, so its attribution is empty (which Strategy.run spreads evenly)."""
-
-    name = "trained_router"
-    level = "api"
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        examples = reader.raw("examples", None)
-        if examples is not None:
-            if not isinstance(examples, list) or not examples:
-                raise CompositionError("trained_router: 'examples' must be a non-empty list of {text, expert}")
-            for index, example in enumerate(examples):
-                if not isinstance(example, dict) or set(example) != {"text", "expert"}:
-                    raise CompositionError(f"trained_router: examples[{index}] must be an object with text and expert")
-                if not isinstance(example["text"], str):
-                    raise CompositionError(f"trained_router: examples[{index}].text must be a string")
-                if example["expert"] not in reader.expert_ids and example["expert"] != BASE_CLASS:
-                    raise CompositionError(
-                        f"trained_router: examples[{index}] names unknown expert {example['expert']!r}"
-                    )
-        return {
-            "examples": examples,
-            "mode": reader.choice("mode", ("top1", "mixture"), "top1"),
-            "epochs": reader.integer("epochs", 300, minimum=1, maximum=100000),
-            "learning_rate": reader.number("learning_rate", 0.05, minimum=1e-9),
-            "l2": reader.number("l2", 1e-3, minimum=0),
-            "seed": reader.integer("seed", 0),
-        }
 
     @property
     def classes(self) -> list[str]:
@@ -224,7 +171,7 @@ class TrainedRouter(Strategy):
                       generation=generation, mixture=weights)
 
 
-class Cascade(Strategy):
+class Cascade(CascadeSpec, Strategy):
     """Tries experts in order and escalates while the answer's confidence is below a threshold.
 
     Confidence is the mean log-probability of the generated tokens under the expert that wrote
@@ -232,17 +179,6 @@ class Cascade(Strategy):
     answer ("last"), the most confident one ("most_confident") or the base model's own ("base": a
     question outside every expert's skill, such as a general one). Attribution: {answering expert: 1};
     empty when the base model answered (no expert shaped it)."""
-
-    name = "cascade"
-    level = "api"
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        return {
-            "order": reader.expert_list("order", list(reader.expert_ids)),
-            "threshold": reader.number("threshold", -0.5, maximum=0),
-            "fallback": reader.choice("fallback", ("last", "most_confident", "base"), "last"),
-        }
 
     def complete(self, prompt, request, seed, engine):
         tried = []
@@ -254,7 +190,8 @@ class Cascade(Strategy):
         else:
             if self.config["fallback"] == "base":
                 generation = engine.generate([self.generation_request(prompt, request, seed, {})])[0]
-                return Choice(generation.text, generation.finish_reason, generation.completion_tokens, {})
+                return Choice(generation.text, generation.finish_reason, generation.completion_tokens, {},
+                              generation=generation, mixture={})
             if self.config["fallback"] == "most_confident":
                 tried.sort(key=lambda pair: pair[1].mean_logprob, reverse=True)
                 tried = tried[:1]
@@ -263,23 +200,12 @@ class Cascade(Strategy):
                       generation=generation, mixture={expert_id: 1.0})
 
 
-class Switch(Strategy):
+class Switch(SwitchSpec, Strategy):
     """Switches generation between experts: at the start of each segment the embedding router
     (nearest expert by description/examples) reads the prompt plus the text so far and picks the
     expert that writes the next segment. Segments end after a newline ("line"), after ". ", "! ",
     "? " or a newline ("sentence"), or every segment_tokens tokens ("tokens").
     Attribution: each expert's share of the generated tokens."""
-
-    name = "switch"
-    level = "api"
-    BOUNDARIES = {"line": ("\n",), "sentence": (". ", "! ", "? ", "\n"), "tokens": ()}
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        return {
-            "segment": reader.choice("segment", tuple(cls.BOUNDARIES), "sentence"),
-            "segment_tokens": reader.integer("segment_tokens", 8, minimum=1),
-        }
 
     def prepare(self, engine: Engine) -> None:
         super().prepare(engine)
@@ -291,7 +217,7 @@ class Switch(Strategy):
         counts = {expert_id: 0 for expert_id in self.expert_ids}
         current = {"expert": None, "segment_start": 0, "text_start": 0}
 
-        def next_logprobs(context: str, step: int) -> torch.Tensor:
+        def expert_now(context: str, step: int) -> dict[str, float]:
             segment_text = context[len(prompt) + current["text_start"]:]
             at_boundary = (
                 current["expert"] is None
@@ -303,10 +229,10 @@ class Switch(Strategy):
                 current.update(expert=self.expert_ids[int(scores.argmax())], segment_start=step,
                                text_start=len(context) - len(prompt))
             counts[current["expert"]] += 1
-            return engine.next_token_logits(
-                [self.generation_request(context, request, seed, {current["expert"]: 1.0})]
-            )[0]
+            return {current["expert"]: 1.0}
 
-        generation = decode_step_by_step(engine, self.generation_request(prompt, request, seed, {}), next_logprobs)
+        # every expert keeps its own lane (KV cache) over the same prefix; the switch picks one per token
+        generation = engine.generate([self.generation_request(prompt, request, seed, uniform(self.expert_ids),
+                                                              mixture_rule=expert_now)])[0]
         return Choice(generation.text, generation.finish_reason, generation.completion_tokens, counts,
                       generation=generation)

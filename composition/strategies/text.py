@@ -5,46 +5,16 @@ import re
 from collections import defaultdict
 
 from composition.engine import ScoreRequest
-from composition.errors import CompositionError
 from composition.evaluation import normalise_answer
-from composition.strategies.base import Choice, ConfigReader, Strategy
+from composition.strategy_specs import AggregateSpec, DebateSpec
+from composition.strategies.base import Choice, Strategy
 
-DEFAULT_REFINE_TEMPLATE = "{prompt}\nOther answers:\n{others}\nYour previous answer: {own}\nImproved answer: "
-DEFAULT_SUMMARY_TEMPLATE = "{prompt}\nCandidate answers:\n{answers}\nFinal answer: "
-
-
-def _template(reader: ConfigReader, key: str, default: str, fields: tuple[str, ...]) -> str:
-    template = reader.text(key, default)
-    try:
-        template.format(**{name: "" for name in fields})
-    except (KeyError, IndexError, ValueError) as error:
-        raise CompositionError(
-            f"{reader.strategy}: '{key}' may only use the fields {', '.join('{' + f + '}' for f in fields)} ({error})"
-        ) from error
-    return template
-
-
-class Debate(Strategy):
+class Debate(DebateSpec, Strategy):
     """Multi-agent refinement: each debater answers, then for `rounds` rounds each debater reads the
     others' latest answers and refines its own; finally the summariser reads all final answers and
     writes the answer returned. Templates are configurable ({prompt}, {others}, {own}, {answers}).
     Attribution: each expert's share of all tokens generated in the debate (debaters' and the
     summariser's), since every one of those tokens was read by the summariser or written by it."""
-
-    name = "debate"
-    level = "text"
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        summariser = reader.expert("summariser", reader.expert_ids[0])
-        debaters = reader.expert_list("debaters", list(reader.expert_ids))
-        return {
-            "summariser": summariser,
-            "debaters": debaters,
-            "rounds": reader.integer("rounds", 1, minimum=0, maximum=5),
-            "refine_template": _template(reader, "refine_template", DEFAULT_REFINE_TEMPLATE, ("prompt", "others", "own")),
-            "summary_template": _template(reader, "summary_template", DEFAULT_SUMMARY_TEMPLATE, ("prompt", "answers")),
-        }
 
     def complete(self, prompt, request, seed, engine):
         debaters = self.config["debaters"]
@@ -74,7 +44,7 @@ class Debate(Strategy):
                       generation=final, mixture={summariser: 1.0})
 
 
-class Aggregate(Strategy):
+class Aggregate(AggregateSpec, Strategy):
     """Response aggregation over the experts' independent answers.
 
     method "vote": the answer extracted from most experts wins (answers compared after
@@ -85,28 +55,6 @@ class Aggregate(Strategy):
     log-probability given the prompt; the best-scored candidate wins.
     `extract` is an optional regular expression; its first group (or whole match) is the answer.
     Attribution: the experts whose (normalised) answer is the winning answer, in equal shares."""
-
-    name = "aggregate"
-    level = "text"
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        method = reader.choice("method", ("vote", "judge"), "vote")
-        judge = reader.expert("judge", "base" if method == "judge" else None, extra=("base",))
-        if method == "vote" and judge is not None:
-            raise CompositionError("aggregate: 'judge' is only used with method 'judge'")
-        extract = reader.text("extract", None)
-        if extract is not None:
-            try:
-                re.compile(extract)
-            except re.error as error:
-                raise CompositionError(f"aggregate: 'extract' is not a valid regular expression: {error}") from error
-        return {
-            "method": method,
-            "judge": judge,
-            "experts": reader.expert_list("experts", list(reader.expert_ids)),
-            "extract": extract,
-        }
 
     def extract(self, text: str) -> str:
         if self.config["extract"]:

@@ -8,30 +8,11 @@ import json
 import torch
 
 from composition.engine import Engine, GenerationRequest
-from composition.errors import CompositionError
 from composition.evaluation import METRICS
 from composition.experts import Expert
-from composition.merging import MERGE_METHODS, check_mergeable, merge_adapters
-from composition.strategies.base import Choice, ConfigReader, Strategy, uniform
-
-
-def read_merge_options(reader: ConfigReader) -> dict:
-    method = reader.choice("method", tuple(MERGE_METHODS), "task_arithmetic")
-    merger = MERGE_METHODS[method]
-    density = reader.number("density", 0.5 if merger.uses_density else None, minimum=1e-6, maximum=1)
-    if density is not None and not merger.uses_density:
-        raise CompositionError(f"{reader.strategy}: 'density' is only used by ties, dare_linear and dare_ties")
-    scale = reader.number("scale", None, minimum=0, maximum=100)
-    if scale is not None and not merger.uses_scale:
-        raise CompositionError(f"{reader.strategy}: 'scale' is not used by the linear method (it is 1)")
-    return {
-        "method": method,
-        "density": density,
-        "scale": scale,
-        "sign_method": reader.choice("sign_method", ("total", "frequency"), "total"),
-        "rank": reader.integer("rank", None, minimum=1, maximum=4096),
-        "seed": reader.integer("seed", 0),
-    }
+from composition.merging import check_mergeable, merge_adapters
+from composition.strategy_specs import MergeSearchSpec, MergeSpec
+from composition.strategies.base import Choice, Strategy
 
 
 def merged_expert(experts: list[Expert], weights: dict[str, float], options: dict) -> Expert:
@@ -48,20 +29,12 @@ def merged_expert(experts: list[Expert], weights: dict[str, float], options: dic
     return Expert(id=merged_id, adapter=adapter, metadata=metadata)
 
 
-class Merge(Strategy):
+class Merge(MergeSpec, Strategy):
     """Merges the experts' adapters (on ΔW = B·A per module; see composition/merging.py for the
     methods linear, task_arithmetic, ties, dare_linear, dare_ties), factorises the merged ΔW back
     to LoRA by truncated SVD at `rank` (default: the sum of the experts' ranks, exact for linear
     and task arithmetic) and answers with the merged adapter alone.
     Attribution: the merge weights."""
-
-    name = "merge"
-    level = "weight"
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        weights = reader.weights("weights", uniform(reader.expert_ids))
-        return {"weights": weights, **read_merge_options(reader)}
 
     def __init__(self, config: dict, experts: list[Expert]):
         super().__init__(config, experts)
@@ -88,42 +61,13 @@ def simplex_grid(count: int, step: float) -> list[tuple[float, ...]]:
     return vectors
 
 
-class MergeSearch(Strategy):
+class MergeSearch(MergeSearchSpec, Strategy):
     """Searches merge weights on a dev set, then answers with the best merge.
 
     Candidates: the uniform weights first, then a grid over the simplex in steps of grid_step
     ("grid") or `samples` Dirichlet(1) draws from a generator seeded by search_seed ("random").
     Each candidate merge answers the dev set greedily; the best mean `metric` wins (the first
     candidate wins ties). Deterministic for a given config. Attribution: the winning weights."""
-
-    name = "merge_search"
-    level = "weight"
-
-    @classmethod
-    def read_config(cls, reader: ConfigReader) -> dict:
-        dev_set = reader.raw("dev_set", None)
-        if not isinstance(dev_set, list) or not dev_set:
-            raise CompositionError("merge_search: 'dev_set' must be a non-empty list of {prompt, answers}")
-        for index, item in enumerate(dev_set):
-            if (not isinstance(item, dict) or not isinstance(item.get("prompt"), str)
-                    or not isinstance(item.get("answers"), list)
-                    or not all(isinstance(answer, str) for answer in item["answers"])):
-                raise CompositionError(f"merge_search: dev_set[{index}] must have a prompt string and a list of answers")
-        search = reader.choice("search", ("grid", "random"), "random")
-        step = reader.number("grid_step", 0.5, minimum=0.05, maximum=1)
-        if search == "grid" and abs(1 / step - round(1 / step)) > 1e-9:
-            raise CompositionError("merge_search: 'grid_step' must divide 1 (e.g. 0.5, 0.25, 0.2)")
-        return {
-            "dev_set": dev_set,
-            "search": search,
-            "grid_step": step,
-            "samples": reader.integer("samples", 8, minimum=1, maximum=1000),
-            "search_seed": reader.integer("search_seed", 0),
-            "metric": reader.choice("metric", ("exact_match", "token_f1"), "exact_match"),
-            "max_tokens": reader.integer("max_tokens", 32, minimum=1),
-            "stop": reader.text_list("stop", []),
-            **read_merge_options(reader),
-        }
 
     def __init__(self, config: dict, experts: list[Expert]):
         super().__init__(config, experts)

@@ -1,6 +1,8 @@
-"""The OpenAI-compatible API: /v1/models, /v1/chat/completions, /v1/completions.
+"""The OpenAI-compatible API: /v1/models, /v1/chat/completions, /v1/completions. HTTP in and out only:
+serving a completion is marketplace.services.completions.
 
-Authentication is `Authorization: Bearer mos_<prefix>.<secret>`, an organization API key."""
+Authentication is `Authorization: Bearer mos_<prefix>.<secret>`, an organization API key
+(marketplace.api.key_authentication)."""
 import json
 import time
 
@@ -13,47 +15,20 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from gpu_workers import contract
-from marketplace import policy, quotas
-from marketplace.models import ComposedSystem, OrganizationAPIKey, Subscription
-from marketplace.selectors.organizations import api_key_from_presented
+from marketplace import quotas
+from marketplace.api.key_authentication import HasKeyScope, OrganizationKeyAuthentication
+from marketplace.models import ComposedSystem
 from marketplace.selectors.systems import system_for_organization, systems_callable_by
-from marketplace.services import idempotency, inference, openai_params
-from marketplace.services.organizations import api_key_mark_used
-from marketplace.services.usage import usage_record
-from mosaic import logs, metrics
+from marketplace.services import completions, idempotency, openai_params
 from mosaic.errors import DomainError, error_body
 from mosaic.parsers import LimitedJSONParser
 
 
-class Unauthenticated(DomainError):
-    status_code = 401
-    code = "invalid_api_key"
-
-
-class PaymentRequired(DomainError):
-    status_code = 402
-    code = "no_active_subscription"
-
-
-def authenticate(request, *, scopes: tuple[str, ...]) -> OrganizationAPIKey:
-    """The organization key presented as a bearer token, holding at least one of `scopes`."""
-    header = request.META.get("HTTP_AUTHORIZATION", "")
-    scheme, _, presented = header.partition(" ")
-    if scheme.lower() != "bearer" or not presented.strip():
-        raise Unauthenticated("Missing API key: send it as 'Authorization: Bearer <key>'.")
-    api_key = api_key_from_presented(presented=presented)
-    if api_key is None:
-        raise Unauthenticated("Incorrect, revoked or expired API key.")
-    if not set(scopes) & set(api_key.scopes):
-        raise DomainError(f"This API key lacks the {' or '.join(scopes)} scope.", code="forbidden", status_code=403)
-    api_key_mark_used(api_key=api_key)
-    return api_key
-
-
 class OpenAIView(APIView):
-    authentication_classes: list = []
-    permission_classes: list = []
-    authenticates_itself = True  # the API key, in authenticate() (see mosaic.schema)
+    authentication_classes = [OrganizationKeyAuthentication]
+    permission_classes = [HasKeyScope]
+    required_scopes: tuple[str, ...] = ("read", "use")
+    authenticates_itself = True  # the API key (see mosaic.schema)
     parser_classes = [LimitedJSONParser]  # OpenAI's API takes JSON bodies only
 
     def handle_exception(self, exc):
@@ -95,16 +70,14 @@ class ModelListApi(OpenAIView):
     @extend_schema(summary="The systems this organization may call (OpenAI list of models)",
                    responses=OpenApiTypes.OBJECT, operation_id="v1_models_list")
     def get(self, request):
-        api_key = authenticate(request, scopes=("read", "use"))
-        systems = systems_callable_by(organization=api_key.organization)
+        systems = systems_callable_by(organization=request.auth.organization)
         return Response({"object": "list", "data": [model_object(s) for s in systems]})
 
 
 class ModelDetailApi(OpenAIView):
     @extend_schema(summary="One model (system)", responses=OpenApiTypes.OBJECT)
     def get(self, request, model: str):
-        api_key = authenticate(request, scopes=("read", "use"))
-        return Response(model_object(system_for_organization(organization=api_key.organization, slug=model)))
+        return Response(model_object(system_for_organization(organization=request.auth.organization, slug=model)))
 
 
 # --- completions --------------------------------------------------------------------------------------------
@@ -186,8 +159,8 @@ class CompletionParamsSerializer(serializers.Serializer):
         attrs["max_tokens"] = attrs.get("max_completion_tokens") or attrs.get("max_tokens") or 16
         try:
             contract.checked_text(attrs["model"], "model")
-            attrs["params"] = openai_params.worker_params(attrs, chat="messages" in attrs)
-            contract.sampling_params(attrs["params"], max_tokens_limit=settings.MAX_TOKENS_LIMIT)
+            params = openai_params.worker_params(attrs, chat="messages" in attrs)
+            attrs["sampling"] = contract.sampling_params(params, max_tokens_limit=settings.MAX_TOKENS_LIMIT)
             if "messages" in attrs:
                 contract.checked_messages(attrs["messages"])
             if "prompt" in attrs:
@@ -244,18 +217,6 @@ def _validated(serializer_class, request) -> dict:
     return serializer.validated_data
 
 
-def _active_plan(organization):
-    subscription = (
-        Subscription.objects.select_related("plan")
-        .filter(organization=organization, status=Subscription.Status.ACTIVE)
-        .order_by("-created_at")
-        .first()
-    )
-    if subscription is None:
-        raise PaymentRequired(f"{organization.name} has no active subscription; subscribe to a plan first.")
-    return subscription.plan
-
-
 def attribution_list(*, attribution: dict, members) -> list[dict]:
     by_id = {str(m.expert_id): m.expert for m in members}
     listed = []
@@ -274,25 +235,23 @@ def attribution_list(*, attribution: dict, members) -> list[dict]:
 class _CompletionApi(OpenAIView):
     input_serializer: type
     chat: bool
+    required_scopes = ("use",)
     error_statuses = (400, 402, 404, 429, 502, 503)
 
     def post(self, request):
         started = time.monotonic()
-        api_key = authenticate(request, scopes=("use",))
-        organization = api_key.organization
         data = _validated(self.input_serializer, request)
         if "Idempotency-Key" in request.headers:
-            return self._serve_once(request, key=request.headers["Idempotency-Key"], started=started,
-                                    api_key=api_key, data=data)
-        return self._serve(started=started, api_key=api_key, data=data)
+            return self._serve_once(request, key=request.headers["Idempotency-Key"], started=started, data=data)
+        return self._serve(request, started=started, data=data)
 
-    def _serve_once(self, request, *, key, started, api_key, data):
+    def _serve_once(self, request, *, key, started, data):
         """Served once per Idempotency-Key; retries get the stored response (marketplace.services.idempotency)."""
         key = idempotency.checked_key(key)
         if data["stream"]:
             raise DomainError("Idempotency-Key cannot be used with stream=true: a stream is not replayed.",
                               param="Idempotency-Key", code="invalid_idempotency_key")
-        record, replay = idempotency.claim(organization=api_key.organization, key=key,
+        record, replay = idempotency.claim(organization=request.auth.organization, key=key,
                                            fingerprint=idempotency.fingerprint(path=request.path, body=request.data))
         if replay:
             response = Response(record.response_body, status=record.status_code)
@@ -300,7 +259,7 @@ class _CompletionApi(OpenAIView):
             response["Idempotent-Replayed"] = "true"
             return response
         try:
-            response = self._serve(started=started, api_key=api_key, data=data)
+            response = self._serve(request, started=started, data=data)
         except BaseException:
             idempotency.release(record=record)
             raise
@@ -308,84 +267,53 @@ class _CompletionApi(OpenAIView):
                              request_id=response["x-request-id"])
         return response
 
-    def _serve(self, *, started, api_key, data):
-        organization = api_key.organization
-        system = system_for_organization(organization=organization, slug=data["model"])
-        plan = _active_plan(organization)
-        serving = policy.request_plan(organization=organization, system=system, actor=f"organization:{organization.pk}")
-        text_in = "".join(m["content"] or "" for m in data["messages"]) if self.chat else data["prompt"]
-        reservation = quotas.reserve(
-            organization=organization, plan=plan,
-            estimated_tokens=len(text_in) + 8 * len(data.get("messages") or []) + data["max_tokens"] * (data["n"] or 1),
-        )
-        request_id = logs.current_request_id() or logs.new_request_id()  # the request's id (mosaic.middleware)
-        message = inference.build_message(
-            request_id=request_id, system=system, plan=serving, params=data["params"],
-            **({"messages": data["messages"]} if self.chat else {"prompt": data["prompt"]}),
-        )
-        message.update(openai_params.message_extras(data))  # tools, tool_choice, echo
-        context = dict(
-            request_id=request_id, organization=organization, api_key=api_key, system=system, plan=plan,
-            serving=serving, reservation=reservation, started=started, data=data,
+    def _serve(self, request, *, started, data):
+        prepared = completions.completion_prepare(
+            api_key=request.auth, model=data["model"], params=data["sampling"], stream=data["stream"],
+            started=started, **({"messages": data["messages"]} if self.chat else {"prompt": data["prompt"]}),
+            **openai_params.message_extras(data),  # tools, tool_choice, parallel_tool_calls, echo
         )
         if data["stream"]:
             include_usage = bool(data["stream_options"] and data["stream_options"].get("include_usage"))
-            response = StreamingHttpResponse(
-                self._stream(message=message, include_usage=include_usage, **context),
-                content_type="text/event-stream",
-            )
+            response = StreamingHttpResponse(self._stream(prepared, data, include_usage=include_usage),
+                                             content_type="text/event-stream")
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"
         else:
-            try:
-                result = inference.run_system_request(message=message)
-            except Exception:
-                quotas.release(reservation=reservation)
-                raise
-            usage = self._record(result=result, **context)
-            response = Response(self._body(result=result, usage=usage, **context))
-            response["x-mosaic-engine-ms"] = str(usage.engine_ms)
-        for name, value in reservation.headers.items():
+            served = completions.completion_run(prepared=prepared)
+            response = Response(self._body(served, prepared, data))
+            response["x-mosaic-engine-ms"] = str(served.usage.engine_ms)
+        for name, value in prepared.reservation.headers.items():
             response[name] = value
-        response["x-request-id"] = request_id
+        response["x-request-id"] = prepared.request_id
         return response
 
-    def _record(self, *, result, request_id, organization, api_key, system, plan, serving, reservation, started,
-                **_):
-        metrics.observe_completion(system=system.slug, result=result)
-        return usage_record(
-            request_id=request_id, organization=organization, api_key=api_key, system=system, plan=plan,
-            prompt_tokens=result["usage"]["prompt_tokens"], completion_tokens=result["usage"]["completion_tokens"],
-            latency_ms=int((time.monotonic() - started) * 1000), engine_ms=int(result.get("engine_ms", 0)),
-            attribution=result.get("attribution", {}), reservation=reservation,
-        )
-
-    def _envelope(self, *, request_id, system, chunk: bool) -> dict:
+    def _envelope(self, prepared, *, chunk: bool) -> dict:
         if self.chat:
             obj = "chat.completion.chunk" if chunk else "chat.completion"
             prefix = "chatcmpl-"
         else:
             obj, prefix = "text_completion", "cmpl-"
-        return {"id": prefix + request_id, "object": obj, "created": int(time.time()), "model": system.slug,
-                "system_fingerprint": None}
+        return {"id": prefix + prepared.request_id, "object": obj, "created": int(time.time()),
+                "model": prepared.system.slug, "system_fingerprint": None}
 
     @staticmethod
     def _usage(usage) -> dict:
         return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
                 "total_tokens": usage.total_tokens}
 
-    def _body(self, *, result, usage, request_id, system, serving, data, **_):
+    def _body(self, served, prepared, data) -> dict:
         shape = openai_params.chat_choice if self.chat else openai_params.completion_choice
-        choices = [shape(c, data) for c in result["choices"]]
+        choices = [shape(c, data) for c in served.result.choices]
         return {
-            **self._envelope(request_id=request_id, system=system, chunk=False),
+            **self._envelope(prepared, chunk=False),
             "choices": choices,
-            "usage": self._usage(usage),
-            "attribution": attribution_list(attribution=usage.attribution, members=serving.members),
+            "usage": self._usage(served.usage),
+            "attribution": attribution_list(attribution=served.usage.attribution, members=prepared.serving.members),
         }
 
     def _chunk_choice(self, index: int, text: str | None, finish_reason: str | None, first: bool,
-                      final: dict | None = None, data: dict | None = None) -> dict:
+                      final: contract.ChoiceResult | None = None, data: dict | None = None) -> dict:
         """One choice of a chunk; `final`, the finished choice of the result, adds its logprobs and tool calls
         (a stream's last chunk of a choice carries all of them)."""
         if self.chat:
@@ -395,54 +323,38 @@ class _CompletionApi(OpenAIView):
             chunk = {"index": index, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
         return openai_params.final_chunk_choice(chunk, final, data, chat=self.chat, first=first) if final else chunk
 
-    def _stream(self, *, message, include_usage, **context):
-        envelope = self._envelope(request_id=context["request_id"], system=context["system"], chunk=True)
+    def _stream(self, prepared, data, *, include_usage: bool):
+        envelope = self._envelope(prepared, chunk=True)
 
         def line(payload: dict) -> bytes:
             return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
         started_choices: set[int] = set()
-        events = inference.stream_system_request(message=message)
+        events = completions.completion_stream(prepared=prepared)
         try:
             for event in events:
-                if event.get("done"):
-                    result = event["result"]
-                    usage = self._record(result=result, **context)
-                    for choice in result["choices"]:
-                        first = choice["index"] not in started_choices
+                if isinstance(event, completions.Served):
+                    for choice in event.result.choices:
+                        first = choice.index not in started_choices
                         yield line({**envelope, "choices": [self._chunk_choice(
-                            choice["index"], None, choice["finish_reason"], first, choice, context["data"])]})
-                    final = {**envelope, "choices": [], "usage": self._usage(usage) if include_usage else None,
-                             "attribution": attribution_list(attribution=usage.attribution,
-                                                             members=context["serving"].members)}
-                    yield line(final)
+                            choice.index, None, choice.finish_reason, first, choice, data)]})
+                    yield line({**envelope, "choices": [],
+                                "usage": self._usage(event.usage) if include_usage else None,
+                                "attribution": attribution_list(attribution=event.usage.attribution,
+                                                                members=prepared.serving.members)})
                     break
-                index = event["choice_index"]
-                first = index not in started_choices
-                started_choices.add(index)
-                delta = openai_params.echoed(event["text_delta"], context["data"], first=first)
-                yield line({**envelope, "choices": [self._chunk_choice(index, delta, None, first)]})
-        except GeneratorExit:
-            # The client went away mid-stream. The engine finishes the answer anyway, so it is recorded and billed.
-            self._finish_after_disconnect(events=events, context=context)
+                first = event.choice_index not in started_choices
+                started_choices.add(event.choice_index)
+                delta = openai_params.echoed(event.text_delta, data, first=first)
+                yield line({**envelope, "choices": [self._chunk_choice(event.choice_index, delta, None, first)]})
+        except GeneratorExit:  # the client left: the service settles or abandons the request
+            events.close()
             raise
         except DomainError as error:
-            quotas.release(reservation=context["reservation"])
             yield line(error_body(error.message, code=error.code, param=error.param))
         except Exception as error:  # noqa: BLE001 - a stream cannot change its status any more: say it in a data line
-            quotas.release(reservation=context["reservation"])
             yield line(error_body(f"The engine failed: {type(error).__name__}: {error}", code="engine_error"))
         yield b"data: [DONE]\n\n"
-
-
-    def _finish_after_disconnect(self, *, events, context) -> None:
-        try:
-            for event in events:
-                if event.get("done"):
-                    self._record(result=event["result"], **context)
-                    return
-        except Exception:  # noqa: BLE001 - nothing was served in full: give the reserved tokens back
-            quotas.release(reservation=context["reservation"])
 
 
 class ChatCompletionApi(_CompletionApi):

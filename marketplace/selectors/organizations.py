@@ -54,3 +54,16 @@ def api_key_from_presented(*, presented: str) -> OrganizationAPIKey | None:
     if api_key is None or not api_key.is_valid(raw) or api_key.has_expired:
         return None
     return api_key
+
+
+def active_plan(*, organization: Organization):
+    """The plan of the organization's newest active subscription, None without one."""
+    from marketplace.models import Subscription
+
+    subscription = (
+        Subscription.objects.select_related("plan")
+        .filter(organization=organization, status=Subscription.Status.ACTIVE)
+        .order_by("-created_at")
+        .first()
+    )
+    return None if subscription is None else subscription.plan

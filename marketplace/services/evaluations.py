@@ -20,7 +20,7 @@ import importlib
 import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from django.conf import settings
@@ -31,11 +31,12 @@ from django.utils import timezone
 from composition.coalitions import accuracy_report, contribution_method, measure_experts
 from composition.contribution import decimal_string
 from composition.errors import CompositionError
+from gpu_workers.contract import CompletionResult, TaskMessage
 from ledger.services import record_event
 from marketplace import policy
 from marketplace.credit.rules import measured_shares_bp
 from marketplace.models import ComposedSystem, ContributionMeasurement, SystemEvaluation, SystemExpert
-from marketplace.services.inference import build_message, fresh_deadline, run_system_request
+from marketplace.services.inference import build_message, run_system_request, with_fresh_deadline
 from mosaic.errors import DomainError
 
 SKILL_TAG = "skill:"
@@ -101,7 +102,7 @@ def held_out_sets(*, members: list[SystemExpert], items_per_skill: int, seed: in
 
 
 def _item_message(*, system: ComposedSystem, plan: policy.ServingPlan | None, strategy: str | None, prompt: str,
-                  max_tokens: int) -> dict:
+                  max_tokens: int) -> TaskMessage:
     """One item's task message: the system on `plan` (with another `strategy` when given, e.g. "single" for an
     expert alone), or the base model alone when there is no plan."""
     params = {"max_tokens": max_tokens, "temperature": 0.0, "seed": 0}
@@ -110,7 +111,7 @@ def _item_message(*, system: ComposedSystem, plan: policy.ServingPlan | None, st
     if plan is None:
         plan, strategy = policy.ServingPlan(members=[], strategy_config={}), "base"
     message = build_message(request_id=request_id, system=system, plan=plan, params=params, messages=chat)
-    return message if strategy is None else {**message, "strategy": strategy}
+    return message if strategy is None else replace(message, strategy=strategy)
 
 
 def answer_items(*, system: ComposedSystem, plan: policy.ServingPlan | None, sets: list[HeldOutSet],
@@ -121,12 +122,12 @@ def answer_items(*, system: ComposedSystem, plan: policy.ServingPlan | None, set
                               max_tokens=held_out.max_tokens)
                 for held_out in sets for item in held_out.items]
 
-    def send(message: dict) -> dict:  # a message's deadline starts when it is sent, not when it was built
-        return run_system_request(message={**message, "deadline": fresh_deadline()})
+    def send(message: TaskMessage) -> CompletionResult:  # its deadline starts when it is sent, not built
+        return run_system_request(message=with_fresh_deadline(message))
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         results = list(pool.map(send, messages))
-    return [result["choices"][0]["text"] for result in results]
+    return [result.choices[0].text for result in results]
 
 
 @dataclass

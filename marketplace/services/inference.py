@@ -1,22 +1,23 @@
 """The one place the marketplace calls the engine.
 
 Embedded (Celery eager, no broker): the engine runs in this process, called directly on the request's thread
-(the engine batches concurrent callers itself); no Celery task and no result .get() are involved, so any number
-of threads may serve at once. With a broker: a Celery task on the base model's queue; the web side waits for
-its result until the message's deadline, and answers 503 `engine_unavailable` with Retry-After when none came
-(its worker died, or no worker took it in time)."""
+(the engine's scheduler batches concurrent callers itself); no Celery task and no result .get() are involved,
+so any number of threads may serve at once. With a broker: a task sent by name (gpu_workers.client) on the
+base model's queue; the web side waits for its result, or reads its stream, until the message's deadline,
+and answers 503 `engine_unavailable` with Retry-After when none came (its worker died, or no worker took it in
+time). Nothing here imports torch: the worker side is loaded only when the engine runs in this process."""
 import math
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 from django.conf import settings
 
-from gpu_workers import contract
+from gpu_workers import client, contract
+from gpu_workers.contract import CompletionResult, ErrorInfo, TaskMessage
 from marketplace.models import ComposedSystem
 from marketplace.policy import ServingPlan
 from mosaic.errors import DomainError
-
-UNAVAILABLE_CODES = ("engine_unavailable", "deadline_exceeded")
 
 
 class EngineFailed(DomainError):
@@ -34,29 +35,32 @@ class EngineUnavailable(DomainError):
 
 
 def build_message(
-    *, request_id: str, system: ComposedSystem, plan: ServingPlan, params: dict,
-    prompt: str | None = None, messages: list[dict] | None = None,
-) -> dict:
-    """The task message: everything a worker needs, no database access required (see SHARED CONTRACTS).
+    *, request_id: str, system: ComposedSystem, plan: ServingPlan, params: contract.SamplingParams | dict,
+    prompt: str | None = None, messages: list[dict] | None = None, stream: bool = False,
+    tools: list[dict] | None = None, tool_choice: str | dict | None = None, parallel_tool_calls: bool = True,
+    echo: bool = False,
+) -> TaskMessage:
+    """The task message: everything a worker needs, no database access required (see DESIGN, Contracts).
     `deadline` (epoch seconds) is when the web side stops waiting; a worker drops the message after it."""
     base = system.base_model
-    message = {
-        "request_id": request_id,
-        "deadline": fresh_deadline(),
-        "base_model": {"name": base.name, "path": base.local_path, "content_hash": base.content_hash},
-        "experts": [
-            {"id": str(m.expert_id), "adapter_path": m.version.storage_path, "sha256": m.version.sha256}
-            for m in plan.members
-        ],
-        "strategy": system.strategy,
-        "strategy_config": plan.strategy_config,
-        "params": params,
-    }
-    if messages is not None:
-        message["messages"] = messages
-    else:
-        message["prompt"] = prompt
-    return message
+    tools, tool_choice = contract.checked_tools(tools, tool_choice)  # as a worker reads them (tool_choice "auto")
+    return TaskMessage(
+        request_id=request_id,
+        deadline=fresh_deadline(),
+        base_model=contract.BaseModelRef(name=base.name, path=base.local_path, content_hash=base.content_hash),
+        experts=tuple(contract.ExpertRef(str(m.expert_id), m.version.storage_path, m.version.sha256)
+                      for m in plan.members),
+        strategy=system.strategy,
+        strategy_config=plan.strategy_config,
+        params=params if isinstance(params, contract.SamplingParams) else contract.sampling_params(params),
+        prompt=None if messages is not None else prompt,
+        messages=messages,
+        stream=stream,
+        tools=tools,
+        tool_choice=tool_choice,
+        echo=echo,
+        parallel_tool_calls=parallel_tool_calls,
+    )
 
 
 def _unavailable(reason: str) -> EngineUnavailable:
@@ -70,17 +74,24 @@ def fresh_deadline() -> float:
     return time.time() + settings.INFERENCE_DEADLINE_SECONDS
 
 
-def _checked(result: dict) -> dict:
-    if "error" in result:
-        error = result["error"]
-        if error.get("code") in UNAVAILABLE_CODES:
-            raise _unavailable(str(error.get("message")))
-        if error.get("code") in contract.CLIENT_ERROR_CODES:  # the client's mistake, found by the worker
-            raise DomainError(error.get("message") or "", code=error["code"], param=error.get("param"))
-        raise EngineFailed(
-            f"The engine could not complete this request ({error.get('code') or 'engine_error'}): {error.get('message')}"
-        )
-    return result
+def with_fresh_deadline(message: TaskMessage) -> TaskMessage:
+    return replace(message, deadline=fresh_deadline())
+
+
+def domain_error(error: ErrorInfo) -> DomainError:
+    """A worker's or the stream's error as the API answers it: 503, 400 (the client's mistake) or 502."""
+    if error.code in contract.UNAVAILABLE_CODES:
+        return _unavailable(error.message)
+    if error.code in contract.CLIENT_ERROR_CODES:  # the client's mistake, found by the worker
+        return DomainError(error.message, code=error.code, param=error.param)
+    return EngineFailed(f"The engine could not complete this request ({error.code}): {error.message}")
+
+
+def _checked(result) -> CompletionResult:
+    parsed = contract.parse_result(result)
+    if isinstance(parsed, ErrorInfo):
+        raise domain_error(parsed)
+    return parsed
 
 
 def embedded() -> bool:
@@ -89,16 +100,16 @@ def embedded() -> bool:
     return bool(app.conf.task_always_eager)
 
 
-def run_system_request(*, message: dict) -> dict:
-    from gpu_workers.tasks import await_result, run_completion, run_idempotent
+def run_system_request(*, message: TaskMessage) -> CompletionResult:
+    from mosaic.celery import app
 
     if embedded():
-        return _checked(run_idempotent(message))
+        from gpu_workers.tasks import run_idempotent  # the engine runs in this process
+
+        return _checked(run_idempotent(message.to_dict()))
     try:
-        run_completion.apply_async(
-            kwargs={"message": message}, task_id=message["request_id"], queue=f"base.{message['base_model']['name']}"
-        )
-        result = await_result(message["request_id"], deadline=message["deadline"])
+        client.send(app, message)
+        result = client.await_result(app, message.request_id, deadline=message.deadline)
     except Exception as error:  # noqa: BLE001 - broker or result backend unreachable: the client may retry
         raise _unavailable(f"the engine queue is unreachable: {type(error).__name__}") from error
     if result is None:
@@ -107,12 +118,19 @@ def run_system_request(*, message: dict) -> dict:
     return _checked(result)
 
 
-def stream_system_request(*, message: dict) -> Iterator[dict]:
-    """Yields {"choice_index", "text_delta"} events, then {"done": True, "result": ...}."""
-    from gpu_workers.streaming import stream_completion
+def stream_system_request(*, message: TaskMessage) -> Iterator[contract.TokenEvent | contract.DoneEvent]:
+    """Yields TokenEvents as the worker produces them, then one DoneEvent; an ErrorEvent is raised as the
+    DomainError the API answers with."""
+    message = replace(message, stream=True)
+    if embedded():
+        from gpu_workers.streaming import stream_in_process
 
-    for event in stream_completion(message):
-        if event.get("done"):
-            yield {"done": True, "result": _checked(event["result"])}
-        else:
-            yield event
+        events = stream_in_process(message)
+    else:
+        from mosaic.celery import app
+
+        events = client.stream_from_broker(app, message)
+    for event in events:
+        if isinstance(event, contract.ErrorEvent):
+            raise domain_error(event.error)
+        yield event

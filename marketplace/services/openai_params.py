@@ -65,7 +65,8 @@ def worker_params(attrs: dict, *, chat: bool) -> dict:
 
 
 def message_extras(data: dict) -> dict:
-    """What the task message carries beside the params: tools and tool_choice (chat), echo (completions)."""
+    """What the task message carries beside the params (contract.TaskMessage's optional fields): tools,
+    tool_choice and parallel_tool_calls (chat), echo (completions)."""
     extras = {}
     if data.get("tools"):
         extras["tools"] = data["tools"]
@@ -105,36 +106,35 @@ def echoed(text: str | None, data: dict, *, first: bool) -> str | None:
     return data["prompt"] + (text or "") if first and _echo(data) else text
 
 
-def _completion_entries(choice: dict, data: dict) -> list[dict]:
-    return (choice.get("prompt_logprobs") or [] if _echo(data) else []) + choice["logprobs"]
+def _completion_entries(choice: contract.ChoiceResult, data: dict) -> list[dict]:
+    return (choice.prompt_logprobs or [] if _echo(data) else []) + choice.logprobs
 
 
-def chat_choice(choice: dict, data: dict) -> dict:
-    message = {"role": "assistant", "content": choice["text"], "refusal": None}
-    if choice.get("tool_calls"):
-        message.update(content=None, tool_calls=choice["tool_calls"])
-    logprobs = {"content": choice["logprobs"], "refusal": None} if "logprobs" in choice else None
-    return {"index": choice["index"], "message": message, "finish_reason": choice["finish_reason"],
-            "logprobs": logprobs}
+def chat_choice(choice: contract.ChoiceResult, data: dict) -> dict:
+    message = {"role": "assistant", "content": choice.text, "refusal": None}
+    if choice.tool_calls:
+        message.update(content=None, tool_calls=choice.tool_calls)
+    logprobs = {"content": choice.logprobs, "refusal": None} if choice.logprobs is not None else None
+    return {"index": choice.index, "message": message, "finish_reason": choice.finish_reason, "logprobs": logprobs}
 
 
-def completion_choice(choice: dict, data: dict) -> dict:
-    logprobs = completion_logprobs(_completion_entries(choice, data)) if "logprobs" in choice else None
-    return {"index": choice["index"], "text": echoed(choice["text"], data, first=True),
-            "finish_reason": choice["finish_reason"], "logprobs": logprobs}
+def completion_choice(choice: contract.ChoiceResult, data: dict) -> dict:
+    logprobs = completion_logprobs(_completion_entries(choice, data)) if choice.logprobs is not None else None
+    return {"index": choice.index, "text": echoed(choice.text, data, first=True),
+            "finish_reason": choice.finish_reason, "logprobs": logprobs}
 
 
-def final_chunk_choice(chunk: dict, choice: dict, data: dict, *, chat: bool, first: bool) -> dict:
+def final_chunk_choice(chunk: dict, choice: contract.ChoiceResult, data: dict, *, chat: bool, first: bool) -> dict:
     """The last chunk of a streamed choice: its finish reason, all of its logprobs, and its tool calls."""
     if chat:
-        if choice.get("tool_calls"):
+        if choice.tool_calls:
             chunk["delta"] = {**chunk["delta"], "content": None,
                               "tool_calls": [{"index": position, **call}
-                                             for position, call in enumerate(choice["tool_calls"])]}
-        if "logprobs" in choice:
-            chunk["logprobs"] = {"content": choice["logprobs"], "refusal": None}
+                                             for position, call in enumerate(choice.tool_calls)]}
+        if choice.logprobs is not None:
+            chunk["logprobs"] = {"content": choice.logprobs, "refusal": None}
         return chunk
     chunk["text"] = echoed(chunk["text"], data, first=first)
-    if "logprobs" in choice:
+    if choice.logprobs is not None:
         chunk["logprobs"] = completion_logprobs(_completion_entries(choice, data))
     return chunk

@@ -15,7 +15,7 @@ _UPDATABLE = (
 
 def _validated_config(*, strategy: str, config: dict, experts: list[Expert]) -> dict:
     from composition.errors import CompositionError
-    from composition.strategies import validate_strategy_config
+    from composition.strategy_specs import validate_strategy_config
 
     try:
         return validate_strategy_config(strategy, config, [str(e.pk) for e in experts])

@@ -134,3 +134,19 @@ def test_merging_experts_with_different_ranks_works_on_their_weight_updates(make
     two = make_expert("two", seed=2, rank=6)
     strategy = build_strategy("merge", {"method": "linear"}, [one, two])
     assert strategy.merged.adapter.ranks <= {8}
+
+
+def test_every_strategy_has_a_spec_and_its_runtime_subclasses_it():
+    from composition.strategy_specs import SPECS
+
+    assert set(SPECS) == set(STRATEGIES)
+    for name, runtime in STRATEGIES.items():
+        assert issubclass(runtime, SPECS[name]) and runtime.level == SPECS[name].level
+
+
+def test_the_specs_merge_options_are_the_merge_methods_own():
+    from composition.merging import MERGE_METHODS
+    from composition.strategy_specs import MERGE_METHOD_OPTIONS
+
+    assert {name: (m.uses_density, m.uses_scale) for name, m in MERGE_METHODS.items()} == {
+        name: (o.uses_density, o.uses_scale) for name, o in MERGE_METHOD_OPTIONS.items()}

@@ -192,6 +192,13 @@ def test_a_streamed_tool_call_arrives_whole_in_the_last_chunk(client):
     assert chunks[-1].choices[0].delta.tool_calls[0].function.name == "get_weather"
 
 
+def test_a_response_format_with_a_required_tool_call_is_a_400_on_response_format(client):
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model="duo", messages=CHAT, max_tokens=2, tools=[WEATHER],
+                                       tool_choice="required", response_format={"type": "json_object"})
+    assert raised.value.body["param"] == "response_format"
+
+
 def test_tool_choice_naming_an_unknown_function_is_a_400(client):
     with pytest.raises(openai.BadRequestError) as raised:
         client.chat.completions.create(model="duo", messages=CHAT, max_tokens=2, tools=[WEATHER],

@@ -1,4 +1,5 @@
 """The request rules the web and the workers share (gpu_workers.contract)."""
+import json
 import subprocess
 import sys
 
@@ -59,6 +60,85 @@ def test_the_contract_imports_neither_django_nor_torch():
             "print(sorted(m for m in ('django', 'torch', 'transformers') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def task_message(**changes) -> contract.TaskMessage:
+    values = dict(request_id="r-1", deadline=123.5, base_model=contract.BaseModelRef("tiny", "/models/tiny", "ab"),
+                  experts=(contract.ExpertRef("7", "/adapters/7", "c" * 64),), strategy="single",
+                  strategy_config={"expert": "7"}, params=sampling_params({"max_tokens": 4, "stop": "END"}),
+                  prompt="hi")
+    return contract.TaskMessage(**{**values, **changes})
+
+
+def test_a_task_message_survives_the_wire_and_names_its_queue():
+    message = task_message(stream=True)
+    wire = message.to_dict()
+    assert wire["version"] == contract.CONTRACT_VERSION and wire["params"]["stop"] == ["END"]
+    assert contract.TaskMessage.from_dict(wire) == message
+    assert message.queue == contract.queue_for("tiny") == "base.tiny"
+
+
+def test_a_message_of_another_version_is_refused_and_one_without_a_version_is_version_1():
+    wire = task_message().to_dict()
+    with pytest.raises(contract.MessageError, match="version 2 is not supported"):
+        contract.TaskMessage.from_dict({**wire, "version": 2})
+    del wire["version"]
+    assert contract.TaskMessage.from_dict(wire).version == 1
+
+
+def test_results_and_stream_events_survive_the_wire():
+    result = contract.CompletionResult("r-1", (contract.ChoiceResult(0, "hello", "stop"),), contract.Usage(3, 2),
+                                       {"7": "1.000000"}, engine_ms=5)
+    assert contract.parse_result(result.to_dict()) == result
+    for event in (contract.TokenEvent(0, "he", 0), contract.DoneEvent(result),
+                  contract.ErrorEvent(contract.ErrorInfo("gone", "engine_unavailable"))):
+        assert contract.event_from_dict(event.to_dict()) == event
+    assert contract.parse_result({"request_id": "r-1", "choices": "nope"}).code == contract.ENGINE_ERROR
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+
+
+def test_tools_echo_and_parallel_calls_survive_the_wire_and_a_message_without_them_offers_no_tools():
+    chat = task_message(prompt=None, messages=[{"role": "user", "content": "weather?"}], tools=[WEATHER],
+                        tool_choice="required", parallel_tool_calls=False)
+    assert contract.TaskMessage.from_dict(chat.to_dict()) == chat and chat.offers_tools
+    echoed = task_message(echo=True)
+    assert contract.TaskMessage.from_dict(echoed.to_dict()).echo is True
+    plain = contract.TaskMessage.from_dict(task_message().to_dict())
+    assert (plain.tools, plain.echo, plain.parallel_tool_calls, plain.offers_tools) == (None, False, True, False)
+    assert plain.version == 1
+
+
+def test_every_sampling_parameter_survives_the_wire_json_constraint_included():
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    for response_format in ({"type": "json_object"}, {"type": "json_schema", "json_schema": {"name": "a",
+                                                                                               "schema": schema}}):
+        params = sampling_params({"max_tokens": 9, "presence_penalty": 0.5, "frequency_penalty": -1,
+                                  "logit_bias": {"7": 3}, "logprobs": 2, "response_format": response_format})
+        message = task_message(params=params)
+        assert contract.TaskMessage.from_dict(json.loads(json.dumps(message.to_dict()))) == message
+
+
+def test_a_message_with_malformed_tools_or_echo_on_chat_is_refused():
+    wire = task_message().to_dict()
+    with pytest.raises(contract.MessageError, match="tool_choice"):
+        contract.TaskMessage.from_dict({**wire, "tools": [WEATHER], "tool_choice": "sometimes"})
+    chat = task_message(prompt=None, messages=[{"role": "user", "content": "hi"}]).to_dict()
+    with pytest.raises(contract.MessageError, match="echo"):
+        contract.TaskMessage.from_dict({**chat, "echo": True})
+
+
+def test_a_result_keeps_each_choices_logprobs_and_tool_calls_and_the_token_timings():
+    entry = {"token": "hi", "logprob": -0.5, "bytes": [104, 105], "top_logprobs": []}
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    result = contract.CompletionResult(
+        "r-1", (contract.ChoiceResult(0, "hi", "stop", logprobs=[entry], prompt_logprobs=[entry]),
+                contract.ChoiceResult(1, "{}", "tool_calls", tool_calls=[call])),
+        contract.Usage(3, 2), {"7": "1.000000"}, first_token_ms=12.5, inter_token_ms=3.25)
+    assert contract.parse_result(result.to_dict()) == result
+    assert "logprobs" not in result.to_dict()["choices"][1]
+    assert contract.parse_result({**result.to_dict(), "first_token_ms": "soon"}).code == contract.ENGINE_ERROR
 
 
 def test_logit_bias_keys_are_token_ids_and_values_stay_within_100():

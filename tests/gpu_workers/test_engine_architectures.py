@@ -91,3 +91,28 @@ def test_an_adapter_for_a_projection_outside_the_configured_list_is_refused(worl
     engine = MosaicEngine(base, lora_backend="torch", target_modules=["o_proj"])
     with pytest.raises(AdapterError, match="no adaptable layer"):
         engine.register_expert(experts[0])
+
+
+def test_the_scheduler_joins_requests_mid_answer_on_another_architecture(world):
+    """Continuous batching merges KV caches of this architecture too: each request, joining while another
+    decodes, gets what the reference engine gives it alone."""
+    from gpu_workers.batching import Scheduler
+
+    _, base, experts = world
+    engine = MosaicEngine(base, lora_backend="torch")
+    reference = ReferenceEngine(str(base), experts)
+    for expert in experts:
+        engine.register_expert(expert)
+    scheduler = Scheduler(engine)
+    tickets = []
+
+    def join_later(_index, text):  # each other request joins after the first one's next token
+        if len(tickets) < len(BATCH):
+            tickets.append(scheduler.submit([BATCH[len(tickets)]]))
+
+    first = scheduler.submit([GenerationRequest(prompt="go", mixture={"second": 1.0}, max_tokens=12)], join_later)
+    assert first.done.wait(60)
+    for ticket in tickets:
+        assert ticket.done.wait(60) and ticket.error is None
+    assert [t.results[0].text for t in tickets] == [g.text for g in reference.generate(BATCH[:len(tickets)])]
+    assert len(tickets) >= 2 and scheduler.stats.largest_batch >= 2

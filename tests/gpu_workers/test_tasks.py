@@ -1,6 +1,7 @@
 """The Celery task serves a composed system's request from its message alone, as the contract describes,
 and streaming sends the same text as it is produced."""
 import socket
+import time
 import uuid
 from decimal import Decimal
 
@@ -8,7 +9,7 @@ import pytest
 
 from composition.engine import GenerationRequest, ReferenceEngine
 from composition.experts import load_expert
-from gpu_workers import serving
+from gpu_workers import client, contract, serving
 from gpu_workers.streaming import stream_completion
 from gpu_workers.tasks import run_completion
 
@@ -167,51 +168,51 @@ def test_a_worker_process_loads_its_base_model_at_start(gpu_world, monkeypatch):
 
 def collect(events):
     events = list(events)
-    assert events[-1]["done"] is True
-    assert all("done" not in event for event in events[:-1])
+    assert isinstance(events[-1], contract.DoneEvent), events[-1]
+    assert all(isinstance(event, contract.TokenEvent) for event in events[:-1])
     texts: dict[int, str] = {}
     for event in events[:-1]:
-        texts[event["choice_index"]] = texts.get(event["choice_index"], "") + event["text_delta"]
+        assert event.offset == len(texts.get(event.choice_index, ""))
+        texts[event.choice_index] = texts.get(event.choice_index, "") + event.text_delta
     return events, texts
 
 
 def test_streaming_sends_the_text_as_it_is_generated_then_the_result(gpu_world):
     message = make_message(gpu_world, max_tokens=10)
     events, texts = collect(stream_completion(message))
-    result = events[-1]["result"]
-    assert texts == {0: result["choices"][0]["text"]}
+    result = events[-1].result
+    assert texts == {0: result.choices[0].text}
     assert len(events) - 1 >= 5  # token by token, not one chunk at the end
 
 
 def test_streaming_several_choices_keeps_each_choices_text_apart(gpu_world):
     message = make_message(gpu_world, max_tokens=6, n=2, temperature=1.0, seed=21)
     events, texts = collect(stream_completion(message))
-    result = events[-1]["result"]
-    assert texts == {choice["index"]: choice["text"] for choice in result["choices"]}
+    result = events[-1].result
+    assert texts == {choice.index: choice.text for choice in result.choices}
 
 
 def test_streaming_never_sends_text_that_a_stop_sequence_removes(gpu_world):
     probe = reference_text(gpu_world, "alpha", "hello", max_tokens=10).text
     message = make_message(gpu_world, max_tokens=10, stop=[probe[5:8]])
     events, texts = collect(stream_completion(message))
-    result = events[-1]["result"]
-    assert result["choices"][0]["finish_reason"] == "stop"
-    assert texts == {0: result["choices"][0]["text"]} == {0: probe[:5]}
+    result = events[-1].result
+    assert result.choices[0].finish_reason == "stop"
+    assert texts == {0: result.choices[0].text} == {0: probe[:5]}
 
 
 def test_streaming_a_text_level_strategy_sends_the_final_text_in_chunks(gpu_world):
     message = make_message(gpu_world, experts=("alpha", "beta"), strategy="aggregate", config={}, max_tokens=4,
                            prompt="abc")
     events, texts = collect(stream_completion(message))
-    result = events[-1]["result"]
-    assert "error" not in result, result
-    assert texts.get(0, "") == result["choices"][0]["text"]
+    assert texts.get(0, "") == events[-1].result.choices[0].text
 
 
 def test_streaming_a_failure_ends_with_the_error(gpu_world):
     message = make_message(gpu_world, strategy="no_such_strategy")
     events = list(stream_completion(message))
-    assert len(events) == 1 and events[0]["result"]["error"]["code"] == "strategy_error"
+    assert len(events) == 1 and isinstance(events[0], contract.ErrorEvent)
+    assert events[0].error.code == "strategy_error"
 
 
 def redis_is_reachable() -> bool:
@@ -229,7 +230,7 @@ def test_a_real_worker_serves_the_task_through_the_redis_broker(gpu_world):
 
     import mosaic.celery
 
-    broker = "redis://127.0.0.1:6379/14"
+    broker = "redis://127.0.0.1:6379/12"
     app = Celery("mosaic-gpu-test", broker=broker, backend=broker)
     app.conf.update(task_always_eager=False, task_serializer="json", result_serializer="json",
                     accept_content=["json"], task_acks_late=True, worker_prefetch_multiplier=1)
@@ -241,14 +242,16 @@ def test_a_real_worker_serves_the_task_through_the_redis_broker(gpu_world):
                           shutdown_timeout=30):
             result = task.apply_async(kwargs={"message": message}, task_id=message["request_id"],
                                       queue="base.tiny").get(timeout=60)
-            streamed_message = {**message, "request_id": f"{message['request_id']}-stream"}
-            events, texts = collect(stream_completion(streamed_message))
+            streamed_message = contract.TaskMessage.from_dict(
+                {**message, "request_id": f"{message['request_id']}-stream", "stream": True,
+                 "deadline": time.time() + 60})
+            events, texts = collect(client.stream_from_broker(app, streamed_message))
     finally:
         mosaic.celery.app.set_current()
 
     expected = reference_text(gpu_world, "alpha", "hello", max_tokens=6)
     assert result["choices"][0]["text"] == expected.text
-    assert events[-1]["result"]["request_id"] == streamed_message["request_id"]
+    assert events[-1].result.request_id == streamed_message.request_id
     assert texts == {0: expected.text}
 
 

@@ -46,3 +46,45 @@ def test_a_stream_with_no_answer_by_the_deadline_ends_with_engine_unavailable(cl
     assert events[-1]["error"]["code"] == "engine_unavailable"
     assert Usage.objects.count() == 0
     assert json.dumps(events).count("engine_unavailable") == 1
+
+
+def test_a_worker_that_dies_mid_stream_gives_an_error_event_and_no_usage(client, served, settings, monkeypatch):
+    """Through the Redis broker: the worker streams one token, then dies; the client gets that token, then an
+    OpenAI-shaped engine_unavailable error by the deadline, never a hang; nothing is billed."""
+    import socket
+    import threading
+
+    from gpu_workers import client as worker_client
+    from gpu_workers import contract
+    from gpu_workers.streaming import RedisStreamPublisher
+    from mosaic.celery import app
+
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
+    except OSError:
+        pytest.skip("Redis is not reachable at 127.0.0.1:6379")
+    import redis
+
+    broker = "redis://127.0.0.1:6379/12"
+    sent = []
+
+    def worker_that_dies(_app, message):
+        sent.append(message)
+        publish = RedisStreamPublisher(redis.Redis.from_url(broker), message.request_id)
+        threading.Thread(target=publish, args=(contract.TokenEvent(0, "Hel", 0),)).start()
+
+    settings.INFERENCE_DEADLINE_SECONDS = 2
+    monkeypatch.setattr(worker_client, "send", worker_that_dies)
+    monkeypatch.setattr(app.conf, "broker_url", broker)
+    app.conf.task_always_eager = False
+    try:
+        response = call(client, "/v1/chat/completions", chat_body(stream=True), served.key)
+        events = sse(response)
+    finally:
+        app.conf.task_always_eager = True
+
+    assert sent and sent[0].stream and sent[0].queue == "base." + served.duo.base_model.name
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": "Hel"}
+    assert events[-1]["error"]["code"] == "engine_unavailable"
+    assert Usage.objects.count() == 0
+    assert QuotaWindow.objects.get(kind="month").tokens == 0  # the reservation was released

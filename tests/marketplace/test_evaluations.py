@@ -11,6 +11,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from composition.evaluation import wilson_interval
+from gpu_workers import contract
 from ledger.models import Entry
 from marketplace.credit.allocation import allocate_pending_usage
 from marketplace.models import ComposedSystem, ContributionMeasurement, CreditLine, Expert, SystemEvaluation
@@ -244,9 +245,9 @@ def test_each_item_gets_a_deadline_counted_from_when_it_is_sent_not_from_when_th
     seen = []
 
     def slow_engine(*, message):
-        seen.append(message["deadline"] - time.time())
+        seen.append(message.deadline - time.time())
         time.sleep(0.4)
-        return {"choices": [{"text": "x"}]}
+        return contract.CompletionResult("r", (contract.ChoiceResult(0, "x", "stop"),), contract.Usage(1, 1), {})
 
     monkeypatch.setattr(evaluations, "run_system_request", slow_engine)
     sets = [evaluations.HeldOutSet("all", items, "0" * 64, 4)]

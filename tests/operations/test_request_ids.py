@@ -66,15 +66,15 @@ def test_json_lines_carry_the_request_id(client, served):
 def test_lines_logged_while_a_stream_is_produced_carry_its_id(client, served, request_lines, monkeypatch):
     """The usage of a stream is recorded after the view returned, while the body is sent: a line logged there
     (here by a wrapper around the real recording) still carries the request's id."""
-    from marketplace.api.openai import _CompletionApi
+    from marketplace.services import completions
 
-    record = _CompletionApi._record
+    settle = completions.completion_settle
 
-    def record_and_log(self, **context):
+    def settle_and_log(**context):
         logging.getLogger("mosaic.test").info("recording usage")
-        return record(self, **context)
+        return settle(**context)
 
-    monkeypatch.setattr(_CompletionApi, "_record", record_and_log)
+    monkeypatch.setattr(completions, "completion_settle", settle_and_log)
     response = client.post("/v1/completions", json.dumps({"model": "duo", "prompt": "hi", "max_tokens": 3,
                                                           "stream": True}),
                            content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {served.key}")
