@@ -35,3 +35,17 @@ def sign_in_with_second_factor(client, user) -> None:
     session = client.session
     session[DEVICE_ID_SESSION_KEY] = device.persistent_id
     session.save()
+
+
+def signed_in(user):
+    """A test client signed in as `user`; staff and auditors also with their second factor, as they must."""
+    from django.test import Client
+
+    from marketplace.services.security import second_factor_required
+
+    client = Client()
+    if second_factor_required(user):
+        sign_in_with_second_factor(client, user)
+    else:
+        client.force_login(user)
+    return client

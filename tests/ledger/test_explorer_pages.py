@@ -7,27 +7,16 @@ from django.test import Client
 
 from ledger.services import create_checkpoint, record_event
 from ledger.signing import ledger_signer
-from marketplace.services.security import second_factor_required
-from tests.second_factor import sign_in_with_second_factor
+from tests.second_factor import signed_in
 
 PAGES = ["/ledger/", "/ledger/entries/0/", "/ledger/checkpoints/"]
-
-
-def logged_in(user) -> Client:
-    """A signed-in client; staff and auditors with their second factor, as they must."""
-    client = Client()
-    if second_factor_required(user):
-        sign_in_with_second_factor(client, user)
-    else:
-        client.force_login(user)
-    return client
 
 
 @pytest.fixture
 def auditor(db):
     user = User.objects.create_user("audrey")
     user.groups.add(Group.objects.get_or_create(name="auditors")[0])
-    return logged_in(user)
+    return signed_in(user)
 
 
 @pytest.fixture
@@ -51,7 +40,7 @@ def test_anonymous_visitors_are_sent_to_log_in(ledger, url):
 
 @pytest.mark.parametrize("url", PAGES)
 def test_a_user_who_is_not_an_auditor_is_refused(ledger, url):
-    response = logged_in(User.objects.create_user("alice")).get(url)
+    response = signed_in(User.objects.create_user("alice")).get(url)
     assert response.status_code == 403
     assert "Auditors only" in response.content.decode()
 

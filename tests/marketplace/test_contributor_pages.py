@@ -4,14 +4,12 @@ import json
 
 import pytest
 from django.contrib.auth.models import Group
-from django.test import Client
 from django.utils import timezone
 
 from ledger.models import Entry
 from marketplace.credit.allocation import allocate_pending_usage
 from marketplace.models import ComposedSystem, Expert
 from tests.credit.conftest import usage_on, world  # noqa: F401
-from marketplace.services.security import second_factor_required
 from tests.credit.factories import (
     ComposedSystemFactory,
     ContributorFactory,
@@ -21,19 +19,9 @@ from tests.credit.factories import (
     SystemExpertFactory,
     UserFactory,
 )
-from tests.second_factor import sign_in_with_second_factor
+from tests.second_factor import signed_in
 
 pytestmark = pytest.mark.django_db
-
-
-def logged_in(user) -> Client:
-    """A signed-in client; staff and auditors with their second factor, as they must."""
-    client = Client()
-    if second_factor_required(user):
-        sign_in_with_second_factor(client, user)
-    else:
-        client.force_login(user)
-    return client
 
 
 def activity(page: str, data_id: str) -> dict:
@@ -53,8 +41,8 @@ def served_today(world):
 def test_the_earnings_page_charts_a_contributors_requests_attribution_and_credit_by_day(served_today):
     alice, bob, _ = served_today.contributors
 
-    alices = logged_in(alice.user).get("/earnings/").content.decode()
-    bobs = logged_in(bob.user).get("/earnings/").content.decode()
+    alices = signed_in(alice.user).get("/earnings/").content.decode()
+    bobs = signed_in(bob.user).get("/earnings/").content.decode()
 
     today = timezone.now().date().isoformat()
     mine = activity(alices, "activity-all-data")
@@ -70,8 +58,8 @@ def test_nobody_sees_anothers_experts_or_earnings(served_today):
     a1, a2, b, _ = served_today.experts
     _, bob, charlie = served_today.contributors
 
-    bobs = logged_in(bob.user).get("/earnings/").content.decode()
-    charlies = logged_in(charlie.user).get("/earnings/").content.decode()
+    bobs = signed_in(bob.user).get("/earnings/").content.decode()
+    charlies = signed_in(charlie.user).get("/earnings/").content.decode()
 
     assert a1.name not in bobs and a2.name not in bobs and b.name in bobs
     assert activity(charlies, "activity-all-data")["totals"] == {"requests": 0, "earned_minor": 0, "attribution": "0"}
@@ -84,8 +72,8 @@ def test_an_owners_expert_page_has_its_own_chart_and_measured_contribution_but_a
     a1.current_version = a1.versions.get(number=1)
     a1.save()
 
-    own = logged_in(alice.user).get(f"/experts/{a1.pk}/").content.decode()
-    visitor = logged_in(bob.user).get(f"/experts/{a1.pk}/").content.decode()
+    own = signed_in(alice.user).get(f"/experts/{a1.pk}/").content.decode()
+    visitor = signed_in(bob.user).get(f"/experts/{a1.pk}/").content.decode()
 
     assert activity(own, "activity-expert-data")["attribution"][-1] == "0.75"
     assert served_today.system.slug in own and "f" * 16 in own  # the measurement's system and evaluation set
@@ -93,7 +81,7 @@ def test_an_owners_expert_page_has_its_own_chart_and_measured_contribution_but_a
 
 
 def test_a_user_who_is_not_a_contributor_gets_no_earnings_page():
-    response = logged_in(UserFactory(username="dave")).get("/earnings/")
+    response = signed_in(UserFactory(username="dave")).get("/earnings/")
     assert response.status_code == 403
 
 
@@ -101,14 +89,14 @@ def test_an_auditor_is_shown_the_ledger_and_no_contributor_links():
     auditor = UserFactory(username="audrey")
     auditor.groups.add(Group.objects.get_or_create(name="auditors")[0])
 
-    page = logged_in(auditor).get("/").content.decode()
+    page = signed_in(auditor).get("/").content.decode()
 
     assert 'href="/ledger/"' in page
     assert "My experts" not in page and "Upload an expert" not in page and 'href="/earnings/"' not in page
 
 
 def test_a_contributor_is_shown_their_links_and_not_the_ledger():
-    page = logged_in(ContributorFactory(user__username="erin").user).get("/").content.decode()
+    page = signed_in(ContributorFactory(user__username="erin").user).get("/").content.decode()
 
     assert 'href="/dashboard/"' in page and 'href="/earnings/"' in page and 'href="/experts/new/"' in page
     assert 'href="/ledger/"' not in page and 'href="/transparency/"' in page
@@ -136,7 +124,7 @@ def merged():
 
 def test_revoke_then_restore_from_the_dashboard_each_writes_a_ledger_entry(merged):
     alice, expert, system = merged
-    client = logged_in(alice.user)
+    client = signed_in(alice.user)
     assert "Revoke consent" in client.get("/dashboard/").content.decode()
 
     response = client.post(f"/experts/{expert.pk}/consent/revoke", {"next": "/dashboard/"})
@@ -158,7 +146,7 @@ def test_revoke_then_restore_from_the_dashboard_each_writes_a_ledger_entry(merge
 
 def test_restore_is_refused_while_a_systems_license_policy_forbids_the_expert(merged):
     alice, expert, system = merged
-    client = logged_in(alice.user)
+    client = signed_in(alice.user)
     client.post(f"/experts/{expert.pk}/consent/revoke")
     Expert.objects.filter(pk=expert.pk).update(
         license=LicenseTermsFactory(expert=expert, derivatives_allowed=False, spdx_id="CC-BY-ND-4.0"))
@@ -177,7 +165,7 @@ def test_another_contributor_cannot_revoke_or_restore_an_expert(merged):
     bob = ContributorFactory(user__username="bob")
 
     for action in ("revoke", "restore"):
-        assert logged_in(bob.user).post(f"/experts/{expert.pk}/consent/{action}").status_code == 404
+        assert signed_in(bob.user).post(f"/experts/{expert.pk}/consent/{action}").status_code == 404
     expert.refresh_from_db()
     assert expert.consent_revoked_at is None and not Entry.objects.filter(kind__startswith="consent.").exists()
 
@@ -206,7 +194,7 @@ def test_the_model_card_is_rendered_from_markdown_and_sanitised():
     expert.current_version = ExpertVersionFactory(expert=expert, model_card=card)
     expert.save()
 
-    page = logged_in(ContributorFactory(user__username="bob").user).get(f"/experts/{expert.pk}/").content.decode()
+    page = signed_in(ContributorFactory(user__username="bob").user).get(f"/experts/{expert.pk}/").content.decode()
 
     assert "<h1>Adder</h1>" in page and "<strong>two</strong>" in page
     assert "alert" not in page and "onerror" not in page and "license: mit" not in page
