@@ -223,7 +223,8 @@ class Stack:
 
     def spawn_worker(self) -> None:
         self.worker_starts += 1
-        env = {**self.env, "MOSAIC_WORKER_BASE_MODEL_PATH": self.world["base_path"]}
+        # INFO: the worker's "ready." line, which wait_for_worker reads, is an INFO record (LOG_LEVEL sets Celery's too)
+        env = {**self.env, "MOSAIC_WORKER_BASE_MODEL_PATH": self.world["base_path"], "LOG_LEVEL": "INFO"}
         self.worker = self._spawn(f"worker-{self.worker_starts}", [
             sys.executable, "-m", "celery", "-A", self.worker_app, "worker", "-Q", f"base.{BASE_MODEL_NAME}",
             "-P", "threads", "-c", "64", "-n", f"drills{self.worker_starts}@%h", "--loglevel", "INFO",

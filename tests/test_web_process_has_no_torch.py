@@ -66,8 +66,8 @@ def redis_url() -> str | None:
 def test_the_web_process_serves_without_importing_torch():
     environment = {**os.environ, "DJANGO_SETTINGS_MODULE": "mosaic.settings", "PYTHONPATH": str(ROOT)}
     broker = redis_url()
-    if broker:
-        environment["BROKER"] = broker
+    if broker:  # Celery reads CELERY_BROKER_URL before any app's own setting (CI sets it): the same broker
+        environment["BROKER"] = environment["CELERY_BROKER_URL"] = broker
     ran = subprocess.run([sys.executable, "-c", WEB_PROCESS], cwd=ROOT, env=environment, capture_output=True,
                          text=True, timeout=120)
     assert ran.returncode == 0, ran.stderr[-3000:]

@@ -23,20 +23,41 @@ def is_postgres() -> bool:
     return connection.vendor == "postgresql"
 
 
-def fork_context():
-    """A context for forked writer processes that share nothing with this one: its database connections and
-    its Celery broker connections are closed first (after a fork kombu closes the inherited ones, and on Redis
-    that close waits on a socket the parent still owns)."""
-    import gc
-    import multiprocessing
+class ForkedWriter:
+    """A child process made with os.fork, as multiprocessing's "fork" does, but running none of the after-fork
+    hooks that libraries register with multiprocessing: kombu's would close the parent's Redis connections from
+    the child, and wait on a socket the parent still owns. The child touches only the database."""
 
-    import kombu.pools
-    from django.db import connections
+    def __init__(self, target, *args):
+        self.target, self.args = target, args
+        self.pid: int | None = None
+        self.exitcode: int | None = None
 
-    from mosaic.celery import app as celery_app
+    def start(self) -> None:
+        import os
+        import traceback
 
-    connections.close_all()
-    kombu.pools.reset()  # every connection and producer pool, closed here in the parent
-    celery_app.close()
-    gc.collect()  # pools dropped but not yet collected would still be closed again in each child
-    return multiprocessing.get_context("fork")
+        from django.db import connections
+
+        connections.close_all()  # each child opens its own
+        self.pid = os.fork()
+        if self.pid == 0:
+            code = 0
+            try:
+                self.target(*self.args)
+            except BaseException:  # noqa: BLE001 - reported, and the exit code says so
+                traceback.print_exc()
+                code = 1
+            os._exit(code)
+
+    def join(self, timeout: float) -> None:
+        import os
+        import time
+
+        deadline = time.monotonic() + timeout
+        while self.exitcode is None and time.monotonic() < deadline:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.exitcode = os.waitstatus_to_exitcode(status)
+            else:
+                time.sleep(0.05)

@@ -4,7 +4,7 @@ from django.db import connection, connections
 
 from ledger.models import Entry
 from ledger.verification import verify_database
-from tests.ledger.conftest import fork_context
+from tests.ledger.conftest import ForkedWriter
 
 WRITERS = 8
 APPENDS = 500
@@ -26,8 +26,7 @@ def test_concurrent_writers_leave_a_dense_sequence_and_a_valid_chain(transaction
         pytest.skip("needs PostgreSQL: several processes writing at once")
     # Same locking either way; asynchronous commits only keep 4,000 fsyncs out of the test's time.
     settings.LEDGER_SYNCHRONOUS_COMMIT = False
-    context = fork_context()  # each forked writer opens its own connections
-    writers = [context.Process(target=_append_many, args=(w, APPENDS)) for w in range(WRITERS)]
+    writers = [ForkedWriter(_append_many, w, APPENDS) for w in range(WRITERS)]
     for process in writers:
         process.start()
     for process in writers:

@@ -25,7 +25,7 @@ from ledger.services import (
     sequencer_leadership,
 )
 from ledger.verification import verify_database
-from tests.ledger.conftest import fork_context
+from tests.ledger.conftest import ForkedWriter
 from tests.ledger.test_merkle import rfc_mth, rfc_path
 
 
@@ -254,7 +254,7 @@ def test_kill_9_of_a_sequencer_mid_batch_loses_and_doubles_nothing(transactional
     assert sequence_pending(sign=False) == 20
     for i in range(100):
         record(20 + i)
-    child = fork_context().Process(target=_sequencer_killed_mid_batch)
+    child = ForkedWriter(_sequencer_killed_mid_batch)
     child.start()
     child.join(60)
     assert child.exitcode == -signal.SIGKILL
@@ -290,8 +290,7 @@ def test_eight_writers_sequenced_after_commit_leave_a_dense_ledger_of_exactly_th
     settings.LEDGER_SYNCHRONOUS_COMMIT = False  # fewer fsyncs in the test's time; same ordering
     settings.LEDGER_AFTER_COMMIT_SECONDS = 600  # within its budget, a leader leaves no event behind
     writers, count = 8, 200
-    context = fork_context()
-    processes = [context.Process(target=_write_and_sometimes_roll_back, args=(w, count)) for w in range(writers)]
+    processes = [ForkedWriter(_write_and_sometimes_roll_back, w, count) for w in range(writers)]
     for process in processes:
         process.start()
     for process in processes:

@@ -75,6 +75,7 @@ def test_a_worker_that_dies_mid_stream_gives_an_error_event_and_no_usage(client,
 
     settings.INFERENCE_DEADLINE_SECONDS = 2
     monkeypatch.setattr(worker_client, "send", worker_that_dies)
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)  # Celery reads it before its setting (CI sets it)
     monkeypatch.setattr(app.conf, "broker_url", broker)
     app.conf.task_always_eager = False
     try:
