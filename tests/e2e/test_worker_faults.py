@@ -4,7 +4,6 @@ after the visibility timeout, they are past their deadline and dropped, not run;
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pytest
 from tests.e2e.live import (
     COMPLETION, ROOT, deployment_env, post, seed_database, sqlite_count, start_gunicorn, stop,
 )
+from tests.conftest import needs_redis
 
 REDIS_URL = os.environ.get("MOSAIC_TEST_REDIS_URL", "redis://127.0.0.1:6379/5")
 DEADLINE_S = 6
@@ -23,15 +23,7 @@ IN_FLIGHT = 4
 SLOW = {**COMPLETION, "max_tokens": 512, "n": 4, "prompt": "hello " * 20}
 
 
-def redis_is_reachable() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not redis_is_reachable(), reason="Redis is not reachable at 127.0.0.1:6379")
+pytestmark = needs_redis
 
 
 @pytest.fixture

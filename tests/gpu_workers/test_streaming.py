@@ -1,6 +1,5 @@
 """Tokens go from the worker to the web process through a Redis stream keyed by the request id, as they are
 produced, and the stream always ends: with the result, or with an error event when its worker stops."""
-import socket
 import threading
 import time
 import uuid
@@ -9,19 +8,12 @@ import pytest
 from celery import Celery
 
 from gpu_workers import client, contract, streaming, tasks
+from tests.conftest import needs_redis
 
 BROKER = "redis://127.0.0.1:6379/12"
 
 
-def redis_is_reachable() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not redis_is_reachable(), reason="Redis is not reachable at 127.0.0.1:6379")
+pytestmark = needs_redis
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 """The Celery task serves a composed system's request from its message alone, as the contract describes,
 and streaming sends the same text as it is produced."""
-import socket
 import time
 import uuid
 from decimal import Decimal
@@ -12,6 +11,7 @@ from composition.experts import load_expert
 from gpu_workers import client, contract, serving
 from gpu_workers.streaming import stream_completion
 from gpu_workers.tasks import run_completion
+from tests.conftest import needs_redis
 
 
 def make_message(gpu_world, *, experts=("alpha",), strategy="single", config=None, prompt="hello", **params):
@@ -215,15 +215,7 @@ def test_streaming_a_failure_ends_with_the_error(gpu_world):
     assert events[0].error.code == "strategy_error"
 
 
-def redis_is_reachable() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not redis_is_reachable(), reason="Redis is not reachable at 127.0.0.1:6379")
+@needs_redis
 def test_a_real_worker_serves_the_task_through_the_redis_broker(gpu_world):
     from celery import Celery
     from celery.contrib.testing.worker import start_worker

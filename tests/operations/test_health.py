@@ -3,7 +3,7 @@ import socket
 
 import pytest
 
-from tests.conftest import is_postgres
+from tests.conftest import is_postgres, needs_redis
 
 pytestmark = pytest.mark.django_db
 
@@ -14,17 +14,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def redis_is_reachable() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
-
-
-needs_redis = pytest.mark.skipif(not redis_is_reachable(), reason="Redis is not reachable at 127.0.0.1:6379")
 
 
 @pytest.fixture
