@@ -73,6 +73,31 @@ def configure_threads() -> int:
     return threads
 
 
+class ThreadWatch:
+    """Probes the thread count again when steps slow down: the load that `configure_threads` saw at the start
+    can change during a long run, and two threads on two busy cores run many times slower than one."""
+
+    WINDOW = 10      # steps per comparison
+    SLOWDOWN = 2.0   # a window this many times slower than the fastest one so far triggers a new probe
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self._window: list[float] = []
+        self._fastest = float("inf")
+
+    def step_took(self, seconds: float) -> None:
+        self._window.append(seconds)
+        if len(self._window) < self.WINDOW:
+            return
+        typical = sorted(self._window)[len(self._window) // 2]
+        self._window.clear()
+        if typical > self.SLOWDOWN * self._fastest:
+            self.threads = configure_threads()
+            self._fastest = float("inf")  # the new thread count starts its own record
+        else:
+            self._fastest = min(self._fastest, typical)
+
+
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -190,7 +215,7 @@ def train_adapter(base_dir: str | Path, pairs: Sequence[tuple[str, str]], recipe
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.monotonic()
-    threads = configure_threads()
+    thread_watch = ThreadWatch(configure_threads())
     torch.manual_seed(recipe.seed)
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32).eval()
@@ -225,6 +250,7 @@ def train_adapter(base_dir: str | Path, pairs: Sequence[tuple[str, str]], recipe
     loss_value = float("nan")
     bar = tqdm(range(recipe.steps), desc=description, disable=not progress)
     for _ in bar:
+        step_started = time.perf_counter()
         picks = torch.randint(len(encoded), (min(recipe.batch_size, len(encoded)),), generator=generator).tolist()
         batch = pad_batch([encoded[i] for i in picks], pad_id)
         hidden = torch.zeros(len(picks), batch["input_ids"].shape[1], model.config.hidden_size)
@@ -238,6 +264,7 @@ def train_adapter(base_dir: str | Path, pairs: Sequence[tuple[str, str]], recipe
         schedule.step()
         loss_value = float(loss.detach())
         bar.set_postfix(loss=f"{loss_value:.3f}")
+        thread_watch.step_took(time.perf_counter() - step_started)
     peft_model.eval()
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(str(out_dir))
@@ -246,7 +273,7 @@ def train_adapter(base_dir: str | Path, pairs: Sequence[tuple[str, str]], recipe
         "setup_seconds": round(prefix_seconds, 1),
         "final_loss": round(loss_value, 4),
         "trainable_parameters": sum(p.numel() for p in parameters),
-        "threads": threads,
+        "threads": thread_watch.threads,
     }
 
 

@@ -4,6 +4,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from composition import training
 from composition.training import (
     Recipe,
     TopLayers,
@@ -85,3 +86,15 @@ def test_base_weights_hash_is_of_the_safetensors_content(tiny_base, tmp_path):
     assert base_weights_sha256(tiny_base) == base_weights_sha256(tiny_base)
     with pytest.raises(FileNotFoundError):
         base_weights_sha256(tmp_path)
+
+
+def test_thread_watch_probes_again_when_steps_slow_down(monkeypatch):
+    probes = []
+    monkeypatch.setattr(training, "configure_threads", lambda: probes.append(1) or 1)
+    watch = training.ThreadWatch(threads=2)
+    for seconds in [0.1] * training.ThreadWatch.WINDOW + [0.15] * training.ThreadWatch.WINDOW:
+        watch.step_took(seconds)
+    assert probes == []
+    for _ in range(training.ThreadWatch.WINDOW):
+        watch.step_took(0.5)
+    assert probes == [1] and watch.threads == 1
