@@ -36,8 +36,7 @@ def test_a_usage_charge_is_split_between_platform_and_contributors_by_the_docume
     assert account_balance(account=payable(charlie.id)) == 0
     assert account_balance(account=PLATFORM_REVENUE) == -200
     assert account_balance(account=receivable(world.organization.id)) == 1000
-    usage.refresh_from_db()
-    assert usage.allocated
+    assert Usage.objects.allocated().filter(pk=usage.pk).exists()
 
 
 @pytest.mark.django_db
@@ -128,7 +127,7 @@ def test_usage_in_the_future_of_the_cutoff_waits(world):
     run = allocate_pending_usage(until=timezone.now() - timedelta(hours=1))
 
     assert run.usage_count == 0
-    assert not Usage.objects.get(pk=usage.pk).allocated
+    assert not Usage.objects.allocated().filter(pk=usage.pk).exists()
 
 
 @pytest.mark.django_db
