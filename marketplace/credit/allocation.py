@@ -81,7 +81,7 @@ def _dialect() -> dict[str, str]:
 # Pending: not yet allocated (no credit line: a usage's lines are written together), created before the run's
 # horizon, and not dated inside a period closed after it was recorded.
 PENDING = """
-    u.id > %(after)s AND u.id <= %(upto)s AND u.created_at < %(until)s
+    u.id > %(after)s AND u.created_at < %(until)s
     AND NOT EXISTS (SELECT 1 FROM {credit_line} l WHERE l.usage_id = u.id)
     AND NOT EXISTS (
         SELECT 1 FROM {period} p
@@ -89,22 +89,13 @@ PENDING = """
     )
 """
 
-BATCH_END = """
-SELECT MAX(id) FROM (SELECT u.id FROM {usage} u WHERE {pending} ORDER BY u.id LIMIT %(limit)s) t
-"""
-
-# One row per usage of the batch: id, organization, system, day (days since 1970-01-01), charge, the system's alpha.
-USAGE_ROWS = """
-SELECT CAST(u.id AS BIGINT), CAST(u.organization_id AS BIGINT), CAST(u.system_id AS BIGINT), {epoch_day},
-       CAST(u.charge_minor AS BIGINT), CAST(s.attribution_alpha_bp AS BIGINT)
-FROM {usage} u JOIN {system} s ON s.id = u.system_id
-WHERE {pending}
-"""
-
-# One row per served expert of each usage of the batch: usage, expert, contributor, attribution (ppm), share (bp).
-EXPERT_ROWS = """
+# The next batch, in one statement (the pending condition is evaluated once): a row per usage (kind 0: id,
+# organization, system, day as days since 1970-01-01, charge, the system's alpha) and a row per served expert of
+# each (kind 1: usage id, expert, contributor, attribution in ppm, measured share in bp).
+BATCH_ROWS = """
 WITH batch AS (
-    SELECT u.id, u.system_id, u.created_at, u.attribution FROM {usage} u WHERE {pending}
+    SELECT u.id, u.organization_id, u.system_id, u.created_at, u.attribution, u.charge_minor, {epoch_day} AS day
+    FROM {usage} u WHERE {pending} ORDER BY u.id LIMIT %(limit)s
 ),
 latest AS (
     SELECT m.system_id, m.expert_id, m.share_bp,
@@ -112,8 +103,12 @@ latest AS (
     FROM {measurement} m
     WHERE m.system_id IN (SELECT DISTINCT system_id FROM batch)
 )
-SELECT CAST(b.id AS BIGINT), CAST(e.id AS BIGINT), CAST(e.owner_id AS BIGINT), {ppm},
-       CAST(COALESCE(l.share_bp, 0) AS BIGINT)
+SELECT 0, CAST(b.id AS BIGINT), CAST(b.organization_id AS BIGINT), CAST(b.system_id AS BIGINT), b.day,
+       CAST(b.charge_minor AS BIGINT), CAST(s.attribution_alpha_bp AS BIGINT)
+FROM batch b JOIN {system} s ON s.id = b.system_id
+UNION ALL
+SELECT 1, CAST(b.id AS BIGINT), CAST(e.id AS BIGINT), CAST(e.owner_id AS BIGINT), {ppm},
+       CAST(COALESCE(l.share_bp, 0) AS BIGINT), 0
 FROM batch b {each}
 JOIN {expert} e ON {expert_key} = a.key
 LEFT JOIN latest l ON l.system_id = b.system_id AND l.expert_id = e.id AND l.rn = 1
@@ -128,9 +123,6 @@ AND EXISTS (
     WHERE {day} BETWEEN p.start_date AND p.end_date AND u.created_at < p.closed_at
 )
 """
-
-LARGEST_ID = 2**62
-
 
 @dataclass
 class AllocationRun:
@@ -165,19 +157,6 @@ def _sql(template: str) -> str:
     dialect, tables = _dialect(), _tables()
     pending = PENDING.format(**dialect, **tables)
     return template.format(pending=pending, **dialect, **tables)
-
-
-# A posting's amount is a 64-bit column; a batch's sum for one account and day can exceed it (10^5 charges of up
-# to 10^15), so such a sum is posted in parts.
-MAX_POSTING_MINOR = 2**62
-
-
-def _posting_parts(amount: int) -> list[int]:
-    sign, left, parts = (1 if amount >= 0 else -1), abs(amount), []
-    while left > MAX_POSTING_MINOR:
-        parts.append(sign * MAX_POSTING_MINOR)
-        left -= MAX_POSTING_MINOR
-    return [*parts, sign * left]
 
 
 def allocation_reference(batch: int) -> str:
@@ -251,7 +230,6 @@ def _allocate_batch(*, after: int, until: datetime, batch_size: int, actor: str)
     fee_bp = settings.PLATFORM_FEE_BASIS_POINTS
     params = {
         "after": after,
-        "upto": LARGEST_ID,
         "until": connection.ops.adapt_datetimefield_value(until),
         "limit": batch_size,
         "decimal_re": PLAIN_DECIMAL,
@@ -263,23 +241,16 @@ def _allocate_batch(*, after: int, until: datetime, batch_size: int, actor: str)
             # JIT compilation.
             cursor.execute("SET LOCAL work_mem = '256MB'")
             cursor.execute("SET LOCAL jit = off")
-        cursor.execute(_sql(BATCH_END), params)
-        last = cursor.fetchone()[0]
-        if last is None:
+        kind, *columns = _fetch_columns(cursor, _sql(BATCH_ROWS), params, 7)
+        if not (kind == 0).any():
             return None
-        params["upto"] = last
-        # The usage read here is the batch: an expert row of a usage committed meanwhile in the same id range is
-        # ignored (split.allocate_batch), and that usage, left without lines, is allocated by a later run.
-        usage_id, organization, system, day, charge, alpha = _fetch_columns(cursor, _sql(USAGE_ROWS), params, 6)
-        if len(usage_id) == 0:
-            return None
-        by_id = np.argsort(usage_id, kind="stable")
-        usage_id, organization, system, day, charge, alpha = (
-            column[by_id] for column in (usage_id, organization, system, day, charge, alpha)
+        usage_rows, expert_rows = kind == 0, kind == 1
+        by_id = np.argsort(columns[0][usage_rows], kind="stable")
+        usage_id, organization, system, day, charge, alpha = (column[usage_rows][by_id] for column in columns[:6])
+        row_usage, row_expert, row_contributor, row_attribution, row_share = (
+            column[expert_rows] for column in columns[:5]
         )
-        row_usage, row_expert, row_contributor, row_attribution, row_share = _fetch_columns(
-            cursor, _sql(EXPERT_ROWS), params, 5
-        )
+        last = int(usage_id[-1])
         lines = allocate_batch(
             usage_id=usage_id, charge=charge, alpha_bp=alpha, fee_bp=fee_bp, row_usage=row_usage,
             row_expert=row_expert, row_contributor=row_contributor, row_attribution_ppm=row_attribution,
@@ -293,8 +264,7 @@ def _allocate_batch(*, after: int, until: datetime, batch_size: int, actor: str)
 
         def post(account: str, amount: int, epoch_day: int, dimension: str = "") -> None:
             day = value_date(epoch + timedelta(days=epoch_day))
-            postings.extend(PostingSpec(account=account, amount=part, value_date=day, dimension=dimension)
-                            for part in _posting_parts(amount))
+            postings.append(PostingSpec(account=account, amount=amount, value_date=day, dimension=dimension))
 
         receivables = exact_sums(charge, np.stack([organization, day], axis=1))
         for (organization_id, epoch_day), amount in sorted(receivables.items()):
