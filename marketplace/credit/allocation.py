@@ -82,7 +82,7 @@ def _dialect() -> dict[str, str]:
 # horizon, and not dated inside a period closed after it was recorded.
 PENDING = """
     u.id > %(after)s AND u.created_at < %(until)s
-    AND NOT EXISTS (SELECT 1 FROM {credit_line} l WHERE l.usage_id = u.id)
+    AND NOT EXISTS (SELECT 1 FROM {credit_line} l WHERE l.usage_id = u.id AND l.usage_id > %(after)s)
     AND NOT EXISTS (
         SELECT 1 FROM {period} p
         WHERE {day} BETWEEN p.start_date AND p.end_date AND u.created_at < p.closed_at
@@ -117,7 +117,8 @@ WHERE e.consent_revoked_at IS NULL OR e.consent_revoked_at > b.created_at
 
 REFUSED = """
 SELECT COUNT(*) FROM {usage} u
-WHERE u.created_at < %(until)s AND NOT EXISTS (SELECT 1 FROM {credit_line} l WHERE l.usage_id = u.id)
+WHERE u.created_at < %(until)s AND u.created_at < (SELECT MAX(p.closed_at) FROM {period} p)
+AND NOT EXISTS (SELECT 1 FROM {credit_line} l WHERE l.usage_id = u.id)
 AND EXISTS (
     SELECT 1 FROM {period} p
     WHERE {day} BETWEEN p.start_date AND p.end_date AND u.created_at < p.closed_at

@@ -86,7 +86,8 @@ def allocate_batch(
     expert (consent not revoked) of those usage. Rows naming a usage that is not in `usage_id` are ignored."""
     usage_id, charge = usage_id.astype(INT), charge.astype(INT)
     alpha = np.minimum(alpha_bp.astype(INT), BASIS_POINTS)
-    keep = np.isin(row_usage, usage_id)
+    found = np.minimum(np.searchsorted(usage_id, row_usage), max(len(usage_id) - 1, 0))
+    keep = usage_id[found] == row_usage if len(usage_id) else np.zeros(len(row_usage), dtype=bool)
     row_usage, expert, contributor = row_usage[keep].astype(INT), row_expert[keep].astype(INT), row_contributor[keep].astype(INT)
     attribution, share = row_attribution_ppm[keep].astype(INT), row_share_bp[keep].astype(INT)
 
