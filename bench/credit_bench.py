@@ -289,7 +289,7 @@ def main() -> None:
     new = _allocate_timed(
         "new", allocate_pending_usage,
         lambda sql: "choose the batch (SELECT ... LIMIT)" if "SELECT MAX(id)" in sql else None,
-        wrap_phases=[(allocation, "_fetch_columns", "read usage and served experts (COPY TO)"),
+        wrap_phases=[(allocation, "_fetch_columns", "read the batch (one SELECT, rows packed by int8send)"),
                      (allocation, "allocate_batch", "compute the lines (numpy)"),
                      (allocation, "_write_lines", "write credit lines (COPY FROM)")],
     )
@@ -361,7 +361,7 @@ def main() -> None:
         "(1-minute load averages in the table), `python -m bench.credit_bench`. The old code "
         "(bench/credit_reference.py: window functions in one INSERT ... SELECT, then an UPDATE marking usage "
         "allocated) ran first, on a copy of the same loaded database; the current code "
-        "(marketplace/credit/allocation.py: two binary COPY reads, numpy, one binary COPY write, no UPDATE) "
+        "(marketplace/credit/allocation.py: one read per batch, numpy, one binary COPY write, no UPDATE) "
         "second. Both wrote the same credit lines (count, sum and a checksum over every line).\n\n"
         + header + "\n" + table + "\n"
     )

@@ -1,7 +1,7 @@
 """Allocation of usage charges to contributors, batch by batch (the rule is documented in rules.py).
 
 Each batch runs in one database transaction: the database lists the batch's usage (charge, system, day) and,
-per usage, its served experts with their attribution and measured share (two binary COPY reads on PostgreSQL);
+per usage, its served experts with their attribution and measured share (one statement);
 `split.allocate_batch` computes every credit line of the batch in integer arrays (largest remainder per usage);
 the lines are written with one binary COPY, and the batch's postings (aggregated per contributor, system, expert
 and day) as one balanced accounting transaction with its `credit.allocated` ledger entry.
