@@ -26,8 +26,11 @@ from marketplace.credit import accounts
 from marketplace.credit.rules import PLAIN_DECIMAL
 from marketplace.credit.split import BatchLines, allocate_batch, exact_sums
 from marketplace.models import ComposedSystem, ContributionMeasurement, CreditLine, Expert, Usage
+from mosaic.errors import DomainError
 
 ADVISORY_LOCK_KEY = 7_000_007
+# A batch is read as one value (bytea, at most 1 GB): 56 bytes a row, a few rows a usage.
+MAX_BATCH_SIZE = 1_000_000
 ACTOR = "system:credit"
 
 
@@ -303,6 +306,9 @@ def allocate_pending_usage(
     """Allocate every unallocated usage created before `until` (default: now), batch by batch.
     Usage dated inside a settlement period closed after it was recorded is refused (left unallocated and
     counted); usage recorded after the close of a period that holds its day goes to the next period."""
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise DomainError(f"An allocation batch holds 1 to {MAX_BATCH_SIZE:,} usage records, not {batch_size}.",
+                          param="batch_size")
     until = until or timezone.now()
     run = AllocationRun()
     after = 0

@@ -10,6 +10,7 @@ from marketplace.credit.accounts import PLATFORM_REVENUE, payable, receivable
 from marketplace.credit.allocation import allocate_pending_usage
 from marketplace.credit.reference import reference_allocation
 from marketplace.models import CreditLine, Usage
+from mosaic.errors import DomainError
 from tests.credit.factories import UsageFactory
 
 
@@ -140,3 +141,10 @@ def test_an_attribution_key_must_be_an_expert_id_written_plainly(world):
 
     assert list(CreditLine.objects.filter(usage=usage).exclude(expert=None).values_list("expert_id", flat=True)) == [c.id]
     assert reference_allocation(usage=usage).experts == {c.id: 800}
+
+
+@pytest.mark.parametrize("batch_size", [0, -5, 1_000_001])
+@pytest.mark.django_db
+def test_a_batch_size_outside_the_supported_range_is_refused(batch_size):
+    with pytest.raises(DomainError, match="1 to 1,000,000 usage records"):
+        allocate_pending_usage(batch_size=batch_size)
