@@ -1,6 +1,7 @@
 from datetime import timedelta
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.db.models import Sum
 from django.utils import timezone
 
@@ -148,3 +149,9 @@ def test_an_attribution_key_must_be_an_expert_id_written_plainly(world):
 def test_a_batch_size_outside_the_supported_range_is_refused(batch_size):
     with pytest.raises(DomainError, match="1 to 1,000,000 usage records"):
         allocate_pending_usage(batch_size=batch_size)
+
+
+@pytest.mark.django_db
+def test_the_command_refuses_a_batch_size_outside_the_range_with_a_clear_message():
+    with pytest.raises(CommandError, match="1 to 1,000,000 usage records, not 0"):
+        call_command("allocate_credit", "--batch-size", "0")
