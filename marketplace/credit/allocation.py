@@ -1,15 +1,21 @@
-"""Set-based allocation of usage charges to contributors (the rule is documented in rules.py).
+"""Allocation of usage charges to contributors, batch by batch (the rule is documented in rules.py).
 
-Each batch runs in one database transaction: an INSERT ... SELECT computes every credit line of the
-batch with window functions (largest remainder per usage), the usage rows are marked allocated,
-and the batch's postings (aggregated per contributor, system, expert and day) are written as one
-balanced accounting transaction with its `credit.allocated` ledger entry. Allocating twice changes
-nothing: allocated usage is never selected again, and the transaction reference is the batch.
+Each batch runs in one database transaction: the database lists the batch's usage (charge, system, day) and,
+per usage, its served experts with their attribution and measured share (one statement);
+`split.allocate_batch` computes every credit line of the batch in integer arrays (largest remainder per usage);
+the lines are written with one binary COPY, and the batch's postings (aggregated per contributor, system, expert
+and day) as one balanced accounting transaction with its `credit.allocated` ledger entry.
+
+A usage is allocated when it has credit lines (each allocated usage has at least its platform line, and all its
+lines are written in one transaction), so allocating marks nothing: pending usage is usage without lines.
+Allocating twice changes nothing: allocated usage is never selected again, and the transaction reference is the
+batch.
 """
 from dataclasses import dataclass
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 
+import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -17,10 +23,14 @@ from django.utils import timezone
 from ledger.accounting.models import SettlementPeriod
 from ledger.accounting.services import PostingSpec, post_transaction
 from marketplace.credit import accounts
-from marketplace.credit.rules import MAX_CHARGE_MINOR, MAX_WEIGHT_TOTAL, PLAIN_DECIMAL
+from marketplace.credit.rules import PLAIN_DECIMAL
+from marketplace.credit.split import BatchLines, allocate_batch, exact_sums
 from marketplace.models import ComposedSystem, ContributionMeasurement, CreditLine, Expert, Usage
+from mosaic.errors import DomainError
 
 ADVISORY_LOCK_KEY = 7_000_007
+# A batch is read as one value (bytea, at most 1 GB): 56 bytes a row, a few rows a usage.
+MAX_BATCH_SIZE = 1_000_000
 ACTOR = "system:credit"
 
 
@@ -46,7 +56,7 @@ def _dialect() -> dict[str, str]:
                 "THEN b.attribution ELSE '{}'::jsonb END) AS a(key, value)"
             ),
             "expert_key": "e.id::text",
-            "mark_allocated": "UPDATE {usage} AS u SET allocated = %(yes)s WHERE {pending}",
+            "epoch_day": "CAST((u.created_at AT TIME ZONE 'UTC')::date - DATE '1970-01-01' AS BIGINT)",
             "ppm": (
                 "CASE WHEN a.value ~ %(decimal_re)s "
                 "THEN floor(a.value::numeric * 1000000)::bigint ELSE 0 END"
@@ -60,10 +70,7 @@ def _dialect() -> dict[str, str]:
             "JOIN json_each(CASE WHEN json_type(b.attribution) = 'object' THEN b.attribution ELSE '{}' END) AS a"
         ),
         "expert_key": "CAST(e.id AS TEXT)",
-        "mark_allocated": (
-            "UPDATE {usage} SET allocated = %(yes)s "
-            "WHERE id IN (SELECT u.id FROM {usage} u WHERE {pending})"
-        ),
+        "epoch_day": "CAST(julianday(date(u.created_at)) - 2440587.5 AS INTEGER)",
         "ppm": (
             f"CASE WHEN {value} REGEXP %(decimal_re)s THEN "
             f"CASE WHEN {dot} = 0 THEN CAST({value} AS INTEGER) * 1000000 "
@@ -74,135 +81,52 @@ def _dialect() -> dict[str, str]:
     }
 
 
+# Pending: not yet allocated (no credit line: a usage's lines are written together), created before the run's
+# horizon, and not dated inside a period closed after it was recorded.
 PENDING = """
-    u.allocated = %(no)s AND u.id > %(after)s AND u.id <= %(upto)s AND u.created_at < %(until)s
+    u.id > %(after)s AND u.created_at < %(until)s
+    AND NOT EXISTS (SELECT 1 FROM {credit_line} l WHERE l.usage_id = u.id AND l.usage_id > %(after)s)
     AND NOT EXISTS (
         SELECT 1 FROM {period} p
         WHERE {day} BETWEEN p.start_date AND p.end_date AND u.created_at < p.closed_at
     )
 """
 
-LINES = """
+# The next batch, in one statement (the pending condition is evaluated once): a row per usage (kind 0: id,
+# organization, system, day as days since 1970-01-01, charge, the system's alpha) and a row per served expert of
+# each (kind 1: usage id, expert, contributor, attribution in ppm, measured share in bp).
+BATCH_ROWS = """
 WITH batch AS (
-    SELECT u.id, u.system_id, u.created_at, u.attribution, u.charge_minor,
-           u.charge_minor - ((u.charge_minor / 10000) * %(fee_bp)s + (u.charge_minor %% 10000) * %(fee_bp)s / 10000)
-               AS pool,
-           CASE WHEN s.attribution_alpha_bp > 10000 THEN 10000 ELSE s.attribution_alpha_bp END AS alpha
-    FROM {usage} u JOIN {system} s ON s.id = u.system_id
-    WHERE {pending}
-),
-served AS (
-    SELECT b.id AS usage_id, b.system_id, b.pool, b.alpha, e.id AS expert_id, e.owner_id AS contributor_id,
-           {ppm} AS a_ppm
-    FROM batch b {each}
-    JOIN {expert} e ON {expert_key} = a.key
-    WHERE e.consent_revoked_at IS NULL OR e.consent_revoked_at > b.created_at
+    SELECT u.id, u.organization_id, u.system_id, u.created_at, u.attribution, u.charge_minor, {epoch_day} AS day
+    FROM {usage} u WHERE {pending} ORDER BY u.id LIMIT %(limit)s
 ),
 latest AS (
-    SELECT m.system_id, m.expert_id, CAST(m.share_bp AS BIGINT) AS share_bp,
+    SELECT m.system_id, m.expert_id, m.share_bp,
            ROW_NUMBER() OVER (PARTITION BY m.system_id, m.expert_id ORDER BY m.measured_at DESC, m.id DESC) AS rn
     FROM {measurement} m
     WHERE m.system_id IN (SELECT DISTINCT system_id FROM batch)
-),
-shared AS (
-    SELECT sv.usage_id, sv.pool, sv.alpha, sv.expert_id, sv.contributor_id, sv.a_ppm,
-           COALESCE(l.share_bp, 0) AS s_bp,
-           CAST(SUM(sv.a_ppm) OVER (PARTITION BY sv.usage_id) AS BIGINT) AS a_total,
-           CAST(SUM(COALESCE(l.share_bp, 0)) OVER (PARTITION BY sv.usage_id) AS BIGINT) AS s_total
-    FROM served sv
-    LEFT JOIN latest l ON l.system_id = sv.system_id AND l.expert_id = sv.expert_id AND l.rn = 1
-),
-weighted AS (
-    SELECT usage_id, pool, expert_id, contributor_id,
-           eff_alpha * (CASE WHEN a_total > 0 THEN a_ppm * 1000000 / a_total ELSE 0 END)
-           + (10000 - eff_alpha) * (CASE WHEN s_total > 0 THEN s_bp * 1000000 / s_total ELSE 0 END) AS num
-    FROM (
-        SELECT sh.*, CASE WHEN s_total = 0 THEN 10000 WHEN a_total = 0 THEN 0 ELSE alpha END AS eff_alpha
-        FROM shared sh
-    ) x
-),
--- Window functions over expert rows only (no regrouping and joining back): N per contributor,
--- D per usage, and a marker on each contributor's first row so that contributor sums count once.
-totals AS (
-    SELECT w.*,
-           CAST(SUM(num) OVER (PARTITION BY usage_id, contributor_id) AS BIGINT) AS n,
-           CAST(SUM(num) OVER (PARTITION BY usage_id) AS BIGINT) AS d,
-           ROW_NUMBER() OVER (PARTITION BY usage_id, contributor_id ORDER BY expert_id) AS nth
-    FROM weighted w
-),
--- pool * n / d and pool * n mod d without forming pool * n (up to 10^25): see SPLIT_BASE below.
-contributor_split AS (
-    SELECT x.*, hi_q * {base} + lo / d AS cq, lo %% d AS cr
-    FROM (
-        SELECT t.*, (pool / {base} * n) / d AS hi_q,
-               ((pool / {base} * n) %% d) * {base} + (pool %% {base}) * n AS lo
-        FROM totals t WHERE d > 0
-    ) x
-),
-contributor_ranked AS (
-    SELECT c.*,
-           pool - CAST(SUM(CASE WHEN nth = 1 THEN cq ELSE 0 END) OVER (PARTITION BY usage_id) AS BIGINT) AS c_left,
-           DENSE_RANK() OVER (PARTITION BY usage_id ORDER BY cr DESC, contributor_id) AS c_rank
-    FROM contributor_split c
-),
-expert_split AS (
-    SELECT usage_id, expert_id, contributor_id, amount,
-           CASE WHEN n > 0 THEN e_hi_q * {base} + e_lo / n ELSE 0 END AS q,
-           CASE WHEN n > 0 THEN e_lo %% n ELSE 0 END AS r
-    FROM (
-        SELECT z.*,
-               CASE WHEN n > 0 THEN (amount / {base} * num) / n ELSE 0 END AS e_hi_q,
-               CASE WHEN n > 0 THEN ((amount / {base} * num) %% n) * {base} + (amount %% {base}) * num ELSE 0 END
-                   AS e_lo
-        FROM (
-            SELECT cr.*, cq + CASE WHEN c_rank <= c_left THEN 1 ELSE 0 END AS amount FROM contributor_ranked cr
-        ) z
-    ) y
-),
-expert_ranked AS (
-    SELECT usage_id, expert_id, contributor_id, q,
-           amount - CAST(SUM(q) OVER (PARTITION BY usage_id, contributor_id) AS BIGINT) AS left_over,
-           ROW_NUMBER() OVER (PARTITION BY usage_id, contributor_id ORDER BY r DESC, expert_id) AS rk
-    FROM expert_split
-),
-final AS (
-    SELECT usage_id, expert_id, contributor_id, q + CASE WHEN rk <= left_over THEN 1 ELSE 0 END AS amount
-    FROM expert_ranked
-),
-paid AS (
-    SELECT usage_id, SUM(amount) AS total FROM final GROUP BY usage_id
 )
-INSERT INTO {credit_line} (batch, usage_id, expert_id, contributor_id, amount_minor)
-SELECT %(batch)s, usage_id, expert_id, contributor_id, amount FROM final WHERE amount > 0
+SELECT 0, CAST(b.id AS BIGINT), CAST(b.organization_id AS BIGINT), CAST(b.system_id AS BIGINT), b.day,
+       CAST(b.charge_minor AS BIGINT), CAST(s.attribution_alpha_bp AS BIGINT)
+FROM batch b JOIN {system} s ON s.id = b.system_id
 UNION ALL
-SELECT %(batch)s, b.id, NULL, NULL, b.charge_minor - COALESCE(p.total, 0)
-FROM batch b LEFT JOIN paid p ON p.usage_id = b.id
-"""
-
-BATCH_END = """
-SELECT MAX(id) FROM (SELECT u.id FROM {usage} u WHERE {pending} ORDER BY u.id LIMIT %(limit)s) t
-"""
-
-RECEIVABLES = """
-SELECT u.organization_id, {day}, SUM(u.charge_minor), COUNT(*), MIN(u.id)
-FROM {usage} u WHERE {pending} GROUP BY 1, 2
-"""
-
-PAYABLES = """
-SELECT l.contributor_id, u.system_id, l.expert_id, {day}, SUM(l.amount_minor)
-FROM {credit_line} l JOIN {usage} u ON u.id = l.usage_id
-WHERE l.batch = %(batch)s GROUP BY 1, 2, 3, 4
+SELECT 1, CAST(b.id AS BIGINT), CAST(e.id AS BIGINT), CAST(e.owner_id AS BIGINT), {ppm},
+       CAST(COALESCE(l.share_bp, 0) AS BIGINT), 0
+FROM batch b {each}
+JOIN {expert} e ON {expert_key} = a.key
+LEFT JOIN latest l ON l.system_id = b.system_id AND l.expert_id = e.id AND l.rn = 1
+WHERE e.consent_revoked_at IS NULL OR e.consent_revoked_at > b.created_at
 """
 
 REFUSED = """
-SELECT COUNT(*) FROM {usage} u WHERE u.allocated = %(no)s AND u.created_at < %(until)s AND EXISTS (
+SELECT COUNT(*) FROM {usage} u
+WHERE u.created_at < %(until)s AND u.created_at < (SELECT MAX(p.closed_at) FROM {period} p)
+AND NOT EXISTS (SELECT 1 FROM {credit_line} l WHERE l.usage_id = u.id)
+AND EXISTS (
     SELECT 1 FROM {period} p
     WHERE {day} BETWEEN p.start_date AND p.end_date AND u.created_at < p.closed_at
 )
 """
-
-LARGEST_ID = 2**62
-
 
 @dataclass
 class AllocationRun:
@@ -215,16 +139,6 @@ class AllocationRun:
 
 def _as_date(value) -> date:
     return value if isinstance(value, date) else date.fromisoformat(str(value))
-
-
-# Exact in 64-bit integers (SQLite has no wider type, and PostgreSQL's bigint overflows) for any charge up to
-# MAX_CHARGE_MINOR: a pool P < 2^50 times a weight n <= D <= 10^10 (step 3 of rules.py: the attribution and share
-# terms each sum to at most 10^6, times at most 10^4) would need 84 bits. With P = hi * B + lo_part (B = 2^21):
-#   P * n = B * (hi * n) = B * (q1 * D + r1) + lo_part * n,  so  P * n // D = B * q1 + (B * r1 + lo_part * n) // D
-# where hi * n < 2^29 * 2^34 and B * r1 + lo_part * n < 2^56 fit in 63 bits. The fee is split the same way
-# (charge // 10^4 * fee_bp + charge % 10^4 * fee_bp // 10^4).
-SPLIT_BASE = 2**21
-assert MAX_CHARGE_MINOR < 2**50 and (MAX_CHARGE_MINOR // SPLIT_BASE) * MAX_WEIGHT_TOTAL < 2**63
 
 
 def _value_dates() -> Callable[[object], date]:
@@ -246,16 +160,72 @@ def _value_dates() -> Callable[[object], date]:
 def _sql(template: str) -> str:
     dialect, tables = _dialect(), _tables()
     pending = PENDING.format(**dialect, **tables)
-    return template.format(pending=pending, base=SPLIT_BASE, **dialect, **tables)
-
-
-def _mark_allocated_sql() -> str:
-    dialect, tables = _dialect(), _tables()
-    return dialect["mark_allocated"].format(pending=PENDING.format(**dialect, **tables), **tables)
+    return template.format(pending=pending, **dialect, **tables)
 
 
 def allocation_reference(batch: int) -> str:
     return f"credit:batch:{batch}"
+
+
+# PostgreSQL's binary COPY of all-bigint rows: a 19-byte header, then per row a 16-bit field count and per field
+# a 32-bit length (8, or -1 for NULL) and the big-endian value, then a 16-bit -1.
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
+_COPY_TRAILER = b"\xff\xff"
+
+
+def _row_type(columns: int) -> np.dtype:
+    fields = [("count", ">i2")]
+    for index in range(columns):
+        fields += [(f"length{index}", ">i4"), (f"value{index}", ">i8")]
+    return np.dtype(fields)
+
+
+def _fetch_columns(cursor, sql: str, params: dict, columns: int) -> list[np.ndarray]:
+    """The result's columns (all integers, never NULL) as int64 arrays. On PostgreSQL the rows come back as one
+    value, every column packed big-endian by int8send (a COPY would send, and psycopg read, a message per row)."""
+    if connection.vendor != "postgresql":
+        cursor.execute(sql, params)
+        rows = np.array(cursor.fetchall(), dtype=np.int64).reshape(-1, columns)
+        return [rows[:, index].copy() for index in range(columns)]
+    packed = " || ".join(f"int8send(t.c{index})" for index in range(columns))
+    names = ", ".join(f"c{index}" for index in range(columns))
+    cursor.execute(f"SELECT string_agg({packed}, ''::bytea) FROM ({sql}) AS t({names})", params)
+    data = cursor.fetchone()[0]
+    rows = np.frombuffer(data or b"", dtype=">i8").reshape(-1, columns).astype(np.int64)
+    return [rows[:, index].copy() for index in range(columns)]
+
+
+def _write_lines(cursor, *, batch: int, lines: BatchLines) -> None:
+    """The batch's credit lines: expert lines, then one platform line (no expert, no contributor) per usage."""
+    table = _tables()["credit_line"]
+    columns = "batch, usage_id, expert_id, contributor_id, amount_minor"
+    if connection.vendor != "postgresql":
+        rows = [(batch, u, e, c, a) for u, e, c, a in zip(lines.usage_id.tolist(), lines.expert_id.tolist(),
+                                                          lines.contributor_id.tolist(), lines.amount.tolist())]
+        rows += [(batch, u, None, None, a) for u, a in zip(lines.platform_usage_id.tolist(),
+                                                           lines.platform_amount.tolist())]
+        cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES (%s, %s, %s, %s, %s)", rows)
+        return
+    expert_rows = np.zeros(len(lines.amount), dtype=_row_type(5))
+    expert_rows["count"] = 5
+    for index, values in enumerate((batch, lines.usage_id, lines.expert_id, lines.contributor_id, lines.amount)):
+        expert_rows[f"length{index}"] = 8
+        expert_rows[f"value{index}"] = values
+    platform_rows = np.zeros(len(lines.platform_amount), dtype=np.dtype([
+        ("count", ">i2"), ("length0", ">i4"), ("value0", ">i8"), ("length1", ">i4"), ("value1", ">i8"),
+        ("null_expert", ">i4"), ("null_contributor", ">i4"), ("length4", ">i4"), ("value4", ">i8"),
+    ]))
+    platform_rows["count"] = 5
+    platform_rows["length0"] = platform_rows["length1"] = platform_rows["length4"] = 8
+    platform_rows["null_expert"] = platform_rows["null_contributor"] = -1
+    platform_rows["value0"] = batch
+    platform_rows["value1"] = lines.platform_usage_id
+    platform_rows["value4"] = lines.platform_amount
+    with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.write(_COPY_HEADER)
+        copy.write(expert_rows.tobytes())
+        copy.write(platform_rows.tobytes())
+        copy.write(_COPY_TRAILER)
 
 
 def _allocate_batch(*, after: int, until: datetime, batch_size: int, actor: str) -> tuple[int, int, int, int] | None:
@@ -263,53 +233,57 @@ def _allocate_batch(*, after: int, until: datetime, batch_size: int, actor: str)
     Returns (last usage id, usage count, charged, to contributors) or None when nothing is pending."""
     fee_bp = settings.PLATFORM_FEE_BASIS_POINTS
     params = {
-        "no": False,
-        "yes": True,
         "after": after,
-        "upto": LARGEST_ID,
         "until": connection.ops.adapt_datetimefield_value(until),
         "limit": batch_size,
-        "fee_bp": fee_bp,
         "decimal_re": PLAIN_DECIMAL,
     }
     with transaction.atomic(), connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ADVISORY_LOCK_KEY])
-            # One big set-based statement per batch: sort in memory, and skip JIT compilation.
+            # Hash the batch's expert rows in memory (the planner takes jsonb_each for 100 rows a usage), and skip
+            # JIT compilation.
             cursor.execute("SET LOCAL work_mem = '256MB'")
             cursor.execute("SET LOCAL jit = off")
-        cursor.execute(_sql(BATCH_END), params)
-        last = cursor.fetchone()[0]
-        if last is None:
+        kind, *columns = _fetch_columns(cursor, _sql(BATCH_ROWS), params, 7)
+        if not (kind == 0).any():
             return None
-        params["upto"] = last
-        params["batch"] = last
-        cursor.execute(_sql(LINES), params)
-        cursor.execute(_sql(RECEIVABLES), params)
-        receivables = cursor.fetchall()
-        cursor.execute(_sql(PAYABLES), params)
-        payables = cursor.fetchall()
-        cursor.execute(_mark_allocated_sql(), params)
+        usage_rows, expert_rows = kind == 0, kind == 1
+        by_id = np.argsort(columns[0][usage_rows], kind="stable")
+        usage_id, organization, system, day, charge, alpha = (column[usage_rows][by_id] for column in columns[:6])
+        row_usage, row_expert, row_contributor, row_attribution, row_share = (
+            column[expert_rows] for column in columns[:5]
+        )
+        last = int(usage_id[-1])
+        lines = allocate_batch(
+            usage_id=usage_id, charge=charge, alpha_bp=alpha, fee_bp=fee_bp, row_usage=row_usage,
+            row_expert=row_expert, row_contributor=row_contributor, row_attribution_ppm=row_attribution,
+            row_share_bp=row_share,
+        )
+        _write_lines(cursor, batch=last, lines=lines)
 
         value_date = _value_dates()
+        epoch = date(1970, 1, 1)
         postings: list[PostingSpec] = []
-        usage_count = charged = first_usage = 0
-        for organization_id, day, charge, count, first in receivables:
-            postings.append(
-                PostingSpec(account=accounts.receivable(organization_id), amount=int(charge), value_date=value_date(day))
-            )
-            usage_count += count
-            charged += int(charge)
-            first_usage = min(first_usage or first, first)
-        to_contributors = 0
-        for contributor_id, system_id, expert_id, day, amount in payables:
-            amount = int(amount)
-            if contributor_id is None:
-                account, dimension = accounts.PLATFORM_REVENUE, f"system:{system_id}"
-            else:
-                account, dimension = accounts.payable(contributor_id), accounts.earning_dimension(system_id, expert_id)
-                to_contributors += amount
-            postings.append(PostingSpec(account=account, amount=-amount, value_date=value_date(day), dimension=dimension))
+
+        def post(account: str, amount: int, epoch_day: int, dimension: str = "") -> None:
+            day = value_date(epoch + timedelta(days=epoch_day))
+            postings.append(PostingSpec(account=account, amount=amount, value_date=day, dimension=dimension))
+
+        receivables = exact_sums(charge, np.stack([organization, day], axis=1))
+        for (organization_id, epoch_day), amount in sorted(receivables.items()):
+            post(accounts.receivable(organization_id), amount, epoch_day)
+        index = np.searchsorted(usage_id, lines.usage_id)
+        payables = exact_sums(lines.amount, np.stack([lines.contributor_id, system[index], lines.expert_id, day[index]],
+                                                     axis=1))
+        for (contributor_id, system_id, expert_id, epoch_day), amount in sorted(payables.items()):
+            post(accounts.payable(contributor_id), -amount, epoch_day, accounts.earning_dimension(system_id, expert_id))
+        platform = exact_sums(lines.platform_amount, np.stack([system, day], axis=1))
+        for (system_id, epoch_day), amount in sorted(platform.items()):
+            if amount:
+                post(accounts.PLATFORM_REVENUE, -amount, epoch_day, f"system:{system_id}")
+        charged = sum(receivables.values())
+        to_contributors = sum(payables.values())
         post_transaction(
             kind="credit.allocated",
             reference=allocation_reference(last),
@@ -317,13 +291,13 @@ def _allocate_batch(*, after: int, until: datetime, batch_size: int, actor: str)
             actor=actor,
             memo={
                 "batch": last,
-                "usage_count": usage_count,
-                "first_usage": first_usage,
+                "usage_count": len(usage_id),
+                "first_usage": int(usage_id[0]),
                 "last_usage": last,
                 "fee_bp": fee_bp,
             },
         )
-    return last, usage_count, charged, to_contributors
+    return last, len(usage_id), charged, to_contributors
 
 
 def allocate_pending_usage(
@@ -332,6 +306,9 @@ def allocate_pending_usage(
     """Allocate every unallocated usage created before `until` (default: now), batch by batch.
     Usage dated inside a settlement period closed after it was recorded is refused (left unallocated and
     counted); usage recorded after the close of a period that holds its day goes to the next period."""
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise DomainError(f"An allocation batch holds 1 to {MAX_BATCH_SIZE:,} usage records, not {batch_size}.",
+                          param="batch_size")
     until = until or timezone.now()
     run = AllocationRun()
     after = 0
@@ -346,7 +323,7 @@ def allocate_pending_usage(
         run.to_contributors_minor += to_contributors
     with connection.cursor() as cursor:
         cursor.execute(
-            _sql(REFUSED), {"no": False, "until": connection.ops.adapt_datetimefield_value(until)}
+            _sql(REFUSED), {"until": connection.ops.adapt_datetimefield_value(until)}
         )
         run.refused_in_closed_periods = cursor.fetchone()[0]
     return run

@@ -20,7 +20,7 @@ def reverse_usage(*, usage: Usage, reason: str, actor: str = ACTOR) -> Transacti
         raise DomainError(f"A reversal's reason is one of {', '.join(REASONS)}.", param="reason")
     usage = Usage.objects.get(pk=usage.pk)
     lines = list(CreditLine.objects.filter(usage=usage))
-    if not usage.allocated or not lines:
+    if not lines:
         raise Conflict("This usage has not been allocated yet; there is nothing to reverse.", code="not_allocated")
     original = Transaction.objects.get(reference=allocation_reference(lines[0].batch))
     today = timezone.now().date()

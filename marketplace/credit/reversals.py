@@ -121,7 +121,7 @@ def _paid_for(organization: Organization, invoice: dict) -> dict[tuple[int, int,
     if start is None or end is None:
         return {}
     usage = Usage.objects.filter(organization=organization, created_at__gte=start, created_at__lt=end)
-    if usage.filter(allocated=False).exists():
+    if usage.unallocated().exists():
         allocate_pending_usage(until=end)
     lines = (
         CreditLine.objects.filter(usage__in=usage)

@@ -23,7 +23,7 @@ The parts always sum exactly to the pool and are never negative.
 
 Bound: a usage charge is at most MAX_CHARGE_MINOR (10^15 minor units); larger amounts are refused where they
 enter (a price, a plan fee, a usage charge). Here the arithmetic is Python's (unbounded); the SQL allocation is
-exact in 64-bit integers up to that bound (see allocation.SPLIT_BASE).
+exact in 64-bit integers up to that bound (see split.SPLIT_BASE).
 """
 import re
 from dataclasses import dataclass, field

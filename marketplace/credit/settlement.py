@@ -162,7 +162,7 @@ def next_period_start() -> date | None:
     if latest is not None:
         return latest.end_date + timedelta(days=1)
     first = Posting.objects.filter(account__startswith="contributor:").order_by("value_date").first()
-    pending = Usage.objects.filter(allocated=False).order_by("created_at").first()
+    pending = Usage.objects.unallocated().order_by("created_at").first()
     days = [d for d in (first.value_date if first else None,
                         pending.created_at.astimezone(dt_timezone.utc).date() if pending else None) if d]
     return min(days, default=None)

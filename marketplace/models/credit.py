@@ -6,13 +6,14 @@ from ledger.append_only import AppendOnlyModel, append_only_triggers
 class CreditLine(AppendOnlyModel):
     """One expert's share of one usage charge, in integer minor units (issue 7).
 
-    Written only by the set-based allocation (an INSERT ... SELECT over joined rows, so the foreign
-    keys hold by construction and are not re-checked row by row). Each allocated usage has one line
-    with no expert and no contributor: the platform's part. A usage's lines sum to its charge.
-    Never updated or deleted: a refund is a reversal.
+    Written only by the batch allocation (marketplace.credit.allocation: one COPY of rows computed from usage,
+    experts and contributors read in the same transaction, so the foreign keys hold by construction and are not
+    re-checked row by row). Each allocated usage has one line with no expert and no contributor: the platform's
+    part; having lines is what makes a usage allocated (Usage.objects.allocated()). A usage's lines sum to its
+    charge. Never updated or deleted: a refund is a reversal.
     """
 
-    batch = models.BigIntegerField(db_index=True, help_text="Allocation batch; its transaction is credit:batch:<n>.")
+    batch = models.BigIntegerField(help_text="Allocation batch; its transaction is credit:batch:<n>.")
     usage = models.ForeignKey("marketplace.Usage", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
     expert = models.ForeignKey(
         "marketplace.Expert",

@@ -75,8 +75,25 @@ class ContributionMeasurement(models.Model):
     measured_at = models.DateTimeField(auto_now_add=True)
 
 
+class UsageQuerySet(models.QuerySet):
+    """A usage is allocated once it has credit lines (marketplace.credit.allocation writes them all at once)."""
+
+    def _with_lines(self):
+        from marketplace.models.credit import CreditLine
+
+        return models.Exists(CreditLine.objects.filter(usage_id=models.OuterRef("pk")))
+
+    def allocated(self):
+        return self.filter(self._with_lines())
+
+    def unallocated(self):
+        return self.filter(~self._with_lines())
+
+
 class Usage(models.Model):
     """One served request. Written with its ledger entry in one transaction."""
+
+    objects = UsageQuerySet.as_manager()
 
     request_id = models.CharField(max_length=64, unique=True)
     organization = models.ForeignKey("marketplace.Organization", on_delete=models.PROTECT, related_name="usage")
@@ -92,7 +109,6 @@ class Usage(models.Model):
     attribution = models.JSONField(default=dict)
     charge_minor = models.PositiveBigIntegerField(default=0)
     reported_to_stripe = models.BooleanField(default=False)
-    allocated = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:

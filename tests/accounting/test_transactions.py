@@ -186,3 +186,17 @@ def test_postgres_refuses_to_commit_unbalanced_postings_written_behind_the_servi
                 "VALUES (%s, 'platform:revenue', 1, %s, '')", [txn.pk, DAY]
             )
             cursor.execute("SET CONSTRAINTS accounting_posting_balanced IMMEDIATE")
+
+
+@pytest.mark.django_db
+def test_an_amount_beyond_the_64_bit_column_is_written_as_several_postings_that_sum_to_it():
+    huge = 10_000 * 10**15  # ten thousand charges at the bound, earned by one account on one day
+
+    txn = post_transaction(kind="credit.allocated", reference="huge", actor="test",
+                           postings=[PostingSpec(account="organization:1:receivable", amount=huge, value_date=DAY),
+                                     PostingSpec(account="platform:revenue", amount=-huge, value_date=DAY)])
+
+    legs = list(txn.postings.values_list("account", "amount"))
+    assert all(abs(amount) <= 2**62 for _, amount in legs)
+    assert sum(a for account, a in legs if account == "platform:revenue") == -huge
+    assert sum(a for account, a in legs if account == "organization:1:receivable") == huge

@@ -36,14 +36,17 @@ def world(db):
 
 
 def usage_on(day, **fields):
-    """A usage row served on `day` (noon UTC)."""
+    """A usage row served on `day` (noon UTC, or now if that is still to come: allocation takes only the past)."""
     from datetime import datetime, time, timezone as dt_timezone
+
+    from django.utils import timezone
 
     from marketplace.models import Usage
     from tests.credit.factories import UsageFactory
 
     usage = UsageFactory(**fields)
-    Usage.objects.filter(pk=usage.pk).update(created_at=datetime.combine(day, time(12), tzinfo=dt_timezone.utc))
+    served = min(datetime.combine(day, time(12), tzinfo=dt_timezone.utc), timezone.now())
+    Usage.objects.filter(pk=usage.pk).update(created_at=served)
     usage.refresh_from_db()
     return usage
 

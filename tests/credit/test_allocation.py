@@ -1,6 +1,7 @@
 from datetime import timedelta
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.db.models import Sum
 from django.utils import timezone
 
@@ -10,6 +11,7 @@ from marketplace.credit.accounts import PLATFORM_REVENUE, payable, receivable
 from marketplace.credit.allocation import allocate_pending_usage
 from marketplace.credit.reference import reference_allocation
 from marketplace.models import CreditLine, Usage
+from mosaic.errors import DomainError
 from tests.credit.factories import UsageFactory
 
 
@@ -36,8 +38,7 @@ def test_a_usage_charge_is_split_between_platform_and_contributors_by_the_docume
     assert account_balance(account=payable(charlie.id)) == 0
     assert account_balance(account=PLATFORM_REVENUE) == -200
     assert account_balance(account=receivable(world.organization.id)) == 1000
-    usage.refresh_from_db()
-    assert usage.allocated
+    assert Usage.objects.allocated().filter(pk=usage.pk).exists()
 
 
 @pytest.mark.django_db
@@ -128,7 +129,7 @@ def test_usage_in_the_future_of_the_cutoff_waits(world):
     run = allocate_pending_usage(until=timezone.now() - timedelta(hours=1))
 
     assert run.usage_count == 0
-    assert not Usage.objects.get(pk=usage.pk).allocated
+    assert not Usage.objects.allocated().filter(pk=usage.pk).exists()
 
 
 @pytest.mark.django_db
@@ -141,3 +142,16 @@ def test_an_attribution_key_must_be_an_expert_id_written_plainly(world):
 
     assert list(CreditLine.objects.filter(usage=usage).exclude(expert=None).values_list("expert_id", flat=True)) == [c.id]
     assert reference_allocation(usage=usage).experts == {c.id: 800}
+
+
+@pytest.mark.parametrize("batch_size", [0, -5, 1_000_001])
+@pytest.mark.django_db
+def test_a_batch_size_outside_the_supported_range_is_refused(batch_size):
+    with pytest.raises(DomainError, match="1 to 1,000,000 usage records"):
+        allocate_pending_usage(batch_size=batch_size)
+
+
+@pytest.mark.django_db
+def test_the_command_refuses_a_batch_size_outside_the_range_with_a_clear_message():
+    with pytest.raises(CommandError, match="1 to 1,000,000 usage records, not 0"):
+        call_command("allocate_credit", "--batch-size", "0")

@@ -123,7 +123,7 @@ def test_usage_dated_inside_a_closed_period_is_refused_afterwards(october):
     run = allocate_pending_usage()
 
     assert run.refused_in_closed_periods == 1
-    assert not Usage.objects.get(pk=late.pk).allocated
+    assert not Usage.objects.allocated().filter(pk=late.pk).exists()
 
 
 @pytest.mark.django_db
@@ -187,7 +187,7 @@ def test_usage_recorded_after_closing_today_goes_to_the_next_period_which_starts
     run = allocate_pending_usage()
 
     assert run.usage_count == 1 and run.refused_in_closed_periods == 0
-    assert Usage.objects.get(pk=late.pk).allocated
+    assert Usage.objects.allocated().filter(pk=late.pk).exists()
     bob = world.contributors[1]
     dates = set(Posting.objects.filter(account=payable(bob.id)).values_list("value_date", flat=True))
     assert dates == {today + timedelta(days=1)}

@@ -30,7 +30,7 @@ def test_the_allocation_task_allocates_pending_usage(world):
     result = tasks.allocate_credit.delay().get()
 
     assert result["usage"] == 1
-    assert Usage.objects.get(pk=usage.pk).allocated
+    assert Usage.objects.allocated().filter(pk=usage.pk).exists()
 
 
 @pytest.mark.django_db

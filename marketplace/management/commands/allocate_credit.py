@@ -1,6 +1,7 @@
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from marketplace.credit.allocation import allocate_pending_usage
+from mosaic.errors import DomainError
 
 
 class Command(BaseCommand):
@@ -10,7 +11,10 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=int, default=50_000)
 
     def handle(self, *args, batch_size, **options):
-        run = allocate_pending_usage(batch_size=batch_size)
+        try:
+            run = allocate_pending_usage(batch_size=batch_size)
+        except DomainError as error:
+            raise CommandError(str(error)) from error
         self.stdout.write(
             f"allocated {run.usage_count} usage records in {run.batches} batches: "
             f"{run.charged_minor} charged, {run.to_contributors_minor} to contributors; "
