@@ -19,6 +19,7 @@ from ledger.accounting.services import PostingSpec, post_transaction
 from marketplace.credit import accounts
 from marketplace.credit.rules import MAX_CHARGE_MINOR, MAX_WEIGHT_TOTAL, PLAIN_DECIMAL
 from marketplace.models import ComposedSystem, ContributionMeasurement, CreditLine, Expert, Usage
+from mosaic.progress import QUIET, Progress
 
 ADVISORY_LOCK_KEY = 7_000_007
 ACTOR = "system:credit"
@@ -327,23 +328,27 @@ def _allocate_batch(*, after: int, until: datetime, batch_size: int, actor: str)
 
 
 def allocate_pending_usage(
-    *, until: datetime | None = None, batch_size: int = 50_000, actor: str = ACTOR
+    *, until: datetime | None = None, batch_size: int = 50_000, actor: str = ACTOR, progress: Progress = QUIET
 ) -> AllocationRun:
     """Allocate every unallocated usage created before `until` (default: now), batch by batch.
     Usage dated inside a settlement period closed after it was recorded is refused (left unallocated and
-    counted); usage recorded after the close of a period that holds its day goes to the next period."""
+    counted); usage recorded after the close of a period that holds its day goes to the next period.
+    `progress` counts the usage records allocated, out of those pending when it starts."""
     until = until or timezone.now()
     run = AllocationRun()
     after = 0
-    while True:
-        done = _allocate_batch(after=after, until=until, batch_size=batch_size, actor=actor)
-        if done is None:
-            break
-        after, count, charged, to_contributors = done
-        run.batches += 1
-        run.usage_count += count
-        run.charged_minor += charged
-        run.to_contributors_minor += to_contributors
+    pending = Usage.objects.filter(allocated=False, created_at__lt=until).count()
+    with progress.stage("allocating usage", total=pending, unit="usage") as step:
+        while True:
+            done = _allocate_batch(after=after, until=until, batch_size=batch_size, actor=actor)
+            if done is None:
+                break
+            after, count, charged, to_contributors = done
+            run.batches += 1
+            run.usage_count += count
+            run.charged_minor += charged
+            run.to_contributors_minor += to_contributors
+            step.update(count)
     with connection.cursor() as cursor:
         cursor.execute(
             _sql(REFUSED), {"no": False, "until": connection.ops.adapt_datetimefield_value(until)}

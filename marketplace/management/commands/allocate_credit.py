@@ -1,6 +1,7 @@
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from marketplace.credit.allocation import allocate_pending_usage
+from mosaic.progress import add_progress_arguments, command_progress
 
 
 class Command(BaseCommand):
@@ -8,9 +9,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--batch-size", type=int, default=50_000)
+        add_progress_arguments(parser)
 
     def handle(self, *args, batch_size, **options):
-        run = allocate_pending_usage(batch_size=batch_size)
+        if batch_size < 1:
+            raise CommandError(f"--batch-size must be at least 1, not {batch_size}")
+        run = allocate_pending_usage(batch_size=batch_size, progress=command_progress(self, options))
         self.stdout.write(
             f"allocated {run.usage_count} usage records in {run.batches} batches: "
             f"{run.charged_minor} charged, {run.to_contributors_minor} to contributors; "
