@@ -184,10 +184,9 @@ def next_period_start() -> date | None:
 NOTHING_TO_CLOSE = "No contributor has earned anything yet and no period was closed: nothing to close."
 
 
-def period_close_request(*, start: date | None, end: date, requested_by=None) -> PeriodCloseJob:
-    """A queued close of [start, end] (start: where the next period starts, when None). What the close would
-    refuse is refused now, and so is a second close of a span whose close is queued or running. The caller
-    queues credit.close_period_job once this commits."""
+def period_close_span(*, start: date | None, end: date) -> tuple[date, date]:
+    """The span an operator's close would close (start: where the next period starts, when None), or the
+    reason it cannot: what the close itself refuses, and a span whose close is already queued or running."""
     start = start or next_period_start()
     if start is None:
         raise DomainError(NOTHING_TO_CLOSE, param="start")
@@ -195,6 +194,13 @@ def period_close_request(*, start: date | None, end: date, requested_by=None) ->
     active = PeriodCloseJob.objects.filter(start_date=start, end_date=end, state__in=Job.ACTIVE).first()
     if active is not None:
         raise DomainError(f"The close of {start}..{end} is already {active.state} (job {active.pk}).", param="end")
+    return start, end
+
+
+def period_close_request(*, start: date | None, end: date, requested_by=None) -> PeriodCloseJob:
+    """A queued close of the span `period_close_span` accepts. The caller queues credit.close_period_job once
+    this commits."""
+    start, end = period_close_span(start=start, end=end)
     return PeriodCloseJob.objects.create(start_date=start, end_date=end, requested_by=requested_by)
 
 
