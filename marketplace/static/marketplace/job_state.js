@@ -30,5 +30,14 @@
     }, INTERVAL_MS);
   }
 
-  document.querySelectorAll("[data-job-state-url]").forEach(poll);
+  function start() {
+    document.querySelectorAll("[data-job-state-url]").forEach(poll);
+  }
+
+  // The admin loads its scripts in the head, before the boxes exist.
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", start);
+  } else {
+    start();
+  }
 })();
