@@ -68,6 +68,13 @@ def test_the_adapter_pool_of_the_in_process_engine_is_counted(client, served):
     assert value(after, "mosaic_adapter_pool_misses_total", base_model="base") == \
         value(warm, "mosaic_adapter_pool_misses_total", base_model="base")
     assert value(after, "mosaic_adapter_pool_resident_adapters", base_model="base") >= 2
+    from pathlib import Path
+
+    from gpu_workers.observability import loaded_engines
+
+    [stats] = [engine.pool.stats for path, engine in loaded_engines().items() if Path(path).name == "base"]
+    for name in ("hits", "misses", "evictions", "loads"):  # what the pool counted is what is exposed
+        assert value(after, f"mosaic_adapter_pool_{name}_total", base_model="base") == getattr(stats, name)
 
 
 def test_the_ledger_appends_and_what_no_checkpoint_covers_yet(client, served):
