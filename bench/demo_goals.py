@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     from composition.strategies import build_strategy
     from composition.strategies.base import CompletionRequest
     from composition.training import chat_prompt, configure_threads, demo_recipe, demo_training_pairs, ensure_adapter
+    from mosaic.progress import progress_to
     from gpu_workers.engine import MosaicEngine
     from gpu_workers.model_import import ensure_default_base_model
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     for skill in SKILLS:
         began = time.monotonic()
         directory, facts = ensure_adapter(args.cache_dir, base_dir, demo_recipe(skill), demo_training_pairs(skill),
-                                          description=skill)
+                                          description=skill, progress=progress_to(sys.stderr))
         training[skill] = {"seconds": round(time.monotonic() - began, 1), "cached": facts is None,
                            "adapter": directory.name, **(facts or {})}
         experts.append(load_expert(skill, directory))

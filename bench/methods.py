@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.items < 1 or args.dev_items < 1:
         parser.error("--items and --dev-items must be at least 1")
     import torch
-    from tqdm import tqdm
+    from mosaic.progress import progress_to
 
     from composition.skills import SKILLS, heldout_sha256, mixed_heldout_items
     from composition.strategies import strategy_level
@@ -174,13 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [m for m in args.methods.split(",") if m] or list(configs)
     rows, expert_rows, not_run, failed = [], {}, [], []
     baseline = [("base", {}, [])] + [("single", {"expert": e.id}, [e]) for e in experts]
-    for name, config, members in tqdm(baseline, desc="base and experts"):
+    progress = progress_to(sys.stderr)
+    for name, config, members in progress.track(baseline, "base and experts"):
         row = evaluate(name, config, members, engine, items, render, max_tokens)
         row["name"] = "base model" if name == "base" else f"expert:{config['expert']}"
         if name == "single":
             expert_rows[config["expert"]] = row["correct"]
         rows.append({**row, "level": "-"})
-    for name in tqdm(chosen, desc="methods"):
+    for name in progress.track(chosen, "methods"):
         if time.perf_counter() - started > args.budget_s:
             not_run.append(name)
             continue

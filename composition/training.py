@@ -16,6 +16,7 @@ Pure torch, transformers and peft: no Django.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -205,13 +206,28 @@ class TopLayers(torch.nn.Module):
         return torch.nn.functional.cross_entropy(logits, targets[picked])
 
 
+def _stage(progress, description: str, *, total: int, unit: str):
+    """A stage of `progress`; composition imports nothing of the project, so "nobody watches" is spelled here."""
+    if progress is None:
+        return contextlib.nullcontext(_Unwatched())
+    return progress.stage(description, total=total, unit=unit)
+
+
+class _Unwatched:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **values) -> None:
+        pass
+
+
 def train_adapter(base_dir: str | Path, pairs: Sequence[tuple[str, str]], recipe: Recipe, out_dir: str | Path,
-                  *, description: str = "training", progress: bool = True) -> dict:
+                  *, description: str = "training", progress=None) -> dict:
     """Train a LoRA on (message, reply) pairs and save it as a peft adapter directory in out_dir.
 
+    `progress` (a mosaic.progress.Progress, or anything with its `stage`) is told of each step; None: nobody.
     Returns facts about the run: seconds, final loss, trainable parameters, threads."""
     from peft import LoraConfig, get_peft_model
-    from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.monotonic()
@@ -226,13 +242,14 @@ def train_adapter(base_dir: str | Path, pairs: Sequence[tuple[str, str]], recipe
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))  # similar lengths pad little
     prefix_states: list[torch.Tensor] = [None] * len(encoded)  # type: ignore[list-item]
     chunk = 32
-    for start in tqdm(range(0, len(order), chunk), desc=f"{description}: frozen layers", disable=not progress,
-                      leave=False):
-        indices = order[start: start + chunk]
-        batch = pad_batch([encoded[i] for i in indices], pad_id)
-        states = frozen_prefix_states(model, batch, first_trained)
-        for row, i in enumerate(indices):
-            prefix_states[i] = states[row, : len(encoded[i][0])].clone()
+    with _stage(progress, f"{description}: frozen layers", total=len(order), unit="example") as step:
+        for start in range(0, len(order), chunk):
+            indices = order[start: start + chunk]
+            batch = pad_batch([encoded[i] for i in indices], pad_id)
+            states = frozen_prefix_states(model, batch, first_trained)
+            for row, i in enumerate(indices):
+                prefix_states[i] = states[row, : len(encoded[i][0])].clone()
+            step.update(len(indices))
 
     prefix_seconds = time.monotonic() - started
     lora = LoraConfig(r=recipe.rank, lora_alpha=recipe.alpha, lora_dropout=0.0, task_type="CAUSAL_LM",
@@ -248,23 +265,24 @@ def train_adapter(base_dir: str | Path, pairs: Sequence[tuple[str, str]], recipe
     generator = torch.Generator().manual_seed(recipe.seed)
     peft_model.train()
     loss_value = float("nan")
-    bar = tqdm(range(recipe.steps), desc=description, disable=not progress)
-    for _ in bar:
-        step_started = time.perf_counter()
-        picks = torch.randint(len(encoded), (min(recipe.batch_size, len(encoded)),), generator=generator).tolist()
-        batch = pad_batch([encoded[i] for i in picks], pad_id)
-        hidden = torch.zeros(len(picks), batch["input_ids"].shape[1], model.config.hidden_size)
-        for row, i in enumerate(picks):
-            hidden[row, : prefix_states[i].shape[0]] = prefix_states[i]
-        loss = top.loss(hidden, batch["attention_mask"], batch["labels"])
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        schedule.step()
-        loss_value = float(loss.detach())
-        bar.set_postfix(loss=f"{loss_value:.3f}")
-        thread_watch.step_took(time.perf_counter() - step_started)
+    with _stage(progress, description, total=recipe.steps, unit="step") as step:
+        for _ in range(recipe.steps):
+            step_started = time.perf_counter()
+            picks = torch.randint(len(encoded), (min(recipe.batch_size, len(encoded)),), generator=generator).tolist()
+            batch = pad_batch([encoded[i] for i in picks], pad_id)
+            hidden = torch.zeros(len(picks), batch["input_ids"].shape[1], model.config.hidden_size)
+            for row, i in enumerate(picks):
+                hidden[row, : prefix_states[i].shape[0]] = prefix_states[i]
+            loss = top.loss(hidden, batch["attention_mask"], batch["labels"])
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            optimizer.step()
+            schedule.step()
+            loss_value = float(loss.detach())
+            step.set_postfix(loss=f"{loss_value:.3f}")
+            step.update()
+            thread_watch.step_took(time.perf_counter() - step_started)
     peft_model.eval()
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(str(out_dir))
@@ -279,7 +297,7 @@ def train_adapter(base_dir: str | Path, pairs: Sequence[tuple[str, str]], recipe
 
 def ensure_adapter(cache_dir: str | Path, base_dir: str | Path, recipe: Recipe,
                    pairs: Sequence[tuple[str, str]], *, description: str = "training",
-                   progress: bool = True, base_sha256: str | None = None) -> tuple[Path, dict | None]:
+                   progress=None, base_sha256: str | None = None) -> tuple[Path, dict | None]:
     """The adapter for this recipe, trained now only if the cache does not hold it.
 
     Returns (adapter directory, training facts or None when it came from the cache). The directory appears

@@ -10,6 +10,7 @@ from ledger import stored_tree
 from ledger.canonical import format_time
 from ledger.models import Checkpoint, Entry
 from ledger.signing import ledger_signer
+from mosaic.progress import QUIET, Progress
 
 README = Path(__file__).with_name("README.md")
 OFFLINE_VERIFIER = Path(__file__).with_name("offline_verify.py")
@@ -22,11 +23,13 @@ def _add(bundle: tarfile.TarFile, name: str, data: bytes) -> None:
     bundle.addfile(info, io.BytesIO(data))
 
 
-def write_bundle(target, *, chunk: int = 20_000) -> None:
+def write_bundle(target, *, chunk: int = 20_000, progress: Progress = QUIET) -> None:
     """Write entries.jsonl, checkpoints/<id>.note, verifier-key.txt, README.md and verify.py to `target`
-    (a binary file object). Entries up to the size at the start; checkpoints no larger."""
+    (a binary file object). Entries up to the size at the start; checkpoints no larger. `progress` is told
+    of the entries written."""
     size = stored_tree.tree_size()
-    with tempfile.TemporaryFile() as lines, tarfile.open(fileobj=target, mode="w:gz") as bundle:
+    with tempfile.TemporaryFile() as lines, tarfile.open(fileobj=target, mode="w:gz") as bundle, \
+            progress.stage("exporting entries", total=size, unit="entry") as step:
         start = 0
         while start < size:
             rows = (
@@ -41,6 +44,7 @@ def write_bundle(target, *, chunk: int = 20_000) -> None:
                     "entry_hash": bytes(entry_hash).hex(), "leaf_hash": bytes(leaf).hex(),
                 }
                 lines.write(json.dumps(item, ensure_ascii=False, sort_keys=True).encode() + b"\n")
+            step.update(min(start + chunk, size) - start)
             start += chunk
         info = tarfile.TarInfo("entries.jsonl")
         info.size = lines.tell()

@@ -22,6 +22,7 @@ from ledger.checkpoints import CheckpointBody
 from ledger.keys import ROTATION_KIND, KeyHistory, first_key
 from ledger.merkle import CompactRange, leaf_hash
 from ledger.signing import NoteError, split_note
+from mosaic.progress import QUIET, Progress
 
 CHUNK = 20_000
 
@@ -207,7 +208,7 @@ def _database_nodes(chunk: int) -> Iterator[tuple[int, int, bytes]]:
         after = rows[-1][0]
 
 
-def check_events(*, chunk: int = CHUNK, bound_seconds: float | None = None) -> None:
+def check_events(*, chunk: int = CHUNK, bound_seconds: float | None = None, progress: Progress = QUIET) -> None:
     """Raise Problem, naming it, at the first recorded event that the ledger does not hold as
     recorded: an entry whose kind, payload, actor or time differ from its event's content hash,
     or an event committed more than `bound_seconds` ago (settings.LEDGER_INTEGRATION_BOUND_SECONDS,
@@ -218,24 +219,27 @@ def check_events(*, chunk: int = CHUNK, bound_seconds: float | None = None) -> N
     from ledger.models import Entry, PendingEvent
 
     start = 0
-    while True:
-        rows = list(
-            Entry.objects.filter(sequence__gte=start, event_id__isnull=False)
-            .order_by("sequence")
-            .values_list("sequence", "kind", "payload", "actor", "created_at", "event_id")[:chunk]
-        )
-        recorded = dict(
-            PendingEvent.objects.filter(id__in=[row[5] for row in rows]).values_list("id", "content_hash")
-        )
-        for sequence, kind, payload, actor, created_at, event_id in rows:
-            if event_id not in recorded:
-                raise Problem(f"entry {sequence}: it integrates event {event_id}, which was never recorded")
-            data = event_data(kind=kind, payload=bytes(payload), actor=actor, time=format_time(created_at))
-            if hashlib.sha256(data).digest() != bytes(recorded[event_id]):
-                raise Problem(f"entry {sequence}: its contents differ from event {event_id} as it was recorded")
-        if len(rows) < chunk:
-            break
-        start = rows[-1][0] + 1
+    total = Entry.objects.filter(event_id__isnull=False).count()
+    with progress.stage("checking recorded events", total=total, unit="entry") as step:
+        while True:
+            rows = list(
+                Entry.objects.filter(sequence__gte=start, event_id__isnull=False)
+                .order_by("sequence")
+                .values_list("sequence", "kind", "payload", "actor", "created_at", "event_id")[:chunk]
+            )
+            recorded = dict(
+                PendingEvent.objects.filter(id__in=[row[5] for row in rows]).values_list("id", "content_hash")
+            )
+            for sequence, kind, payload, actor, created_at, event_id in rows:
+                if event_id not in recorded:
+                    raise Problem(f"entry {sequence}: it integrates event {event_id}, which was never recorded")
+                data = event_data(kind=kind, payload=bytes(payload), actor=actor, time=format_time(created_at))
+                if hashlib.sha256(data).digest() != bytes(recorded[event_id]):
+                    raise Problem(f"entry {sequence}: its contents differ from event {event_id} as it was recorded")
+            step.update(len(rows))
+            if len(rows) < chunk:
+                break
+            start = rows[-1][0] + 1
     if bound_seconds is None:
         bound_seconds = getattr(settings, "LEDGER_INTEGRATION_BOUND_SECONDS", 60)
     stale = (
@@ -254,9 +258,11 @@ def check_events(*, chunk: int = CHUNK, bound_seconds: float | None = None) -> N
         )
 
 
-def verify_database(*, chunk: int = CHUNK, extra_checks: bool = True) -> Result:
+def verify_database(*, chunk: int = CHUNK, extra_checks: bool = True, progress: Progress = QUIET) -> Result:
+    """Verify the live ledger; `progress` is told of the entries verified and the recorded events checked."""
     from ledger.models import Checkpoint, Entry
     from ledger.signing import ledger_signer
+    from ledger.stored_tree import tree_size
 
     configured = ledger_signer().verifier_key
     first_rotation = Entry.objects.filter(kind=ROTATION_KIND).order_by("sequence").values_list("payload", flat=True).first()
@@ -266,9 +272,10 @@ def verify_database(*, chunk: int = CHUNK, extra_checks: bool = True) -> Result:
     ]
 
     def verify() -> tuple[int, int]:
-        counts = verify_stream(_database_entries(chunk), checkpoints, first_key(first_rotation, configured),
+        entries = progress.track(_database_entries(chunk), "verifying entries", total=tree_size(), unit="entry")
+        counts = verify_stream(entries, checkpoints, first_key(first_rotation, configured),
                                _database_nodes(chunk), trusted_key=configured)
-        check_events(chunk=chunk)
+        check_events(chunk=chunk, progress=progress)
         return counts
 
     return _run(verify, extra_checks)
@@ -301,9 +308,9 @@ def _first_rotation_payload(bundle: tarfile.TarFile) -> bytes | None:
     return None
 
 
-def verify_bundle(path: Path | str, *, verifier_key: str | None = None) -> Result:
+def verify_bundle(path: Path | str, *, verifier_key: str | None = None, progress: Progress = QUIET) -> Result:
     """Verify an export bundle against `verifier_key` (by default the key inside the bundle:
-    compare it with the published one)."""
+    compare it with the published one). `progress` is told of the entries verified."""
     try:
         with tarfile.open(path, "r:gz") as bundle:
             key = (verifier_key or bundle.extractfile("verifier-key.txt").read().decode()).strip()
@@ -315,7 +322,8 @@ def verify_bundle(path: Path | str, *, verifier_key: str | None = None) -> Resul
             ]
             entries = io.TextIOWrapper(bundle.extractfile("entries.jsonl"), encoding="utf-8")
             return _run(
-                lambda: verify_stream(_bundle_entries(entries), checkpoints, first_key(first_rotation, key),
+                lambda: verify_stream(progress.track(_bundle_entries(entries), "verifying entries", unit="entry"),
+                                      checkpoints, first_key(first_rotation, key),
                                       trusted_key=key),
                 extra_checks=False,
             )

@@ -101,3 +101,4 @@ class LicenseTermsAdmin(ReadOnlyAdmin):
                     "share_alike", "created_at"]
 
 from marketplace import admin_systems  # noqa: E402,F401  (composed systems, organizations, plans, usage)
+from marketplace import admin_jobs  # noqa: E402,F401  (evaluations and period closes: jobs operators watch)

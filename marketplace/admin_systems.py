@@ -5,6 +5,7 @@ from django.contrib import admin, messages
 from django.db import transaction
 from rest_framework_api_key.admin import APIKeyModelAdmin
 
+from marketplace.admin_jobs import JOB_STATE_SCRIPT
 from marketplace.models import (
     ComposedSystem, Expert, Organization, OrganizationAPIKey, Plan, Subscription, SystemEvaluation, Usage,
 )
@@ -67,6 +68,9 @@ class ComposedSystemAdmin(admin.ModelAdmin):
     actions = ["evaluate"]
     change_form_template = "admin/marketplace/composedsystem/change_form.html"
 
+    class Media:
+        js = [JOB_STATE_SCRIPT]
+
     def get_urls(self):
         from django.urls import path
 
@@ -92,6 +96,8 @@ class ComposedSystemAdmin(admin.ModelAdmin):
     def evaluations(self, obj):
         from django.utils.html import format_html, format_html_join
 
+        from marketplace.job_state import evaluation_summary
+
         runs = list(obj.evaluations.all()[:5]) if obj.pk else []
         if not runs:
             return "None yet: press Evaluate above."
@@ -99,13 +105,7 @@ class ComposedSystemAdmin(admin.ModelAdmin):
         def result(run) -> str:
             if run.state == run.State.FAILED:
                 return f"failed: {run.error}"
-            if "accuracy" not in run.result:
-                return "-"
-            low, high = run.result["interval95"]
-            shares = ", ".join(f"{ref} {c['share_bp'] / 100:.1f}% (Shapley {c['shapley']:.3f})"
-                               for ref, c in sorted(run.result.get("contributions", {}).items()))
-            return (f"accuracy {run.result['accuracy']:.3f} [{low:.3f}, {high:.3f}] on {run.result['n']} items "
-                    f"(base model {run.result.get('base_accuracy', 0):.3f}); contributions: {shares or 'none'}")
+            return evaluation_summary(run) or "-"
 
         rows = format_html_join(
             "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -114,6 +114,14 @@ class ComposedSystemAdmin(admin.ModelAdmin):
               run.created_at.strftime("%Y-%m-%d %H:%M"), result(run)) for run in runs))
         return format_html('<table class="evaluations"><thead><tr><th>#</th><th>state</th><th>coalitions done</th>'
                            "<th>requested</th><th>result</th></tr></thead><tbody>{}</tbody></table>", rows)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        """The page shows the latest evaluation's state box, which refreshes itself while it runs."""
+        from marketplace.job_state import job_state_html
+
+        latest = SystemEvaluation.objects.filter(system_id=object_id).select_related("system", "requested_by").first()
+        extra_context = {**(extra_context or {}), "latest_evaluation_state": job_state_html(latest) if latest else ""}
+        return super().change_view(request, object_id, form_url, extra_context)
 
     @admin.action(description="Evaluate: held-out accuracy and each expert's contribution (queued)")
     def evaluate(self, request, queryset):
@@ -126,8 +134,8 @@ class ComposedSystemAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{system.slug}: {error.message}", messages.ERROR)
                 continue
             transaction.on_commit(lambda pk=evaluation.pk: evaluate_system.delay(pk))
-            self.message_user(request, f"{system.slug}: evaluation {evaluation.pk} queued; watch it under "
-                                       "System evaluations.")
+            self.message_user(request, f"{system.slug}: evaluation {evaluation.pk} queued; watch it on the system's "
+                                       "page or under System evaluations.")
 
     def get_form(self, request, obj=None, **kwargs):
         form = super().get_form(request, obj, **kwargs)
@@ -162,37 +170,6 @@ class ComposedSystemAdmin(admin.ModelAdmin):
 
     def save_related(self, request, form, formsets, change):
         """Members were written by the service."""
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-
-@admin.register(SystemEvaluation)
-class SystemEvaluationAdmin(admin.ModelAdmin):
-    """Evaluation jobs, read-only: started from the systems' "Evaluate" action."""
-
-    list_display = ["id", "system", "state", "progress", "accuracy", "items_per_skill", "seed", "created_at",
-                    "finished_at"]
-    list_filter = ["state", "system"]
-    readonly_fields = ["system", "items_per_skill", "seed", "state", "progress_done", "progress_total", "result",
-                       "error", "requested_by", "created_at", "started_at", "finished_at"]
-
-    @admin.display(description="progress")
-    def progress(self, obj):
-        return f"{obj.progress_done}/{obj.progress_total}" if obj.progress_total else f"{obj.progress_done}"
-
-    @admin.display(description="accuracy")
-    def accuracy(self, obj):
-        if "accuracy" not in obj.result:
-            return "-"
-        low, high = obj.result["interval95"]
-        return f"{obj.result['accuracy']:.3f} [{low:.3f}, {high:.3f}]"
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
     def has_delete_permission(self, request, obj=None):
         return False

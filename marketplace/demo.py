@@ -33,6 +33,7 @@ from marketplace.services.base_models import base_model_register
 from marketplace.services.experts import AdapterUpload, expert_contribute
 from marketplace.tasks import validate_after_commit
 from mosaic.errors import Conflict
+from mosaic.progress import QUIET, Progress
 
 DEMO_PASSWORD = "mosaic-demo-2026"
 AUDITORS_GROUP = "auditors"  # the group ledger.api.permissions reads
@@ -67,6 +68,7 @@ DEMO_CONTRIBUTORS = [
 class DemoContext:
     world: str
     log: Callable[[str], None]
+    progress: Progress = QUIET
     base_model: BaseModel | None = None
     users: dict = field(default_factory=dict)
     experts: dict[str, Expert] = field(default_factory=dict)  # by skill
@@ -150,7 +152,7 @@ def train_demo_expert(context: DemoContext, person: DemoContributor):
     directory, facts = ensure_adapter(
         Path(settings.TRAINED_EXPERTS_DIR) / context.world, context.base_model.local_path, recipe,
         demo_training_pairs(person.skill, toy=toy), description=f"{person.username}/{person.slug}",
-        progress=not toy)
+        progress=context.progress)
     seconds = context.timings[f"train {person.slug}"] = time.monotonic() - started
     if facts is None:
         context.log(f"expert {person.username}/{person.slug}: adapter from the cache ({directory.name})")
@@ -391,10 +393,11 @@ SEEDERS: list[Callable[[DemoContext], None]] = [
 ]
 
 
-def seed_demo(*, world: str = DEFAULT_WORLD, log: Callable[[str], None] = print) -> DemoContext:
+def seed_demo(*, world: str = DEFAULT_WORLD, log: Callable[[str], None] = print,
+              progress: Progress = QUIET) -> DemoContext:
     if world not in WORLDS:
         raise ValueError(f"world must be one of {', '.join(WORLDS)}, got {world!r}")
-    context = DemoContext(world=world, log=log)
-    for seeder in SEEDERS:
+    context = DemoContext(world=world, log=log, progress=progress)
+    for seeder in progress.track(SEEDERS, "seeding the demo", unit="step"):
         seeder(context)
     return context

@@ -14,6 +14,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 
 from marketplace.credit.selectors import contributor_earnings
+from marketplace.job_state import job_state_html
 from marketplace.model_cards import model_card_html
 from marketplace.models import ExpertVersion
 from marketplace.selectors.contributions import activity_by_day, latest_contributions
@@ -26,7 +27,7 @@ from marketplace.selectors.experts import (
     expert_list_visible,
     version_list_visible,
 )
-from marketplace.selectors.systems import systems_visible_to_user
+from marketplace.selectors.systems import latest_evaluation_seen_by, systems_visible_to_user
 from marketplace.services.accounts import contributor_register
 from marketplace.services.experts import AdapterUpload, expert_contribute, expert_version_contribute
 from marketplace.web_forms import show_refusal
@@ -240,7 +241,7 @@ def expert_consent(request, expert_id: int, action: str):
 
 def system_detail(request, slug: str):
     """A system's page: its experts and its latest measured quality, with 95% intervals and each expert's
-    measured contribution."""
+    measured contribution; for staff, the state of its latest evaluation."""
     system = systems_visible_to_user(user=request.user).filter(slug=slug).first()
     if system is None:
         return render(request, "marketplace/not_found.html", {"message": f"No system {slug!r}."}, status=404)
@@ -248,5 +249,7 @@ def system_detail(request, slug: str):
     contributions = quality.get("contributions", {})
     members = [{"expert": m.expert, "version": m.version.number,
                 "contribution": contributions.get(m.expert.ledger_ref)} for m in system.memberships.all()]
+    evaluation = latest_evaluation_seen_by(user=request.user, system=system)
     return render(request, "marketplace/system_detail.html",
-                  {"system": system, "quality": quality, "members": members})
+                  {"system": system, "quality": quality, "members": members,
+                   "evaluation_state": job_state_html(evaluation) if evaluation else ""})

@@ -141,14 +141,22 @@ class DeploymentCollector:
         appends = CounterMetricFamily("mosaic_ledger_appends", "Entries appended to the ledger (its tree size).")
         appends.add_metric([], ledger["entries"])
         yield appends
+        waiting = GaugeMetricFamily("mosaic_ledger_events_waiting",
+                                    "Committed events the sequencer has not integrated into the ledger yet.")
+        waiting.add_metric([], ledger["events_waiting"])
+        yield waiting
         lag = GaugeMetricFamily("mosaic_ledger_integration_lag_seconds",
-                                "Age of the oldest entry no signed checkpoint covers yet (0: all covered).")
+                                "Age of the oldest committed event not integrated yet (0: none waits).")
         lag.add_metric([], ledger["integration_lag_seconds"])
         yield lag
         unsigned = GaugeMetricFamily("mosaic_ledger_entries_after_checkpoint",
                                      "Entries appended after the latest signed checkpoint.")
         unsigned.add_metric([], ledger["entries_after_checkpoint"])
         yield unsigned
+        unsigned_age = GaugeMetricFamily("mosaic_ledger_checkpoint_lag_seconds",
+                                         "Age of the oldest entry no signed checkpoint covers yet (0: all covered).")
+        unsigned_age.add_metric([], ledger["checkpoint_lag_seconds"])
+        yield unsigned_age
         if ledger["checkpoint_age_seconds"] is not None:
             age = GaugeMetricFamily("mosaic_ledger_checkpoint_age_seconds", "Age of the latest signed checkpoint.")
             age.add_metric([], ledger["checkpoint_age_seconds"])

@@ -131,17 +131,25 @@ def queue_depths() -> dict[str, int]:
 
 
 def ledger_state() -> dict:
-    from ledger.models import Checkpoint, Entry
+    """The ledger's progress: entries appended; committed events the sequencer has not integrated yet and the
+    age of the oldest (its integration lag); entries no signed checkpoint covers yet and the age of the oldest;
+    the latest checkpoint's age (None before the first)."""
+    from ledger.models import Checkpoint, Entry, PendingEvent, UnsequencedEvent
 
     now = timezone.now()
     tail = Entry.objects.order_by("-sequence").values("sequence").first()
     entries = tail["sequence"] + 1 if tail else 0
+    waiting = UnsequencedEvent.objects.count()
+    oldest_waiting = PendingEvent.objects.filter(
+        id=UnsequencedEvent.objects.order_by("event_id").values("event_id")[:1]).values_list("created_at", flat=True).first()
     checkpoint = Checkpoint.objects.order_by("-tree_size", "-id").values("tree_size", "created_at").first()
     covered = checkpoint["tree_size"] if checkpoint else 0
     oldest_uncovered = Entry.objects.filter(sequence=covered).values_list("created_at", flat=True).first()
     return {
         "entries": entries,
+        "events_waiting": waiting,
+        "integration_lag_seconds": max((now - oldest_waiting).total_seconds(), 0.0) if oldest_waiting else 0.0,
         "entries_after_checkpoint": max(entries - covered, 0),
-        "integration_lag_seconds": (now - oldest_uncovered).total_seconds() if oldest_uncovered else 0.0,
+        "checkpoint_lag_seconds": (now - oldest_uncovered).total_seconds() if oldest_uncovered else 0.0,
         "checkpoint_age_seconds": (now - checkpoint["created_at"]).total_seconds() if checkpoint else None,
     }

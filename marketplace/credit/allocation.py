@@ -27,6 +27,7 @@ from marketplace.credit.rules import PLAIN_DECIMAL
 from marketplace.credit.split import BatchLines, allocate_batch, exact_sums
 from marketplace.models import ComposedSystem, ContributionMeasurement, CreditLine, Expert, Usage
 from mosaic.errors import DomainError
+from mosaic.progress import QUIET, Progress
 
 ADVISORY_LOCK_KEY = 7_000_007
 # A batch is read as one value (bytea, at most 1 GB): 56 bytes a row, a few rows a usage.
@@ -301,26 +302,31 @@ def _allocate_batch(*, after: int, until: datetime, batch_size: int, actor: str)
 
 
 def allocate_pending_usage(
-    *, until: datetime | None = None, batch_size: int = 50_000, actor: str = ACTOR
+    *, until: datetime | None = None, batch_size: int = 50_000, actor: str = ACTOR, progress: Progress = QUIET
 ) -> AllocationRun:
     """Allocate every unallocated usage created before `until` (default: now), batch by batch.
     Usage dated inside a settlement period closed after it was recorded is refused (left unallocated and
-    counted); usage recorded after the close of a period that holds its day goes to the next period."""
+    counted); usage recorded after the close of a period that holds its day goes to the next period.
+    `progress` counts the usage records allocated, out of those pending when it starts (counted only when
+    someone watches: the count is an anti-join over every usage)."""
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise DomainError(f"An allocation batch holds 1 to {MAX_BATCH_SIZE:,} usage records, not {batch_size}.",
                           param="batch_size")
     until = until or timezone.now()
     run = AllocationRun()
     after = 0
-    while True:
-        done = _allocate_batch(after=after, until=until, batch_size=batch_size, actor=actor)
-        if done is None:
-            break
-        after, count, charged, to_contributors = done
-        run.batches += 1
-        run.usage_count += count
-        run.charged_minor += charged
-        run.to_contributors_minor += to_contributors
+    pending = None if progress is QUIET else Usage.objects.unallocated().filter(created_at__lt=until).count()
+    with progress.stage("allocating usage", total=pending, unit="usage") as step:
+        while True:
+            done = _allocate_batch(after=after, until=until, batch_size=batch_size, actor=actor)
+            if done is None:
+                break
+            after, count, charged, to_contributors = done
+            run.batches += 1
+            run.usage_count += count
+            run.charged_minor += charged
+            run.to_contributors_minor += to_contributors
+            step.update(count)
     with connection.cursor() as cursor:
         cursor.execute(
             _sql(REFUSED), {"until": connection.ops.adapt_datetimefield_value(until)}

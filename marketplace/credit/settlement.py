@@ -14,9 +14,12 @@ from ledger.accounting.services import PostingSpec, close_settlement_period, pos
 from marketplace.credit import accounts
 from marketplace.credit.allocation import ACTOR, ADVISORY_LOCK_KEY, allocate_pending_usage
 from marketplace.credit.statements import names_for, statement_csv, statement_line
-from marketplace.models import Contributor, CreditStatement, Payout, Usage
+from marketplace.models import Contributor, CreditStatement, Payout, PeriodCloseJob, Usage
+from marketplace.models.jobs import Job
 from marketplace.services.security import payout_ready
+from marketplace.services.jobs import job_run
 from mosaic.errors import DomainError
+from mosaic.progress import QUIET, Progress
 
 
 @dataclass
@@ -54,18 +57,25 @@ def payouts_reference(period: SettlementPeriod) -> str:
     return f"payouts:period:{period.pk}"
 
 
-def close_period(*, start: date, end: date, actor: str = ACTOR) -> CloseResult:
-    """Close [start, end]. An end of today closes the current period up to now: what is recorded later today
-    is allocated to the next period, which starts where this one ended (allocation._value_dates)."""
+def period_span_check(*, start: date, end: date) -> None:
+    """Refuse a span that cannot be closed: one that ends before it starts, or after today."""
     if end < start:
         raise DomainError("A period's end date cannot be before its start date.", param="end")
     today = timezone.now().date()
     if end > today:
         raise DomainError(f"A period can be closed up to today ({today}) at most, not {end}.", param="end")
+
+
+def close_period(*, start: date, end: date, actor: str = ACTOR, progress: Progress = QUIET) -> CloseResult:
+    """Close [start, end]. An end of today closes the current period up to now: what is recorded later today
+    is allocated to the next period, which starts where this one ended (allocation._value_dates).
+    `progress` is told of its stages: allocating usage, payouts, statements (the last two in one transaction)."""
+    period_span_check(start=start, end=end)
     existing = SettlementPeriod.objects.filter(start_date=start, end_date=end).first()
     if existing is not None:
         return _summary(existing, created=False)
-    allocate_pending_usage(until=datetime.combine(end + timedelta(days=1), time.min, tzinfo=dt_timezone.utc), actor=actor)
+    allocate_pending_usage(until=datetime.combine(end + timedelta(days=1), time.min, tzinfo=dt_timezone.utc), actor=actor,
+                           progress=progress)
 
     with transaction.atomic():
         if connection.vendor == "postgresql":
@@ -101,7 +111,7 @@ def close_period(*, start: date, end: date, actor: str = ACTOR) -> CloseResult:
         minimum = settings.PAYOUT_MINIMUM_MINOR
 
         payouts = []
-        for contributor_id in sorted(involved):
+        for contributor_id in progress.track(sorted(involved), "payouts", unit="contributor"):
             contributor = contributors.get(contributor_id)
             owed = -closing.get(contributor_id, 0)
             if contributor and owed >= minimum and owed > 0 and contributor_id in payable_ids:
@@ -129,7 +139,7 @@ def close_period(*, start: date, end: date, actor: str = ACTOR) -> CloseResult:
             )
 
         statements = []
-        for contributor_id in sorted(involved):
+        for contributor_id in progress.track(sorted(involved), "statements", unit="contributor"):
             lines = lines_by_contributor.get(contributor_id, [])
             owed_before = -opening.get(contributor_id, 0)
             owed_after = -closing.get(contributor_id, 0)
@@ -166,3 +176,43 @@ def next_period_start() -> date | None:
     days = [d for d in (first.value_date if first else None,
                         pending.created_at.astimezone(dt_timezone.utc).date() if pending else None) if d]
     return min(days, default=None)
+
+
+# --- an operator's close from the web: a job row ----------------------------------------------------------------
+
+
+NOTHING_TO_CLOSE = "No contributor has earned anything yet and no period was closed: nothing to close."
+
+
+def period_close_span(*, start: date | None, end: date) -> tuple[date, date]:
+    """The span an operator's close would close (start: where the next period starts, when None), or the
+    reason it cannot: what the close itself refuses, and a span whose close is already queued or running."""
+    start = start or next_period_start()
+    if start is None:
+        raise DomainError(NOTHING_TO_CLOSE, param="start")
+    period_span_check(start=start, end=end)
+    active = PeriodCloseJob.objects.filter(start_date=start, end_date=end, state__in=Job.ACTIVE).first()
+    if active is not None:
+        raise DomainError(f"The close of {start}..{end} is already {active.state} (job {active.pk}).", param="end")
+    return start, end
+
+
+def period_close_request(*, start: date | None, end: date, requested_by=None) -> PeriodCloseJob:
+    """A queued close of the span `period_close_span` accepts. The caller queues credit.close_period_job once
+    this commits."""
+    start, end = period_close_span(start=start, end=end)
+    return PeriodCloseJob.objects.create(start_date=start, end_date=end, requested_by=requested_by)
+
+
+def period_close_run(*, job_id: int, progress: Progress = QUIET) -> PeriodCloseJob:
+    """Run a queued close as a job (marketplace.services.jobs): its row records its stages, then the close's
+    summary, or the reason it failed."""
+
+    def close(job: PeriodCloseJob, job_progress: Progress) -> dict:
+        actor = f"user:{job.requested_by_id}" if job.requested_by_id else ACTOR
+        result = close_period(start=job.start_date, end=job.end_date, actor=actor, progress=job_progress)
+        return {"period": result.period.pk, "created": result.created, "statements": result.statements,
+                "payouts": result.payouts, "paid_out_minor": result.paid_out_minor,
+                "carried_over_minor": result.carried_over_minor}
+
+    return job_run(model=PeriodCloseJob, job_id=job_id, work=close, also=progress)

@@ -3,7 +3,7 @@ from django.utils import timezone
 
 from marketplace.credit.allocation import allocate_pending_usage
 from marketplace.credit.payouts import send_pending_payouts
-from marketplace.credit.settlement import close_period, previous_month
+from marketplace.credit.settlement import close_period, period_close_run, previous_month
 
 
 @shared_task(name="credit.allocate")
@@ -24,3 +24,9 @@ def close_previous_month() -> dict:
 @shared_task(name="credit.send_payouts")
 def send_payouts() -> int:
     return send_pending_payouts()
+
+
+@shared_task(name="credit.close_period_job", acks_late=True, soft_time_limit=3600, time_limit=3660)
+def close_period_job(job_id: int) -> str:
+    """Run an operator's queued period close (its row records its state, stages and summary); returns its state."""
+    return period_close_run(job_id=job_id).state

@@ -2,7 +2,7 @@ from marketplace.models.accounts import ApiTokenUse, Contributor
 from marketplace.models.billing import Plan, StripeEvent, Subscription
 from marketplace.models.catalog import BaseModel, Expert, ExpertVersion, LicenseTerms
 from marketplace.models.idempotency import IdempotencyRecord
-from marketplace.models.credit import CreditLine, CreditStatement, Payout
+from marketplace.models.credit import CreditLine, CreditStatement, Payout, PeriodCloseJob
 from marketplace.models.evaluations import SystemEvaluation
 from marketplace.models.organizations import Membership, Organization, OrganizationAPIKey
 from marketplace.models.quotas import QuotaWindow
@@ -24,6 +24,7 @@ __all__ = [
     "Organization",
     "OrganizationAPIKey",
     "Payout",
+    "PeriodCloseJob",
     "Plan",
     "QuotaWindow",
     "StripeEvent",

@@ -1,6 +1,7 @@
 from django.db import models
 
 from ledger.append_only import AppendOnlyModel, append_only_triggers
+from marketplace.models.jobs import Job
 
 
 class CreditLine(AppendOnlyModel):
@@ -84,3 +85,19 @@ class CreditStatement(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["contributor", "period"], name="statement_unique_per_period")
         ]
+
+
+class PeriodCloseJob(Job):
+    """An operator's close of a settlement period, started from the web and run by a task (the same close as
+    `manage.py close_period`). Its stages: allocating usage, statements, payouts. `result` holds the close's
+    summary: the period, whether this job closed it, statements, payouts and the amounts."""
+
+    start_date = models.DateField()
+    end_date = models.DateField(help_text="Inclusive.")
+    result = models.JSONField(default=dict, blank=True)
+
+    class Meta(Job.Meta):
+        pass
+
+    def __str__(self) -> str:
+        return f"close of {self.start_date}..{self.end_date} ({self.state})"

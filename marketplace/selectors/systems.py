@@ -1,7 +1,7 @@
 """Composed systems (reads): who may see and call what."""
 from django.db.models import Prefetch, Q, QuerySet
 
-from marketplace.models import ComposedSystem, Organization, SystemExpert
+from marketplace.models import ComposedSystem, Organization, SystemEvaluation, SystemExpert
 from mosaic.errors import NotFound
 
 
@@ -51,3 +51,10 @@ def system_for_organization(*, organization: Organization, slug: str) -> Compose
         raise NotFound(f"The model {slug!r} does not exist or you do not have access to it.", code="model_not_found",
                        param="model")
     return system
+
+
+def latest_evaluation_seen_by(*, user, system: ComposedSystem) -> SystemEvaluation | None:
+    """The system's latest evaluation job, for staff (who run them); None for anyone else or when there is none."""
+    if not user.is_staff:
+        return None
+    return SystemEvaluation.objects.filter(system=system).select_related("system", "requested_by").first()

@@ -25,7 +25,6 @@ from typing import Callable
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
 from composition.coalitions import accuracy_report, contribution_method, measure_experts
@@ -37,7 +36,9 @@ from marketplace import policy
 from marketplace.credit.rules import measured_shares_bp
 from marketplace.models import ComposedSystem, ContributionMeasurement, SystemEvaluation, SystemExpert
 from marketplace.services.inference import build_message, run_system_request, with_fresh_deadline
+from marketplace.services.jobs import job_run
 from mosaic.errors import DomainError
+from mosaic.progress import QUIET, Progress
 
 SKILL_TAG = "skill:"
 METRIC = "is_correct"
@@ -140,7 +141,7 @@ class CoalitionRunner:
     sets: list[HeldOutSet]
     suite: object
     concurrency: int
-    on_answered: Callable[[], None] = lambda: None
+    on_answered: Callable[[], object] = lambda: None
 
     def __post_init__(self):
         self.all_members = list(self.system.memberships.select_related("expert", "version"))
@@ -171,8 +172,10 @@ def _rounded(value: float) -> float:
 
 
 def system_evaluate(*, system: ComposedSystem, items_per_skill: int, seed: int, actor: str,
-                    evaluation: SystemEvaluation | None = None, concurrency: int | None = None) -> dict:
-    """Evaluate `system` and write what was measured; returns the quality written to the system."""
+                    evaluation: SystemEvaluation | None = None, concurrency: int | None = None,
+                    progress: Progress = QUIET) -> dict:
+    """Evaluate `system` and write what was measured; returns the quality written to the system. `progress`
+    is told of each coalition answered (their number is known in advance for exact Shapley only)."""
     if not 1 <= items_per_skill <= MAX_ITEMS_PER_SKILL:
         raise EvaluationRefused(f"Items per skill must be between 1 and {MAX_ITEMS_PER_SKILL}, not {items_per_skill}.")
     plan = policy.serving_members(system=system)
@@ -184,22 +187,16 @@ def system_evaluate(*, system: ComposedSystem, items_per_skill: int, seed: int, 
     items = [item for held_out in sets for item in held_out.items]
     players = [m.expert.ledger_ref for m in members]
     method = contribution_method(len(players))
-    if evaluation is not None:
-        SystemEvaluation.objects.filter(pk=evaluation.pk).update(
-            progress_total=2 ** len(players) if method == "exact_shapley" else None)
-
-    def advance():
-        if evaluation is not None:
-            SystemEvaluation.objects.filter(pk=evaluation.pk).update(progress_done=F("progress_done") + 1)
-
-    runner = CoalitionRunner(system=system, members=members, sets=sets, suite=suite,
-                             concurrency=concurrency or settings.EVALUATION_CONCURRENCY, on_answered=advance)
-    dataset_sha256 = suite.heldout_sha256(items)
-    try:
-        measured = measure_experts(players=players, correct_on=runner.correct_on, dataset_sha256=dataset_sha256,
-                                   metric=METRIC, seed=seed, method=method)
-    except CompositionError as error:
-        raise EvaluationRefused(f"The evaluation could not be measured: {error}") from error
+    with progress.stage(f"{system.slug}: coalitions of {len(items)} items",
+                        total=2 ** len(players) if method == "exact_shapley" else None, unit="coalition") as step:
+        runner = CoalitionRunner(system=system, members=members, sets=sets, suite=suite,
+                                 concurrency=concurrency or settings.EVALUATION_CONCURRENCY, on_answered=step.update)
+        dataset_sha256 = suite.heldout_sha256(items)
+        try:
+            measured = measure_experts(players=players, correct_on=runner.correct_on, dataset_sha256=dataset_sha256,
+                                       metric=METRIC, seed=seed, method=method)
+        except CompositionError as error:
+            raise EvaluationRefused(f"The evaluation could not be measured: {error}") from error
     system_correct = measured.answers[frozenset(players)]
     report = accuracy_report(system_correct, [item.skill for item in items])
     base = measured.accuracy_of(frozenset())
@@ -284,8 +281,6 @@ def _record(*, system, members, sets, report, correct, base, measured, runner, i
                        contribution_sequence=measured_entry.sequence)
         ComposedSystem.objects.filter(pk=system.pk).update(quality=quality)
         system.quality = quality
-        if evaluation is not None:
-            SystemEvaluation.objects.filter(pk=evaluation.pk).update(result=quality)
     return quality
 
 
@@ -302,27 +297,13 @@ def evaluation_request(*, system: ComposedSystem, items_per_skill: int | None = 
                                            requested_by=requested_by)
 
 
-def evaluation_run(*, evaluation_id: int) -> SystemEvaluation:
-    """Run a queued evaluation, recording its state on its row; a refusal or an engine failure ends it as
-    failed with the reason, and writes nothing else."""
-    claimed = SystemEvaluation.objects.filter(pk=evaluation_id, state=SystemEvaluation.State.QUEUED).update(
-        state=SystemEvaluation.State.RUNNING, started_at=timezone.now())
-    evaluation = SystemEvaluation.objects.select_related("system", "requested_by").get(pk=evaluation_id)
-    if not claimed:
-        return evaluation  # already run or running (a redelivered task)
-    actor = f"user:{evaluation.requested_by_id}" if evaluation.requested_by_id else "system:evaluation"
-    try:
-        system_evaluate(system=evaluation.system, items_per_skill=evaluation.items_per_skill, seed=evaluation.seed,
-                        actor=actor, evaluation=evaluation)
-    except DomainError as error:
-        SystemEvaluation.objects.filter(pk=evaluation_id).update(
-            state=SystemEvaluation.State.FAILED, error=error.message, finished_at=timezone.now())
-    except Exception as error:
-        SystemEvaluation.objects.filter(pk=evaluation_id).update(
-            state=SystemEvaluation.State.FAILED, error=f"{type(error).__name__}: {error}", finished_at=timezone.now())
-        raise
-    else:
-        SystemEvaluation.objects.filter(pk=evaluation_id).update(
-            state=SystemEvaluation.State.SUCCEEDED, finished_at=timezone.now())
-    evaluation.refresh_from_db()
-    return evaluation
+def evaluation_run(*, evaluation_id: int, progress: Progress = QUIET) -> SystemEvaluation:
+    """Run a queued evaluation as a job (marketplace.services.jobs): its row records its state, the
+    coalitions answered, then the quality written, or the reason it failed (and nothing else is written)."""
+
+    def evaluate(evaluation: SystemEvaluation, job_progress: Progress) -> dict:
+        actor = f"user:{evaluation.requested_by_id}" if evaluation.requested_by_id else "system:evaluation"
+        return system_evaluate(system=evaluation.system, items_per_skill=evaluation.items_per_skill,
+                               seed=evaluation.seed, actor=actor, evaluation=evaluation, progress=job_progress)
+
+    return job_run(model=SystemEvaluation, job_id=evaluation_id, work=evaluate, also=progress)

@@ -63,6 +63,7 @@ def test_staff_enrol_a_second_factor_and_the_admin_loads_without_a_csp_violation
     assert page.locator(".recovery-codes li").count() == 10
 
     visit(page, live_server, ["/admin/", "/admin/auth/user/", "/admin/auth/user/add/", "/admin/axes/accessattempt/",
-                              "/admin/marketplace/contributor/"])
+                              "/admin/marketplace/contributor/", "/admin/marketplace/periodclosejob/",
+                              "/admin/marketplace/periodclosejob/add/", "/admin/marketplace/systemevaluation/"])
 
     assert violations == []

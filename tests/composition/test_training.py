@@ -61,21 +61,21 @@ def test_the_cache_key_covers_the_recipe_the_items_and_the_base_weights():
 
 def test_an_adapter_is_trained_once_per_recipe(tiny_base, tmp_path):
     cache = tmp_path / "experts"
-    first, facts = ensure_adapter(cache, tiny_base, QUICK, PAIRS, progress=False)
+    first, facts = ensure_adapter(cache, tiny_base, QUICK, PAIRS)
     assert facts is not None and facts["trainable_parameters"] > 0
     weights = (first / "adapter_model.safetensors").read_bytes()
 
-    again, facts_again = ensure_adapter(cache, tiny_base, QUICK, PAIRS, progress=False)
+    again, facts_again = ensure_adapter(cache, tiny_base, QUICK, PAIRS)
     assert (again, facts_again) == (first, None)
     assert (again / "adapter_model.safetensors").read_bytes() == weights
 
-    other, other_facts = ensure_adapter(cache, tiny_base, replace(QUICK, seed=1), PAIRS, progress=False)
+    other, other_facts = ensure_adapter(cache, tiny_base, replace(QUICK, seed=1), PAIRS)
     assert other != first and other_facts is not None
     assert sorted(p.name for p in cache.iterdir()) == sorted([first.name, other.name])  # no staging left
 
 
 def test_the_adapter_adapts_only_the_top_layers(tiny_base, tmp_path):
-    directory, _ = ensure_adapter(tmp_path, tiny_base, QUICK, PAIRS, progress=False)
+    directory, _ = ensure_adapter(tmp_path, tiny_base, QUICK, PAIRS)
     config = json.loads((directory / "adapter_config.json").read_text())
     assert config["layers_to_transform"] == [1]  # the tiny base has 2 layers
     assert sorted(config["target_modules"]) == ["q_proj", "v_proj"]

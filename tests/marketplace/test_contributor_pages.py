@@ -31,9 +31,13 @@ def activity(page: str, data_id: str) -> dict:
 @pytest.fixture
 def served_today(world):
     """One request today attributed 0.75 to alice's first expert and 0.25 to bob's, allocated."""
+    from marketplace.models import Usage
+
     a1, _, b, _ = world.experts
-    usage_on(timezone.now().date(), organization=world.organization, system=world.system, charge_minor=1000,
-             attribution={str(a1.id): "0.75", str(b.id): "0.25"})
+    usage = usage_on(timezone.now().date(), organization=world.organization, system=world.system, charge_minor=1000,
+                     attribution={str(a1.id): "0.75", str(b.id): "0.25"})
+    # served a moment ago, not at noon (in the future before noon UTC, and then not allocated yet)
+    Usage.objects.filter(pk=usage.pk).update(created_at=timezone.now())
     allocate_pending_usage()
     return world
 

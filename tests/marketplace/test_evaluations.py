@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.test import Client
 
 from composition.evaluation import wilson_interval
 from gpu_workers import contract
@@ -115,6 +116,19 @@ def test_the_command_writes_the_systems_quality_with_wilson_intervals(world, cli
     assert f"on {len(items)} held-out items" in page
 
 
+def test_the_command_shows_the_coalitions_it_answers_when_forced_and_nothing_otherwise(world):
+    import io
+    import re
+
+    err = io.StringIO()
+    call_command("evaluate_system", "duo", "--items", "4", "--progress", stdout=io.StringIO(), stderr=err)
+    # exact Shapley over two experts: the system, each expert alone, the base model
+    assert set(re.findall(r"duo: coalitions of 10 items: 100%\|[^|]*\| (\d+/\d+)", err.getvalue())) == {"4/4"}
+    quiet = io.StringIO()
+    call_command("evaluate_system", "duo", "--items", "4", stdout=io.StringIO(), stderr=quiet)
+    assert quiet.getvalue() == ""
+
+
 def test_the_ledger_records_the_evaluation_and_each_experts_shapley_value(world):
     served, french, poetry, items, coalitions = world
 
@@ -216,6 +230,53 @@ def test_the_evaluate_button_runs_the_evaluation_and_the_system_page_shows_its_p
     assert evaluation.state == SystemEvaluation.State.SUCCEEDED, evaluation.error
     assert f"<td>{evaluation.pk}</td><td>succeeded</td><td>4/4</td>" in page
     assert f"accuracy {evaluation.result['accuracy']:.3f}" in page and f"expert:{served.french.pk}" in page
+    assert f'<div class="job-state job-succeeded" id="job-systemevaluation-{evaluation.pk}"' in page
+    assert "data-job-state-url" not in page  # finished: nothing to poll
+
+
+def test_a_queued_evaluation_shows_its_state_on_the_systems_pages_and_polls_until_it_ends(
+        world, staff, client, django_capture_on_commit_callbacks):
+    served = world[0]
+    sign_in_with_second_factor(client, staff)
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        client.post(f"/admin/marketplace/composedsystem/{served.duo.pk}/evaluate/")
+    evaluation = SystemEvaluation.objects.get()
+    state_url = f"/admin/marketplace/systemevaluation/{evaluation.pk}/state/"
+
+    for page in (f"/admin/marketplace/composedsystem/{served.duo.pk}/change/", "/systems/duo/"):
+        html = client.get(page).content.decode()
+        assert f'data-job-state-url="{state_url}"' in html and '<span class="job-state-name">queued</span>' in html
+        assert 'src="/static/marketplace/job_state.js"' in html
+    assert "job-state" not in Client().get("/systems/duo/").content.decode()  # for staff only
+
+    queued[0]()  # the task, as the worker runs it
+
+    box = client.get(state_url).content.decode()
+    assert '<span class="job-state-name">succeeded</span>' in box and "data-job-state-url" not in box
+    assert f"accuracy {SystemEvaluation.objects.get().result['accuracy']:.3f}" in box
+
+
+def test_an_evaluation_records_running_while_it_answers_and_its_stage(world, monkeypatch):
+    from marketplace.services import evaluations
+    from marketplace.services.evaluations import evaluation_request, evaluation_run
+
+    served = world[0]
+    seen = []
+    answer = evaluations.answer_items
+
+    def answer_and_look(**arguments):
+        row = SystemEvaluation.objects.get()
+        seen.append((row.state, row.stage, row.progress_total))
+        return answer(**arguments)
+
+    monkeypatch.setattr(evaluations, "answer_items", answer_and_look)
+    queued = evaluation_request(system=served.duo, items_per_skill=4)
+    assert queued.state == "queued" and queued.started_at is None
+
+    done = evaluation_run(evaluation_id=queued.pk)
+
+    assert seen and set(seen) == {("running", "duo: coalitions of 10 items", 4)}
+    assert done.state == "succeeded" and done.started_at <= done.finished_at
 
 
 def test_after_a_revocation_only_the_experts_still_serving_are_measured(world):

@@ -1,13 +1,15 @@
 """`make up` starts every process of a deployment (web, a worker per registered base model, background, beat,
 sequencer, witness) on PostgreSQL and Redis in the production profile; /readyz turns 200 once the worker has its base
 model loaded, a completion succeeds through it, its request id is in the web's and the worker's JSON log lines
-and in its usage row, and the web and the worker serve their metrics."""
+and in its usage row, the web and the worker serve their metrics, and a period close queued as the settlement
+page queues it runs on the background worker to its end."""
 import http.client
 import json
 import os
 import secrets
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 
@@ -19,7 +21,21 @@ pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 
 POSTGRES = os.environ.get("MOSAIC_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("MOSAIC_TEST_UP_REDIS_URL", "redis://127.0.0.1:6379/9")
+# A database of its own, dropped and created again (set it where several people share one server).
+DATABASE_NAME = os.environ.get("MOSAIC_TEST_UP_DATABASE", f"mosaic_up_{os.getpid()}")
 PROCESSES = ("web", "worker-bench-tiny", "background", "beat", "sequencer", "witness")
+
+
+QUEUE_A_CLOSE = """
+import django
+django.setup()
+from django.utils import timezone
+from marketplace.credit.settlement import period_close_request
+from marketplace.credit.tasks import close_period_job
+job = period_close_request(start=None, end=timezone.now().date())
+close_period_job.delay(job.pk)
+print(job.pk)
+"""
 
 
 def reachable(url: str) -> bool:
@@ -40,7 +56,7 @@ def database():
 
     if not reachable(REDIS_URL):
         pytest.skip("make up needs PostgreSQL and Redis on 127.0.0.1")
-    name = f"mosaic_up_{os.getpid()}"
+    name = DATABASE_NAME
     with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{name}"')
@@ -142,6 +158,24 @@ def test_make_up_starts_every_process_and_serves_a_completion(tiny_world, databa
         assert worker[0]["completion_tokens"] == body["usage"]["completion_tokens"]
         for process in PROCESSES:
             assert f" {process}.1 " in output or f" {process}.1 |" in output, f"{process} never started"
+
+        # An operator's period close, queued as the settlement page queues it: the background worker runs it.
+        queued = subprocess.run([sys.executable, "-c", QUEUE_A_CLOSE], cwd=ROOT, env=env, capture_output=True,
+                                text=True, timeout=120)
+        assert queued.returncode == 0, queued.stderr
+        job_id = int(queued.stdout.strip().splitlines()[-1])
+        import psycopg
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with psycopg.connect(database) as connection:
+                state, stage, result, error = connection.execute(
+                    "SELECT state, stage, result, error FROM marketplace_periodclosejob WHERE id = %s", [job_id]).fetchone()
+            if state in ("succeeded", "failed"):
+                break
+            time.sleep(1)
+        assert (state, error) == ("succeeded", ""), log_path.read_text()[-4000:]
+        assert stage == "statements" and result["created"] is True
     finally:
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGTERM)  # honcho stops every process it started

@@ -68,9 +68,20 @@ def test_the_adapter_pool_of_the_in_process_engine_is_counted(client, served):
     assert value(after, "mosaic_adapter_pool_misses_total", base_model="base") == \
         value(warm, "mosaic_adapter_pool_misses_total", base_model="base")
     assert value(after, "mosaic_adapter_pool_resident_adapters", base_model="base") >= 2
+    from pathlib import Path
+
+    from gpu_workers.observability import AdapterPoolCollector, loaded_engines
+
+    # What the served engine's pool counted is what is exposed under its base model's name (another test's tiny
+    # world in this process may have an engine under the same name: its samples are there too).
+    [engine] = [e for path, e in loaded_engines().items() if path == str(Path(served.base.local_path).resolve())]
+    exposed = [(sample.name, sample.value) for family in AdapterPoolCollector().collect() for sample in family.samples
+               if sample.labels["base_model"] == "base"]
+    for name in ("hits", "misses", "evictions", "loads"):
+        assert (f"mosaic_adapter_pool_{name}_total", getattr(engine.pool.stats, name)) in exposed
 
 
-def test_the_ledger_appends_integration_lag_and_checkpoint_age(client, served):
+def test_the_ledger_appends_and_what_no_checkpoint_covers_yet(client, served):
     from ledger.models import Entry
     from ledger.services import create_checkpoint
 
@@ -79,13 +90,35 @@ def test_the_ledger_appends_integration_lag_and_checkpoint_age(client, served):
     assert entries > 0
     assert value(samples, "mosaic_ledger_appends_total") == entries
     assert value(samples, "mosaic_ledger_entries_after_checkpoint") == entries
-    assert value(samples, "mosaic_ledger_integration_lag_seconds") > 0
+    assert value(samples, "mosaic_ledger_checkpoint_lag_seconds") > 0
     assert ("mosaic_ledger_checkpoint_age_seconds", ()) not in samples  # no checkpoint yet
     create_checkpoint()
     samples = scrape(client)
     assert value(samples, "mosaic_ledger_entries_after_checkpoint") == 0
-    assert value(samples, "mosaic_ledger_integration_lag_seconds") == 0
+    assert value(samples, "mosaic_ledger_checkpoint_lag_seconds") == 0
     assert 0 <= value(samples, "mosaic_ledger_checkpoint_age_seconds") < 60
+
+
+def test_the_ledgers_integration_lag_is_the_age_of_the_oldest_event_not_integrated(client, settings):
+    from ledger.services import record_event, sequence_pending
+
+    settings.LEDGER_SEQUENCING = "background"  # only the sequencer integrates (as `ledger sequence` in production)
+    assert value(scrape(client), "mosaic_ledger_integration_lag_seconds") == 0
+    first = record_event(kind="usage.recorded", payload={"n": 1}, actor="org:1")
+    record_event(kind="usage.recorded", payload={"n": 2}, actor="org:1")
+
+    samples = scrape(client)
+    from django.utils import timezone
+
+    assert value(samples, "mosaic_ledger_events_waiting") == 2
+    assert 0 < value(samples, "mosaic_ledger_integration_lag_seconds") <= \
+        (timezone.now() - first.created_at).total_seconds()
+    appended = value(samples, "mosaic_ledger_appends_total")
+    sequence_pending(sign=False)
+    samples = scrape(client)
+    assert value(samples, "mosaic_ledger_events_waiting") == 0
+    assert value(samples, "mosaic_ledger_integration_lag_seconds") == 0
+    assert value(samples, "mosaic_ledger_appends_total") == appended + 2
 
 
 def test_stripe_webhook_outcomes_are_counted(client):

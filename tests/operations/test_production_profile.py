@@ -108,3 +108,30 @@ def test_production_redirects_to_https_sends_hsts_behind_the_proxy_and_lets_prob
     assert seen["probe"] == 200
     assert seen["hsts"] == "max-age=31536000; includeSubDomains; preload"
     assert seen["cookies"] == [True, True]
+
+
+HEALTHZ_LOG_LINE = """
+import django
+django.setup()
+from django.test import Client
+Client().get("/healthz", HTTP_HOST="mosaic.example", HTTP_X_FORWARDED_PROTO="https")
+"""
+
+
+@pytest.mark.parametrize("profile", ["demo", "production"])  # /healthz reaches no database: none is needed
+def test_a_requests_log_line_is_human_readable_in_the_demo_and_json_in_production(tmp_path, profile):
+    import json
+
+    env = production_env(tmp_path, SECURE_PROXY_SSL_HEADER="HTTP_X_FORWARDED_PROTO,https", MOSAIC_LOG_LEVEL="INFO",
+                         **({"MOSAIC_ENV": None, "DATABASE_URL": None} if profile == "demo" else {}))
+    done = subprocess.run([sys.executable, "-c", HEALTHZ_LOG_LINE], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    [line] = [line for line in done.stderr.splitlines() if "mosaic.request" in line]
+    if profile == "demo":
+        assert " INFO mosaic.request [" in line and "/healthz" in line and not line.startswith("{")
+        request_id = line.split("[", 1)[1].split("]", 1)[0]
+        assert len(request_id) == 32
+    else:
+        record = json.loads(line)
+        assert record["logger"] == "mosaic.request" and record["path"] == "/healthz" and len(record["request_id"]) == 32

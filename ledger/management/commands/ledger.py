@@ -13,8 +13,9 @@ from ledger.export import write_bundle
 from ledger.services import create_checkpoint, sequence_pending
 from ledger.signing import NoteError, key_id, ledger_signer
 from ledger.stored_tree import tree_size
-from mosaic.errors import DomainError
 from ledger.verification import verify_bundle, verify_database
+from mosaic.errors import DomainError
+from mosaic.progress import add_progress_arguments, command_progress
 
 REFUSED = 1  # exit status: the log does not verify, or the witness refuses its checkpoint
 UNUSABLE = 2  # exit status: a witness store or a log that cannot be read
@@ -31,6 +32,7 @@ class Command(BaseCommand):
         verify.add_argument("--key", help="trusted verifier key name+keyid+base64 (for --bundle)")
         verify.add_argument("--witness", metavar="DIR",
                             help="also require the latest checkpoint to extend the one this witness store cosigned")
+        add_progress_arguments(verify)
         sub.add_parser("checkpoint", help="sign a checkpoint of the current tree")
         rotate = sub.add_parser(
             "rotate-key",
@@ -48,6 +50,7 @@ class Command(BaseCommand):
                               help="with --follow: how long to sleep when the queue is empty (default 0.2)")
         export = sub.add_parser("export", help="write an export bundle")
         export.add_argument("file")
+        add_progress_arguments(export)
         follow = sub.add_parser("witness", help="cosign the log's latest checkpoint if it extends the last one cosigned")
         follow.add_argument("--store", required=True, metavar="DIR", help="the witness's own store (key, checkpoint)")
         follow.add_argument("--log", metavar="SOURCE",
@@ -65,7 +68,7 @@ class Command(BaseCommand):
             return
         if action == "export":
             with open(options["file"], "wb") as target:
-                write_bundle(target)
+                write_bundle(target, progress=command_progress(self, options))
             self.stdout.write(f"wrote {options['file']}")
             return
         if action == "witness":
@@ -76,9 +79,10 @@ class Command(BaseCommand):
             return
         started = time.monotonic()
         if options["bundle"]:
-            result = verify_bundle(options["bundle"], verifier_key=options["key"])
+            result = verify_bundle(options["bundle"], verifier_key=options["key"],
+                                   progress=command_progress(self, options))
         else:
-            result = verify_database()
+            result = verify_database(progress=command_progress(self, options))
         message = result.message
         if result.ok and options["witness"]:
             with witness.opened_log(options["bundle"]) as log:

@@ -2,6 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from marketplace.credit.allocation import allocate_pending_usage
 from mosaic.errors import DomainError
+from mosaic.progress import add_progress_arguments, command_progress
 
 
 class Command(BaseCommand):
@@ -9,10 +10,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--batch-size", type=int, default=50_000)
+        add_progress_arguments(parser)
 
     def handle(self, *args, batch_size, **options):
         try:
-            run = allocate_pending_usage(batch_size=batch_size)
+            run = allocate_pending_usage(batch_size=batch_size, progress=command_progress(self, options))
         except DomainError as error:
             raise CommandError(str(error)) from error
         self.stdout.write(

@@ -3,8 +3,9 @@ from datetime import date
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from marketplace.credit.settlement import close_period, next_period_start
+from marketplace.credit.settlement import NOTHING_TO_CLOSE, close_period, next_period_start
 from mosaic.errors import DomainError
+from mosaic.progress import add_progress_arguments, command_progress
 
 
 def _day(text: str) -> date:
@@ -24,13 +25,15 @@ class Command(BaseCommand):
         parser.add_argument("--start", help="first day, YYYY-MM-DD (default: the day after the last closed period, "
                                             "or the first day with credit before any close)")
         parser.add_argument("--end", required=True, help="last day (inclusive), YYYY-MM-DD or 'today' (up to now)")
+        add_progress_arguments(parser)
 
     def handle(self, *args, start, end, **options):
         first = _day(start) if start else next_period_start()
         if first is None:
-            raise CommandError("No contributor has earned anything yet and no period was closed: nothing to close.")
+            raise CommandError(NOTHING_TO_CLOSE)
         try:
-            result = close_period(start=first, end=_day(end), actor="operator:close_period")
+            result = close_period(start=first, end=_day(end), actor="operator:close_period",
+                                  progress=command_progress(self, options))
         except DomainError as error:
             raise CommandError(error.message) from error
         verb = "closed" if result.created else "was already closed"

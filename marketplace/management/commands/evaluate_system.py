@@ -3,6 +3,7 @@ from django.core.management.base import BaseCommand, CommandError
 from marketplace.models import ComposedSystem, SystemEvaluation
 from marketplace.services.evaluations import MAX_ITEMS_PER_SKILL, evaluation_request, evaluation_run
 from mosaic.errors import DomainError
+from mosaic.progress import add_progress_arguments, command_progress
 
 
 class Command(BaseCommand):
@@ -14,6 +15,7 @@ class Command(BaseCommand):
         parser.add_argument("--items", type=int, default=None,
                             help=f"held-out items per skill (1..{MAX_ITEMS_PER_SKILL}; default EVALUATION_ITEMS_PER_SKILL)")
         parser.add_argument("--seed", type=int, default=1, help="seed of the held-out sets and of Monte Carlo Shapley")
+        add_progress_arguments(parser)
 
     def handle(self, *args, slug, items, seed, **options):
         system = ComposedSystem.objects.filter(slug=slug).first()
@@ -24,7 +26,7 @@ class Command(BaseCommand):
             evaluation = evaluation_request(system=system, items_per_skill=items, seed=seed)
         except DomainError as error:
             raise CommandError(error.message) from None
-        evaluation = evaluation_run(evaluation_id=evaluation.pk)
+        evaluation = evaluation_run(evaluation_id=evaluation.pk, progress=command_progress(self, options))
         if evaluation.state != SystemEvaluation.State.SUCCEEDED:
             raise CommandError(f"Evaluation {evaluation.pk} of {slug!r} failed: {evaluation.error}")
         quality = evaluation.result

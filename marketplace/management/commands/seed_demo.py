@@ -4,6 +4,7 @@ import time
 from django.core.management.base import BaseCommand
 
 from marketplace.demo import DEFAULT_WORLD, WORLDS, seed_demo
+from mosaic.progress import add_progress_arguments, command_progress
 
 
 class Command(BaseCommand):
@@ -15,10 +16,11 @@ class Command(BaseCommand):
         parser.add_argument("--world", choices=WORLDS, default=DEFAULT_WORLD,
                             help="real: SmolLM2-135M-Instruct and experts that learn their skills (default); "
                                  "toy: a tiny untrained character model, two training steps per expert (tests)")
+        add_progress_arguments(parser)
 
     def handle(self, *args, world, **options):
         started = time.monotonic()
-        context = seed_demo(world=world, log=self.stdout.write)
+        context = seed_demo(world=world, log=self.stdout.write, progress=command_progress(self, options))
         self.stdout.write("")
         for line in context.summary:
             self.stdout.write(line)
