@@ -131,7 +131,6 @@ def load_world(world: str, *, base_dir: Path, experts_dir: Path, monolith_dir: P
         if not (base_dir / "config.json").exists():
             build_base_model(base_dir, layers=2, hidden=64)
         experts_dir = root / "experts"
-        monolith_dir = root / "experts" if monolith_dir is None else monolith_dir
     if not (Path(base_dir) / "config.json").exists():
         raise SystemExit(f"no base model at {base_dir}: pass --base-dir (the converted {REAL_BASE})")
     base_sha = base_weights_sha256(base_dir)
@@ -294,9 +293,14 @@ def render_methods_markdown(report: dict) -> str:
     ]
     for row in report["rows"]:
         lines.append(
-            f"| {row['name']} | {row['level']} | {row['accuracy']:.2f} [{row['low']:.2f}, {row['high']:.2f}] | "
+            f"| {row['name']}{' †' if row.get('reused') else ''} | {row['level']} | {row['accuracy']:.2f} [{row['low']:.2f}, {row['high']:.2f}] | "
             f"{row['tokens_per_answer']:.1f} | {row['seconds_per_answer']:.2f} | {row['learning_s']:.1f} | "
             f"{row['solved_by_no_single_expert']} | {row.get('note', '')} |")
+    if report.get("reused_from"):
+        earlier = report["reused_from"]
+        lines += ["", f"† measured by an earlier run on the same sets and configurations, `{earlier['command']}` "
+                      f"({earlier['seconds']} s, load average {earlier['load_before']} before, "
+                      f"{earlier['load_after']} after), and kept by `--reuse`."]
     if report["not_run"]:
         lines += ["", f"Not run within the time budget ({report['budget_s']} s): {', '.join(report['not_run'])}."]
     if report["failed"]:
@@ -420,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--monolith-dir", type=Path, default=None,
                         help="where the monolith is cached (default: var/cache/experts/monolith)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    parser.add_argument("--reuse", type=Path, default=None,
+                        help="a previous run's methods.json: its rows (and participation.json's points) for the same "
+                             "world, held-out set, development set and configurations are kept, not run again")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.items < 1 or args.dev_items < 1:
@@ -461,19 +468,25 @@ def main(argv: list[str] | None = None) -> int:
     dev_set = [{"prompt": render(item.prompt), "answers": [item.answer]}
                for skill in skills for item in SKILLS[skill].train_items(args.dev_items, seed=3)]
     progress = not args.quiet
+    configs = method_configs(skills, dev_set, max_tokens, render)
+    reused_rows, reused_points, reused_from = reusable(args.reuse, args.world, heldout_sha256(items),
+                                                       dev_set_sha256(dev_set), configs)
     rows, expert_rows, not_run, failed = [], {}, [], []
     baseline = [("base", {}, [], "base model", "base")]
     baseline += [("single", {"expert": e.id}, [e], f"expert:{e.id}", "expert") for e in experts]
     if world.monolith is not None:
         baseline.append(("single", {"expert": MONOLITH}, [world.monolith], "monolith", "monolith"))
     for name, config, members, label, kind in tqdm(baseline, desc="base, experts, monolith", disable=not progress):
-        row = evaluate(name, config, members, engine, items, render, max_tokens, label=label, progress=progress)
+        row = reused_rows.get(label) or evaluate(name, config, members, engine, items, render, max_tokens,
+                                                 label=label, progress=progress)
         if kind == "expert":
             expert_rows[label] = row["correct"]
         rows.append({**row, "level": "-", "kind": kind})
-    configs = method_configs(skills, dev_set, max_tokens, render)
     order = [m for m in configs if m in chosen] + [m for m in chosen if m not in configs]
     for name in tqdm(order, desc="methods", disable=not progress):
+        if name in reused_rows:
+            rows.append(reused_rows[name])
+            continue
         if time.perf_counter() - started > args.budget_s:
             not_run.append(name)
             continue
@@ -503,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         "monolith": monolith_recipe_facts, "headline": headline(summarised),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "command": "python -m composition.compare " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "load_before": load_before,
+        "load_before": load_before, "reused_from": reused_from,
     }
 
     participation = None
@@ -516,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
         for method, subset in tqdm(runs, desc="participation", disable=not progress):
             if len(subset) == len(skills) and method in full_rows:
                 accuracy = full_rows[method]["accuracy"]
+            elif (method, tuple(subset)) in reused_points:
+                accuracy = reused_points[(method, tuple(subset))]
             else:
                 members = [e for e in experts if e.id in subset]
                 try:
@@ -551,6 +566,31 @@ def main(argv: list[str] | None = None) -> int:
         plot_participation(participation, args.out_dir / "participation.png", reference)
         sys.stdout.write("\n" + render_participation_markdown(participation))
     return 0
+
+
+def reusable(path: Path | None, world: str, heldout: str, dev: str, configs: dict) -> tuple[dict, dict, dict | None]:
+    """Rows (by name) and participation points (by method and subset) of a previous run that measured the same
+    thing: the same world, held-out set and development set, and for a method the same configuration."""
+    if path is None:
+        return {}, {}, None
+    previous = json.loads(Path(path).read_text())
+    if (previous.get("world"), previous.get("heldout_sha256"), previous.get("dev_sha256")) != (world, heldout, dev):
+        raise SystemExit(f"--reuse {path}: another world, held-out set or development set; nothing to reuse")
+    rows = {}
+    for row in previous["rows"]:
+        if row["kind"] == "method" and previous["configs"].get(row["method"]) != _printable(configs.get(row["method"], {})):
+            continue
+        rows[row["name"]] = {key: value for key, value in row.items() if key in (
+            "name", "method", "correct", "tokens", "seconds", "learning_s", "attribution_sums", "level", "kind",
+            "note")} | {"reused": True}
+    points = {}
+    curve = Path(path).with_name("participation.json")
+    if curve.is_file():
+        for point in json.loads(curve.read_text())["points"]:
+            points[(point["method"], tuple(point["experts"]))] = point["accuracy"]
+    facts = {"path": str(path), "command": previous.get("command"), "seconds": previous.get("seconds"),
+             "load_before": previous.get("load_before"), "load_after": previous.get("load_after")}
+    return rows, points, facts
 
 
 def _printable(config: dict) -> dict:

@@ -139,3 +139,21 @@ def test_a_reduced_comparison_on_the_toy_world_writes_the_table_and_the_particip
         (m, s) for m in curve["methods"] for s in (1, 2, 4, 5)}
     assert (out / "participation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| method | 1 expert | 2 experts | 4 experts | 5 experts |" in (out / "participation.md").read_text()
+
+
+def test_a_later_run_keeps_the_rows_an_earlier_one_measured_on_the_same_sets_and_runs_the_rest(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    common = ["--world", "toy", "--items", "1", "--participation-draws", "0", "--experts-dir", str(tmp_path / "toy"),
+              "--quiet"]
+    compare.main([*common, "--methods", "aggregate", "--no-monolith", "--out-dir", str(first)])
+    compare.main([*common, "--methods", "aggregate,merge", "--reuse", str(first / "methods.json"),
+                  "--out-dir", str(second)])
+    before = {r["name"]: r for r in json.loads((first / "methods.json").read_text())["rows"]}
+    after = {r["name"]: r for r in json.loads((second / "methods.json").read_text())["rows"]}
+    assert after["aggregate"]["reused"] and after["aggregate"]["correct"] == before["aggregate"]["correct"]
+    assert after["expert:add"]["reused"]
+    assert not after["merge"].get("reused") and not after["monolith"].get("reused")  # new rows are measured
+    assert "† measured by an earlier run" in (second / "methods.md").read_text()
+    with pytest.raises(SystemExit, match="another world, held-out set or development set"):
+        compare.main([*common, "--items", "2", "--methods", "aggregate", "--reuse", str(first / "methods.json"),
+                      "--out-dir", str(tmp_path / "third")])
