@@ -382,8 +382,8 @@ def plot_participation(report: dict, path: Path, reference: dict[str, float]) ->
                 mean = sum(values) / len(values)
                 sizes.append(size)
                 means.append(mean)
-                lows.append(mean - min(values))
-                highs.append(max(values) - mean)
+                lows.append(max(0.0, mean - min(values)))  # rounding can put the mean a hair outside
+                highs.append(max(0.0, max(values) - mean))
         axes.errorbar(sizes, means, yerr=[lows, highs], marker="o", capsize=3, label=method)
     for label, value in reference.items():
         axes.axhline(value, linestyle="--", linewidth=1, color="grey" if "expert" in label else "black")

@@ -157,3 +157,10 @@ def test_a_later_run_keeps_the_rows_an_earlier_one_measured_on_the_same_sets_and
     with pytest.raises(SystemExit, match="another world, held-out set or development set"):
         compare.main([*common, "--items", "2", "--methods", "aggregate", "--reuse", str(first / "methods.json"),
                       "--out-dir", str(tmp_path / "third")])
+
+
+def test_the_participation_plot_takes_draws_whose_mean_rounds_outside_them(tmp_path):
+    points = [{"method": "vote", "size": 1, "experts": [e], "accuracy": 0.2} for e in "abc"]  # mean 0.2000...04
+    report = {"methods": ["vote"], "sizes": [1], "points": points, "world": "toy", "n": 5}
+    compare.plot_participation(report, tmp_path / "curve.png", {"monolith": 0.4})
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
