@@ -364,3 +364,29 @@ def demo_training_pairs(skill: str, *, toy: bool = False) -> list[tuple[str, str
 
     items = SKILLS[skill].train_items(4 if toy else DEMO_TRAIN_ITEMS[skill], seed=0)
     return [(item.prompt, item.answer) for item in items]
+
+
+# --- the monolith: the centralised alternative to the demo's experts --------------------------------------
+
+def monolith_recipe(recipes: Sequence[Recipe]) -> Recipe:
+    """One LoRA with the rank and the training compute of the experts trained by `recipes` together: their
+    ranks summed, their optimisation steps summed (the same batch size, so as many training examples seen),
+    the same alpha-to-rank ratio, modules, layers, learning rate and warm-up. Per step it costs what an
+    expert's step costs up to the adapters' own products, small beside the layers they run through."""
+    if not recipes:
+        raise ValueError("a monolith needs at least one expert's recipe")
+    first = recipes[0]
+    for recipe in recipes[1:]:
+        if ((recipe.batch_size, recipe.learning_rate, recipe.layers, recipe.target_modules, recipe.warmup_steps,
+             recipe.alpha * first.rank) != (first.batch_size, first.learning_rate, first.layers,
+                                            first.target_modules, first.warmup_steps, first.alpha * recipe.rank)):
+            raise ValueError("the experts' recipes differ beyond rank and steps; no one monolith matches them all")
+    rank = sum(recipe.rank for recipe in recipes)
+    return dataclasses.replace(first, rank=rank, alpha=first.alpha * rank // first.rank,
+                               steps=sum(recipe.steps for recipe in recipes))
+
+
+def monolith_training_pairs(skills: Sequence[str], *, toy: bool = False) -> list[tuple[str, str]]:
+    """The union of every contributor's training pairs, skill after skill (training draws its batches at
+    random, so the order changes nothing but the cache key)."""
+    return [pair for skill in skills for pair in demo_training_pairs(skill, toy=toy)]

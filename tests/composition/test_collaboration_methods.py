@@ -1,6 +1,6 @@
-"""The field's collaboration methods added to the registry (MoCo's methods Mosaic lacked), on the toy world:
-each runs through ReferenceEngine, attributes non-negative weights summing to 1, is deterministic under a
-seed and explains its configuration errors; the optimisers find known best weights."""
+"""Every composing method of the registry (Mosaic's first eleven and the field's methods MoCo has that Mosaic
+lacked), on the toy world: each runs through ReferenceEngine, attributes non-negative weights summing to 1, is
+deterministic under a seed and explains its configuration errors; the optimisers find known best weights."""
 import pytest
 
 from composition.engine import GenerationRequest
@@ -62,6 +62,21 @@ CONFIGS = {
     "expo": {"strong": "alpha", "weak": "beta", "alpha": 0.5},
 }
 NEW_METHODS = sorted(CONFIGS)
+# Mosaic's methods from before: one small configuration each, for the same checks
+CONFIGS_BEFORE = {
+    "single": {"expert": "beta"},
+    "embedding_router": {"top_k": 2},
+    "trained_router": {"mode": "mixture", "epochs": 20},
+    "cascade": {"threshold": -0.5, "fallback": "most_confident"},
+    "switch": {"segment": "tokens", "segment_tokens": 2},
+    "debate": {"rounds": 1},
+    "aggregate": {"method": "judge"},
+    "logit_mixture": {"source": "router"},
+    "contrastive": {"expert": "alpha", "amateur": "beta"},
+    "merge": {"method": "ties", "density": 0.5},
+    "merge_search": {"dev_set": DEV, "max_tokens": 3, "samples": 2, "method": "linear"},
+}
+EVERY_METHOD = sorted(CONFIGS | CONFIGS_BEFORE)
 
 
 def assert_attribution(attribution):
@@ -70,20 +85,26 @@ def assert_attribution(attribution):
     assert sum(attribution.values()) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("name", NEW_METHODS)
+def test_these_checks_cover_every_composing_method_of_the_registry():
+    from composition.strategies import STRATEGIES
+
+    assert set(EVERY_METHOD) == set(STRATEGIES) - {"base"}  # the base model alone takes no experts to attribute
+
+
+@pytest.mark.parametrize("name", EVERY_METHOD)
 def test_each_method_answers_on_the_toy_world_with_an_attribution_summing_to_one(engine, experts, name):
-    result = build_strategy(name, CONFIGS[name], experts).run(ask("rev hgfe=", temperature=0.8, seed=3), engine)
+    result = build_strategy(name, (CONFIGS | CONFIGS_BEFORE)[name], experts).run(ask("rev hgfe=", temperature=0.8, seed=3), engine)
     assert len(result.texts) == 1 and result.finish_reasons[0] in ("stop", "length")
     assert_attribution(result.attribution)
     assert result.prompt_tokens == len(engine.tokenizer("rev hgfe=")["input_ids"])
     assert 0 < result.completion_tokens <= 4  # billed: the returned answer's tokens only
 
 
-@pytest.mark.parametrize("name", NEW_METHODS)
+@pytest.mark.parametrize("name", EVERY_METHOD)
 def test_each_method_is_deterministic_under_a_seed(engine, experts, name):
     request = ask("seeded", temperature=1.0, seed=11, max_tokens=3)
-    first = build_strategy(name, CONFIGS[name], experts).run(request, engine)
-    second = build_strategy(name, CONFIGS[name], experts).run(request, engine)
+    first = build_strategy(name, (CONFIGS | CONFIGS_BEFORE)[name], experts).run(request, engine)
+    second = build_strategy(name, (CONFIGS | CONFIGS_BEFORE)[name], experts).run(request, engine)
     assert first.texts == second.texts
     assert first.attribution == pytest.approx(second.attribution)
 
@@ -92,7 +113,18 @@ def test_the_new_methods_cover_every_level():
     assert {strategy_level(name) for name in NEW_METHODS} == {"api", "text", "weight"}
 
 
-@pytest.mark.parametrize("name, config, message", [
+CONFIGURATION_ERRORS = [
+    ("single", {}, "'expert' is required when the system has several experts"),
+    ("embedding_router", {"top_k": 4}, "'top_k' must be <= 3"),
+    ("trained_router", {"examples": [{"text": "x", "expert": "delta"}]}, "names unknown expert 'delta'"),
+    ("cascade", {"threshold": 0.5}, "'threshold' must be <= 0"),
+    ("switch", {"segment": "paragraph"}, "'segment' must be one of line, sentence, tokens"),
+    ("debate", {"rounds": 6}, "'rounds' must be <= 5"),
+    ("aggregate", {"method": "vote", "judge": "alpha"}, "'judge' is only used with method 'judge'"),
+    ("logit_mixture", {"source": "router", "weights": {"alpha": 1.0}}, "'weights' is only used with source 'fixed'"),
+    ("contrastive", {"expert": "alpha", "amateur": "alpha"}, "'amateur' must differ from 'expert'"),
+    ("merge", {"method": "linear", "scale": 2}, "'scale' is not used by the linear method"),
+    ("merge_search", {}, "'dev_set' must be a non-empty list"),
     ("graph_router", {}, "'dev_set' must be a non-empty list"),
     ("graph_router", {"dev_set": [{"prompt": "p"}]}, r"dev_set\[0\] must be an object with a prompt"),
     ("mentor_collab", {}, "'mentor' is required when the system has several experts"),
@@ -123,7 +155,14 @@ def test_the_new_methods_cover_every_level():
     ("expo", {"strong": "alpha", "weak": "alpha"}, "'weak' must differ from 'strong'"),
     ("expo", {"weak": "alpha", "dev_set": DEV}, "'weak' needs 'strong'"),
     ("expo", {"strong": "alpha", "alpha_candidates": [0.1, -1], "dev_set": DEV}, "'alpha_candidates' must be"),
-])
+]
+
+
+def test_every_composing_method_has_an_explained_configuration_error_below():
+    assert {name for name, _, _ in CONFIGURATION_ERRORS} == set(EVERY_METHOD)
+
+
+@pytest.mark.parametrize("name, config, message", CONFIGURATION_ERRORS)
 def test_configuration_errors_are_explained(name, config, message):
     with pytest.raises(CompositionError, match=message):
         validate_strategy_config(name, config, IDS)
@@ -287,6 +326,16 @@ def test_greedy_soup_keeps_only_the_expert_that_solves_the_development_set(engin
     result = strategy.run(ask("rev ab=", max_tokens=3), engine)
     assert result.attribution == pytest.approx({"alpha": 1.0, "beta": 0.0, "gamma": 0.0})
     assert result.texts == [generate(engine, "rev ab=", {"alpha": 1.0}).text]
+
+
+def test_merge_search_finds_the_weights_of_the_expert_that_solves_the_development_set(engine, experts, alpha_dev_set):
+    # A linear merge with all weight on alpha is alpha's own update; the grid holds that corner.
+    config = {"dev_set": alpha_dev_set, "max_tokens": 3, "search": "grid", "grid_step": 0.5, "method": "linear",
+              "rank": 4}
+    strategy = build_strategy("merge_search", config, experts)
+    result = strategy.run(ask("rev ab=", max_tokens=3), engine)
+    assert result.attribution == pytest.approx({"alpha": 1.0, "beta": 0.0, "gamma": 0.0})
+    assert dev_score(engine, {strategy.merged.id: 1.0}, alpha_dev_set, OPTIONS) == 1.0
 
 
 def test_expo_extrapolates_from_the_worst_to_the_best_expert_on_the_development_set(engine, experts, alpha_dev_set):
