@@ -185,6 +185,9 @@ def proofs(size: int, samples: int) -> dict:
 
 
 PATHS = {
+    "bare": "PostgreSQL alone: the same prepared INSERT of a constant event from psycopg, no Django, no hashing, "
+            "no sequencer (what the machine allows at that moment)",
+    "writers_only": "record_event with no sequencer running (the queue is integrated afterwards, timed alone)",
     "locked": "previous path: one advisory lock per append, held to the writer's commit",
     "queued": "queued events + one sequencer process (batches, checkpoint <= 1/s)",
     "after_commit": "queued events, each writer sequencing after its own commits",
@@ -197,7 +200,7 @@ def _writer(path: str, seconds: float, barrier, counts, slot: int) -> None:
 
     from ledger.services import record_event
 
-    append = locked_append if path == "locked" else record_event
+    append = {"locked": locked_append, "bare": _bare_append()}.get(path, record_event)
     settings.LEDGER_SEQUENCING = "after_commit" if path == "after_commit" else "background"
     append(kind="usage.recorded", payload={"warmup": slot}, actor=f"bench:{slot}")
     barrier.wait()
@@ -207,6 +210,30 @@ def _writer(path: str, seconds: float, barrier, counts, slot: int) -> None:
         done += 1
     counts[slot] = done
     connections.close_all()
+
+
+BARE_TABLES = {"ledger_pendingevent": "bench_bare_pendingevent", "ledger_unsequencedevent": "bench_bare_unsequencedevent"}
+
+
+def _bare_append():
+    """The floor under record_event: its INSERT statement, prepared, on a plain autocommit psycopg
+    connection, with constant values (no content hash computed), into copies of its two tables with
+    their indexes (so that the ledger's own queue holds only events to integrate)."""
+    import psycopg
+    from django.utils import timezone
+
+    from ledger.services import QUEUE_EVENT_SQL
+
+    statement = QUEUE_EVENT_SQL
+    for table, copy in BARE_TABLES.items():
+        statement = statement.replace(table, copy)
+    conn = psycopg.connect(f"{_server_url()}/{BENCH_DB}", autocommit=True)
+    values = ["usage.recorded", b'{"i":0,"writer":0}', "bench:0", timezone.now(), bytes(32)]
+
+    def append(**_):
+        conn.execute(statement, values, prepare=True).fetchone()
+
+    return append
 
 
 def _sequencer(stop, lags_out) -> None:
@@ -239,6 +266,7 @@ def appends(path: str, writers: int, seconds: float) -> dict:
     from ledger.models import UnsequencedEvent
 
     connections.close_all()
+    load_before = [round(x, 2) for x in os.getloadavg()]
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(writers + 1)
     counts = context.Array("l", writers)
@@ -257,6 +285,7 @@ def appends(path: str, writers: int, seconds: float) -> dict:
     assert all(p.exitcode == 0 for p in processes), "a writer failed"
     total = sum(counts)
     run = {"path": path, "writers": writers, "synchronous_commit": True, "events": total,
+           "load_average_before": load_before, "load_average_after": [round(x, 2) for x in os.getloadavg()],
            "seconds": round(elapsed, 2), "events_per_second": round(total / elapsed, 1)}
     if sequencer:
         stop.set()
@@ -269,6 +298,15 @@ def appends(path: str, writers: int, seconds: float) -> dict:
             "events": len(lags),
         }
     run["left_unsequenced"] = UnsequencedEvent.objects.count()
+    if path == "writers_only":  # the sequencer alone on the queue they left, as `ledger sequence` would
+        from ledger.services import sequence_pending
+
+        queued = run["left_unsequenced"]
+        started = time.perf_counter()
+        assert sequence_pending(wait=True) == queued
+        elapsed = time.perf_counter() - started
+        run["sequencer_alone"] = {"events": queued, "seconds": round(elapsed, 2),
+                                  "events_per_second": round(queued / elapsed, 1)}
     connections.close_all()
     return run
 
@@ -302,6 +340,8 @@ def main() -> None:
 
     call_command("migrate", "ledger", verbosity=0)
     with connection.cursor() as cursor:
+        for table, copy in BARE_TABLES.items():
+            cursor.execute(f"CREATE TABLE {copy} (LIKE {table} INCLUDING ALL)")
         cursor.execute("SHOW server_version")
         server = cursor.fetchone()[0]
     results: dict = {
@@ -318,7 +358,9 @@ def main() -> None:
     print("timing proofs ...", flush=True)
     results["proofs_at_n"] = proofs(args.entries, args.samples)
     results["appends"] = []
-    for path, writers in (("locked", 1), ("locked", 8), ("queued", 1), ("queued", 8), ("after_commit", 8)):
+    runs = (("bare", 8), ("writers_only", 8), ("locked", 1), ("locked", 8), ("queued", 1), ("queued", 8),
+            ("after_commit", 8))
+    for path, writers in runs:
         print(f"appending: {PATHS[path]}, {writers} writer(s), durable ...", flush=True)
         results["appends"].append(appends(path, writers, args.seconds))
     from ledger.services import sequence_pending
@@ -366,11 +408,18 @@ def render(results: dict) -> str:
             f"{t['median_ms']} / {t['p95_ms']} / {t['max_ms']} ms | <= 5 ms |"
         )
     for run in results["appends"]:
-        goal = ">= 5,000/s" if run["writers"] == 8 and run["path"] != "locked" else ""
+        goal = ">= 5,000/s" if run["writers"] == 8 and run["path"] in ("queued", "after_commit") else ""
         lines.append(
             f"| events/s committed, {run['writers']} writer(s), durable; {PATHS[run['path']]} | "
-            f"{run['events_per_second']:,} ({run['events']:,} in {run['seconds']} s) | {goal} |"
+            f"{run['events_per_second']:,} ({run['events']:,} in {run['seconds']} s; load average "
+            f"{run['load_average_before'][0]} before, {run['load_average_after'][0]} after) | {goal} |"
         )
+        if "sequencer_alone" in run:
+            alone = run["sequencer_alone"]
+            lines.append(
+                f"| then the sequencer alone on those {alone['events']:,} queued events (batches, one transaction "
+                f"each, durable) | {alone['events_per_second']:,} ({alone['seconds']} s) | |"
+            )
         if "integration_lag_ms" in run:
             lag = run["integration_lag_ms"]
             lines.append(
@@ -381,6 +430,10 @@ def render(results: dict) -> str:
     if ("locked", 8) in by_path and ("queued", 8) in by_path:
         lines.append(
             f"| 8 writers: queued path / previous path | {by_path[('queued', 8)] / by_path[('locked', 8)]:.1f}x | |"
+        )
+    if ("bare", 8) in by_path and ("queued", 8) in by_path:
+        lines.append(
+            f"| 8 writers: queued path / PostgreSQL alone | {by_path[('queued', 8)] / by_path[('bare', 8)]:.2f} | |"
         )
     second = results["second_checkpoint"]
     lines.append(f"| consistency-checked checkpoint at {second['tree_size']:,} | {second['ms']} ms | |")

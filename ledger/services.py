@@ -11,11 +11,16 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, models, transaction
 from django.utils import timezone
 
+try:
+    import psycopg
+except ImportError:  # SQLite-only installs
+    psycopg = None
+
 from ledger import merkle, stored_tree
 from ledger.canonical import ZERO_HASH, PayloadError, canonical_json, event_data, format_time, leaf_data
 from ledger.checkpoints import CheckpointBody
 from ledger.merkle import leaf_hash
-from ledger.models import Checkpoint, Entry, PendingEvent, UnsequencedEvent
+from ledger.models import Checkpoint, Entry, MerkleNode, PendingEvent, UnsequencedEvent
 from ledger.signing import ledger_signer
 from mosaic.errors import Conflict
 
@@ -59,41 +64,62 @@ def record_event(*, kind: str, payload: dict, actor: str) -> PendingEvent:
     event = PendingEvent(kind=kind, payload=payload_bytes, actor=actor, created_at=created_at, content_hash=content_hash)
     event.sequence = None
     mode = sequencing_mode()
-    time_value = PendingEvent._meta.get_field("created_at").get_db_prep_value(created_at, connection)
-    values = [kind, payload_bytes, actor, time_value, content_hash]
-    insert_event = (
-        "INSERT INTO ledger_pendingevent (kind, payload, actor, created_at, content_hash)"
-        " VALUES (%s, %s, %s, %s, %s) RETURNING id"
-    )
-    # Outside any transaction (PostgreSQL, durable), the one INSERT statement is its own transaction.
-    own_statement = (
-        connection.vendor == "postgresql" and mode != "inline" and settings.LEDGER_SYNCHRONOUS_COMMIT
-        and connection.get_autocommit()
-    )
-    with (contextlib.nullcontext() if own_statement else transaction.atomic(savepoint=False)), \
-            connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            if not settings.LEDGER_SYNCHRONOUS_COMMIT:
-                cursor.execute("SET LOCAL synchronous_commit TO OFF")
-            cursor.execute(  # one round trip for both rows
-                f"WITH event AS ({insert_event}) INSERT INTO ledger_unsequencedevent (event_id) "
-                "SELECT id FROM event RETURNING event_id",
-                values,
+    if connection.vendor == "postgresql":
+        # Outside any transaction (durable), the one INSERT statement is its own transaction.
+        in_transaction = not (mode != "inline" and settings.LEDGER_SYNCHRONOUS_COMMIT and connection.get_autocommit())
+        with transaction.atomic(savepoint=False) if in_transaction else contextlib.nullcontext():
+            event.id = _queue_on_postgresql([kind, payload_bytes, actor, created_at, content_hash])
+            if mode == "inline":  # waits for any sequencer: one writer at a time
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SEQUENCER_LOCK_KEY])
+                event.sequence = _integrate_until(event.id)
+    else:
+        time_value = PendingEvent._meta.get_field("created_at").get_db_prep_value(created_at, connection)
+        with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {PendingEvent._meta.db_table} (kind, payload, actor, created_at, content_hash)"
+                " VALUES (%s, %s, %s, %s, %s) RETURNING id",
+                [kind, payload_bytes, actor, time_value, content_hash],
             )
             event.id = cursor.fetchone()[0]
-        else:
-            cursor.execute(insert_event, values)
-            event.id = cursor.fetchone()[0]
-            cursor.execute("INSERT INTO ledger_unsequencedevent (event_id) VALUES (%s)", [event.id])
-        event._state.adding, event._state.db = False, connection.alias
-        if mode == "inline":
-            if connection.vendor == "postgresql":  # waits for any sequencer: one writer at a time
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SEQUENCER_LOCK_KEY])
-            while event.sequence is None and (batch := integrate_batch()):
-                event.sequence = next((e.sequence for e in batch if e.event_id == event.id), None)
-        elif mode == "after_commit" and not any(f is _sequence_after_commit for _, f, _ in connection.run_on_commit):
-            transaction.on_commit(_sequence_after_commit, robust=True)
+            cursor.execute(f"INSERT INTO {UnsequencedEvent._meta.db_table} (event_id) VALUES (%s)", [event.id])
+            if mode == "inline":
+                event.sequence = _integrate_until(event.id)
+    event._state.adding, event._state.db = False, connection.alias
+    if mode == "after_commit" and not any(f is _sequence_after_commit for _, f, _ in connection.run_on_commit):
+        transaction.on_commit(_sequence_after_commit, robust=True)
     return event
+
+
+QUEUE_EVENT_SQL = (  # one round trip for both rows
+    f"WITH event AS (INSERT INTO {PendingEvent._meta.db_table} (kind, payload, actor, created_at, content_hash)"
+    f" VALUES (%s, %s, %s, %s, %s) RETURNING id) INSERT INTO {UnsequencedEvent._meta.db_table} (event_id)"
+    " SELECT id FROM event RETURNING event_id"
+)
+
+
+def _queue_on_postgresql(values: list) -> int:
+    """The pending event and its queue row in one prepared statement, on the caller's connection (in its
+    transaction, if one is open). Django's cursor binds parameters in the client and sends the SQL text
+    every time, so PostgreSQL would parse and plan it every time: this hot path binds on the server and
+    reuses one prepared plan per connection. Errors are Django's, as from any query."""
+    connection.ensure_connection()
+    if connection.in_atomic_block:
+        connection.validate_no_broken_transaction()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        if not settings.LEDGER_SYNCHRONOUS_COMMIT:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        cursor.execute(QUEUE_EVENT_SQL, values, prepare=True)
+        return cursor.fetchone()[0]
+
+
+def _integrate_until(event_id: int) -> int | None:
+    """Inline sequencing: integrate batches until the caller's event has its sequence."""
+    while batch := integrate_batch():
+        for entry in batch:
+            if entry.event_id == event_id:
+                return entry.sequence
+    return None
 
 
 def _sequence_after_commit() -> None:
@@ -142,7 +168,8 @@ def integrate_batch(*, limit: int | None = None) -> list[Integrated]:
         if not events:
             return []
         tree, prev_hash = _compact_range(cursor)
-        created_at_field = Entry._meta.get_field("created_at")
+        # PostgreSQL takes the aware datetime as it came; SQLite its own text form.
+        db_time = None if connection.vendor == "postgresql" else Entry._meta.get_field("created_at").get_db_prep_value
         entries, nodes, integrated = [], [], []
         for event_id, kind, payload, actor, created_at in events:
             sequence, payload = tree.size, bytes(payload)
@@ -153,28 +180,42 @@ def integrate_batch(*, limit: int | None = None) -> list[Integrated]:
             entry_hash, leaf = hashlib.sha256(data).digest(), leaf_hash(data)
             nodes += tree.append(leaf)
             entries.append((
-                sequence, kind, payload, actor, created_at_field.get_db_prep_value(created_at, connection),
+                sequence, kind, payload, actor, db_time(created_at, connection) if db_time else created_at,
                 prev_hash, entry_hash, leaf, event_id,
             ))
             integrated.append(Integrated(sequence, event_id, created_at))
             prev_hash = entry_hash
-        # Nodes before entries: MerkleNode ids (verification's order) then follow the sequence.
-        if nodes:
-            cursor.executemany('INSERT INTO ledger_merklenode ("level", "index", "hash") VALUES (%s, %s, %s)', nodes)
-        cursor.executemany(
-            "INSERT INTO ledger_entry"
-            " (sequence, kind, payload, actor, created_at, prev_hash, entry_hash, leaf_hash, event_id)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            entries,
-        )
-        ids = [event[0] for event in events]
-        if connection.vendor == "postgresql":
-            cursor.execute("DELETE FROM ledger_unsequencedevent WHERE event_id = ANY(%s)", [ids])
-        else:
-            cursor.execute(
-                "DELETE FROM ledger_unsequencedevent WHERE event_id IN (" + ", ".join(["%s"] * len(ids)) + ")", ids
-            )
+        _insert_batch(cursor, nodes, entries, [event[0] for event in events])
     return integrated
+
+
+ENTRY_COLUMNS = "sequence, kind, payload, actor, created_at, prev_hash, entry_hash, leaf_hash, event_id"
+
+
+def _insert_batch(cursor, nodes: list[tuple], entries: list[tuple], event_ids: list[int]) -> None:
+    """Write a batch's closed subtrees and entries and take its events off the queue. Nodes before
+    entries: MerkleNode ids (verification's order) then follow the sequence. PostgreSQL: COPY, one
+    round trip per table instead of one parsed INSERT per row."""
+    node_table, entry_table = MerkleNode._meta.db_table, Entry._meta.db_table
+    queue_table = UnsequencedEvent._meta.db_table
+    if connection.vendor == "postgresql":
+        raw = cursor.cursor  # psycopg's, under Django's wrapper
+        with connection.wrap_database_errors:
+            if nodes:
+                with raw.copy(f'COPY {node_table} ("level", "index", "hash") FROM STDIN') as copy:
+                    for node in nodes:
+                        copy.write_row(node)
+            with raw.copy(f"COPY {entry_table} ({ENTRY_COLUMNS}) FROM STDIN") as copy:
+                for entry in entries:
+                    copy.write_row(entry)
+        cursor.execute(f"DELETE FROM {queue_table} WHERE event_id = ANY(%s)", [event_ids])
+        return
+    if nodes:
+        cursor.executemany(f'INSERT INTO {node_table} ("level", "index", "hash") VALUES (%s, %s, %s)', nodes)
+    cursor.executemany(
+        f"INSERT INTO {entry_table} ({ENTRY_COLUMNS}) VALUES ({', '.join(['%s'] * 9)})", entries
+    )
+    cursor.execute(f"DELETE FROM {queue_table} WHERE event_id IN ({', '.join(['%s'] * len(event_ids))})", event_ids)
 
 
 @contextlib.contextmanager
