@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connection, models, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models, transaction
 from django.utils import timezone
 
 try:
@@ -29,18 +29,17 @@ SEQUENCER_LOCK_KEY = 0x4C454453  # "LEDS": pg_advisory_lock key held by the one 
 SEQUENCING_MODES = ("inline", "after_commit", "background")
 
 
-def sequencing_mode() -> str:
+def sequencing_mode(db=None) -> str:
     """How recorded events reach the ledger's sequence (settings.LEDGER_SEQUENCING):
     "inline": in the caller's transaction (SQLite's default: it runs one write transaction at a time);
     "after_commit": the committing process integrates the queue once its transaction commits, unless
     another sequencer is at it (PostgreSQL's default); "background": only `ledger sequence` or the
     Celery task integrate."""
-    mode = getattr(settings, "LEDGER_SEQUENCING", "") or (
-        "inline" if connection.vendor == "sqlite" else "after_commit"
-    )
+    db = db or connections[DEFAULT_DB_ALIAS]
+    mode = getattr(settings, "LEDGER_SEQUENCING", "") or ("inline" if db.vendor == "sqlite" else "after_commit")
     if mode not in SEQUENCING_MODES:
         raise ImproperlyConfigured(f"LEDGER_SEQUENCING must be one of {', '.join(SEQUENCING_MODES)}, not {mode!r}.")
-    if mode == "after_commit" and connection.atomic_blocks and connection.atomic_blocks[0]._from_testcase:
+    if mode == "after_commit" and db.atomic_blocks and db.atomic_blocks[0]._from_testcase:
         return "inline"  # inside a Django TestCase's transaction, which never commits
     return mode
 
@@ -61,33 +60,35 @@ def record_event(*, kind: str, payload: dict, actor: str) -> PendingEvent:
     content_hash = hashlib.sha256(
         event_data(kind=kind, payload=payload_bytes, actor=actor, time=format_time(created_at))
     ).digest()
-    event = PendingEvent(kind=kind, payload=payload_bytes, actor=actor, created_at=created_at, content_hash=content_hash)
-    event.sequence = None
-    mode = sequencing_mode()
-    if connection.vendor == "postgresql":
+    values = [kind, payload_bytes, actor, created_at, content_hash]
+    db = connections[DEFAULT_DB_ALIAS]  # the proxy `connection` looks this up again at every attribute
+    mode = sequencing_mode(db)
+    sequence = None
+    if db.vendor == "postgresql":
         # Outside any transaction (durable), the one INSERT statement is its own transaction.
-        in_transaction = not (mode != "inline" and settings.LEDGER_SYNCHRONOUS_COMMIT and connection.get_autocommit())
-        with transaction.atomic(savepoint=False) if in_transaction else contextlib.nullcontext():
-            event.id = _queue_on_postgresql([kind, payload_bytes, actor, created_at, content_hash])
+        own_statement = mode != "inline" and settings.LEDGER_SYNCHRONOUS_COMMIT and db.get_autocommit()
+        with contextlib.nullcontext() if own_statement else transaction.atomic(savepoint=False):
+            event_id = _queue_on_postgresql(db, values)
             if mode == "inline":  # waits for any sequencer: one writer at a time
-                with connection.cursor() as cursor:
+                with db.cursor() as cursor:
                     cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SEQUENCER_LOCK_KEY])
-                event.sequence = _integrate_until(event.id)
+                sequence = _integrate_until(event_id)
     else:
-        time_value = PendingEvent._meta.get_field("created_at").get_db_prep_value(created_at, connection)
-        with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+        values[3] = PendingEvent._meta.get_field("created_at").get_db_prep_value(created_at, db)
+        with transaction.atomic(savepoint=False), db.cursor() as cursor:
             cursor.execute(
                 f"INSERT INTO {PendingEvent._meta.db_table} (kind, payload, actor, created_at, content_hash)"
                 " VALUES (%s, %s, %s, %s, %s) RETURNING id",
-                [kind, payload_bytes, actor, time_value, content_hash],
+                values,
             )
-            event.id = cursor.fetchone()[0]
-            cursor.execute(f"INSERT INTO {UnsequencedEvent._meta.db_table} (event_id) VALUES (%s)", [event.id])
+            event_id = cursor.fetchone()[0]
+            cursor.execute(f"INSERT INTO {UnsequencedEvent._meta.db_table} (event_id) VALUES (%s)", [event_id])
             if mode == "inline":
-                event.sequence = _integrate_until(event.id)
-    event._state.adding, event._state.db = False, connection.alias
-    if mode == "after_commit" and not any(f is _sequence_after_commit for _, f, _ in connection.run_on_commit):
+                sequence = _integrate_until(event_id)
+    if mode == "after_commit" and not any(f is _sequence_after_commit for _, f, _ in db.run_on_commit):
         transaction.on_commit(_sequence_after_commit, robust=True)
+    event = PendingEvent.from_db(db.alias, None, (event_id, kind, payload_bytes, actor, created_at, content_hash))
+    event.sequence = sequence
     return event
 
 
@@ -98,15 +99,20 @@ QUEUE_EVENT_SQL = (  # one round trip for both rows
 )
 
 
-def _queue_on_postgresql(values: list) -> int:
-    """The pending event and its queue row in one prepared statement, on the caller's connection (in its
+def _queue_on_postgresql(db, values: list) -> int:
+    """The pending event and its queue row in one statement, on the caller's connection (in its
     transaction, if one is open). Django's cursor binds parameters in the client and sends the SQL text
     every time, so PostgreSQL would parse and plan it every time: this hot path binds on the server and
-    reuses one prepared plan per connection. Errors are Django's, as from any query."""
-    connection.ensure_connection()
-    if connection.in_atomic_block:
-        connection.validate_no_broken_transaction()
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+    reuses one prepared plan (and one cursor) per connection, unless the database's OPTIONS set
+    prepare_threshold to None. Errors are Django's, as from any query."""
+    db.ensure_connection()
+    if db.in_atomic_block:
+        db.validate_no_broken_transaction()
+    raw = db.connection
+    cursor = getattr(db, "ledger_queue_cursor", None)
+    if cursor is None or cursor.connection is not raw or cursor.closed:
+        cursor = db.ledger_queue_cursor = psycopg.Cursor(raw)
+    with db.wrap_database_errors:
         if not settings.LEDGER_SYNCHRONOUS_COMMIT:
             cursor.execute("SET LOCAL synchronous_commit TO OFF")
         cursor.execute(QUEUE_EVENT_SQL, values, prepare=True)
