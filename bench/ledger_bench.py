@@ -194,6 +194,11 @@ PATHS = {
 }
 
 
+SEQUENCER_INTERVAL = 0.05  # `ledger sequence --follow`'s default
+
+RUNS = (("bare", 8), ("writers_only", 8), ("locked", 1), ("locked", 8), ("queued", 1), ("queued", 8), ("after_commit", 8))
+
+
 def _writer(path: str, seconds: float, barrier, counts, slot: int) -> None:
     from django.conf import settings
     from django.db import connections
@@ -237,25 +242,20 @@ def _bare_append():
 
 
 def _sequencer(stop, lags_out) -> None:
-    """`ledger sequence --follow`, recording each event's lag: its batch's commit minus the event's
-    time (taken just before its writer's INSERT, so the lag includes the writer's own commit)."""
+    """`ledger sequence --follow` (ledger.services.follow_queue), recording each event's lag: its batch's
+    commit minus the event's time (taken just before its writer's INSERT, so the lag includes the writer's
+    own commit)."""
     from django.db import connections
 
-    from ledger.services import _checkpoint_if_due, integrate_batch, sequencer_leadership
+    from ledger.services import follow_queue
 
     lags = []
-    with sequencer_leadership(wait=True):
-        while True:
-            stopping = stop.is_set()
-            batch = integrate_batch()
-            committed = time.time()
-            lags += [committed - entry.created_at.timestamp() for entry in batch]
-            if batch:
-                _checkpoint_if_due()
-            elif stopping:
-                break
-            else:
-                time.sleep(0.01)
+
+    def measure(batch):
+        committed = time.time()
+        lags.extend(committed - entry.created_at.timestamp() for entry in batch)
+
+    follow_queue(interval=SEQUENCER_INTERVAL, should_stop=stop.is_set, on_batch=measure)
     lags_out.put(lags)
     connections.close_all()
 
@@ -325,6 +325,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=300, help="proofs timed per kind")
     parser.add_argument("--database", default=BENCH_DB, help="the benchmark's own database (created afresh)")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
+    parser.add_argument("--runs", default=",".join(f"{path}:{writers}" for path, writers in RUNS),
+                        help="append runs, path:writers, comma-separated (paths: " + ", ".join(PATHS) + ")")
     args = parser.parse_args()
     BENCH_DB = args.database
 
@@ -358,8 +360,12 @@ def main() -> None:
     print("timing proofs ...", flush=True)
     results["proofs_at_n"] = proofs(args.entries, args.samples)
     results["appends"] = []
-    runs = (("bare", 8), ("writers_only", 8), ("locked", 1), ("locked", 8), ("queued", 1), ("queued", 8),
-            ("after_commit", 8))
+    runs = []
+    for run in args.runs.split(","):
+        path, _, writers = run.partition(":")
+        if path not in PATHS or not writers.isdigit() or not 1 <= int(writers) <= 64:
+            parser.error(f"--runs: {run!r} is not path:writers (a path of {', '.join(PATHS)}; 1 to 64 writers)")
+        runs.append((path, int(writers)))
     for path, writers in runs:
         print(f"appending: {PATHS[path]}, {writers} writer(s), durable ...", flush=True)
         results["appends"].append(appends(path, writers, args.seconds))

@@ -4,6 +4,7 @@ import hashlib
 import re
 import time
 from datetime import datetime, timedelta
+from collections.abc import Callable
 from typing import NamedTuple
 
 from django.conf import settings
@@ -269,6 +270,32 @@ def sequence_pending(*, wait: bool = True, sign: bool = True, deadline: float | 
             return integrated
         if not UnsequencedEvent.objects.exists():
             return integrated
+
+
+def follow_queue(*, interval: float, should_stop: Callable[[], bool], on_batch=None) -> int:
+    """`ledger sequence --follow`: lead (waiting for the lead if another sequencer holds it) and integrate
+    the queue until should_stop() is true and the queue is empty. A full batch is followed by the next at
+    once; after a partial one the sequencer waits `interval` seconds, so that under a trickle each batch
+    (one transaction, one durable commit, a few queries) takes what `interval` collected instead of one
+    event. Signs a checkpoint after a batch when the last is older than LEDGER_CHECKPOINT_MIN_SECONDS.
+    on_batch(batch) is called after each batch commits. Returns how many events it integrated."""
+    limit = getattr(settings, "LEDGER_SEQUENCER_BATCH", 2000)
+    integrated, next_check = 0, 0.0
+    with sequencer_leadership(wait=True):
+        while True:
+            stopping = should_stop()
+            batch = integrate_batch(limit=limit)
+            integrated += len(batch)
+            if batch:
+                if on_batch:
+                    on_batch(batch)
+                if time.monotonic() >= next_check:
+                    _checkpoint_if_due()
+                    next_check = time.monotonic() + getattr(settings, "LEDGER_CHECKPOINT_MIN_SECONDS", 1) / 4
+            elif stopping:
+                return integrated
+            if len(batch) < limit:
+                time.sleep(interval)
 
 
 def _checkpoint_if_due() -> None:
