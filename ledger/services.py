@@ -277,32 +277,39 @@ def follow_queue(*, interval: float, should_stop: Callable[[], bool], on_batch=N
     the queue until should_stop() is true and the queue is empty. A full batch is followed by the next at
     once; after a partial one the sequencer waits `interval` seconds, so that under a trickle each batch
     (one transaction, one durable commit, a few queries) takes what `interval` collected instead of one
-    event. Signs a checkpoint after a batch when the last is older than LEDGER_CHECKPOINT_MIN_SECONDS.
-    on_batch(batch) is called after each batch commits. Returns how many events it integrated."""
+    event. Signs a checkpoint of what it integrated as soon as the last one is LEDGER_CHECKPOINT_MIN_SECONDS
+    old (at most that often, and also once the stream stops), and before it leaves. on_batch(batch) is
+    called after each batch commits. Returns how many events it integrated."""
     limit = getattr(settings, "LEDGER_SEQUENCER_BATCH", 2000)
-    integrated, next_check = 0, 0.0
+    integrated, unsigned = 0, False
     with sequencer_leadership(wait=True):
         while True:
             stopping = should_stop()
             batch = integrate_batch(limit=limit)
             integrated += len(batch)
             if batch:
+                unsigned = True
                 if on_batch:
                     on_batch(batch)
-                if time.monotonic() >= next_check:
-                    _checkpoint_if_due()
-                    next_check = time.monotonic() + getattr(settings, "LEDGER_CHECKPOINT_MIN_SECONDS", 1) / 4
-            elif stopping:
+            if unsigned:
+                unsigned = not _checkpoint_if_due()
+            if stopping and not batch:
+                while unsigned:
+                    time.sleep(interval)
+                    unsigned = not _checkpoint_if_due()
                 return integrated
             if len(batch) < limit:
                 time.sleep(interval)
 
 
-def _checkpoint_if_due() -> None:
+def _checkpoint_if_due() -> bool:
+    """Sign a checkpoint unless the last is younger than LEDGER_CHECKPOINT_MIN_SECONDS; True if it signed."""
     latest = Checkpoint.objects.order_by("-id").values_list("created_at", flat=True).first()
     interval = timedelta(seconds=getattr(settings, "LEDGER_CHECKPOINT_MIN_SECONDS", 1))
     if latest is None or timezone.now() - latest >= interval:
         create_checkpoint()
+        return True
+    return False
 
 
 CHECKPOINT_LOCK_KEY = 0x4C454448  # serialises checkpoint signing
