@@ -325,6 +325,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=300, help="proofs timed per kind")
     parser.add_argument("--database", default=BENCH_DB, help="the benchmark's own database (created afresh)")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
+    parser.add_argument("--api-clients", type=int, default=16, help="concurrent /v1/completions clients")
+    parser.add_argument("--api-seconds", type=float, default=10.0,
+                        help="seconds of /v1/completions per ledger path (0: skip that part)")
     parser.add_argument("--runs", default=",".join(f"{path}:{writers}" for path, writers in RUNS),
                         help="append runs, path:writers, comma-separated (paths: " + ", ".join(PATHS) + ")")
     args = parser.parse_args()
@@ -383,6 +386,14 @@ def main() -> None:
     if not args.keep:
         _admin(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
 
+    if args.api_seconds > 0:
+        from bench.api_bench import completions_by_ledger_path
+
+        print(f"/v1/completions, {args.api_clients} clients, per ledger path ...", flush=True)
+        results["completions"] = completions_by_ledger_path(
+            database_url=f"{_server_url()}/{BENCH_DB}_api", clients=args.api_clients, seconds=args.api_seconds,
+            workers=2,
+        )
     table = render(results)
     print(table)
     RESULTS.mkdir(exist_ok=True)
@@ -448,6 +459,21 @@ def render(results: dict) -> str:
         f"| full verify of {v['entries']:,} entries, {v['checkpoints']} checkpoints | {v['seconds']} s "
         f"({'OK' if v['ok'] else 'FAILED: ' + v['message']}) | <= 60 s |"
     )
+    if "completions" in results:
+        from bench.api_bench import LEDGER_PATHS
+
+        for path, run in results["completions"].items():
+            lines.append(
+                f"| POST /v1/completions on the toy model, {run['clients']} clients, gunicorn 2 workers; "
+                f"{LEDGER_PATHS[path]} | {run['req_per_s']:,} req/s ({run['requests_ok']:,} ok in {run['wall_s']} s; "
+                f"p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms; load average {run['load_average_before']}) | |"
+            )
+        by_path = {path: run["req_per_s"] for path, run in results["completions"].items()}
+        if by_path.get("inline"):
+            for path in ("after_commit", "background"):
+                if path in by_path:
+                    lines.append(f"| /v1/completions requests/s: {path} / inline (before) | "
+                                 f"{by_path[path] / by_path['inline']:.2f} | |")
     return "\n".join(lines)
 
 

@@ -193,6 +193,14 @@ LEDGER_WITNESS_DIR = Path(env.str("LEDGER_WITNESS_DIR", default=str(VAR_DIR / "w
 # PostgreSQL: False commits transactions that append to the ledger asynchronously (a crash may lose the
 # last fraction of a second of them, each with its change; never a gap; checkpoints stay durable).
 LEDGER_SYNCHRONOUS_COMMIT = env.bool("LEDGER_SYNCHRONOUS_COMMIT", default=True)
+# How recorded events reach the ledger's sequence (ledger.services.sequencing_mode): "inline", "after_commit" or
+# "background" (with `ledger sequence --follow` running); empty: inline on SQLite, after_commit on PostgreSQL.
+LEDGER_SEQUENCING = env.str("LEDGER_SEQUENCING", default="")
+LEDGER_SEQUENCER_BATCH = env.int("LEDGER_SEQUENCER_BATCH", default=2000)  # events per sequencer transaction
+LEDGER_CHECKPOINT_MIN_SECONDS = env.float("LEDGER_CHECKPOINT_MIN_SECONDS", default=1.0)  # the sequencer's signing
+LEDGER_AFTER_COMMIT_SECONDS = env.float("LEDGER_AFTER_COMMIT_SECONDS", default=1.0)  # after_commit's time budget
+# `ledger verify` names any event committed longer ago than this and still not integrated.
+LEDGER_INTEGRATION_BOUND_SECONDS = env.int("LEDGER_INTEGRATION_BOUND_SECONDS", default=60)
 
 # Stripe
 STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="sk_test_mosaic_local")
