@@ -3,19 +3,15 @@ import contextlib
 import hashlib
 import re
 import time
-from datetime import datetime, timedelta
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import NamedTuple
 
+import psycopg
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, connection, connections, models, transaction
 from django.utils import timezone
-
-try:
-    import psycopg
-except ImportError:  # SQLite-only installs
-    psycopg = None
 
 from ledger import merkle, stored_tree
 from ledger.canonical import ZERO_HASH, PayloadError, canonical_json, event_data, format_time, leaf_data
