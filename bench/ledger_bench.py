@@ -413,6 +413,18 @@ def render(results: dict) -> str:
         "The 2 cores are shared with other people's test runs, and the writers, the sequencer and "
         "PostgreSQL share them too.",
         "",
+    ]
+    load = machine["load_average_at_start"][0]
+    if load > machine["cpus"]:
+        lines += [
+            f"**The machine was loaded: load average {load} on {machine['cpus']} cores at the start** (each append "
+            "row gives the load before and after it). The rates below are what this run got of the machine at "
+            "that moment, not what the code can do on it: the row \"PostgreSQL alone\" is the ceiling that "
+            "moment allowed (a bare prepared INSERT per durable transaction, no Django, no sequencer), and "
+            "the queued path's ratio to it is the figure to compare across runs.",
+            "",
+        ]
+    lines += [
         "| measure | result | goal |",
         "|---|---|---|",
         f"| bulk load of {n:,} entries (hashes in Python, COPY) | {results['bulk_load_seconds']} s | |",
