@@ -180,6 +180,12 @@ CELERY_BEAT_SCHEDULE["ledger-checkpoint"] = {
     "task": "ledger.make_checkpoint",
     "schedule": env.int("LEDGER_CHECKPOINT_INTERVAL_SECONDS", default=60),
 }
+# A safety net for the after-commit sequencing (which leaves the queue when its time budget runs out): integrate
+# whatever is still queued; returns at once when `ledger sequence --follow` or another process leads.
+CELERY_BEAT_SCHEDULE["ledger-sequence"] = {
+    "task": "ledger.sequence_pending",
+    "schedule": env.int("LEDGER_SEQUENCE_SWEEP_SECONDS", default=10),
+}
 # Beat signs a checkpoint this often; without a broker (no beat) `runserver` does it in a thread (ledger.scheduler).
 LEDGER_CHECKPOINT_INTERVAL_SECONDS = CELERY_BEAT_SCHEDULE["ledger-checkpoint"]["schedule"]
 
