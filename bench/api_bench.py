@@ -187,6 +187,68 @@ def wait_for(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
     raise SystemExit("gunicorn did not start")
 
 
+LEDGER_PATHS = {
+    "inline": "before: each request's events sequenced in its own transaction, under the one ledger lock held to "
+              "its commit (LEDGER_SEQUENCING=inline, the previous path's serialisation)",
+    "after_commit": "after, embedded default: queued; each request integrates the queue after its commit unless "
+                    "another one is at it (LEDGER_SEQUENCING=after_commit)",
+    "background": "after, with a sequencer process: queued; `ledger sequence --follow` integrates "
+                  "(LEDGER_SEQUENCING=background)",
+}
+
+
+def completions_by_ledger_path(*, database_url: str, clients: int, seconds: float, workers: int,
+                               paths=tuple(LEDGER_PATHS)) -> dict:
+    """POST /v1/completions on the tiny world, `clients` at once, served by gunicorn on a fresh PostgreSQL
+    database (`database_url`, created afresh and dropped), once per ledger write path, one after another on
+    the same world: requests/s and latency."""
+    server_url, database = database_url.rsplit("/", 1)
+    _postgres_admin(server_url, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    _postgres_admin(server_url, f"CREATE DATABASE {database}")
+    workdir = Path(tempfile.mkdtemp(prefix="mosaic-api-ledger-bench-"))
+    env = {**os.environ, "MOSAIC_VAR_DIR": str(workdir / "var"), "OMP_NUM_THREADS": "1", "DEBUG": "0",
+           "LOG_LEVEL": "ERROR", "DATABASE_URL": f"{database_url}?conn_max_age=600"}
+    setup = subprocess.run(  # its own process: the caller may be set up on another database
+        [sys.executable, "-c", "import sys, django; django.setup(); from django.core.management import call_command; "
+         "call_command('migrate', verbosity=0); from pathlib import Path; from bench.api_bench import build_world, seed; "
+         "print(seed(*build_world(Path(sys.argv[1]))))", str(workdir / "world")],
+        cwd=ROOT, env={**env, "DJANGO_SETTINGS_MODULE": "mosaic.settings"}, capture_output=True, text=True, check=True,
+    )
+    key = setup.stdout.strip().splitlines()[-1]
+    completion = {"model": "tiny-mix", "prompt": "hello", "max_tokens": 4, "temperature": 0, "seed": 1}
+    results = {}
+    try:
+        for path in paths:
+            run_env = {**env, "LEDGER_SEQUENCING": path, "DJANGO_SETTINGS_MODULE": "mosaic.settings"}
+            port = free_port()
+            server = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "mosaic.wsgi:application", "--bind", f"127.0.0.1:{port}",
+                 "--workers", str(workers), "--backlog", "256", "--timeout", "120", "--log-level", "warning"],
+                cwd=ROOT, env=run_env,
+            )
+            sequencer = subprocess.Popen(
+                [sys.executable, "manage.py", "ledger", "sequence", "--follow"], cwd=ROOT, env=run_env,
+                stdout=subprocess.DEVNULL,
+            ) if path == "background" else None
+            try:
+                wait_for(port, server)
+                drive(port=port, key=key, clients=workers * 2, seconds=30, method="POST", path="/v1/completions",
+                      body=completion, max_requests_per_client=3)  # warm: each worker loads the model
+                load_before = round(os.getloadavg()[0], 2)
+                results[path] = drive(port=port, key=key, clients=clients, seconds=seconds, method="POST",
+                                      path="/v1/completions", body=completion, max_requests_per_client=100_000)
+                results[path]["load_average_before"] = load_before
+            finally:
+                server.terminate()
+                server.wait(timeout=60)
+                if sequencer:
+                    sequencer.terminate()  # drains the queue, signs, leaves
+                    sequencer.wait(timeout=120)
+    finally:
+        _postgres_admin(server_url, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=50)

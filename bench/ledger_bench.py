@@ -185,10 +185,18 @@ def proofs(size: int, samples: int) -> dict:
 
 
 PATHS = {
+    "bare": "PostgreSQL alone: the same prepared INSERT of a constant event from psycopg, no Django, no hashing, "
+            "no sequencer (what the machine allows at that moment)",
+    "writers_only": "record_event with no sequencer running (the queue is integrated afterwards, timed alone)",
     "locked": "previous path: one advisory lock per append, held to the writer's commit",
     "queued": "queued events + one sequencer process (batches, checkpoint <= 1/s)",
     "after_commit": "queued events, each writer sequencing after its own commits",
 }
+
+
+SEQUENCER_INTERVAL = 0.05  # `ledger sequence --follow`'s default
+
+RUNS = (("bare", 8), ("writers_only", 8), ("locked", 1), ("locked", 8), ("queued", 1), ("queued", 8), ("after_commit", 8))
 
 
 def _writer(path: str, seconds: float, barrier, counts, slot: int) -> None:
@@ -197,7 +205,7 @@ def _writer(path: str, seconds: float, barrier, counts, slot: int) -> None:
 
     from ledger.services import record_event
 
-    append = locked_append if path == "locked" else record_event
+    append = {"locked": locked_append, "bare": _bare_append()}.get(path, record_event)
     settings.LEDGER_SEQUENCING = "after_commit" if path == "after_commit" else "background"
     append(kind="usage.recorded", payload={"warmup": slot}, actor=f"bench:{slot}")
     barrier.wait()
@@ -209,26 +217,45 @@ def _writer(path: str, seconds: float, barrier, counts, slot: int) -> None:
     connections.close_all()
 
 
+BARE_TABLES = {"ledger_pendingevent": "bench_bare_pendingevent", "ledger_unsequencedevent": "bench_bare_unsequencedevent"}
+
+
+def _bare_append():
+    """The floor under record_event: its INSERT statement, prepared, on a plain autocommit psycopg
+    connection, with constant values (no content hash computed), into copies of its two tables with
+    their indexes (so that the ledger's own queue holds only events to integrate)."""
+    import psycopg
+    from django.utils import timezone
+
+    from ledger.services import QUEUE_EVENT_SQL
+
+    statement = QUEUE_EVENT_SQL
+    for table, copy in BARE_TABLES.items():
+        statement = statement.replace(table, copy)
+    conn = psycopg.connect(f"{_server_url()}/{BENCH_DB}", autocommit=True)
+    values = ["usage.recorded", b'{"i":0,"writer":0}', "bench:0", timezone.now(), bytes(32)]
+
+    def append(**_):
+        conn.execute(statement, values, prepare=True).fetchone()
+
+    return append
+
+
 def _sequencer(stop, lags_out) -> None:
-    """`ledger sequence --follow`, recording each event's lag: its batch's commit minus the event's
-    time (taken just before its writer's INSERT, so the lag includes the writer's own commit)."""
+    """`ledger sequence --follow` (ledger.services.follow_queue), recording each event's lag: its batch's
+    commit minus the event's time (taken just before its writer's INSERT, so the lag includes the writer's
+    own commit)."""
     from django.db import connections
 
-    from ledger.services import _checkpoint_if_due, integrate_batch, sequencer_leadership
+    from ledger.services import follow_queue
 
     lags = []
-    with sequencer_leadership(wait=True):
-        while True:
-            stopping = stop.is_set()
-            batch = integrate_batch()
-            committed = time.time()
-            lags += [committed - entry.created_at.timestamp() for entry in batch]
-            if batch:
-                _checkpoint_if_due()
-            elif stopping:
-                break
-            else:
-                time.sleep(0.01)
+
+    def measure(batch):
+        committed = time.time()
+        lags.extend(committed - entry.created_at.timestamp() for entry in batch)
+
+    follow_queue(interval=SEQUENCER_INTERVAL, should_stop=stop.is_set, on_batch=measure)
     lags_out.put(lags)
     connections.close_all()
 
@@ -239,6 +266,7 @@ def appends(path: str, writers: int, seconds: float) -> dict:
     from ledger.models import UnsequencedEvent
 
     connections.close_all()
+    load_before = [round(x, 2) for x in os.getloadavg()]
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(writers + 1)
     counts = context.Array("l", writers)
@@ -257,6 +285,7 @@ def appends(path: str, writers: int, seconds: float) -> dict:
     assert all(p.exitcode == 0 for p in processes), "a writer failed"
     total = sum(counts)
     run = {"path": path, "writers": writers, "synchronous_commit": True, "events": total,
+           "load_average_before": load_before, "load_average_after": [round(x, 2) for x in os.getloadavg()],
            "seconds": round(elapsed, 2), "events_per_second": round(total / elapsed, 1)}
     if sequencer:
         stop.set()
@@ -269,6 +298,15 @@ def appends(path: str, writers: int, seconds: float) -> dict:
             "events": len(lags),
         }
     run["left_unsequenced"] = UnsequencedEvent.objects.count()
+    if path == "writers_only":  # the sequencer alone on the queue they left, as `ledger sequence` would
+        from ledger.services import sequence_pending
+
+        queued = run["left_unsequenced"]
+        started = time.perf_counter()
+        assert sequence_pending(wait=True) == queued
+        elapsed = time.perf_counter() - started
+        run["sequencer_alone"] = {"events": queued, "seconds": round(elapsed, 2),
+                                  "events_per_second": round(queued / elapsed, 1)}
     connections.close_all()
     return run
 
@@ -287,6 +325,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=300, help="proofs timed per kind")
     parser.add_argument("--database", default=BENCH_DB, help="the benchmark's own database (created afresh)")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
+    parser.add_argument("--api-clients", type=int, default=16, help="concurrent /v1/completions clients")
+    parser.add_argument("--api-seconds", type=float, default=10.0,
+                        help="seconds of /v1/completions per ledger path (0: skip that part)")
+    parser.add_argument("--runs", default=",".join(f"{path}:{writers}" for path, writers in RUNS),
+                        help="append runs, path:writers, comma-separated (paths: " + ", ".join(PATHS) + ")")
     args = parser.parse_args()
     BENCH_DB = args.database
 
@@ -302,6 +345,8 @@ def main() -> None:
 
     call_command("migrate", "ledger", verbosity=0)
     with connection.cursor() as cursor:
+        for table, copy in BARE_TABLES.items():
+            cursor.execute(f"CREATE TABLE {copy} (LIKE {table} INCLUDING ALL)")
         cursor.execute("SHOW server_version")
         server = cursor.fetchone()[0]
     results: dict = {
@@ -318,7 +363,13 @@ def main() -> None:
     print("timing proofs ...", flush=True)
     results["proofs_at_n"] = proofs(args.entries, args.samples)
     results["appends"] = []
-    for path, writers in (("locked", 1), ("locked", 8), ("queued", 1), ("queued", 8), ("after_commit", 8)):
+    runs = []
+    for run in args.runs.split(","):
+        path, _, writers = run.partition(":")
+        if path not in PATHS or not writers.isdigit() or not 1 <= int(writers) <= 64:
+            parser.error(f"--runs: {run!r} is not path:writers (a path of {', '.join(PATHS)}; 1 to 64 writers)")
+        runs.append((path, int(writers)))
+    for path, writers in runs:
         print(f"appending: {PATHS[path]}, {writers} writer(s), durable ...", flush=True)
         results["appends"].append(appends(path, writers, args.seconds))
     from ledger.services import sequence_pending
@@ -335,6 +386,14 @@ def main() -> None:
     if not args.keep:
         _admin(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
 
+    if args.api_seconds > 0:
+        from bench.api_bench import completions_by_ledger_path
+
+        print(f"/v1/completions, {args.api_clients} clients, per ledger path ...", flush=True)
+        results["completions"] = completions_by_ledger_path(
+            database_url=f"{_server_url()}/{BENCH_DB}_api", clients=args.api_clients, seconds=args.api_seconds,
+            workers=2,
+        )
     table = render(results)
     print(table)
     RESULTS.mkdir(exist_ok=True)
@@ -354,6 +413,18 @@ def render(results: dict) -> str:
         "The 2 cores are shared with other people's test runs, and the writers, the sequencer and "
         "PostgreSQL share them too.",
         "",
+    ]
+    load = machine["load_average_at_start"][0]
+    if load > machine["cpus"]:
+        lines += [
+            f"**The machine was loaded: load average {load} on {machine['cpus']} cores at the start** (each append "
+            "row gives the load before and after it). The rates below are what this run got of the machine at "
+            "that moment, not what the code can do on it: the row \"PostgreSQL alone\" is the ceiling that "
+            "moment allowed (a bare prepared INSERT per durable transaction, no Django, no sequencer), and "
+            "the queued path's ratio to it is the figure to compare across runs.",
+            "",
+        ]
+    lines += [
         "| measure | result | goal |",
         "|---|---|---|",
         f"| bulk load of {n:,} entries (hashes in Python, COPY) | {results['bulk_load_seconds']} s | |",
@@ -366,11 +437,18 @@ def render(results: dict) -> str:
             f"{t['median_ms']} / {t['p95_ms']} / {t['max_ms']} ms | <= 5 ms |"
         )
     for run in results["appends"]:
-        goal = ">= 5,000/s" if run["writers"] == 8 and run["path"] != "locked" else ""
+        goal = ">= 5,000/s" if run["writers"] == 8 and run["path"] in ("queued", "after_commit") else ""
         lines.append(
             f"| events/s committed, {run['writers']} writer(s), durable; {PATHS[run['path']]} | "
-            f"{run['events_per_second']:,} ({run['events']:,} in {run['seconds']} s) | {goal} |"
+            f"{run['events_per_second']:,} ({run['events']:,} in {run['seconds']} s; load average "
+            f"{run['load_average_before'][0]} before, {run['load_average_after'][0]} after) | {goal} |"
         )
+        if "sequencer_alone" in run:
+            alone = run["sequencer_alone"]
+            lines.append(
+                f"| then the sequencer alone on those {alone['events']:,} queued events (batches, one transaction "
+                f"each, durable) | {alone['events_per_second']:,} ({alone['seconds']} s) | |"
+            )
         if "integration_lag_ms" in run:
             lag = run["integration_lag_ms"]
             lines.append(
@@ -382,6 +460,10 @@ def render(results: dict) -> str:
         lines.append(
             f"| 8 writers: queued path / previous path | {by_path[('queued', 8)] / by_path[('locked', 8)]:.1f}x | |"
         )
+    if ("bare", 8) in by_path and ("queued", 8) in by_path:
+        lines.append(
+            f"| 8 writers: queued path / PostgreSQL alone | {by_path[('queued', 8)] / by_path[('bare', 8)]:.2f} | |"
+        )
     second = results["second_checkpoint"]
     lines.append(f"| consistency-checked checkpoint at {second['tree_size']:,} | {second['ms']} ms | |")
     v = results["verify"]
@@ -389,6 +471,21 @@ def render(results: dict) -> str:
         f"| full verify of {v['entries']:,} entries, {v['checkpoints']} checkpoints | {v['seconds']} s "
         f"({'OK' if v['ok'] else 'FAILED: ' + v['message']}) | <= 60 s |"
     )
+    if "completions" in results:
+        from bench.api_bench import LEDGER_PATHS
+
+        for path, run in results["completions"].items():
+            lines.append(
+                f"| POST /v1/completions on the toy model, {run['clients']} clients, gunicorn 2 workers; "
+                f"{LEDGER_PATHS[path]} | {run['req_per_s']:,} req/s ({run['requests_ok']:,} ok in {run['wall_s']} s; "
+                f"p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms; load average {run['load_average_before']}) | |"
+            )
+        by_path = {path: run["req_per_s"] for path, run in results["completions"].items()}
+        if by_path.get("inline"):
+            for path in ("after_commit", "background"):
+                if path in by_path:
+                    lines.append(f"| /v1/completions requests/s: {path} / inline (before) | "
+                                 f"{by_path[path] / by_path['inline']:.2f} | |")
     return "\n".join(lines)
 
 

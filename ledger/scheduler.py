@@ -1,6 +1,8 @@
 """Checkpoints on their own in the embedded default: with no broker there is no Celery beat, so the development
 server signs one every LEDGER_CHECKPOINT_INTERVAL_SECONDS from a daemon thread (create_checkpoint signs nothing
-when no entry was added). With a broker, beat's `ledger-checkpoint` entry does the same."""
+when no entry was added), after integrating any event still queued (the after-commit sequencing leaves some when
+its time budget runs out and no request follows). With a broker, beat's `ledger-checkpoint` and `ledger-sequence`
+entries do the same."""
 import logging
 import sys
 import threading
@@ -13,10 +15,11 @@ _started = threading.Event()
 
 
 def checkpoint_loop(*, interval: float, stop: threading.Event) -> None:
-    from ledger.services import create_checkpoint
+    from ledger.services import create_checkpoint, sequence_pending
 
     while not stop.wait(interval):
         try:
+            sequence_pending(wait=False, sign=False)  # another sequencer leading integrates them itself
             create_checkpoint()
         except Exception:  # a failed signing is retried at the next tick; it must not end the loop
             logger.exception("in-process checkpoint failed")

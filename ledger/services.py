@@ -3,19 +3,21 @@ import contextlib
 import hashlib
 import re
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
+import psycopg
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connection, models, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models, transaction
 from django.utils import timezone
 
 from ledger import merkle, stored_tree
 from ledger.canonical import ZERO_HASH, PayloadError, canonical_json, event_data, format_time, leaf_data
 from ledger.checkpoints import CheckpointBody
 from ledger.merkle import leaf_hash
-from ledger.models import Checkpoint, Entry, PendingEvent, UnsequencedEvent
+from ledger.models import Checkpoint, Entry, MerkleNode, PendingEvent, UnsequencedEvent
 from ledger.signing import ledger_signer
 from mosaic.errors import Conflict
 
@@ -24,18 +26,17 @@ SEQUENCER_LOCK_KEY = 0x4C454453  # "LEDS": pg_advisory_lock key held by the one 
 SEQUENCING_MODES = ("inline", "after_commit", "background")
 
 
-def sequencing_mode() -> str:
+def sequencing_mode(db=None) -> str:
     """How recorded events reach the ledger's sequence (settings.LEDGER_SEQUENCING):
     "inline": in the caller's transaction (SQLite's default: it runs one write transaction at a time);
     "after_commit": the committing process integrates the queue once its transaction commits, unless
     another sequencer is at it (PostgreSQL's default); "background": only `ledger sequence` or the
     Celery task integrate."""
-    mode = getattr(settings, "LEDGER_SEQUENCING", "") or (
-        "inline" if connection.vendor == "sqlite" else "after_commit"
-    )
+    db = db or connections[DEFAULT_DB_ALIAS]
+    mode = getattr(settings, "LEDGER_SEQUENCING", "") or ("inline" if db.vendor == "sqlite" else "after_commit")
     if mode not in SEQUENCING_MODES:
         raise ImproperlyConfigured(f"LEDGER_SEQUENCING must be one of {', '.join(SEQUENCING_MODES)}, not {mode!r}.")
-    if mode == "after_commit" and connection.atomic_blocks and connection.atomic_blocks[0]._from_testcase:
+    if mode == "after_commit" and db.atomic_blocks and db.atomic_blocks[0]._from_testcase:
         return "inline"  # inside a Django TestCase's transaction, which never commits
     return mode
 
@@ -56,44 +57,72 @@ def record_event(*, kind: str, payload: dict, actor: str) -> PendingEvent:
     content_hash = hashlib.sha256(
         event_data(kind=kind, payload=payload_bytes, actor=actor, time=format_time(created_at))
     ).digest()
-    event = PendingEvent(kind=kind, payload=payload_bytes, actor=actor, created_at=created_at, content_hash=content_hash)
-    event.sequence = None
-    mode = sequencing_mode()
-    time_value = PendingEvent._meta.get_field("created_at").get_db_prep_value(created_at, connection)
-    values = [kind, payload_bytes, actor, time_value, content_hash]
-    insert_event = (
-        "INSERT INTO ledger_pendingevent (kind, payload, actor, created_at, content_hash)"
-        " VALUES (%s, %s, %s, %s, %s) RETURNING id"
-    )
-    # Outside any transaction (PostgreSQL, durable), the one INSERT statement is its own transaction.
-    own_statement = (
-        connection.vendor == "postgresql" and mode != "inline" and settings.LEDGER_SYNCHRONOUS_COMMIT
-        and connection.get_autocommit()
-    )
-    with (contextlib.nullcontext() if own_statement else transaction.atomic(savepoint=False)), \
-            connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            if not settings.LEDGER_SYNCHRONOUS_COMMIT:
-                cursor.execute("SET LOCAL synchronous_commit TO OFF")
-            cursor.execute(  # one round trip for both rows
-                f"WITH event AS ({insert_event}) INSERT INTO ledger_unsequencedevent (event_id) "
-                "SELECT id FROM event RETURNING event_id",
+    values = [kind, payload_bytes, actor, created_at, content_hash]
+    db = connections[DEFAULT_DB_ALIAS]  # the proxy `connection` looks this up again at every attribute
+    mode = sequencing_mode(db)
+    sequence = None
+    if db.vendor == "postgresql":
+        # Outside any transaction (durable), the one INSERT statement is its own transaction.
+        own_statement = mode != "inline" and settings.LEDGER_SYNCHRONOUS_COMMIT and db.get_autocommit()
+        with contextlib.nullcontext() if own_statement else transaction.atomic(savepoint=False):
+            event_id = _queue_on_postgresql(db, values)
+            if mode == "inline":  # waits for any sequencer: one writer at a time
+                with db.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SEQUENCER_LOCK_KEY])
+                sequence = _integrate_until(event_id)
+    else:
+        values[3] = PendingEvent._meta.get_field("created_at").get_db_prep_value(created_at, db)
+        with transaction.atomic(savepoint=False), db.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {PendingEvent._meta.db_table} (kind, payload, actor, created_at, content_hash)"
+                " VALUES (%s, %s, %s, %s, %s) RETURNING id",
                 values,
             )
-            event.id = cursor.fetchone()[0]
-        else:
-            cursor.execute(insert_event, values)
-            event.id = cursor.fetchone()[0]
-            cursor.execute("INSERT INTO ledger_unsequencedevent (event_id) VALUES (%s)", [event.id])
-        event._state.adding, event._state.db = False, connection.alias
-        if mode == "inline":
-            if connection.vendor == "postgresql":  # waits for any sequencer: one writer at a time
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SEQUENCER_LOCK_KEY])
-            while event.sequence is None and (batch := integrate_batch()):
-                event.sequence = next((e.sequence for e in batch if e.event_id == event.id), None)
-        elif mode == "after_commit" and not any(f is _sequence_after_commit for _, f, _ in connection.run_on_commit):
-            transaction.on_commit(_sequence_after_commit, robust=True)
+            event_id = cursor.fetchone()[0]
+            cursor.execute(f"INSERT INTO {UnsequencedEvent._meta.db_table} (event_id) VALUES (%s)", [event_id])
+            if mode == "inline":
+                sequence = _integrate_until(event_id)
+    if mode == "after_commit" and not any(f is _sequence_after_commit for _, f, _ in db.run_on_commit):
+        transaction.on_commit(_sequence_after_commit, robust=True)
+    event = PendingEvent.from_db(db.alias, None, (event_id, kind, payload_bytes, actor, created_at, content_hash))
+    event.sequence = sequence
     return event
+
+
+QUEUE_EVENT_SQL = (  # one round trip for both rows
+    f"WITH event AS (INSERT INTO {PendingEvent._meta.db_table} (kind, payload, actor, created_at, content_hash)"
+    f" VALUES (%s, %s, %s, %s, %s) RETURNING id) INSERT INTO {UnsequencedEvent._meta.db_table} (event_id)"
+    " SELECT id FROM event RETURNING event_id"
+)
+
+
+def _queue_on_postgresql(db, values: list) -> int:
+    """The pending event and its queue row in one statement, on the caller's connection (in its
+    transaction, if one is open). Django's cursor binds parameters in the client and sends the SQL text
+    every time, so PostgreSQL would parse and plan it every time: this hot path binds on the server and
+    reuses one prepared plan (and one cursor) per connection, unless the database's OPTIONS set
+    prepare_threshold to None. Errors are Django's, as from any query."""
+    db.ensure_connection()
+    if db.in_atomic_block:
+        db.validate_no_broken_transaction()
+    raw = db.connection
+    cursor = getattr(db, "ledger_queue_cursor", None)
+    if cursor is None or cursor.connection is not raw or cursor.closed:
+        cursor = db.ledger_queue_cursor = psycopg.Cursor(raw)
+    with db.wrap_database_errors:
+        if not settings.LEDGER_SYNCHRONOUS_COMMIT:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        cursor.execute(QUEUE_EVENT_SQL, values, prepare=True)
+        return cursor.fetchone()[0]
+
+
+def _integrate_until(event_id: int) -> int | None:
+    """Inline sequencing: integrate batches until the caller's event has its sequence."""
+    while batch := integrate_batch():
+        for entry in batch:
+            if entry.event_id == event_id:
+                return entry.sequence
+    return None
 
 
 def _sequence_after_commit() -> None:
@@ -142,7 +171,8 @@ def integrate_batch(*, limit: int | None = None) -> list[Integrated]:
         if not events:
             return []
         tree, prev_hash = _compact_range(cursor)
-        created_at_field = Entry._meta.get_field("created_at")
+        # PostgreSQL takes the aware datetime as it came; SQLite its own text form.
+        db_time = None if connection.vendor == "postgresql" else Entry._meta.get_field("created_at").get_db_prep_value
         entries, nodes, integrated = [], [], []
         for event_id, kind, payload, actor, created_at in events:
             sequence, payload = tree.size, bytes(payload)
@@ -153,28 +183,42 @@ def integrate_batch(*, limit: int | None = None) -> list[Integrated]:
             entry_hash, leaf = hashlib.sha256(data).digest(), leaf_hash(data)
             nodes += tree.append(leaf)
             entries.append((
-                sequence, kind, payload, actor, created_at_field.get_db_prep_value(created_at, connection),
+                sequence, kind, payload, actor, db_time(created_at, connection) if db_time else created_at,
                 prev_hash, entry_hash, leaf, event_id,
             ))
             integrated.append(Integrated(sequence, event_id, created_at))
             prev_hash = entry_hash
-        # Nodes before entries: MerkleNode ids (verification's order) then follow the sequence.
-        if nodes:
-            cursor.executemany('INSERT INTO ledger_merklenode ("level", "index", "hash") VALUES (%s, %s, %s)', nodes)
-        cursor.executemany(
-            "INSERT INTO ledger_entry"
-            " (sequence, kind, payload, actor, created_at, prev_hash, entry_hash, leaf_hash, event_id)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            entries,
-        )
-        ids = [event[0] for event in events]
-        if connection.vendor == "postgresql":
-            cursor.execute("DELETE FROM ledger_unsequencedevent WHERE event_id = ANY(%s)", [ids])
-        else:
-            cursor.execute(
-                "DELETE FROM ledger_unsequencedevent WHERE event_id IN (" + ", ".join(["%s"] * len(ids)) + ")", ids
-            )
+        _insert_batch(cursor, nodes, entries, [event[0] for event in events])
     return integrated
+
+
+ENTRY_COLUMNS = "sequence, kind, payload, actor, created_at, prev_hash, entry_hash, leaf_hash, event_id"
+
+
+def _insert_batch(cursor, nodes: list[tuple], entries: list[tuple], event_ids: list[int]) -> None:
+    """Write a batch's closed subtrees and entries and take its events off the queue. Nodes before
+    entries: MerkleNode ids (verification's order) then follow the sequence. PostgreSQL: COPY, one
+    round trip per table instead of one parsed INSERT per row."""
+    node_table, entry_table = MerkleNode._meta.db_table, Entry._meta.db_table
+    queue_table = UnsequencedEvent._meta.db_table
+    if connection.vendor == "postgresql":
+        raw = cursor.cursor  # psycopg's, under Django's wrapper
+        with connection.wrap_database_errors:
+            if nodes:
+                with raw.copy(f'COPY {node_table} ("level", "index", "hash") FROM STDIN') as copy:
+                    for node in nodes:
+                        copy.write_row(node)
+            with raw.copy(f"COPY {entry_table} ({ENTRY_COLUMNS}) FROM STDIN") as copy:
+                for entry in entries:
+                    copy.write_row(entry)
+        cursor.execute(f"DELETE FROM {queue_table} WHERE event_id = ANY(%s)", [event_ids])
+        return
+    if nodes:
+        cursor.executemany(f'INSERT INTO {node_table} ("level", "index", "hash") VALUES (%s, %s, %s)', nodes)
+    cursor.executemany(
+        f"INSERT INTO {entry_table} ({ENTRY_COLUMNS}) VALUES ({', '.join(['%s'] * 9)})", entries
+    )
+    cursor.execute(f"DELETE FROM {queue_table} WHERE event_id IN ({', '.join(['%s'] * len(event_ids))})", event_ids)
 
 
 @contextlib.contextmanager
@@ -224,11 +268,44 @@ def sequence_pending(*, wait: bool = True, sign: bool = True, deadline: float | 
             return integrated
 
 
-def _checkpoint_if_due() -> None:
+def follow_queue(*, interval: float, should_stop: Callable[[], bool], on_batch=None) -> int:
+    """`ledger sequence --follow`: lead (waiting for the lead if another sequencer holds it) and integrate
+    the queue until should_stop() is true and the queue is empty. A full batch is followed by the next at
+    once; after a partial one the sequencer waits `interval` seconds, so that under a trickle each batch
+    (one transaction, one durable commit, a few queries) takes what `interval` collected instead of one
+    event. Signs a checkpoint of what it integrated as soon as the last one is LEDGER_CHECKPOINT_MIN_SECONDS
+    old (at most that often, and also once the stream stops), and before it leaves. on_batch(batch) is
+    called after each batch commits. Returns how many events it integrated."""
+    limit = getattr(settings, "LEDGER_SEQUENCER_BATCH", 2000)
+    integrated, unsigned = 0, False
+    with sequencer_leadership(wait=True):
+        while True:
+            stopping = should_stop()
+            batch = integrate_batch(limit=limit)
+            integrated += len(batch)
+            if batch:
+                unsigned = True
+                if on_batch:
+                    on_batch(batch)
+            if unsigned:
+                unsigned = not _checkpoint_if_due()
+            if stopping and not batch:
+                while unsigned:
+                    time.sleep(interval)
+                    unsigned = not _checkpoint_if_due()
+                return integrated
+            if len(batch) < limit:
+                time.sleep(interval)
+
+
+def _checkpoint_if_due() -> bool:
+    """Sign a checkpoint unless the last is younger than LEDGER_CHECKPOINT_MIN_SECONDS; True if it signed."""
     latest = Checkpoint.objects.order_by("-id").values_list("created_at", flat=True).first()
     interval = timedelta(seconds=getattr(settings, "LEDGER_CHECKPOINT_MIN_SECONDS", 1))
     if latest is None or timezone.now() - latest >= interval:
         create_checkpoint()
+        return True
+    return False
 
 
 CHECKPOINT_LOCK_KEY = 0x4C454448  # serialises checkpoint signing

@@ -76,6 +76,11 @@ ASGI_APPLICATION = "mosaic.asgi.application"
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'mosaic.sqlite3'}")}
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Django's own cursors bind parameters in the client and never prepare; this lets the few hot statements
+    # that ask for it (ledger.services' queued event) keep one server-side plan per connection. Set it to None
+    # behind a pooler in transaction mode that cannot carry prepared statements.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("prepare_threshold", 5)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 30, "transaction_mode": "IMMEDIATE"})
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -175,6 +180,12 @@ CELERY_BEAT_SCHEDULE["ledger-checkpoint"] = {
     "task": "ledger.make_checkpoint",
     "schedule": env.int("LEDGER_CHECKPOINT_INTERVAL_SECONDS", default=60),
 }
+# A safety net for the after-commit sequencing (which leaves the queue when its time budget runs out): integrate
+# whatever is still queued; returns at once when `ledger sequence --follow` or another process leads.
+CELERY_BEAT_SCHEDULE["ledger-sequence"] = {
+    "task": "ledger.sequence_pending",
+    "schedule": env.int("LEDGER_SEQUENCE_SWEEP_SECONDS", default=10),
+}
 # Beat signs a checkpoint this often; without a broker (no beat) `runserver` does it in a thread (ledger.scheduler).
 LEDGER_CHECKPOINT_INTERVAL_SECONDS = CELERY_BEAT_SCHEDULE["ledger-checkpoint"]["schedule"]
 
@@ -188,6 +199,14 @@ LEDGER_WITNESS_DIR = Path(env.str("LEDGER_WITNESS_DIR", default=str(VAR_DIR / "w
 # PostgreSQL: False commits transactions that append to the ledger asynchronously (a crash may lose the
 # last fraction of a second of them, each with its change; never a gap; checkpoints stay durable).
 LEDGER_SYNCHRONOUS_COMMIT = env.bool("LEDGER_SYNCHRONOUS_COMMIT", default=True)
+# How recorded events reach the ledger's sequence (ledger.services.sequencing_mode): "inline", "after_commit" or
+# "background" (with `ledger sequence --follow` running); empty: inline on SQLite, after_commit on PostgreSQL.
+LEDGER_SEQUENCING = env.str("LEDGER_SEQUENCING", default="")
+LEDGER_SEQUENCER_BATCH = env.int("LEDGER_SEQUENCER_BATCH", default=2000)  # events per sequencer transaction
+LEDGER_CHECKPOINT_MIN_SECONDS = env.float("LEDGER_CHECKPOINT_MIN_SECONDS", default=1.0)  # the sequencer's signing
+LEDGER_AFTER_COMMIT_SECONDS = env.float("LEDGER_AFTER_COMMIT_SECONDS", default=1.0)  # after_commit's time budget
+# `ledger verify` names any event committed longer ago than this and still not integrated.
+LEDGER_INTEGRATION_BOUND_SECONDS = env.int("LEDGER_INTEGRATION_BOUND_SECONDS", default=60)
 
 # Stripe
 STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="sk_test_mosaic_local")

@@ -1,40 +1,25 @@
 """The migration to queued events moves a ledger built by the previous write path without changing a hash."""
-import hashlib
-from datetime import UTC, datetime, timedelta
-
 import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
-from ledger.canonical import ZERO_HASH, canonical_json, format_time, leaf_data
-from ledger.merkle import CompactRange, leaf_hash
 from ledger.models import Entry
 from ledger.services import create_checkpoint, record_event
 from ledger.verification import verify_database
+from tests.ledger import previous_write_path
 
 BEFORE = [("ledger", "0003_sqlite_append_only"), ("accounting", "0002_guards")]
 
 
-def _append_as_before(count: int) -> None:
-    """Entries and complete subtrees exactly as the previous record_event wrote them."""
-    tree, prev = CompactRange(), ZERO_HASH
-    moment = datetime(2026, 11, 1, tzinfo=UTC)
-    with connection.cursor() as cursor:
-        for sequence in range(count):
-            payload = canonical_json({"i": sequence, "note": "café"})
-            created = moment + timedelta(seconds=sequence)
-            data = leaf_data(sequence=sequence, kind="usage.recorded", payload=payload, actor="org:1",
-                             time=format_time(created), prev_hash=prev)
-            digest, leaf = hashlib.sha256(data).digest(), leaf_hash(data)
-            for node in tree.append(leaf):
-                cursor.execute('INSERT INTO ledger_merklenode ("level", "index", "hash") VALUES (%s, %s, %s)', node)
-            cursor.execute(
-                "INSERT INTO ledger_entry (sequence, kind, payload, actor, created_at, prev_hash, entry_hash, leaf_hash)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                [sequence, "usage.recorded", payload, "org:1",
-                 Entry._meta.get_field("created_at").get_db_prep_value(created, connection), prev, digest, leaf],
-            )
-            prev = digest
+def _append_with_the_previous_code(count: int) -> None:
+    """Entries and complete subtrees written by the previous record_event itself, each in its own
+    transaction, with payloads, kinds and actors of several shapes."""
+    for sequence in range(count):
+        previous_write_path.record_event(
+            kind="usage.recorded" if sequence % 3 else "expert.contributed",
+            payload={"i": sequence, "note": "café ✓", "nested": {"list": [1, "two", None, True]}},
+            actor=f"org:{sequence % 4}" if sequence % 5 else 'contributor:"quoted"',
+        )
 
 
 def _stored() -> tuple[list, list]:
@@ -56,7 +41,7 @@ def migrated_back(transactional_db):
 
 
 def test_a_ledger_written_by_the_previous_path_keeps_every_hash_and_grows_on(migrated_back, settings):
-    _append_as_before(21)
+    _append_with_the_previous_code(21)
     checkpoint_before = create_checkpoint()
     entries_before, nodes_before = _stored()
 

@@ -328,3 +328,26 @@ def test_an_unknown_sequencing_mode_is_refused_by_name(db, settings):
     settings.LEDGER_SEQUENCING = "sometimes"
     with pytest.raises(ImproperlyConfigured, match="LEDGER_SEQUENCING must be one of inline, after_commit, background"):
         record(0)
+
+
+def test_following_the_queue_integrates_a_stream_and_signs_at_most_once_per_interval_up_to_its_end(db, settings):
+    from ledger.services import follow_queue
+
+    settings.LEDGER_SEQUENCING = "background"
+    settings.LEDGER_CHECKPOINT_MIN_SECONDS = 0.3
+    recorded, stop_at = [], time.monotonic() + 1.2
+
+    def one_more_event_then_stop_when_due():  # called once per loop: a writer's steady stream
+        if time.monotonic() < stop_at:
+            recorded.append(record(len(recorded)).id)
+            return False
+        return True
+
+    integrated = follow_queue(interval=0.01, should_stop=one_more_event_then_stop_when_due)
+    assert integrated == len(recorded) > 10
+    assert list(Entry.objects.order_by("sequence").values_list("event_id", flat=True)) == recorded
+    signed = list(Checkpoint.objects.order_by("id").values_list("created_at", "tree_size"))
+    assert len(signed) >= 2  # while the stream ran, not only at its end
+    gaps = [(later - earlier).total_seconds() for (earlier, _), (later, _) in zip(signed, signed[1:])]
+    assert min(gaps) >= 0.3
+    assert signed[-1][1] == len(recorded)  # and the last one covers the stream's end

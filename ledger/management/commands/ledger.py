@@ -1,7 +1,9 @@
 import base64
 import binascii
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -10,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from ledger import rotation, witness
 from ledger.export import write_bundle
-from ledger.services import create_checkpoint, sequence_pending
+from ledger.services import create_checkpoint, follow_queue, sequence_pending
 from ledger.signing import NoteError, key_id, ledger_signer
 from ledger.stored_tree import tree_size
 from ledger.verification import verify_bundle, verify_database
@@ -46,8 +48,9 @@ class Command(BaseCommand):
             "sequence", help="integrate the recorded events into the ledger (as the one sequencer: a second one waits)"
         )
         sequence.add_argument("--follow", action="store_true", help="keep integrating until stopped")
-        sequence.add_argument("--interval", type=float, default=0.2, metavar="SECONDS",
-                              help="with --follow: how long to sleep when the queue is empty (default 0.2)")
+        sequence.add_argument("--interval", type=float, default=0.05, metavar="SECONDS",
+                              help="with --follow: how long to wait after a batch that did not fill, collecting the "
+                                   "next one (default 0.05)")
         export = sub.add_parser("export", help="write an export bundle")
         export.add_argument("file")
         add_progress_arguments(export)
@@ -100,15 +103,22 @@ class Command(BaseCommand):
         if not 0 < interval <= 3600:
             self._fail(f"ERROR: --interval must be between 0 and 3600 seconds, not {interval:g}",
                        "bad --interval", UNUSABLE)
-        while True:
+        if not follow:
             integrated = sequence_pending(wait=True)
-            if not follow:
-                self.stdout.write(f"integrated {integrated} events; ledger size {tree_size()}")
-                return
-            if integrated:
-                self.stdout.write(f"integrated {integrated} events; ledger size {tree_size()}")
-            else:
-                time.sleep(interval)
+            self.stdout.write(f"integrated {integrated} events; ledger size {tree_size()}")
+            return
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):  # finish the batch in hand, drain the queue, then leave
+            signal.signal(signum, lambda *_: stop.set())
+        reported = [time.monotonic()]
+
+        def report(batch):
+            if time.monotonic() - reported[0] >= 10:
+                self.stdout.write(f"ledger size {batch[-1].sequence + 1}")
+                reported[0] = time.monotonic()
+
+        integrated = follow_queue(interval=interval, should_stop=stop.is_set, on_batch=report)
+        self.stdout.write(f"integrated {integrated} events; ledger size {tree_size()}")
 
     def _witness(self, *, store, log, log_key, name, **_):
         try:
