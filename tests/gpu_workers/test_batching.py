@@ -118,6 +118,23 @@ def test_a_cancelled_request_leaves_within_one_step_and_frees_its_rows(engine, a
     assert scheduler.stats.cancelled == 1
 
 
+def test_a_request_whose_client_left_stops_within_one_step_with_what_it_has(engine, alone):
+    scheduler = Scheduler(engine, max_batch_rows=1)
+    produced = []
+    left = []
+
+    with pytest.raises(Cancelled) as stopped:
+        scheduler.generate([LONG], lambda _index, text: (produced.append(text), len(produced) == 3 and left.append(1)),
+                           should_stop=lambda: bool(left))
+
+    assert stopped.value.by_client
+    partial = stopped.value.partial[0]
+    assert partial.finish_reason == "cancelled"
+    assert len(produced) <= 4 and partial.completion_tokens == len(produced)
+    assert alone[len(REQUESTS)].text.startswith(partial.text)
+    assert not scheduler.batch.sequences and scheduler.stats.cancelled == 1
+
+
 def test_a_request_past_its_deadline_stops(engine):
     scheduler = Scheduler(engine)
     with pytest.raises(Cancelled):
