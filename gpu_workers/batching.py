@@ -5,9 +5,11 @@ each for its own experts. One loop thread owns the engine's RunningBatch and rep
 
   1. drop the sequences whose request was cancelled or is past its deadline (they leave within one step);
   2. admit waiting requests, first come first served, as many as fit the bounds: rows in the batch (one per
-     lane: a request mixing k experts takes k rows), prompt tokens prefilled in one step, KV tokens the batch
-     may grow to, and experts the adapter pool holds at once. The head of the queue is never overtaken, so no
-     request starves; one that could never fit alone fails at once;
+     lane: a request mixing k experts' distributions takes k rows, one mixing their adapters one row), prompt
+     tokens prefilled in one step (512 by default: a burst of newcomers is prefilled in groups, each group
+     getting its first tokens and the running answers a step between groups; a longer prompt goes alone), KV
+     tokens the batch may grow to, and experts the adapter pool holds at once. The head of the queue is never
+     overtaken, so no request starves; one that could never fit alone fails at once;
   3. prefill the newcomers together (each gets its first token) and merge their KV cache into the batch's;
   4. one decode step for every sequence in the batch; finished ones leave and their callers get their answers.
 
@@ -74,7 +76,7 @@ class SchedulerStats:
 
 
 class Scheduler:
-    def __init__(self, engine, *, max_batch_rows: int = 64, max_prefill_tokens: int = 4096,
+    def __init__(self, engine, *, max_batch_rows: int = 64, max_prefill_tokens: int = 512,
                  max_batch_tokens: int = 1 << 16):
         self.engine = engine
         self.max_batch_rows = max_batch_rows
@@ -224,8 +226,10 @@ class Scheduler:
                 self._fail(head.ticket, PoolFull(
                     f"{len(sequence.experts)} experts are needed together but the adapter pool holds {capacity}"))
                 continue
+            # a prompt longer than the prefill budget is prefilled by itself, beside the running decodes
             fits = (rows + lanes <= self.max_batch_rows and len(joined) <= capacity
-                    and prefill_tokens + lanes * len(sequence.prompt_ids) <= self.max_prefill_tokens
+                    and (not newcomers
+                         or prefill_tokens + lanes * len(sequence.prompt_ids) <= self.max_prefill_tokens)
                     and kv_tokens + lanes * (len(sequence.prompt_ids) + sequence.request.max_tokens)
                     <= self.max_batch_tokens)
             if not fits and not alone:

@@ -97,6 +97,17 @@ def test_a_request_arriving_during_a_long_answer_finishes_before_it(engine, alon
     assert scheduler.stats.largest_batch == 2
 
 
+def test_a_prompt_longer_than_the_prefill_budget_joins_at_the_next_step_by_itself(engine, alone):
+    scheduler = Scheduler(engine, max_prefill_tokens=4)  # every prompt of REQUESTS[5] is longer
+
+    (_, long), (_, wordy), (_, short) = submit_at_steps(scheduler, [(5, 3), (0, 3)])
+
+    assert wordy.error is None and wordy.results[0].text == alone[5].text
+    assert wordy.admitted_at_step <= 4 and short.admitted_at_step <= 5  # never held until the long answer ends
+    assert wordy.finished_at_step < long.finished_at_step
+    assert scheduler.stats.prefills >= 3  # the wordy prompt alone, then the short one
+
+
 def test_a_cancelled_request_leaves_within_one_step_and_frees_its_rows(engine, alone):
     scheduler = Scheduler(engine, max_batch_rows=1)  # room for one sequence: the next waits for the row
     produced = []
