@@ -22,7 +22,7 @@ every other request for one of --tokens (in turn); client i starts i * --gap-ms 
 Per contender: tokens/s (completion tokens over the time from the first request to the last answer), time to
 first token p50/p99 (from sending the request to the first chunk with text), inter-token latency p99 (between
 chunks with text), failed requests (a status other than 200, an error event, no [DONE]), and how many of the
-requests sent while client 0's long answer was decoding got their first token before it ended. Prints a table; writes
+requests sent while client 0's long answer was in progress got their first token before it ended. Prints a table; writes
 bench/results/serving.md and .json, with the machine's load average before and after each contender.
 """
 from __future__ import annotations
@@ -209,9 +209,8 @@ def summarise(records: list[list[dict]]) -> dict:
     ttft = [r["chunk_times"][0] - r["sent"] for r in flat if r["chunk_times"]]
     gaps = [later - earlier for r in flat for earlier, later in zip(r["chunk_times"], r["chunk_times"][1:])]
     long = records[0][0]
-    long_first = long["chunk_times"][0] if long["chunk_times"] else long["end"]
-    # the requests sent while the long answer was decoding, and those of them that got a first token before it ended
-    during = [r for client in records[1:] for r in client if long_first < r["sent"] < long["end"]]
+    # the requests sent while the long answer was in progress, and those of them that got a first token before it ended
+    during = [r for client in records[1:] for r in client if long["sent"] < r["sent"] < long["end"]]
     served_during = [r for r in during if r["chunk_times"] and r["chunk_times"][0] < long["end"]]
     return {
         "requests": len(flat),
@@ -284,7 +283,7 @@ def markdown(results: dict) -> str:
         "other sessions.",
         "",
         "| contender | requests | tokens | tokens/s | TTFT p50 (s) | TTFT p99 (s) | ITL p99 (s) | failed | "
-        "requests sent while the long answer decodes that got their first token before it ended | load average "
+        "requests sent while the long answer is in progress that got their first token before it ended | load average "
         "before → after |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
