@@ -61,6 +61,14 @@ class GenerationRequest:
     # step) gives the weights of this token's mixture over the experts of `mixture` (each keeps its own KV
     # cache over the same prefix, so a mixture of k experts costs k rows per token, not k passes).
     mixture_rule: MixtureRule | None = field(default=None, compare=False)
+    # Where the mixture applies. "distributions" (the rule above): each expert runs on its own row with its own
+    # KV cache and the next-token distributions are mixed. "adapters": one row whose LoRA deltas are mixed,
+    # W x + Σ_i w_i · s_i B_i A_i x at every projection, with the weights of the token being computed (as
+    # X-LoRA and MoLE gate adapters per token); one KV cache, so a mixture of k experts costs one row.
+    mixture_space: str = "distributions"
+
+
+MIXTURE_SPACES = ("distributions", "adapters")
 
 
 def step_mixture(request: GenerationRequest, members: list[tuple[str | None, float]], text: str, step: int
@@ -183,6 +191,8 @@ def check_request(request: GenerationRequest) -> None:
         raise CompositionError("top_p must be in (0, 1]")
     if request.logprobs is not None and request.logprobs < 0:
         raise CompositionError("logprobs must be >= 0")
+    if request.mixture_space not in MIXTURE_SPACES:
+        raise CompositionError(f"mixture_space must be one of {MIXTURE_SPACES}, not {request.mixture_space!r}")
 
 
 @functools.lru_cache(maxsize=64)
@@ -360,6 +370,9 @@ class ReferenceEngine:
         results = []
         for index, request in enumerate(requests):
             check_request(request)
+            if request.mixture_space == "adapters":
+                results.append(self._generate_mixing_adapters(index, request, on_token))
+                continue
             members = self._members(request.mixture)
             prompt_ids = self._encode(request.prompt)
             state = DecodeState(request, self.tokenizer, len(prompt_ids))
@@ -383,6 +396,56 @@ class ReferenceEngine:
                     on_token(index, state.text)
             results.append(state.result())
         return results
+
+    def _generate_mixing_adapters(self, index: int, request: GenerationRequest, on_token) -> Generation:
+        """mixture_space "adapters", written to be obviously right: no KV cache; at every step the whole sequence
+        runs through the base model, each adapted projection adding Σ_i w_i[t] · s_i B_i A_i x[t] with the
+        weights each position was computed with (the prompt's: those of the first token; a generated token's:
+        those of the token that followed it)."""
+        members = self._members(request.mixture)
+        prompt_ids = self._encode(request.prompt)
+        state = DecodeState(request, self.tokenizer, len(prompt_ids))
+        position_weights: list[list[float]] = []  # [positions, members]
+        sequence = list(prompt_ids)
+        while not state.done:
+            weights = [w for _e, w in step_mixture(request, members, state.text, len(state.token_ids))]
+            position_weights += [weights] * (len(sequence) - len(position_weights))
+            logits = self._forward_mixing_adapters(members, torch.tensor([sequence]), torch.tensor(position_weights))
+            token = state.step(torch.log_softmax(logits[0, -1].float(), dim=-1))
+            sequence.append(token)
+            if on_token is not None:
+                on_token(index, state.text)
+        return state.result()
+
+    def _forward_mixing_adapters(self, members, input_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Logits of the base model with each member's LoRA delta added per position, weighted by weights [T, k]."""
+        base = self.model.get_base_model() if self.model is not None else self.base
+        hooks = []
+        modules = {name for expert_id, _ in members if expert_id is not None
+                   for name in self.experts[expert_id].adapter.modules}
+
+        def hook_for(name):
+            def add_delta(_module, inputs, output):
+                x = inputs[0][0].float()  # [T, in]
+                delta = torch.zeros_like(output[0], dtype=torch.float32)
+                for column, (expert_id, _) in enumerate(members):
+                    module = self.experts[expert_id].adapter.modules.get(name) if expert_id is not None else None
+                    if module is not None:
+                        update = (x @ module.A.float().T) @ module.B.float().T * module.scaling
+                        delta += weights[:, column, None].float() * update
+                return output + delta.to(output.dtype)[None]
+            return add_delta
+
+        for name in modules:
+            hooks.append(base.get_submodule(name).register_forward_hook(hook_for(name)))
+        try:
+            if self.model is not None:
+                with self.model.disable_adapter():
+                    return self.model(input_ids=input_ids, use_cache=False).logits
+            return self.base(input_ids=input_ids, use_cache=False).logits
+        finally:
+            for hook in hooks:
+                hook.remove()
 
     @torch.no_grad()
     def score(self, requests: list[ScoreRequest]) -> list[list[float]]:

@@ -300,6 +300,13 @@ class CascadeSpec(StrategySpec):
         }
 
 
+def read_mix(reader: ConfigReader) -> dict:
+    """`mix`: where a per-token mixture applies. "distributions" (default): every expert keeps its own KV cache
+    over the same prefix and their next-token distributions are mixed (k rows per token). "adapters": one KV
+    cache, the experts' LoRA deltas mixed at every projection with the token's weights (one row per token)."""
+    return {"mix": reader.choice("mix", ("distributions", "adapters"), "distributions")}
+
+
 class SwitchSpec(StrategySpec):
     name = "switch"
     level = "api"
@@ -311,6 +318,7 @@ class SwitchSpec(StrategySpec):
         return {
             "segment": reader.choice("segment", tuple(cls.BOUNDARIES), "sentence"),
             "segment_tokens": reader.integer("segment_tokens", 8, minimum=1),
+            **read_mix(reader),
         }
 
 
@@ -328,6 +336,7 @@ class LogitMixtureSpec(StrategySpec):
             "source": source,
             "weights": weights,
             "router_temperature": reader.number("router_temperature", 0.05, minimum=1e-6),
+            **read_mix(reader),
         }
 
 

@@ -71,6 +71,7 @@ def stream_from_broker(app, message: TaskMessage, *, redis_client=None, send_tas
     key = contract.stream_key(message.request_id)
     sent: dict[int, int] = {}  # characters of each choice already yielded
     last_id = "0-0"
+    ended = False
     try:
         while True:
             remaining = deadline - time.time()
@@ -91,6 +92,7 @@ def stream_from_broker(app, message: TaskMessage, *, redis_client=None, send_tas
                         if delta is not None:
                             yield delta
                         continue
+                    ended = True
                     yield event
                     return
             if not replies:
@@ -101,13 +103,26 @@ def stream_from_broker(app, message: TaskMessage, *, redis_client=None, send_tas
                         continue
                     result = ended.result if ended.state == states.SUCCESS else contract.error_result(
                         message.request_id, f"the worker failed: {ended.state}: {ended.result}", contract.ENGINE_ERROR)
+                    ended = True
                     yield contract.final_event(result)
                     return
     finally:
+        if not ended:  # closed before its end: the client left, so the worker stops within one step
+            cancel(message, app=app, redis_client=client)
         try:
             client.delete(key)
         except Exception:  # noqa: BLE001 - the key expires by itself
             pass
+
+
+def cancel(message: TaskMessage, *, app, redis_client=None) -> None:
+    """Tell the worker running this message that its client left (it stops within one decode step)."""
+    from gpu_workers.streaming import cancel as cancel_request
+
+    try:
+        cancel_request(message.request_id, app=app, redis_client=redis_client)
+    except Exception:  # noqa: BLE001 - Redis away: the request runs to its end, as before cancellation
+        pass
 
 
 def _stream_of_result(app, message: TaskMessage, deadline: float) -> Iterator[contract.StreamEvent]:

@@ -330,6 +330,12 @@ def stream_key(request_id: str) -> str:
     return f"mosaic:stream:{request_id}"
 
 
+def cancel_key(request_id: str) -> str:
+    """The Redis key whose presence tells the worker running a request that its client left: it stops within
+    one decode step (gpu_workers.streaming.RedisCancelCheck)."""
+    return f"mosaic:cancel:{request_id}"
+
+
 class MessageError(ValueError):
     """A task message, result or stream event does not have the shape of the contract."""
 

@@ -58,26 +58,33 @@ class LoraBatchContext:
     def __init__(self):
         self.any_adapter = False
         self.rows: RowAdapters | None = None
-        self.lane_slots: torch.Tensor | None = None
+        self.lane_slots: torch.Tensor | None = None  # [lanes, k]
+        self.lane_weights: torch.Tensor | None = None  # [lanes, k]
         self._lanes_key: tuple | None = None
         self._lanes: dict[str, LaneLora | None] = {}
         self._pool_version: int | None = None
 
     def set(self, lane_slots: torch.Tensor, seq_len: int, *, n_slots: int, device: torch.device,
-            use_plan: bool) -> None:
-        """lane_slots: a CPU tensor, one slot per sequence of the batch (-1 = base model)."""
+            use_plan: bool, lane_weights: torch.Tensor | None = None) -> None:
+        """lane_slots: a CPU tensor, one slot per lane (row) of the batch (-1 = base model), or [lanes, k] for
+        lanes that mix k adapters' deltas, weighted by lane_weights [lanes, k] (the kernel's weighted path)."""
+        if lane_slots.dim() == 1:
+            lane_slots = lane_slots[:, None]
+        if lane_weights is None:
+            lane_weights = torch.ones(lane_slots.shape, dtype=torch.float32)
         self.any_adapter = bool((lane_slots >= 0).any())
         self.rows = None
         if not self.any_adapter:
             return
         if use_plan:
-            indices = lane_slots.to(device=device, dtype=torch.int32).repeat_interleave(seq_len)[:, None]
-            weights = torch.ones(indices.shape, dtype=torch.float32, device=device)
+            indices = lane_slots.to(device=device, dtype=torch.int32).repeat_interleave(seq_len, dim=0)
+            weights = lane_weights.to(device=device, dtype=torch.float32).repeat_interleave(seq_len, dim=0)
             self.rows = RowAdapters(indices, weights, build_lora_plan(indices, weights, n_slots=n_slots))
             return
-        key = tuple(lane_slots.tolist())
+        key = (tuple(lane_slots.flatten().tolist()), tuple(lane_weights.flatten().tolist()), lane_slots.shape[1])
         if key != self._lanes_key:
-            self._lanes_key, self._lanes, self.lane_slots = key, {}, lane_slots.clone()
+            self._lanes_key, self._lanes = key, {}
+            self.lane_slots, self.lane_weights = lane_slots.clone(), lane_weights.float().clone()
 
     def lanes_for(self, name: str, pool: AdapterPool) -> LaneLora | None:
         """The lanes' gathered weights for one projection, None when no lane's expert adapts it."""
@@ -88,7 +95,7 @@ class LoraBatchContext:
             ranks = torch.where(slots >= 0, pool.ranks[name][slots.clamp(min=0).long()], 0)
             self._lanes[name] = (
                 gather_lane_lora(pool.a[name], pool.b[name], pool.scalings[name], slots,
-                                 torch.ones(slots.shape, dtype=torch.float32, device=pool.device))
+                                 self.lane_weights.to(pool.device))
                 if bool((ranks > 0).any()) else None
             )
         return self._lanes[name]
@@ -171,9 +178,13 @@ def detach_multi_lora(model: nn.Module) -> None:
 
 @dataclass
 class Lane:
+    """One row of a forward: a request's expert (its distribution mixed with `weight`), or, for a request that
+    mixes its experts' adapters (mixture_space "adapters"), all of them on one row with their weights."""
+
     request_index: int
     expert_id: str | None
     weight: float
+    adapters: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass
@@ -191,6 +202,11 @@ class Sequence:
     @property
     def experts(self) -> set[str]:
         return {expert_id for expert_id, _weight in self.lanes if expert_id is not None}
+
+    @property
+    def rows(self) -> int:
+        """Rows in the batch: one per expert, or one in all when the request mixes its adapters."""
+        return 1 if self.request.mixture_space == "adapters" else len(self.lanes)
 
 
 def _left_pad(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
@@ -222,7 +238,7 @@ class RunningBatch:
 
     @property
     def rows(self) -> int:
-        return sum(len(sequence.lanes) for sequence in self.sequences)
+        return sum(sequence.rows for sequence in self.sequences)
 
     @property
     def experts(self) -> set[str]:
@@ -258,8 +274,8 @@ class RunningBatch:
         rows, row = [], 0
         for sequence in self.sequences:
             if id(sequence) in kept_ids:
-                rows.extend(range(row, row + len(sequence.lanes)))
-            row += len(sequence.lanes)
+                rows.extend(range(row, row + sequence.rows))
+            row += sequence.rows
         index = torch.tensor(rows, dtype=torch.long, device=self.attention.device)
         self.cache.batch_select_indices(index)
         self.attention, self.positions = self.attention[index], self.positions[index]
@@ -356,10 +372,12 @@ class MosaicEngine:
         )
 
     def _forward(self, input_ids, attention_mask, position_ids, lane_slots, cache, *, last_only: bool = False):
-        """last_only: compute the vocabulary projection for the last position only (decoding)."""
+        """lane_slots: one slot per row, or (slots, weights) [rows, k] each (_lane_adapters). last_only: compute
+        the vocabulary projection for the last position only (decoding)."""
+        lane_slots, lane_weights = lane_slots if isinstance(lane_slots, tuple) else (lane_slots, None)
         self.context.set(
             lane_slots, input_ids.shape[1], n_slots=self.pool.capacity, device=self.device,
-            use_plan=self.uses_triton,
+            use_plan=self.uses_triton, lane_weights=lane_weights,
         )
         try:
             return self.model(
@@ -433,8 +451,21 @@ class MosaicEngine:
                                            len(sequence.state.token_ids))
                 except Exception as error:  # noqa: BLE001 - this sequence fails alone, not the whole batch
                     sequence.error = error
-            lanes.extend(Lane(index, expert_id, weight) for expert_id, weight in members)
+            if sequence.request.mixture_space == "adapters":
+                lanes.append(Lane(index, None, 1.0, tuple((e, w) for e, w in members if e is not None)))
+            else:
+                lanes.extend(Lane(index, expert_id, weight) for expert_id, weight in members)
         return lanes
+
+    @staticmethod
+    def _lane_adapters(lanes: list[Lane], slots: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each lane's adapter slots and their weights, [lanes, k] each (-1 and 0 pad a lane with fewer)."""
+        pairs = [[(slots[e], w) for e, w in lane.adapters] if lane.adapters
+                 else [(slots[lane.expert_id] if lane.expert_id is not None else -1, 1.0)] for lane in lanes]
+        k = max(len(row) for row in pairs)
+        pairs = [row + [(-1, 0.0)] * (k - len(row)) for row in pairs]
+        return (torch.tensor([[slot for slot, _ in row] for row in pairs], dtype=torch.int32),
+                torch.tensor([[weight for _, weight in row] for row in pairs], dtype=torch.float32))
 
     def _advance(self, sequences: list[Sequence], lanes: list[Lane], logits: torch.Tensor) -> torch.Tensor:
         """Each sequence's next token from its lanes' last logits; returns them as next inputs [rows, 1]."""
@@ -453,8 +484,7 @@ class MosaicEngine:
         with self.lock:
             lanes = self._sequence_lanes(newcomers)
             slots = self.pool.acquire(sorted(batch.experts | {e for s in newcomers for e in s.experts}))
-            lane_slots = torch.tensor([slots[lane.expert_id] if lane.expert_id is not None else -1 for lane in lanes],
-                                      dtype=torch.int32)
+            lane_slots = self._lane_adapters(lanes, slots)
             input_ids, attention, positions = self._left_padded(
                 [newcomers[lane.request_index].prompt_ids for lane in lanes])
             cache = DynamicCache()
@@ -468,8 +498,7 @@ class MosaicEngine:
         with self.lock:
             lanes = self._sequence_lanes(batch.sequences)
             slots = self.pool.acquire(sorted(batch.experts))  # kept resident: a newcomer's load may move them
-            lane_slots = torch.tensor([slots[lane.expert_id] if lane.expert_id is not None else -1 for lane in lanes],
-                                      dtype=torch.int32)
+            lane_slots = self._lane_adapters(lanes, slots)
             attention = torch.cat([batch.attention, batch.attention.new_ones((batch.attention.shape[0], 1))], dim=1)
             output = self._forward(batch.next_input, attention, batch.positions, lane_slots, batch.cache,
                                    last_only=True)
@@ -496,6 +525,10 @@ class MosaicEngine:
         token (streaming), as ReferenceEngine does."""
         for request in requests:
             check_request(request)
+        if any(request.mixture_space == "adapters" for request in requests):
+            from gpu_workers.batching import Scheduler  # the one path that mixes adapters on a row
+
+            return Scheduler(self).generate(requests, on_token)
         with self.lock:
             try:
                 return self._generate(requests, on_token)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 from gpu_workers import contract
@@ -21,6 +22,44 @@ from gpu_workers.contract import StreamEvent, TaskMessage, TokenEvent
 
 CHUNK_CHARS = 16
 STREAM_TTL_S = 300  # a stream nobody reads (its client left) disappears from Redis after this
+CANCEL_CHECK_INTERVAL_S = 0.02  # a worker asks Redis whether a request was cancelled at most this often
+
+_in_process_cancels: dict[str, threading.Event] = {}
+_in_process_lock = threading.Lock()
+
+
+def cancel(request_id: str, *, app=None, redis_client=None) -> None:
+    """Tell whoever runs this request that its client left. In this process (embedded) the request's event is
+    set; with a Redis broker (`app`'s, or redis_client) the cancel key is set for the worker to read."""
+    with _in_process_lock:
+        event = _in_process_cancels.get(request_id)
+    if event is not None:
+        event.set()
+    if redis_client is None and app is not None and str(app.conf.broker_url).startswith(("redis://", "rediss://")):
+        import redis
+
+        redis_client = redis.Redis.from_url(app.conf.broker_url)
+    if redis_client is not None:
+        redis_client.set(contract.cancel_key(request_id), b"1", ex=STREAM_TTL_S)
+
+
+class RedisCancelCheck:
+    """should_stop for a worker's request: True once the web process set the request's cancel key (asked at
+    every decode step; Redis is read at most every `interval_s`)."""
+
+    def __init__(self, client, request_id: str, *, interval_s: float = CANCEL_CHECK_INTERVAL_S):
+        self.client = client
+        self.key = contract.cancel_key(request_id)
+        self.interval_s = interval_s
+        self._checked_at = float("-inf")
+        self._cancelled = False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if not self._cancelled and now - self._checked_at >= self.interval_s:
+            self._checked_at = now
+            self._cancelled = bool(self.client.exists(self.key))
+        return self._cancelled
 
 
 def _holdback(message: dict) -> int:
@@ -60,27 +99,43 @@ class EventWriter:
 
 
 def stream_in_process(message: TaskMessage | dict) -> Iterator[StreamEvent]:
-    """Run the message on this process's engine (on a thread) and yield its events as they come."""
+    """Run the message on this process's engine (on a thread) and yield its events as they come. Closing the
+    iterator before its end (the client left) cancels the request."""
     from gpu_workers.tasks import run_idempotent
 
     wire = message.to_dict() if isinstance(message, TaskMessage) else message
+    request_id = wire.get("request_id") if isinstance(wire, dict) else None
     events: queue.Queue = queue.Queue()
     writer = EventWriter(wire, events.put)
+    cancelled = threading.Event()
+    if isinstance(request_id, str):
+        with _in_process_lock:
+            _in_process_cancels[request_id] = cancelled
 
     def work() -> None:
         try:
-            result = run_idempotent(wire, listener=writer.listener)
+            result = run_idempotent(wire, listener=writer.listener, should_stop=cancelled.is_set)
         except BaseException as error:  # run_idempotent reports failures itself; this is a last resort
-            request_id = wire.get("request_id") if isinstance(wire, dict) else None
             result = contract.error_result(request_id, f"engine error: {error}", contract.ENGINE_ERROR)
+        finally:
+            if isinstance(request_id, str):
+                with _in_process_lock:
+                    if _in_process_cancels.get(request_id) is cancelled:
+                        del _in_process_cancels[request_id]
         writer.finish(result)
 
     threading.Thread(target=work, name="mosaic-stream", daemon=True).start()
-    while True:
-        event = events.get()
-        yield event
-        if not isinstance(event, TokenEvent):
-            return
+    ended = False
+    try:
+        while True:
+            event = events.get()
+            yield event
+            if not isinstance(event, TokenEvent):
+                ended = True
+                return
+    finally:
+        if not ended:
+            cancelled.set()
 
 
 class RedisStreamPublisher:
@@ -108,7 +163,8 @@ def publish_run(message: dict, *, broker_url: str | None = None, client=None) ->
         client = redis.Redis.from_url(broker_url)
     request_id = message.get("request_id") if isinstance(message, dict) else ""
     writer = EventWriter(message, RedisStreamPublisher(client, request_id or "unknown"))
-    result = run_idempotent(message, listener=writer.listener)
+    should_stop = RedisCancelCheck(client, request_id) if isinstance(request_id, str) and request_id else None
+    result = run_idempotent(message, listener=writer.listener, should_stop=should_stop)
     writer.finish(result)
     return result
 

@@ -62,7 +62,7 @@ def past_deadline(message, *, now: float | None = None) -> bool:
     return (time.time() if now is None else now) > deadline
 
 
-def run_idempotent(message: dict, *, listener=None) -> dict:
+def run_idempotent(message: dict, *, listener=None, should_stop=None) -> dict:
     """run_message, once per request id in this process (results of handled failures are not kept, so a
     retry after, say, a missing adapter file is fixed gets a fresh run). A message past its deadline is
     dropped: answered with a `deadline_exceeded` error, never run."""
@@ -77,8 +77,8 @@ def run_idempotent(message: dict, *, listener=None) -> dict:
             return cached
     from gpu_workers.serving import run_message  # the engine (torch) loads on a worker, never on import
 
-    result = run_message(message, listener=listener)
-    if isinstance(request_id, str) and "error" not in result:
+    result = run_message(message, listener=listener, should_stop=should_stop)
+    if isinstance(request_id, str) and "error" not in result and not (should_stop is not None and should_stop()):
         _remember(request_id, result)
     return result
 

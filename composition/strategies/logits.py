@@ -26,9 +26,12 @@ class LogitMixture(LogitMixtureSpec, Strategy):
     def complete(self, prompt, request, seed, engine):
         if self.config["source"] == "fixed":
             weights = {k: v for k, v in self.config["weights"].items() if v > 0}
-            generation = engine.generate([self.generation_request(prompt, request, seed, weights)])[0]
+            generation = engine.generate([self.generation_request(
+                prompt, request, seed, weights, mixture_space=self.config.get("mix", "distributions"))])[0]
+            # the distribution mixture scores an echoed prompt; mixed adapters have no such mixture
+            scored = weights if self.config.get("mix", "distributions") == "distributions" else None
             return Choice(generation.text, generation.finish_reason, generation.completion_tokens, weights,
-                          generation=generation, mixture=weights)
+                          generation=generation, mixture=scored)
 
         totals = {expert_id: 0.0 for expert_id in self.expert_ids}
 
@@ -42,9 +45,11 @@ class LogitMixture(LogitMixtureSpec, Strategy):
             total = sum(weights.values())
             return {k: v / total for k, v in weights.items()}
 
-        # every expert keeps its own lane (KV cache) over the same prefix; the router reweighs them per token
+        # every expert keeps its own lane (KV cache) over the same prefix, or with mix "adapters" one lane mixes
+        # their adapters; the router reweighs them per token
         generation = engine.generate([self.generation_request(prompt, request, seed, uniform(self.expert_ids),
-                                                              mixture_rule=mixture_now)])[0]
+                                                              mixture_rule=mixture_now,
+                                                              mixture_space=self.config.get("mix", "distributions"))])[0]
         return Choice(generation.text, generation.finish_reason, generation.completion_tokens, totals,
                       generation=generation)
 

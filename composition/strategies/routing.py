@@ -231,8 +231,10 @@ class Switch(SwitchSpec, Strategy):
             counts[current["expert"]] += 1
             return {current["expert"]: 1.0}
 
-        # every expert keeps its own lane (KV cache) over the same prefix; the switch picks one per token
+        # every expert keeps its own lane (KV cache) over the same prefix, or with mix "adapters" one lane holds
+        # them all (one KV cache); the switch picks one per token
         generation = engine.generate([self.generation_request(prompt, request, seed, uniform(self.expert_ids),
-                                                              mixture_rule=expert_now)])[0]
+                                                              mixture_rule=expert_now,
+                                                              mixture_space=self.config.get("mix", "distributions"))])[0]
         return Choice(generation.text, generation.finish_reason, generation.completion_tokens, counts,
                       generation=generation)

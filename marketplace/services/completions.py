@@ -112,8 +112,9 @@ def completion_run(*, prepared: PreparedCompletion) -> Served:
 
 def completion_stream(*, prepared: PreparedCompletion) -> Iterator[contract.TokenEvent | Served]:
     """TokenEvents as the worker produces them, then Served. A failure raises its DomainError after the quota
-    is released. A client that leaves mid-stream (GeneratorExit): the engine finishes the answer anyway, so it
-    is recorded and billed; if it fails, the reservation is released."""
+    is released. A client that leaves mid-stream (GeneratorExit): the engine is told to stop (within one decode
+    step, freeing its slot) and the tokens it generated until then are recorded and billed; if it fails, the
+    reservation is released."""
     events = inference.stream_system_request(message=prepared.message)
     try:
         for event in events:
@@ -122,6 +123,7 @@ def completion_stream(*, prepared: PreparedCompletion) -> Iterator[contract.Toke
                 return
             yield event
     except GeneratorExit:
+        inference.cancel_request(message=prepared.message)
         _finish_after_disconnect(prepared=prepared, events=events)
         raise
     except BaseException:

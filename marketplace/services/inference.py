@@ -118,6 +118,19 @@ def run_system_request(*, message: TaskMessage) -> CompletionResult:
     return _checked(result)
 
 
+def cancel_request(*, message: TaskMessage) -> None:
+    """The client of this (streaming) request left: its engine stops within one decode step and ends the
+    answer with what it has (finish_reason "cancelled"), which is still settled."""
+    if embedded():
+        from gpu_workers.streaming import cancel
+
+        cancel(message.request_id)
+        return
+    from mosaic.celery import app
+
+    client.cancel(message, app=app)
+
+
 def stream_system_request(*, message: TaskMessage) -> Iterator[contract.TokenEvent | contract.DoneEvent]:
     """Yields TokenEvents as the worker produces them, then one DoneEvent; an ErrorEvent is raised as the
     DomainError the API answers with."""

@@ -64,15 +64,27 @@ def submit_at_steps(scheduler, arrivals):
     return tickets
 
 
+@pytest.fixture(scope="module")
+def reference_answers(gpu_world):
+    """The ReferenceEngine's answer to every greedy request (the sampled one is compared with the engine alone:
+    both draw from the request's own seeded generator, but the reference's float32 sums may differ in the last
+    bits, which sampling can turn into another token)."""
+    base, adapters = gpu_world
+    reference = ReferenceEngine(str(base), [load_expert(e, adapters[e].path) for e in ("alpha", "beta", "gamma")])
+    return {index: reference.generate([request])[0] for index, request in enumerate([*REQUESTS, LONG])
+            if request.temperature == 0}
+
+
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(arrivals=st.lists(st.tuples(st.integers(0, len(REQUESTS) - 1), st.integers(0, 30)), max_size=6))
-def test_every_request_gets_what_it_gets_alone_whatever_joins_or_leaves(engine, alone, arrivals):
+def test_every_request_gets_the_reference_answer_whatever_joins_or_leaves(engine, alone, reference_answers, arrivals):
     scheduler = Scheduler(engine)
     for index, ticket in submit_at_steps(scheduler, arrivals):
+        expected = reference_answers.get(index, alone[index])
         assert ticket.error is None
-        assert ticket.results[0].text == alone[index].text
-        assert ticket.results[0].finish_reason == alone[index].finish_reason
-        assert ticket.results[0].completion_tokens == alone[index].completion_tokens
+        assert ticket.results[0].text == expected.text
+        assert ticket.results[0].finish_reason == expected.finish_reason
+        assert ticket.results[0].completion_tokens == expected.completion_tokens
 
 
 def test_the_scheduler_matches_the_reference_engine(gpu_world, engine):
@@ -97,6 +109,17 @@ def test_a_request_arriving_during_a_long_answer_finishes_before_it(engine, alon
     assert scheduler.stats.largest_batch == 2
 
 
+def test_a_prompt_longer_than_the_prefill_budget_joins_at_the_next_step_by_itself(engine, alone):
+    scheduler = Scheduler(engine, max_prefill_tokens=4)  # every prompt of REQUESTS[5] is longer
+
+    (_, long), (_, wordy), (_, short) = submit_at_steps(scheduler, [(5, 3), (0, 3)])
+
+    assert wordy.error is None and wordy.results[0].text == alone[5].text
+    assert wordy.admitted_at_step <= 4 and short.admitted_at_step <= 5  # never held until the long answer ends
+    assert wordy.finished_at_step < long.finished_at_step
+    assert scheduler.stats.prefills >= 3  # the wordy prompt alone, then the short one
+
+
 def test_a_cancelled_request_leaves_within_one_step_and_frees_its_rows(engine, alone):
     scheduler = Scheduler(engine, max_batch_rows=1)  # room for one sequence: the next waits for the row
     produced = []
@@ -116,6 +139,23 @@ def test_a_cancelled_request_leaves_within_one_step_and_frees_its_rows(engine, a
     assert waiting.done.wait(60) and waiting.error is None
     assert waiting.results[0].text == alone[0].text
     assert scheduler.stats.cancelled == 1
+
+
+def test_a_request_whose_client_left_stops_within_one_step_with_what_it_has(engine, alone):
+    scheduler = Scheduler(engine, max_batch_rows=1)
+    produced = []
+    left = []
+
+    with pytest.raises(Cancelled) as stopped:
+        scheduler.generate([LONG], lambda _index, text: (produced.append(text), len(produced) == 3 and left.append(1)),
+                           should_stop=lambda: bool(left))
+
+    assert stopped.value.by_client
+    partial = stopped.value.partial[0]
+    assert partial.finish_reason == "cancelled"
+    assert len(produced) <= 4 and partial.completion_tokens == len(produced)
+    assert alone[len(REQUESTS)].text.startswith(partial.text)
+    assert not scheduler.batch.sequences and scheduler.stats.cancelled == 1
 
 
 def test_a_request_past_its_deadline_stops(engine):

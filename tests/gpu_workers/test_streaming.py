@@ -45,7 +45,7 @@ def test_the_first_token_reaches_the_web_before_the_last_is_generated(monkeypatc
     message = streaming_message()
     may_finish = threading.Event()
 
-    def engine_that_blocks_after_the_first_token(wire, *, listener=None):
+    def engine_that_blocks_after_the_first_token(wire, *, listener=None, should_stop=None):
         listener(0, "Hel")
         assert may_finish.wait(30)
         listener(0, "Hello")
@@ -67,6 +67,33 @@ def test_the_first_token_reaches_the_web_before_the_last_is_generated(monkeypatc
     assert rest[:-1] == [contract.TokenEvent(0, "lo", 3)]
     assert isinstance(rest[-1], contract.DoneEvent) and rest[-1].result.choices[0].text == "Hello"
     assert redis_client.exists(contract.stream_key(message.request_id)) == 0  # the reader cleans up
+
+
+def test_a_reader_that_leaves_mid_stream_tells_the_worker_to_stop(monkeypatch, app, redis_client):
+    message = streaming_message()
+    asked = []
+
+    def engine_that_runs_until_told(wire, *, listener=None, should_stop=None):
+        listener(0, "Hel")
+        deadline = time.monotonic() + 30
+        while not should_stop():  # what the scheduler asks at every step
+            assert time.monotonic() < deadline, "the worker was never told to stop"
+            time.sleep(0.01)
+        asked.append(True)
+        return result_of(message, "Hel")
+
+    monkeypatch.setattr(tasks, "run_idempotent", engine_that_runs_until_told)
+    worker = threading.Thread(target=streaming.publish_run, args=(message.to_dict(),),
+                              kwargs={"client": redis_client})
+    worker.start()
+    events = client.stream_from_broker(app, message, redis_client=redis_client, send_task=False)
+
+    assert next(events) == contract.TokenEvent(0, "Hel", 0)
+    events.close()  # the web process closes the stream when its client hangs up
+    worker.join(30)
+
+    assert asked == [True]
+    assert redis_client.exists(contract.cancel_key(message.request_id)) == 1
 
 
 def test_a_worker_that_dies_mid_stream_ends_it_with_an_error_event(app, redis_client):

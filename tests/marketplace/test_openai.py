@@ -290,6 +290,29 @@ def test_a_client_that_leaves_mid_stream_is_still_metered(rf, served):
     assert 0 < usage.completion_tokens <= 6
 
 
+def test_a_client_that_leaves_mid_stream_stops_the_engine_within_a_step(rf, served, tiny_world):
+    from django.core.signals import request_finished
+    from django.db import close_old_connections
+    from transformers import AutoTokenizer
+
+    from marketplace.api.openai import ChatCompletionApi
+
+    eos = AutoTokenizer.from_pretrained(str(tiny_world[0])).eos_token_id
+    body = chat_body(stream=True, max_tokens=512, logit_bias={str(eos): -100})  # it would run to 512 tokens
+    request = rf.post("/v1/chat/completions", json.dumps(body), content_type="application/json",
+                      HTTP_AUTHORIZATION=f"Bearer {served.key}")
+    response = ChatCompletionApi.as_view()(request)
+    chunks = iter(response)
+    assert next(chunks).startswith(b"data: {")  # the role
+    assert b'"content"' in next(chunks)  # the first text
+    request_finished.disconnect(close_old_connections)
+    try:
+        response.close()
+    finally:
+        request_finished.connect(close_old_connections)
+    assert Usage.objects.get().completion_tokens < 64
+
+
 def test_a_past_due_subscription_stops_the_api_with_a_402(client, served):
     from marketplace.models import Subscription
 
