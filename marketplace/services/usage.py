@@ -33,8 +33,10 @@ def price_for(*, system: ComposedSystem, plan: Plan) -> int:
     return plan.price_per_1k_tokens_minor
 
 
-def normalised_attribution(attribution: dict) -> dict[str, str]:
-    """Decimal strings (never floats), as the worker sent them or converted exactly from what it sent."""
+def attribution_decimal_strings(attribution: dict) -> dict[str, str]:
+    """Decimal strings (never floats), as the worker sent them or converted exactly from what it sent. Nothing
+    is renormalised here: the worker sends the shares composition.attribution rounded, and the credit rule
+    reads what was recorded."""
     return {str(k): str(Decimal(str(v))) for k, v in sorted(attribution.items())}
 
 
@@ -73,7 +75,7 @@ def usage_record(
 def _record(*, request_id, organization, api_key, system, plan, prompt_tokens, completion_tokens, latency_ms,
             engine_ms, attribution, reservation) -> Usage:
     total = prompt_tokens + completion_tokens
-    attribution = normalised_attribution(attribution)
+    attribution = attribution_decimal_strings(attribution)
     charge = charge_minor(total_tokens=total, price_per_1k_tokens_minor=price_for(system=system, plan=plan))
     check_amount(charge, param="charge_minor")
     with transaction.atomic():
