@@ -28,6 +28,7 @@ from marketplace.services.organizations import (
     organization_create,
 )
 from mosaic.errors import DomainError, NotFound
+from marketplace.ledger_refs import user_ref
 
 SCOPES = ", ".join(OrganizationAPIKey.Scope.values)
 
@@ -230,7 +231,7 @@ class SubscriptionApi(APIView):
         serializer.is_valid(raise_exception=True)
         subscription, unavailable = subscription_create(
             organization=membership.organization, plan=serializer.validated_data["plan"],
-            payment_method=serializer.validated_data.get("payment_method"), actor=f"user:{request.user.pk}",
+            payment_method=serializer.validated_data.get("payment_method"), actor=user_ref(request.user),
         )
         return Response({**subscription_output(subscription), "unavailable_systems": unavailable}, status=201)
 
@@ -243,7 +244,7 @@ class SubscriptionApi(APIView):
         serializer.is_valid(raise_exception=True)
         subscription, unavailable = subscription_change_plan(
             organization=membership.organization, plan=serializer.validated_data["plan"],
-            payment_method=serializer.validated_data.get("payment_method"), actor=f"user:{request.user.pk}",
+            payment_method=serializer.validated_data.get("payment_method"), actor=user_ref(request.user),
         )
         return Response({**subscription_output(subscription), "unavailable_systems": unavailable})
 

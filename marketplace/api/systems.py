@@ -9,6 +9,7 @@ from marketplace.models import BaseModel, ComposedSystem, Organization
 from marketplace.selectors.systems import system_get, systems_visible_to_user
 from marketplace.services.systems import system_create, system_update
 from mosaic.errors import NotFound
+from marketplace.ledger_refs import user_ref
 
 
 class SystemOutputSerializer(serializers.ModelSerializer):
@@ -63,7 +64,7 @@ class SystemUpdateInputSerializer(_SystemFieldsSerializer):
 
 
 def _staff_actor(request) -> str:
-    return f"user:{request.user.pk}"
+    return user_ref(request.user)
 
 
 class SystemListApi(APIView):

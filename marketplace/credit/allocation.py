@@ -19,9 +19,10 @@ from ledger.accounting.services import PostingSpec, post_transaction
 from marketplace.credit import accounts
 from marketplace.credit.rules import MAX_CHARGE_MINOR, MAX_WEIGHT_TOTAL, PLAIN_DECIMAL
 from marketplace.models import ComposedSystem, ContributionMeasurement, CreditLine, Expert, Usage
+from marketplace.ledger_refs import CREDIT_ACTOR
 
 ADVISORY_LOCK_KEY = 7_000_007
-ACTOR = "system:credit"
+ACTOR = CREDIT_ACTOR
 
 
 def _tables() -> dict[str, str]:
@@ -305,7 +306,7 @@ def _allocate_batch(*, after: int, until: datetime, batch_size: int, actor: str)
         for contributor_id, system_id, expert_id, day, amount in payables:
             amount = int(amount)
             if contributor_id is None:
-                account, dimension = accounts.PLATFORM_REVENUE, f"system:{system_id}"
+                account, dimension = accounts.PLATFORM_REVENUE, accounts.system_dimension(system_id)
             else:
                 account, dimension = accounts.payable(contributor_id), accounts.earning_dimension(system_id, expert_id)
                 to_contributors += amount

@@ -1,13 +1,15 @@
 from django.conf import settings
 from django.db import models
+from marketplace.ledger_refs import LedgerReferenced
 
 
-class SystemEvaluation(models.Model):
+class SystemEvaluation(LedgerReferenced, models.Model):
     """One run of a system's held-out evaluation: a job row the operator watches (Read the Docs' build row).
 
     queued -> running -> succeeded | failed. `progress_done` counts the coalitions answered (the whole system,
     each subset of its experts, the base model alone); `progress_total` is their number when known in advance
     (exact Shapley) and null for Monte Carlo, which stops when its estimates are precise enough."""
+    ledger_kind = "evaluation"
 
     class State(models.TextChoices):
         QUEUED = "queued"

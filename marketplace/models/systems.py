@@ -1,10 +1,12 @@
 from django.db import models
 
 from marketplace.credit.rules import MAX_CHARGE_MINOR
+from marketplace.ledger_refs import LedgerReferenced
 
 
-class ComposedSystem(models.Model):
+class ComposedSystem(LedgerReferenced, models.Model):
     """Experts + a composition strategy + its parameters, callable as one model."""
+    ledger_kind = "system"
 
     class Status(models.TextChoices):
         ACTIVE = "active"
@@ -44,10 +46,6 @@ class ComposedSystem(models.Model):
     def __str__(self) -> str:
         return self.slug
 
-    @property
-    def ledger_ref(self) -> str:
-        return f"system:{self.pk}"
-
 
 class SystemExpert(models.Model):
     system = models.ForeignKey(ComposedSystem, on_delete=models.CASCADE, related_name="memberships")
@@ -75,8 +73,9 @@ class ContributionMeasurement(models.Model):
     measured_at = models.DateTimeField(auto_now_add=True)
 
 
-class Usage(models.Model):
+class Usage(LedgerReferenced, models.Model):
     """One served request. Written with its ledger entry in one transaction."""
+    ledger_kind = "usage"
 
     request_id = models.CharField(max_length=64, unique=True)
     organization = models.ForeignKey("marketplace.Organization", on_delete=models.PROTECT, related_name="usage")

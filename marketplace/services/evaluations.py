@@ -38,6 +38,7 @@ from marketplace.credit.rules import measured_shares_bp
 from marketplace.models import ComposedSystem, ContributionMeasurement, SystemEvaluation, SystemExpert
 from marketplace.services.inference import build_message, run_system_request, with_fresh_deadline
 from mosaic.errors import DomainError
+from marketplace.ledger_refs import EVALUATION_ACTOR, user_ref
 
 SKILL_TAG = "skill:"
 METRIC = "is_correct"
@@ -216,7 +217,7 @@ def _record(*, system, members, sets, report, correct, base, measured, runner, i
     shares = measured_shares_bp(values)
     recorded_payload = {
         "system": system.ledger_ref,
-        "evaluation": f"evaluation:{evaluation.pk}" if evaluation is not None else None,
+        "evaluation": evaluation.ledger_ref if evaluation is not None else None,
         "strategy": system.strategy,
         "experts": [{"expert": m.expert.ledger_ref, "version": m.version.number, "sha256": m.version.sha256}
                     for m in members],
@@ -310,7 +311,7 @@ def evaluation_run(*, evaluation_id: int) -> SystemEvaluation:
     evaluation = SystemEvaluation.objects.select_related("system", "requested_by").get(pk=evaluation_id)
     if not claimed:
         return evaluation  # already run or running (a redelivered task)
-    actor = f"user:{evaluation.requested_by_id}" if evaluation.requested_by_id else "system:evaluation"
+    actor = user_ref(evaluation.requested_by_id) if evaluation.requested_by_id else EVALUATION_ACTOR
     try:
         system_evaluate(system=evaluation.system, items_per_skill=evaluation.items_per_skill, seed=evaluation.seed,
                         actor=actor, evaluation=evaluation)

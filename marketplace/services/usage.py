@@ -9,7 +9,7 @@ from django.db import IntegrityError, transaction
 from ledger.services import record_event
 from marketplace import quotas
 from marketplace.credit.rules import MAX_CHARGE_MINOR, within_bound
-from marketplace.models import ComposedSystem, Organization, OrganizationAPIKey, Plan, Usage
+from marketplace.models import ComposedSystem, Expert, Organization, OrganizationAPIKey, Plan, Usage
 from mosaic.errors import DomainError
 
 
@@ -89,7 +89,7 @@ def _record(*, request_id, organization, api_key, system, plan, prompt_tokens, c
         record_event(
             kind="usage.recorded",
             payload={
-                "usage": f"usage:{usage.pk}",
+                "usage": usage.ledger_ref,
                 "request_id": request_id,
                 "organization": organization.ledger_ref,
                 "system": system.ledger_ref,
@@ -97,9 +97,9 @@ def _record(*, request_id, organization, api_key, system, plan, prompt_tokens, c
                 "completion_tokens": completion_tokens,
                 "charge_minor": usage.charge_minor,
                 "currency": _currency(),
-                "attribution": {f"expert:{k}": v for k, v in attribution.items()},
+                "attribution": {Expert.ref_for(k): v for k, v in attribution.items()},
             },
-            actor=f"organization:{organization.pk}",
+            actor=organization.ledger_ref,
         )
     return usage
 

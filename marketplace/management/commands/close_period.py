@@ -5,6 +5,7 @@ from django.utils import timezone
 
 from marketplace.credit.settlement import close_period, next_period_start
 from mosaic.errors import DomainError
+from marketplace.ledger_refs import CLOSE_PERIOD_ACTOR
 
 
 def _day(text: str) -> date:
@@ -30,7 +31,7 @@ class Command(BaseCommand):
         if first is None:
             raise CommandError("No contributor has earned anything yet and no period was closed: nothing to close.")
         try:
-            result = close_period(start=first, end=_day(end), actor="operator:close_period")
+            result = close_period(start=first, end=_day(end), actor=CLOSE_PERIOD_ACTOR)
         except DomainError as error:
             raise CommandError(error.message) from error
         verb = "closed" if result.created else "was already closed"
