@@ -1,5 +1,4 @@
 """Organizations, members, API keys, subscription and usage."""
-from django.contrib.auth import get_user_model
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
@@ -8,15 +7,20 @@ from rest_framework.views import APIView
 
 from marketplace import stripe_client
 from marketplace.models import Membership, OrganizationAPIKey, Plan, Subscription
-from marketplace.selectors.billing import plans_active
+from marketplace.selectors.billing import plans_active, subscription_latest
 from marketplace.selectors.organizations import (
     OWNER,
     OWNER_OR_BILLING,
     OWNER_OR_DEVELOPER,
+    api_key_of_organization,
     api_keys_for_organization,
+    member_of,
+    members_of,
     membership_for,
     organizations_for_user,
     require_role,
+    roles_of_user,
+    user_by_username,
 )
 from marketplace.selectors.usage import usage_summary
 from marketplace.services.billing import subscription_change_plan, subscription_create
@@ -27,7 +31,7 @@ from marketplace.services.organizations import (
     membership_set,
     organization_create,
 )
-from mosaic.errors import DomainError, NotFound
+from mosaic.errors import NotFound
 from marketplace.ledger_refs import user_ref
 
 SCOPES = ", ".join(OrganizationAPIKey.Scope.values)
@@ -59,8 +63,7 @@ class OrganizationListApi(APIView):
     @extend_schema(request=None, responses=OrganizationOutputSerializer(many=True),
                    operation_id="api_organizations_list")
     def get(self, request):
-        memberships = Membership.objects.filter(user=request.user).select_related("organization")
-        roles = {m.organization_id: m.role for m in memberships}
+        roles = roles_of_user(user=request.user)
         return Response([organization_output(o, roles[o.pk]) for o in organizations_for_user(user=request.user)])
 
     @extend_schema(request=OrganizationInputSerializer, responses={201: OrganizationOutputSerializer})
@@ -97,8 +100,7 @@ class MemberListApi(APIView):
     @extend_schema(request=None, responses=MemberOutputSerializer(many=True))
     def get(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
-        members = membership.organization.memberships.select_related("user").order_by("created_at")
-        return Response([member_output(m) for m in members])
+        return Response([member_output(m) for m in members_of(organization=membership.organization)])
 
     @extend_schema(request=MemberInputSerializer, responses={201: MemberOutputSerializer})
     def post(self, request, organization_id: int):
@@ -106,9 +108,7 @@ class MemberListApi(APIView):
         require_role(membership=membership, roles=OWNER, action="manage members")
         serializer = MemberInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        user = get_user_model().objects.filter(username=serializer.validated_data["username"]).first()
-        if user is None:
-            raise DomainError("No user with that username.", param="username")
+        user = user_by_username(username=serializer.validated_data["username"])
         added = membership_set(organization=membership.organization, user=user, role=serializer.validated_data["role"])
         return Response(member_output(added), status=201)
 
@@ -118,10 +118,7 @@ class MemberDetailApi(APIView):
     def delete(self, request, organization_id: int, user_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         require_role(membership=membership, roles=OWNER, action="manage members")
-        target = membership.organization.memberships.filter(user_id=user_id).first()
-        if target is None:
-            raise NotFound("No such member.")
-        membership_remove(membership=target)
+        membership_remove(membership=member_of(organization=membership.organization, user_id=user_id))
         return Response(status=204)
 
 
@@ -175,9 +172,7 @@ class APIKeyRevokeApi(APIView):
     def post(self, request, organization_id: int, prefix: str):
         membership = membership_for(user=request.user, organization_id=organization_id)
         require_role(membership=membership, roles=OWNER, action="revoke API keys")
-        api_key = api_keys_for_organization(organization=membership.organization).filter(prefix=prefix).first()
-        if api_key is None:
-            raise NotFound("No such API key.")
+        api_key = api_key_of_organization(organization=membership.organization, prefix=prefix)
         return Response(api_key_output(api_key_revoke(api_key=api_key)))
 
 
@@ -215,10 +210,7 @@ class SubscriptionApi(APIView):
     @extend_schema(request=None, responses=SubscriptionOutputSerializer)
     def get(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
-        subscription = (
-            Subscription.objects.filter(organization=membership.organization).select_related("plan")
-            .order_by("-created_at").first()
-        )
+        subscription = subscription_latest(organization=membership.organization)
         if subscription is None:
             raise NotFound("This organization has no subscription.")
         return Response(subscription_output(subscription))

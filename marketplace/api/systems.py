@@ -6,9 +6,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from marketplace.models import BaseModel, ComposedSystem, Organization
-from marketplace.selectors.systems import system_get, systems_visible_to_user
+from marketplace.selectors.systems import system_get, system_visible_to_user, systems_visible_to_user
 from marketplace.services.systems import system_create, system_update
-from mosaic.errors import NotFound
 from marketplace.ledger_refs import user_ref
 
 
@@ -81,7 +80,7 @@ class SystemListApi(APIView):
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
         system = system_create(expert_ids=data.pop("experts"), actor=_staff_actor(request), **data)
-        system = systems_visible_to_user(user=request.user).get(pk=system.pk)
+        system = system_visible_to_user(user=request.user, system_id=system.pk)
         return Response(SystemOutputSerializer(system).data, status=201)
 
 
@@ -91,10 +90,7 @@ class SystemDetailApi(APIView):
 
     @extend_schema(responses=SystemOutputSerializer)
     def get(self, request, system_id: int):
-        system = systems_visible_to_user(user=request.user).filter(pk=system_id).first()
-        if system is None:
-            raise NotFound("No such system.")
-        return Response(SystemOutputSerializer(system).data)
+        return Response(SystemOutputSerializer(system_visible_to_user(user=request.user, system_id=system_id)).data)
 
     @extend_schema(request=SystemUpdateInputSerializer, responses=SystemOutputSerializer)
     def patch(self, request, system_id: int):
@@ -105,5 +101,5 @@ class SystemDetailApi(APIView):
         if "experts" in data:
             data["expert_ids"] = data.pop("experts")
         system = system_update(system=system, actor=_staff_actor(request), **data)
-        system = systems_visible_to_user(user=request.user).get(pk=system.pk)
+        system = system_visible_to_user(user=request.user, system_id=system.pk)
         return Response(SystemOutputSerializer(system).data)

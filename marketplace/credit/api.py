@@ -7,7 +7,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from marketplace.credit.payouts import start_onboarding
-from marketplace.credit.selectors import account_detail, contributor_earnings, statement_for
+from marketplace.credit.selectors import account_detail, contributor_earnings, statement_for, statements_of
 from marketplace.credit.statements import statement_html
 from marketplace.models import CreditStatement
 from marketplace.selectors.experts import contributor_for_user
@@ -125,8 +125,7 @@ class StatementListView(APIView):
     @extend_schema(responses=Output(many=True), summary="The logged-in contributor's statements")
     def get(self, request):
         contributor = contributor_for_user(user=request.user)
-        statements = CreditStatement.objects.filter(contributor=contributor).select_related("period")
-        return Response(self.Output(statements, many=True).data)
+        return Response(self.Output(statements_of(contributor=contributor), many=True).data)
 
 
 class StatementFileView(APIView):
