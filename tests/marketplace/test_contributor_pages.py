@@ -1,6 +1,7 @@
 """Contributors' pages: attribution, usage, contribution and earnings over time; consent revoke and restore;
 the model card; the menus each role gets. alice, bob and charlie: nobody sees what is not theirs."""
 import json
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Group
@@ -34,7 +35,7 @@ def served_today(world):
     a1, _, b, _ = world.experts
     usage_on(timezone.now().date(), organization=world.organization, system=world.system, charge_minor=1000,
              attribution={str(a1.id): "0.75", str(b.id): "0.25"})
-    allocate_pending_usage()
+    allocate_pending_usage(until=timezone.now() + timedelta(days=1))  # the row is dated noon: before noon, later
     return world
 
 
