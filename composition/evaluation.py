@@ -23,7 +23,7 @@ import string
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 from composition.errors import CompositionError
 
@@ -232,7 +232,13 @@ def summarise(item_scores: list[float], items: list[Item], *, seed: int = 0) -> 
 
 # systems on a dataset
 
-Predictor = Callable[[list[Item]], list[str]]
+
+class System(Protocol):
+    """What evaluation evaluates: anything that answers items, one text per item in their order. How a system
+    is built (a strategy over experts, an expert alone, the base model) is its builder's business
+    (composition.systems)."""
+
+    def __call__(self, items: list[Item], /) -> list[str]: ...
 
 
 def item_scores(predictions: list[str], items: list[Item], metric: str) -> list[float]:
@@ -259,13 +265,13 @@ class Comparison:
     solved_beyond_experts: dict[str, int] = field(default_factory=dict)
 
 
-def compare(predictors: dict[str, Predictor], dataset: Dataset, *, metric: str, expert_names: list[str],
+def compare(systems: dict[str, System], dataset: Dataset, *, metric: str, expert_names: list[str],
             seed: int = 0) -> Comparison:
     """Score every system (experts alone, the base, composed systems) on the same items; for each
     system that is not an expert, count the items it solves that every expert fails."""
     comparison = Comparison(dataset_sha256=dataset.sha256, metric=metric, scores={})
-    for name, predict in predictors.items():
-        values = item_scores(predict(dataset.items), dataset.items, metric)
+    for name, system in systems.items():
+        values = item_scores(answers_of(name, system, dataset.items), dataset.items, metric)
         comparison.scores[name] = values
         comparison.summaries[name] = summarise(values, dataset.items, seed=seed)
     experts = {name: comparison.scores[name] for name in expert_names}
@@ -275,32 +281,10 @@ def compare(predictors: dict[str, Predictor], dataset: Dataset, *, metric: str, 
     return comparison
 
 
-def strategy_predictor(strategy, engine, *, max_tokens: int, stop: list[str] | None = None) -> Predictor:
-    """Greedy answers of a strategy, one request per item."""
-    from composition.strategies.base import CompletionRequest
-
-    def predict(items: list[Item]) -> list[str]:
-        return [
-            strategy.run(CompletionRequest(prompt=item.prompt, max_tokens=max_tokens, temperature=0.0,
-                                           stop=list(stop or []), seed=0), engine).texts[0]
-            for item in items
-        ]
-
-    return predict
-
-
-def mixture_predictor(engine, mixture: dict[str, float], *, max_tokens: int, stop: list[str] | None = None,
-                      batch_size: int = 64) -> Predictor:
-    """Greedy answers of the base model ({}) or of an expert alone ({id: 1}), batched."""
-    from composition.engine import GenerationRequest
-
-    def predict(items: list[Item]) -> list[str]:
-        texts = []
-        for start in range(0, len(items), batch_size):
-            requests = [GenerationRequest(prompt=item.prompt, mixture=dict(mixture), max_tokens=max_tokens,
-                                          temperature=0.0, stop=list(stop or []))
-                        for item in items[start:start + batch_size]]
-            texts.extend(generation.text for generation in engine.generate(requests))
-        return texts
-
-    return predict
+def answers_of(name: str, system: System, items: list[Item]) -> list[str]:
+    """The system's answers, refused unless they are one text per item."""
+    answers = list(system(items))
+    if len(answers) != len(items) or not all(isinstance(answer, str) for answer in answers):
+        raise CompositionError(f"system {name!r} must answer each of the {len(items)} items with one text; "
+                               f"it gave {len(answers)} answers")
+    return answers

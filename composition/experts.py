@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +23,8 @@ if TYPE_CHECKING:  # torch loads where tensors are read or written, not where an
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
+# A LoRA weight as peft saves it: <module>.lora_A|lora_B[.default].weight (the module name includes PEFT_PREFIX).
+PEFT_TENSOR_NAME = re.compile(r"^(?P<module>[A-Za-z0-9_.]+)\.(?P<part>lora_A|lora_B)(?:\.default)?\.weight$")
 
 
 @dataclass

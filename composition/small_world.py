@@ -31,13 +31,12 @@ from composition.evaluation import (
     compare,
     item_scores,
     items_hash,
-    mixture_predictor,
     solved_where_every_expert_fails,
-    strategy_predictor,
 )
 from composition.experts import load_expert
 from composition.strategies import build_strategy
 from composition.strategies.base import CompletionRequest
+from composition.systems import mixture_system, strategy_system
 from composition.world import build_base_model, build_char_tokenizer, train_causal_lm
 
 LETTERS = "abcdefghijkl"
@@ -204,21 +203,21 @@ def run(size: str, cache_dir: Path, out: Path) -> dict:
     max_tokens = max_tokens_for(config)
     metric = "strict_match"
 
-    predictors = {"base": mixture_predictor(engine, {}, max_tokens=max_tokens)}
+    systems = {"base": mixture_system(engine, {}, max_tokens=max_tokens)}
     for expert in experts:
-        predictors[f"expert:{expert.id}"] = mixture_predictor(engine, {expert.id: 1.0}, max_tokens=max_tokens)
+        systems[f"expert:{expert.id}"] = mixture_system(engine, {expert.id: 1.0}, max_tokens=max_tokens)
     strategies = {}
     for name, (strategy_name, strategy_config) in system_configs(config, dev_items).items():
         strategies[name] = build_strategy(strategy_name, strategy_config, experts)
-        predictors[name] = strategy_predictor(strategies[name], engine, max_tokens=max_tokens)
+        systems[name] = strategy_system(strategies[name], engine, max_tokens=max_tokens)
     expert_names = [f"expert:{expert.id}" for expert in experts]
 
-    log(f"evaluating {len(predictors)} systems on {len(eval_items)} items")
+    log(f"evaluating {len(systems)} systems on {len(eval_items)} items")
     system_seconds = {}
     comparison_scores, summaries, solved = {}, {}, {}
-    for name, predictor in predictors.items():
+    for name, system in systems.items():
         tick = time.time()
-        part = compare({name: predictor}, dataset, metric=metric, expert_names=[], seed=SEED)
+        part = compare({name: system}, dataset, metric=metric, expert_names=[], seed=SEED)
         comparison_scores[name] = part.scores[name]
         summaries[name] = part.summaries[name]
         system_seconds[name] = round(time.time() - tick, 1)
@@ -251,10 +250,10 @@ def run(size: str, cache_dir: Path, out: Path) -> dict:
 
     def value(coalition: frozenset[str]) -> float:
         if not coalition:
-            predict = mixture_predictor(engine, {}, max_tokens=max_tokens)
+            predict = mixture_system(engine, {}, max_tokens=max_tokens)
         else:
             members = [by_id[expert_id] for expert_id in sorted(coalition)]
-            predict = strategy_predictor(build_strategy(strategy_name, strategy_config, members), engine,
+            predict = strategy_system(build_strategy(strategy_name, strategy_config, members), engine,
                                          max_tokens=max_tokens)
         scores = item_scores(predict(shapley_items), shapley_items, metric)
         return sum(scores) / len(scores)
@@ -293,7 +292,7 @@ def run(size: str, cache_dir: Path, out: Path) -> dict:
                 "strategy": system_configs(config, dev_items)[name][0] if name in strategies else None,
                 "attribution": attribution.get(name),
             }
-            for name in predictors
+            for name in systems
         },
         "best_system": best,
         "best_single_expert": best_expert,

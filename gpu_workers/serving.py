@@ -13,12 +13,12 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
 
 from composition import decoding, tools
+from composition.attribution import rounded_attribution
 from composition.errors import CompositionError, UnconstrainedAnswer
 from composition.experts import Expert, load_expert
 from composition.strategies import CompletionRequest, build_strategy
@@ -28,7 +28,6 @@ from gpu_workers.batching import Cancelled, Scheduler
 from gpu_workers.engine import MosaicEngine, get_engine
 from gpu_workers.token_clock import TokenClock
 
-ATTRIBUTION_PLACES = Decimal("0.000001")
 EXPERT_CACHE_SIZE = 256
 STRATEGY_CACHE_SIZE = 64
 
@@ -215,20 +214,9 @@ def serving_engine(base_model_path: str) -> ServingEngine:
 
 
 def attribution_strings(attribution: dict[str, float], expert_ids: list[str]) -> dict[str, str]:
-    """Decimal strings (6 places) summing to exactly 1, by largest remainder over the system's experts
-    ({} for the base model alone)."""
-    if not expert_ids:
-        return {}
-    total = sum(max(0.0, attribution.get(expert_id, 0.0)) for expert_id in expert_ids)
-    if total <= 0:
-        shares = {expert_id: Decimal(1) / len(expert_ids) for expert_id in expert_ids}
-    else:
-        shares = {e: Decimal(repr(max(0.0, attribution.get(e, 0.0)))) / Decimal(repr(total)) for e in expert_ids}
-    floors = {e: share.quantize(ATTRIBUTION_PLACES, rounding=ROUND_DOWN) for e, share in shares.items()}
-    missing = int((Decimal(1) - sum(floors.values())) / ATTRIBUTION_PLACES)
-    for expert_id in sorted(expert_ids, key=lambda e: (floors[e] - shares[e], e))[:missing]:
-        floors[expert_id] += ATTRIBUTION_PLACES
-    return {expert_id: str(value) for expert_id, value in floors.items()}
+    """The contract's attribution: decimal strings (6 places) summing to exactly 1 over the system's experts
+    (composition.attribution; {} for the base model alone)."""
+    return {expert_id: str(share) for expert_id, share in rounded_attribution(attribution, expert_ids).items()}
 
 
 error_result = contract.error_result

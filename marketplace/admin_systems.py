@@ -13,6 +13,7 @@ from marketplace.services.evaluations import evaluation_request
 from marketplace.services.organizations import api_key_create
 from marketplace.services.systems import system_create, system_update, system_validate
 from mosaic.errors import DomainError
+from marketplace.ledger_refs import user_ref
 
 
 def strategy_choices() -> list[tuple[str, str]]:
@@ -139,7 +140,7 @@ class ComposedSystemAdmin(admin.ModelAdmin):
 
     def get_form(self, request, obj=None, **kwargs):
         form = super().get_form(request, obj, **kwargs)
-        form.actor = f"user:{request.user.pk}"
+        form.actor = user_ref(request.user)
         return form
 
     def get_readonly_fields(self, request, obj=None):
@@ -147,7 +148,7 @@ class ComposedSystemAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         data = form.cleaned_data
-        actor = f"user:{request.user.pk}"
+        actor = user_ref(request.user)
         if change:
             saved = system_update(
                 system=ComposedSystem.objects.get(pk=obj.pk), actor=actor, strategy=data["strategy"],

@@ -334,6 +334,7 @@ PERSON_SCHEMA = {
 
 
 def seed_systems(context: DemoContext) -> None:
+    from marketplace.ledger_refs import SYSTEM_ACTOR, user_ref
     from marketplace.models import ComposedSystem, Organization
     from marketplace.services.systems import system_create, system_update
 
@@ -344,11 +345,12 @@ def seed_systems(context: DemoContext) -> None:
     render = chat_renderer(context.base_model) if valid else None
     examples = router_examples({skill: str(expert.pk) for skill, expert in valid.items()}, render)
     operator = context.users.get("operator")
+    actor = user_ref(operator) if operator else SYSTEM_ACTOR
     for slug, name, strategy, config, skills, owner, description in demo_systems(valid, examples):
         existing = ComposedSystem.objects.filter(slug=slug).first()
         if existing is not None:
             if existing.price_per_1k_tokens_minor is None and slug in DEMO_SYSTEM_PRICES:  # seeded before prices
-                system_update(system=existing, actor=f"user:{operator.pk if operator else 0}",
+                system_update(system=existing, actor=actor,
                               price_per_1k_tokens_minor=DEMO_SYSTEM_PRICES[slug])
             continue
         if not all(s in valid for s in skills) or not skills:
@@ -357,7 +359,7 @@ def seed_systems(context: DemoContext) -> None:
                       strategy=strategy, strategy_config=config, expert_ids=[valid[s].pk for s in skills],
                       owner_organization=Organization.objects.filter(slug=owner).first() if owner else None,
                       price_per_1k_tokens_minor=DEMO_SYSTEM_PRICES.get(slug),
-                      actor=f"user:{operator.pk if operator else 0}")
+                      actor=actor)
         context.log(f"system {slug} ({strategy} over {', '.join(skills)})")
     context.summary.append(f"Systems: {', '.join(ComposedSystem.objects.order_by('pk').values_list('slug', flat=True))}"
                            f" (the default: {DEFAULT_SYSTEM})")

@@ -37,6 +37,7 @@ from marketplace.services.organizations import (
 )
 from marketplace.web_forms import show_refusal
 from mosaic.errors import DomainError
+from marketplace.ledger_refs import user_ref
 
 BACKEND = "django.contrib.auth.backends.ModelBackend"
 
@@ -244,7 +245,7 @@ def _subscribe(request, *, organization, data: dict, with_card: bool) -> None:
             number=data["card_number"].replace(" ", ""), exp_month=data["exp_month"], exp_year=data["exp_year"],
             cvc=data["cvc"])
     subscription, unavailable = subscription_change_plan(organization=organization, plan=plan,
-                                                         actor=f"user:{request.user.pk}", payment_method=payment_method)
+                                                         actor=user_ref(request.user), payment_method=payment_method)
     messages.success(request, f"{organization.name} is on {plan.name} ({subscription.status}).")
     for system, reason in sorted(unavailable.items()):
         messages.warning(request, f"{system} is not available to you: {reason}")

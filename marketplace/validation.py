@@ -12,14 +12,20 @@ Everything here reads files without executing them: the safetensors header is pa
 from __future__ import annotations
 
 import math
-import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
 
-from composition.experts import CONFIG_FILE, PEFT_PREFIX, WEIGHTS_FILE, pattern_value, positive_number
+from composition.experts import (
+    CONFIG_FILE,
+    PEFT_PREFIX,
+    PEFT_TENSOR_NAME,
+    WEIGHTS_FILE,
+    pattern_value,
+    positive_number,
+)
 from marketplace.model_cards import is_local_path
 from mosaic.errors import DomainError
 from mosaic.parsers import JSONRefused, loads_limited
@@ -35,7 +41,6 @@ DTYPE_BYTES = {
     "I32": 4, "U32": 4, "F32": 4,
     "I64": 8, "U64": 8, "F64": 8,
 }
-TENSOR_NAME = re.compile(r"^(?P<module>[A-Za-z0-9_.]+)\.(?P<part>lora_A|lora_B)(?:\.default)?\.weight$")
 
 
 class AdapterRejected(DomainError):
@@ -230,7 +235,7 @@ def inspect_adapter(directory: str | Path) -> AdapterReport:
             raise AdapterRejected(
                 f"Tensor {name!r} has dtype {info.dtype}; allowed dtypes are {', '.join(allowed_dtypes)}."
             )
-        match = TENSOR_NAME.match(name)
+        match = PEFT_TENSOR_NAME.match(name)
         if not match or not name.startswith(PEFT_PREFIX):
             raise AdapterRejected(
                 f"Unexpected tensor {name!r}: an adapter may hold only LoRA weights named like "

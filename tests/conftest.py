@@ -6,6 +6,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 from django.conf import settings
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
+
+# Property tests judge results, not speed: on a shared 2-core machine (or a busy CI runner) drawing inputs can take
+# over a second, which Hypothesis would otherwise report as a failure (too_slow, or a missed per-example deadline).
+hypothesis_settings.register_profile("mosaic", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.load_profile("mosaic")
 
 
 @pytest.fixture(autouse=True)

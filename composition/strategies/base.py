@@ -6,6 +6,7 @@ from typing import Callable, ClassVar
 
 import torch
 
+from composition.attribution import normalise_attribution
 from composition.engine import DecodeState, Engine, Generation, GenerationRequest, check_request
 from composition.errors import CompositionError
 from composition.experts import Expert, check_same_base
@@ -57,11 +58,8 @@ class Choice:
 
 
 def full_attribution(expert_ids: list[str], weights: dict[str, float]) -> dict[str, float]:
-    """Every expert of the system, non-negative, normalised to sum to 1."""
-    total = sum(max(0.0, weights.get(expert_id, 0.0)) for expert_id in expert_ids)
-    if total <= 0:
-        return uniform(expert_ids)
-    return {expert_id: max(0.0, weights.get(expert_id, 0.0)) / total for expert_id in expert_ids}
+    """Every expert of the system with its share (composition.attribution), as floats."""
+    return {expert_id: float(share) for expert_id, share in normalise_attribution(weights, expert_ids).items()}
 
 
 class Strategy(StrategySpec):

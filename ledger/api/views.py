@@ -19,6 +19,7 @@ from ledger.export import write_bundle
 from ledger.keys import signature_key_ids
 from ledger.rotation import key_history
 from ledger.signing import ledger_signer
+from mosaic.api_input import validated
 from mosaic.errors import NotFound
 from mosaic.pagination import StrictPageSizeMixin
 
@@ -38,73 +39,41 @@ class CheckpointPagination(SequencePagination):
     ordering = "id"
 
 
-class EntryOutput(serializers.Serializer):
-    sequence = serializers.IntegerField()
-    kind = serializers.CharField()
-    actor = serializers.CharField()
-    time = serializers.SerializerMethodField()
-    payload = serializers.SerializerMethodField()
-    prev_hash = serializers.SerializerMethodField()
-    entry_hash = serializers.SerializerMethodField()
-    leaf_hash = serializers.SerializerMethodField()
-    event_id = serializers.IntegerField(allow_null=True, help_text="The recorded event it integrates.")
-
-    def get_time(self, entry) -> str:
-        return format_time(entry.created_at)
-
-    def get_payload(self, entry) -> dict:
-        return json.loads(bytes(entry.payload))
-
-    def get_prev_hash(self, entry) -> str:
-        return bytes(entry.prev_hash).hex()
-
-    def get_entry_hash(self, entry) -> str:
-        return bytes(entry.entry_hash).hex()
-
-    def get_leaf_hash(self, entry) -> str:
-        return bytes(entry.leaf_hash).hex()
-
-
-class EventOutput(serializers.Serializer):
-    id = serializers.IntegerField()
-    kind = serializers.CharField()
-    actor = serializers.CharField()
-    time = serializers.SerializerMethodField()
-    payload = serializers.SerializerMethodField()
-    content_hash = serializers.SerializerMethodField()
-
-    def get_time(self, event) -> str:
-        return format_time(event.created_at)
-
-    def get_payload(self, event) -> dict:
-        return json.loads(bytes(event.payload))
-
-    def get_content_hash(self, event) -> str:
-        return bytes(event.content_hash).hex()
-
-
-class CheckpointOutput(serializers.Serializer):
-    id = serializers.IntegerField()
-    origin = serializers.CharField()
-    tree_size = serializers.IntegerField()
-    root_hash = serializers.SerializerMethodField()
-    key_id = serializers.SerializerMethodField(help_text="The signing key's ID (8 hex digits; see /api/ledger/keys).")
-    created_at = serializers.DateTimeField()
-    note = serializers.CharField()
-
-    def get_root_hash(self, checkpoint) -> str:
-        return b64(bytes(checkpoint.root_hash))
-
-    def get_key_id(self, checkpoint) -> str:
-        return signature_key_ids(checkpoint.note)[0]
-
-
 class AuditorView(APIView):
     permission_classes = [IsAuditor]
 
 
 class EntryListView(AuditorView):
-    class FilterInput(serializers.Serializer):
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "EntryOutput"
+
+        sequence = serializers.IntegerField()
+        kind = serializers.CharField()
+        actor = serializers.CharField()
+        time = serializers.SerializerMethodField()
+        payload = serializers.SerializerMethodField()
+        prev_hash = serializers.SerializerMethodField()
+        entry_hash = serializers.SerializerMethodField()
+        leaf_hash = serializers.SerializerMethodField()
+        event_id = serializers.IntegerField(allow_null=True, help_text="The recorded event it integrates.")
+
+        def get_time(self, entry) -> str:
+            return format_time(entry.created_at)
+
+        def get_payload(self, entry) -> dict:
+            return json.loads(bytes(entry.payload))
+
+        def get_prev_hash(self, entry) -> str:
+            return bytes(entry.prev_hash).hex()
+
+        def get_entry_hash(self, entry) -> str:
+            return bytes(entry.entry_hash).hex()
+
+        def get_leaf_hash(self, entry) -> str:
+            return bytes(entry.leaf_hash).hex()
+
+    class InputSerializer(serializers.Serializer):
         kind = serializers.CharField(required=False, max_length=64)
         actor = serializers.CharField(required=False, max_length=200)
         since = serializers.DateTimeField(required=False)
@@ -112,21 +81,23 @@ class EntryListView(AuditorView):
         sequence_from = serializers.IntegerField(required=False, min_value=0)
         sequence_to = serializers.IntegerField(required=False, min_value=0)
 
-    @extend_schema(operation_id="ledger_entries_list", parameters=[FilterInput], responses=EntryOutput(many=True))
+    @extend_schema(operation_id="ledger_entries_list", parameters=[InputSerializer],
+                   responses=OutputSerializer(many=True))
     def get(self, request):
-        filters = self.FilterInput(data=request.query_params)
-        filters.is_valid(raise_exception=True)
+        filters = validated(self.InputSerializer, request.query_params).validated_data
         paginator = SequencePagination()
-        page = paginator.paginate_queryset(selectors.entry_list(**filters.validated_data), request, view=self)
-        return paginator.get_paginated_response(EntryOutput(page, many=True).data)
+        page = paginator.paginate_queryset(selectors.entry_list(**filters), request, view=self)
+        return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
 
 
 class EntryDetailView(AuditorView):
+    OutputSerializer = EntryListView.OutputSerializer
+
     @extend_schema(operation_id="ledger_entry_with_inclusion_proof", responses=OpenApiTypes.OBJECT)
     def get(self, request, sequence: int):
         entry = selectors.entry_get(sequence=sequence)
         checkpoint = selectors.checkpoint_latest()
-        body = {**EntryOutput(entry).data, "leaf_data": selectors.entry_leaf_data(entry).decode()}
+        body = {**self.OutputSerializer(entry).data, "leaf_data": selectors.entry_leaf_data(entry).decode()}
         if checkpoint is None or checkpoint.tree_size <= entry.sequence:
             body["inclusion"] = None
             body["inclusion_pending"] = "No signed checkpoint covers this entry yet; ask again after the next one."
@@ -142,22 +113,60 @@ class EntryDetailView(AuditorView):
 
 
 class EventDetailView(AuditorView):
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "EventOutput"
+
+        id = serializers.IntegerField()
+        kind = serializers.CharField()
+        actor = serializers.CharField()
+        time = serializers.SerializerMethodField()
+        payload = serializers.SerializerMethodField()
+        content_hash = serializers.SerializerMethodField()
+
+        def get_time(self, event) -> str:
+            return format_time(event.created_at)
+
+        def get_payload(self, event) -> dict:
+            return json.loads(bytes(event.payload))
+
+        def get_content_hash(self, event) -> str:
+            return bytes(event.content_hash).hex()
+
     @extend_schema(operation_id="ledger_event", responses=OpenApiTypes.OBJECT)
     def get(self, request, event_id: int):
         """A recorded event: "pending" (no sequence yet) until the sequencer integrates it, then
         "integrated" with its sequence (its entry, with the inclusion proof, is at entries/<sequence>)."""
         event, entry = selectors.event_get(event_id=event_id)
-        body = {**EventOutput(event).data, "status": "pending" if entry is None else "integrated"}
+        body = {**self.OutputSerializer(event).data, "status": "pending" if entry is None else "integrated"}
         body["sequence"] = None if entry is None else entry.sequence
         return Response(body)
 
 
 class CheckpointListView(AuditorView):
-    @extend_schema(operation_id="ledger_checkpoints_list", responses=CheckpointOutput(many=True))
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "CheckpointOutput"
+
+        id = serializers.IntegerField()
+        origin = serializers.CharField()
+        tree_size = serializers.IntegerField()
+        root_hash = serializers.SerializerMethodField()
+        key_id = serializers.SerializerMethodField(help_text="The signing key's ID (8 hex digits; see /api/ledger/keys).")
+        created_at = serializers.DateTimeField()
+        note = serializers.CharField()
+
+        def get_root_hash(self, checkpoint) -> str:
+            return b64(bytes(checkpoint.root_hash))
+
+        def get_key_id(self, checkpoint) -> str:
+            return signature_key_ids(checkpoint.note)[0]
+
+    @extend_schema(operation_id="ledger_checkpoints_list", responses=OutputSerializer(many=True))
     def get(self, request):
         paginator = CheckpointPagination()
         page = paginator.paginate_queryset(selectors.checkpoint_list(), request, view=self)
-        return paginator.get_paginated_response(CheckpointOutput(page, many=True).data)
+        return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
 
 
 class LatestCheckpointView(AuditorView):
@@ -170,15 +179,15 @@ class LatestCheckpointView(AuditorView):
 
 
 class ConsistencyView(AuditorView):
-    class Input(serializers.Serializer):
+    class InputSerializer(serializers.Serializer):
         first = serializers.IntegerField(min_value=0)
         second = serializers.IntegerField(min_value=0)
 
-    @extend_schema(operation_id="ledger_consistency_proof", parameters=[Input], responses=OpenApiTypes.OBJECT)
+    @extend_schema(operation_id="ledger_consistency_proof", parameters=[InputSerializer],
+                   responses=OpenApiTypes.OBJECT)
     def get(self, request):
-        sizes = self.Input(data=request.query_params)
-        sizes.is_valid(raise_exception=True)
-        first, second = sizes.validated_data["first"], sizes.validated_data["second"]
+        sizes = validated(self.InputSerializer, request.query_params).validated_data
+        first, second = sizes["first"], sizes["second"]
         first_root, second_root, proof = selectors.consistency_proof(first=first, second=second)
         return Response(
             {

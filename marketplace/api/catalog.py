@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import django_filters
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
 from rest_framework import generics, permissions, serializers, status
 from rest_framework.pagination import PageNumberPagination
@@ -31,73 +30,9 @@ from marketplace.services.experts import (
 from marketplace.services.revocation import expert_restore_consent, expert_revoke_consent
 from marketplace.tasks import validate_after_commit
 from marketplace.services.security import email_verification_send
+from mosaic.api_input import validated
 from mosaic.pagination import StrictPageSizeMixin
 from mosaic.parsers import LimitedJSONParser
-
-# ---------------------------------------------------------------- output serializers
-
-
-class ContributorOutput(serializers.ModelSerializer):
-    username = serializers.CharField(source="user.username")
-
-    class Meta:
-        model = Contributor
-        fields = ["id", "username", "display_name", "bio", "priorities", "created_at"]
-
-
-class BaseModelOutput(serializers.ModelSerializer):
-    class Meta:
-        model = BaseModel
-        fields = ["id", "name", "architecture", "hidden_size", "num_layers", "vocab_size", "module_shapes",
-                  "content_hash", "license", "context_length", "chat_template", "end_token_ids", "created_at"]
-
-
-class LicenseOutput(serializers.ModelSerializer):
-    class Meta:
-        model = LicenseTerms
-        fields = ["id", "spdx_id", "commercial_use", "derivatives_allowed", "attribution_required",
-                  "share_alike", "allowed_domains", "prohibited_domains", "created_at"]
-
-
-class VersionOutput(serializers.ModelSerializer):
-    class Meta:
-        model = ExpertVersion
-        fields = ["number", "sha256", "status", "failure_reason", "size_bytes", "rank", "lora_alpha",
-                  "target_modules", "card_metadata", "model_card", "created_at", "validated_at"]
-
-
-class ExpertOutput(serializers.ModelSerializer):
-    owner = serializers.CharField(source="owner.user.username")
-    base_model = serializers.CharField(source="base_model.name")
-    current_version = serializers.IntegerField(source="current_version.number", allow_null=True, default=None)
-    status = serializers.SerializerMethodField()
-    license = LicenseOutput(allow_null=True)
-
-    class Meta:
-        model = Expert
-        fields = ["id", "slug", "name", "description", "tags", "priorities", "owner", "base_model",
-                  "is_public", "status", "current_version", "license", "consent_revoked_at", "created_at"]
-
-    def get_status(self, expert) -> str:
-        """Status of the newest version: pending, valid or failed."""
-        return getattr(expert, "latest_status", None) or ""
-
-
-class ExpertWithVersionOutput(ExpertOutput):
-    version = serializers.SerializerMethodField()
-
-    class Meta(ExpertOutput.Meta):
-        fields = ExpertOutput.Meta.fields + ["version"]
-
-    @extend_schema_field(VersionOutput)
-    def get_version(self, expert) -> dict:
-        """The newest version (the one just uploaded)."""
-        return VersionOutput(expert.versions.order_by("-number").first()).data
-
-
-# ---------------------------------------------------------------- input serializers
-
-
 
 def priorities_field() -> serializers.ListField:
     # Blank phrases pass here so that the service's rule says why they are refused.
@@ -105,110 +40,63 @@ def priorities_field() -> serializers.ListField:
                                  required=False)
 
 
-class LicenseInput(serializers.Serializer):
-    spdx_id = serializers.CharField(max_length=100)
-    commercial_use = serializers.BooleanField(required=False, allow_null=True, default=None)
-    derivatives_allowed = serializers.BooleanField(required=False, allow_null=True, default=None)
-    attribution_required = serializers.BooleanField(required=False, allow_null=True, default=None)
-    share_alike = serializers.BooleanField(required=False, allow_null=True, default=None)
-    allowed_domains = serializers.ListField(child=serializers.CharField(max_length=200), required=False)
-    prohibited_domains = serializers.ListField(child=serializers.CharField(max_length=200), required=False)
-
-
-class AdapterInput(serializers.Serializer):
-    adapter_config = serializers.FileField(required=False, allow_empty_file=True,
-                                           help_text="adapter_config.json (with adapter_model)")
-    adapter_model = serializers.FileField(required=False, allow_empty_file=True,
-                                          help_text="adapter_model.safetensors (with adapter_config)")
-    adapter_archive = serializers.FileField(required=False, allow_empty_file=True,
-                                            help_text=".zip or .tar.gz holding both adapter files")
-    model_card = serializers.CharField(
-        required=False, allow_blank=True, trim_whitespace=False,
-        help_text="Markdown with YAML front matter: license, base_model, tags, description",
-    )
-
-    def adapter(self) -> AdapterUpload:
-        data = self.validated_data
-        return AdapterUpload(config_file=data.get("adapter_config"), weights_file=data.get("adapter_model"),
-                             archive=data.get("adapter_archive"))
-
-
-class ExpertCreateInput(AdapterInput):
-    name = serializers.CharField(max_length=200)
-    slug = serializers.CharField(max_length=100)
-    description = serializers.CharField(required=False, allow_blank=True)
-    tags = serializers.ListField(child=serializers.CharField(max_length=200), required=False)
-    priorities = priorities_field()
-    base_model = serializers.CharField(required=False, allow_blank=True,
-                                       help_text="Registered base model name")
-    is_public = serializers.BooleanField(required=False, allow_null=True, default=None)
-    spdx_id = serializers.CharField(required=False, allow_blank=True, max_length=100)
-    commercial_use = serializers.BooleanField(required=False, allow_null=True, default=None)
-    derivatives_allowed = serializers.BooleanField(required=False, allow_null=True, default=None)
-    attribution_required = serializers.BooleanField(required=False, allow_null=True, default=None)
-    share_alike = serializers.BooleanField(required=False, allow_null=True, default=None)
-    allowed_domains = serializers.ListField(child=serializers.CharField(max_length=200), required=False)
-    prohibited_domains = serializers.ListField(child=serializers.CharField(max_length=200), required=False)
-
-    def license_terms(self) -> dict:
-        fields = ["spdx_id", "commercial_use", "derivatives_allowed", "attribution_required", "share_alike",
-                  "allowed_domains", "prohibited_domains"]
-        return {name: self.validated_data.get(name) for name in fields}
-
-
-class RegisterInput(serializers.Serializer):
-    username = serializers.CharField(max_length=150)
-    password = serializers.CharField(max_length=128, write_only=True, trim_whitespace=False)
-    email = serializers.EmailField(required=False, allow_blank=True)
-    display_name = serializers.CharField(required=False, allow_blank=True, max_length=120)
-    bio = serializers.CharField(required=False, allow_blank=True, max_length=5000)
-    priorities = priorities_field()
-
-
-class TokenInput(serializers.Serializer):
-    username = serializers.CharField(max_length=150)
-    password = serializers.CharField(max_length=128, trim_whitespace=False)
-    otp_code = serializers.CharField(max_length=16, required=False, allow_blank=True,
-                                     help_text="Staff, auditors and contributors with payouts: a code from the "
-                                               "authenticator app, or a recovery code.")
-
-
-class ProfileInput(serializers.Serializer):
-    display_name = serializers.CharField(required=False, max_length=120)
-    bio = serializers.CharField(required=False, allow_blank=True, max_length=5000)
-    priorities = priorities_field()
-
-
-class BaseModelInput(serializers.Serializer):
-    name = serializers.CharField(max_length=200)
-    path = serializers.CharField(max_length=500,
-                                 help_text="Local directory with config.json and *.safetensors")
-    license = serializers.CharField(max_length=100, required=False, allow_blank=True,
-                                    help_text="SPDX id; default: the license in the directory's model card")
-
-
-def validated(serializer_class, data, **kwargs):
-    serializer = serializer_class(data=data, **kwargs)
-    serializer.is_valid(raise_exception=True)
-    return serializer
-
-
 # ---------------------------------------------------------------- accounts
+
+
+class ContributorMeApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "ProfileInput"
+
+        display_name = serializers.CharField(required=False, max_length=120)
+        bio = serializers.CharField(required=False, allow_blank=True, max_length=5000)
+        priorities = priorities_field()
+
+    class OutputSerializer(serializers.ModelSerializer):
+        username = serializers.CharField(source="user.username")
+
+        class Meta:
+            model = Contributor
+            ref_name = "ContributorOutput"
+            fields = ["id", "username", "display_name", "bio", "priorities", "created_at"]
+
+    @extend_schema(responses=OutputSerializer)
+    def get(self, request):
+        return Response(self.OutputSerializer(contributor_for_user(user=request.user)).data)
+
+    @extend_schema(request=InputSerializer, responses=OutputSerializer)
+    def patch(self, request):
+        contributor = contributor_for_user(user=request.user)
+        data = validated(self.InputSerializer, request.data, partial=True).validated_data
+        return Response(self.OutputSerializer(contributor_update(contributor=contributor, **data)).data)
 
 
 class RegisterApi(APIView):
     permission_classes = [permissions.AllowAny]
     authentication_classes: list = []
 
-    @extend_schema(request=RegisterInput, responses={201: inline_serializer(
-        "RegisteredContributor", {"contributor": ContributorOutput(), "token": serializers.CharField()})})
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "RegisterInput"
+
+        username = serializers.CharField(max_length=150)
+        password = serializers.CharField(max_length=128, write_only=True, trim_whitespace=False)
+        email = serializers.EmailField(required=False, allow_blank=True)
+        display_name = serializers.CharField(required=False, allow_blank=True, max_length=120)
+        bio = serializers.CharField(required=False, allow_blank=True, max_length=5000)
+        priorities = priorities_field()
+
+    OutputSerializer = inline_serializer(
+        "RegisteredContributor", {"contributor": ContributorMeApi.OutputSerializer(), "token": serializers.CharField()})
+
+    @extend_schema(request=InputSerializer, responses={201: OutputSerializer})
     def post(self, request):
-        data = validated(RegisterInput, request.data).validated_data
+        data = validated(self.InputSerializer, request.data).validated_data
         contributor = contributor_register(**data)
         token = token_issue(request=request._request, username=contributor.user.username, password=data["password"])
         if contributor.user.email:
             email_verification_send(user=contributor.user, base_url=request.build_absolute_uri("/"))
-        return Response({"contributor": ContributorOutput(contributor).data, "token": token.key},
+        return Response({"contributor": ContributorMeApi.OutputSerializer(contributor).data, "token": token.key},
                         status=status.HTTP_201_CREATED)
 
 
@@ -217,24 +105,23 @@ class TokenApi(APIView):
     authentication_classes: list = []
     error_statuses = (401, 403, 429)  # wrong credentials; no second factor set up; too many failures (mosaic.schema)
 
-    @extend_schema(request=TokenInput,
-                   responses={200: inline_serializer("Token", {"token": serializers.CharField()})})
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "TokenInput"
+
+        username = serializers.CharField(max_length=150)
+        password = serializers.CharField(max_length=128, trim_whitespace=False)
+        otp_code = serializers.CharField(max_length=16, required=False, allow_blank=True,
+                                         help_text="Staff, auditors and contributors with payouts: a code from the "
+                                                   "authenticator app, or a recovery code.")
+
+    OutputSerializer = inline_serializer("Token", {"token": serializers.CharField()})
+
+    @extend_schema(request=InputSerializer, responses={200: OutputSerializer})
     def post(self, request):
-        data = validated(TokenInput, request.data).validated_data
+        data = validated(self.InputSerializer, request.data).validated_data
         # The Django request: django-axes marks it when the login is locked out, and its middleware answers 429.
         return Response({"token": token_issue(request=request._request, **data).key})
-
-
-class ContributorMeApi(APIView):
-    @extend_schema(responses=ContributorOutput)
-    def get(self, request):
-        return Response(ContributorOutput(contributor_for_user(user=request.user)).data)
-
-    @extend_schema(request=ProfileInput, responses=ContributorOutput)
-    def patch(self, request):
-        contributor = contributor_for_user(user=request.user)
-        data = validated(ProfileInput, request.data, partial=True).validated_data
-        return Response(ContributorOutput(contributor_update(contributor=contributor, **data)).data)
 
 
 # ---------------------------------------------------------------- base models
@@ -248,24 +135,43 @@ class IsStaffForWrites(permissions.BasePermission):
 
 
 class BaseModelListApi(generics.ListAPIView):
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "BaseModelInput"
+
+        name = serializers.CharField(max_length=200)
+        path = serializers.CharField(max_length=500,
+                                     help_text="Local directory with config.json and *.safetensors")
+        license = serializers.CharField(max_length=100, required=False, allow_blank=True,
+                                        help_text="SPDX id; default: the license in the directory's model card")
+
+    class OutputSerializer(serializers.ModelSerializer):
+        class Meta:
+            model = BaseModel
+            ref_name = "BaseModelOutput"
+            fields = ["id", "name", "architecture", "hidden_size", "num_layers", "vocab_size", "module_shapes",
+                      "content_hash", "license", "context_length", "chat_template", "end_token_ids", "created_at"]
+
     permission_classes = [permissions.IsAuthenticated, IsStaffForWrites]
-    serializer_class = BaseModelOutput
+    serializer_class = OutputSerializer
 
     def get_queryset(self):
         return base_model_list()
 
-    @extend_schema(request=BaseModelInput, responses={201: BaseModelOutput})
+    @extend_schema(request=InputSerializer, responses={201: OutputSerializer})
     def post(self, request):
-        data = validated(BaseModelInput, request.data).validated_data
+        data = validated(self.InputSerializer, request.data).validated_data
         base_model = base_model_register(name=data["name"], path=data["path"], license=data.get("license", ""),
                                          registered_by=request.user)
-        return Response(BaseModelOutput(base_model).data, status=status.HTTP_201_CREATED)
+        return Response(self.OutputSerializer(base_model).data, status=status.HTTP_201_CREATED)
 
 
 class BaseModelDetailApi(APIView):
-    @extend_schema(responses=BaseModelOutput)
+    OutputSerializer = BaseModelListApi.OutputSerializer
+
+    @extend_schema(responses=OutputSerializer)
     def get(self, request, base_model_id: int):
-        return Response(BaseModelOutput(base_model_get(base_model_id=base_model_id)).data)
+        return Response(self.OutputSerializer(base_model_get(base_model_id=base_model_id)).data)
 
 
 # ---------------------------------------------------------------- experts
@@ -296,8 +202,158 @@ class CatalogPagination(StrictPageSizeMixin, PageNumberPagination):
     max_page_size = 200
 
 
+class ExpertVersionDetailApi(APIView):
+    class OutputSerializer(serializers.ModelSerializer):
+        class Meta:
+            model = ExpertVersion
+            ref_name = "VersionOutput"
+            fields = ["number", "sha256", "status", "failure_reason", "size_bytes", "rank", "lora_alpha",
+                      "target_modules", "card_metadata", "model_card", "created_at", "validated_at"]
+
+    @extend_schema(responses=OutputSerializer)
+    def get(self, request, expert_id: int, number: int):
+        expert = expert_get_visible(user=request.user, expert_id=expert_id)
+        version = version_get_visible(user=request.user, expert=expert, number=number)
+        return Response(self.OutputSerializer(version).data)
+
+
+class ExpertLicenseApi(APIView):
+    parser_classes = [LimitedJSONParser, FormParser, MultiPartParser]
+
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "LicenseInput"
+
+        spdx_id = serializers.CharField(max_length=100)
+        commercial_use = serializers.BooleanField(required=False, allow_null=True, default=None)
+        derivatives_allowed = serializers.BooleanField(required=False, allow_null=True, default=None)
+        attribution_required = serializers.BooleanField(required=False, allow_null=True, default=None)
+        share_alike = serializers.BooleanField(required=False, allow_null=True, default=None)
+        allowed_domains = serializers.ListField(child=serializers.CharField(max_length=200), required=False)
+        prohibited_domains = serializers.ListField(child=serializers.CharField(max_length=200), required=False)
+
+    class OutputSerializer(serializers.ModelSerializer):
+        class Meta:
+            model = LicenseTerms
+            ref_name = "LicenseOutput"
+            fields = ["id", "spdx_id", "commercial_use", "derivatives_allowed", "attribution_required",
+                      "share_alike", "allowed_domains", "prohibited_domains", "created_at"]
+
+    @extend_schema(request=InputSerializer, responses={200: OutputSerializer})
+    def put(self, request, expert_id: int):
+        expert = expert_get_owned(user=request.user, expert_id=expert_id)
+        data = validated(self.InputSerializer, request.data).validated_data
+        return Response(self.OutputSerializer(expert_license_set(expert=expert, terms=dict(data))).data)
+
+
+class ExpertDetailApi(APIView):
+    class OutputSerializer(serializers.ModelSerializer):
+        owner = serializers.CharField(source="owner.user.username")
+        base_model = serializers.CharField(source="base_model.name")
+        current_version = serializers.IntegerField(source="current_version.number", allow_null=True, default=None)
+        status = serializers.SerializerMethodField()
+        license = ExpertLicenseApi.OutputSerializer(allow_null=True)
+
+        class Meta:
+            model = Expert
+            ref_name = "ExpertOutput"
+            fields = ["id", "slug", "name", "description", "tags", "priorities", "owner", "base_model",
+                      "is_public", "status", "current_version", "license", "consent_revoked_at", "created_at"]
+
+        def get_status(self, expert) -> str:
+            """Status of the newest version: pending, valid or failed."""
+            return getattr(expert, "latest_status", None) or ""
+
+    @extend_schema(responses=OutputSerializer)
+    def get(self, request, expert_id: int):
+        return Response(self.OutputSerializer(expert_get_visible(user=request.user, expert_id=expert_id)).data)
+
+
+class ExpertVersionListApi(generics.ListAPIView):
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "AdapterInput"
+
+        adapter_config = serializers.FileField(required=False, allow_empty_file=True,
+                                               help_text="adapter_config.json (with adapter_model)")
+        adapter_model = serializers.FileField(required=False, allow_empty_file=True,
+                                              help_text="adapter_model.safetensors (with adapter_config)")
+        adapter_archive = serializers.FileField(required=False, allow_empty_file=True,
+                                                help_text=".zip or .tar.gz holding both adapter files")
+        model_card = serializers.CharField(
+            required=False, allow_blank=True, trim_whitespace=False,
+            help_text="Markdown with YAML front matter: license, base_model, tags, description",
+        )
+
+        def adapter(self) -> AdapterUpload:
+            data = self.validated_data
+            return AdapterUpload(config_file=data.get("adapter_config"), weights_file=data.get("adapter_model"),
+                                 archive=data.get("adapter_archive"))
+
+    OutputSerializer = ExpertVersionDetailApi.OutputSerializer
+    serializer_class = OutputSerializer
+    pagination_class = CatalogPagination
+    parser_classes = [MultiPartParser, FormParser]
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return ExpertVersion.objects.none()
+        expert = expert_get_visible(user=self.request.user, expert_id=self.kwargs["expert_id"])
+        return version_list_visible(user=self.request.user, expert=expert)
+
+    @extend_schema(request={"multipart/form-data": InputSerializer}, responses={201: OutputSerializer})
+    def post(self, request, expert_id: int):
+        expert = expert_get_owned(user=request.user, expert_id=expert_id)
+        form = validated(self.InputSerializer, request.data)
+        version = expert_version_contribute(
+            expert=expert, adapter=form.adapter(), model_card=form.validated_data.get("model_card", "")
+        )
+        validate_after_commit(version.pk)
+        version.refresh_from_db()
+        return Response(self.OutputSerializer(version).data, status=status.HTTP_201_CREATED)
+
+
 class ExpertListApi(generics.ListAPIView):
-    serializer_class = ExpertOutput
+    class InputSerializer(ExpertVersionListApi.InputSerializer):
+        class Meta:
+            ref_name = "ExpertCreateInput"
+
+        name = serializers.CharField(max_length=200)
+        slug = serializers.CharField(max_length=100)
+        description = serializers.CharField(required=False, allow_blank=True)
+        tags = serializers.ListField(child=serializers.CharField(max_length=200), required=False)
+        priorities = priorities_field()
+        base_model = serializers.CharField(required=False, allow_blank=True,
+                                           help_text="Registered base model name")
+        is_public = serializers.BooleanField(required=False, allow_null=True, default=None)
+        spdx_id = serializers.CharField(required=False, allow_blank=True, max_length=100)
+        commercial_use = serializers.BooleanField(required=False, allow_null=True, default=None)
+        derivatives_allowed = serializers.BooleanField(required=False, allow_null=True, default=None)
+        attribution_required = serializers.BooleanField(required=False, allow_null=True, default=None)
+        share_alike = serializers.BooleanField(required=False, allow_null=True, default=None)
+        allowed_domains = serializers.ListField(child=serializers.CharField(max_length=200), required=False)
+        prohibited_domains = serializers.ListField(child=serializers.CharField(max_length=200), required=False)
+
+        def license_terms(self) -> dict:
+            fields = ["spdx_id", "commercial_use", "derivatives_allowed", "attribution_required", "share_alike",
+                      "allowed_domains", "prohibited_domains"]
+            return {name: self.validated_data.get(name) for name in fields}
+
+    OutputSerializer = ExpertDetailApi.OutputSerializer
+
+    class CreatedOutputSerializer(ExpertDetailApi.OutputSerializer):
+        version = serializers.SerializerMethodField()
+
+        class Meta(ExpertDetailApi.OutputSerializer.Meta):
+            ref_name = "ExpertWithVersionOutput"
+            fields = ExpertDetailApi.OutputSerializer.Meta.fields + ["version"]
+
+        @extend_schema_field(ExpertVersionDetailApi.OutputSerializer)
+        def get_version(self, expert) -> dict:
+            """The newest version (the one just uploaded)."""
+            return ExpertVersionDetailApi.OutputSerializer(expert.versions.order_by("-number").first()).data
+
+    serializer_class = OutputSerializer
     pagination_class = CatalogPagination
     filterset_class = ExpertFilter
     parser_classes = [MultiPartParser, FormParser]
@@ -307,11 +363,10 @@ class ExpertListApi(generics.ListAPIView):
             return Expert.objects.none()
         return expert_list_visible(user=self.request.user)
 
-    @extend_schema(request={"multipart/form-data": ExpertCreateInput},
-                   responses={201: ExpertWithVersionOutput})
+    @extend_schema(request={"multipart/form-data": InputSerializer}, responses={201: CreatedOutputSerializer})
     def post(self, request):
         contributor = contributor_for_user(user=request.user)
-        form = validated(ExpertCreateInput, request.data)
+        form = validated(self.InputSerializer, request.data)
         data = form.validated_data
         version = expert_contribute(
             owner=contributor,
@@ -328,69 +383,33 @@ class ExpertListApi(generics.ListAPIView):
         )
         validate_after_commit(version.pk)
         expert = expert_get_owned(user=request.user, expert_id=version.expert_id)
-        return Response(ExpertWithVersionOutput(expert).data, status=status.HTTP_201_CREATED)
-
-
-class ExpertDetailApi(APIView):
-    @extend_schema(responses=ExpertOutput)
-    def get(self, request, expert_id: int):
-        return Response(ExpertOutput(expert_get_visible(user=request.user, expert_id=expert_id)).data)
-
-
-class ExpertVersionListApi(generics.ListAPIView):
-    serializer_class = VersionOutput
-    pagination_class = CatalogPagination
-    parser_classes = [MultiPartParser, FormParser]
-
-    def get_queryset(self):
-        if getattr(self, "swagger_fake_view", False):
-            return ExpertVersion.objects.none()
-        expert = expert_get_visible(user=self.request.user, expert_id=self.kwargs["expert_id"])
-        return version_list_visible(user=self.request.user, expert=expert)
-
-    @extend_schema(request={"multipart/form-data": AdapterInput}, responses={201: VersionOutput})
-    def post(self, request, expert_id: int):
-        expert = expert_get_owned(user=request.user, expert_id=expert_id)
-        form = validated(AdapterInput, request.data)
-        version = expert_version_contribute(
-            expert=expert, adapter=form.adapter(), model_card=form.validated_data.get("model_card", "")
-        )
-        validate_after_commit(version.pk)
-        version.refresh_from_db()
-        return Response(VersionOutput(version).data, status=status.HTTP_201_CREATED)
-
-
-class ExpertVersionDetailApi(APIView):
-    @extend_schema(responses=VersionOutput)
-    def get(self, request, expert_id: int, number: int):
-        expert = expert_get_visible(user=request.user, expert_id=expert_id)
-        version = version_get_visible(user=request.user, expert=expert, number=number)
-        return Response(VersionOutput(version).data)
-
-
-class ExpertLicenseApi(APIView):
-    parser_classes = [LimitedJSONParser, FormParser, MultiPartParser]
-
-    @extend_schema(request=LicenseInput, responses={200: LicenseOutput})
-    def put(self, request, expert_id: int):
-        expert = expert_get_owned(user=request.user, expert_id=expert_id)
-        data = validated(LicenseInput, request.data).validated_data
-        return Response(LicenseOutput(expert_license_set(expert=expert, terms=dict(data))).data)
+        return Response(self.CreatedOutputSerializer(expert).data, status=status.HTTP_201_CREATED)
 
 
 class ExpertRevokeConsentApi(APIView):
-    @extend_schema(request=None, responses=OpenApiTypes.OBJECT, summary="Revoke consent (the expert's contributor)")
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "ExpertConsentOutput"
+
+        id = serializers.IntegerField()
+        slug = serializers.CharField()
+        consent_revoked_at = serializers.DateTimeField(allow_null=True,
+                                                       help_text="When consent was revoked; null while it stands.")
+
+    @extend_schema(request=None, responses=OutputSerializer, summary="Revoke consent (the expert's contributor)")
     def post(self, request, expert_id: int):
         # Another contributor's expert is 404, like a missing one: the answer does not reveal that it exists.
         expert = expert_get_owned(user=request.user, expert_id=expert_id)
         expert = expert_revoke_consent(expert=expert, user=request.user)
-        return Response({"id": expert.pk, "slug": expert.slug, "consent_revoked_at": expert.consent_revoked_at})
+        return Response(self.OutputSerializer(expert).data)
 
 
 class ExpertRestoreConsentApi(APIView):
-    @extend_schema(request=None, responses=OpenApiTypes.OBJECT,
+    OutputSerializer = ExpertRevokeConsentApi.OutputSerializer
+
+    @extend_schema(request=None, responses=OutputSerializer,
                    summary="Restore consent (the expert's contributor); refused while a system's license policy forbids it")
     def post(self, request, expert_id: int):
         expert = expert_get_owned(user=request.user, expert_id=expert_id)
         expert = expert_restore_consent(expert=expert, user=request.user)
-        return Response({"id": expert.pk, "slug": expert.slug, "consent_revoked_at": expert.consent_revoked_at})
+        return Response(self.OutputSerializer(expert).data)

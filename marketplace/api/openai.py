@@ -21,6 +21,7 @@ from marketplace.models import ComposedSystem
 from marketplace.selectors.systems import system_for_organization, systems_callable_by
 from marketplace.services import completions, idempotency, openai_params
 from mosaic.errors import DomainError, error_body
+from mosaic.api_input import validated
 from mosaic.parsers import LimitedJSONParser
 
 
@@ -190,33 +191,6 @@ class MessageSerializer(serializers.Serializer):
         raise serializers.ValidationError("content must be a string or a list of text parts.")
 
 
-class ChatCompletionInputSerializer(CompletionParamsSerializer):
-    messages = MessageSerializer(many=True, allow_empty=False)
-    logprobs = StrictBoolean(required=False, allow_null=True, default=None)
-    top_logprobs = StrictInteger(required=False, min_value=0, max_value=contract.MAX_TOP_LOGPROBS, allow_null=True,
-                                 default=None)
-    tools = serializers.ListField(child=serializers.JSONField(), required=False, allow_null=True, default=None)
-    tool_choice = serializers.JSONField(required=False, allow_null=True, default=None)
-    parallel_tool_calls = StrictBoolean(required=False, allow_null=True, default=None)
-
-
-class CompletionInputSerializer(CompletionParamsSerializer):
-    prompt = StrictString(allow_blank=True, trim_whitespace=False)
-    logprobs = StrictInteger(required=False, min_value=0, max_value=contract.MAX_TOP_LOGPROBS, allow_null=True,
-                             default=None)
-    echo = StrictBoolean(required=False, default=False)
-    best_of = StrictInteger(required=False, min_value=1, allow_null=True, default=None)
-
-
-def _validated(serializer_class, request) -> dict:
-    if not isinstance(request.data, dict):
-        raise DomainError("The request body must be a JSON object.")
-    openai_params.refuse_unsupported(request.data, accepted=serializer_class().fields)
-    serializer = serializer_class(data=request.data)
-    serializer.is_valid(raise_exception=True)
-    return serializer.validated_data
-
-
 def attribution_list(*, attribution: dict, members) -> list[dict]:
     by_id = {str(m.expert_id): m.expert for m in members}
     listed = []
@@ -233,17 +207,24 @@ def attribution_list(*, attribution: dict, members) -> list[dict]:
 
 
 class _CompletionApi(OpenAIView):
-    input_serializer: type
+    InputSerializer: type[CompletionParamsSerializer]
     chat: bool
     required_scopes = ("use",)
     error_statuses = (400, 402, 404, 429, 502, 503)
 
     def post(self, request):
         started = time.monotonic()
-        data = _validated(self.input_serializer, request)
+        data = self.validated_input(request)
         if "Idempotency-Key" in request.headers:
             return self._serve_once(request, key=request.headers["Idempotency-Key"], started=started, data=data)
         return self._serve(request, started=started, data=data)
+
+    def validated_input(self, request) -> dict:
+        """The body, a JSON object naming no parameter Mosaic does not support, through the one validate helper."""
+        if not isinstance(request.data, dict):
+            raise DomainError("The request body must be a JSON object.")
+        openai_params.refuse_unsupported(request.data, accepted=self.InputSerializer().fields)
+        return validated(self.InputSerializer, request.data).validated_data
 
     def _serve_once(self, request, *, key, started, data):
         """Served once per Idempotency-Key; retries get the stored response (marketplace.services.idempotency)."""
@@ -358,20 +339,40 @@ class _CompletionApi(OpenAIView):
 
 
 class ChatCompletionApi(_CompletionApi):
-    input_serializer = ChatCompletionInputSerializer
+    class InputSerializer(CompletionParamsSerializer):
+        class Meta:
+            ref_name = "ChatCompletionInput"
+
+        messages = MessageSerializer(many=True, allow_empty=False)
+        logprobs = StrictBoolean(required=False, allow_null=True, default=None)
+        top_logprobs = StrictInteger(required=False, min_value=0, max_value=contract.MAX_TOP_LOGPROBS, allow_null=True,
+                                     default=None)
+        tools = serializers.ListField(child=serializers.JSONField(), required=False, allow_null=True, default=None)
+        tool_choice = serializers.JSONField(required=False, allow_null=True, default=None)
+        parallel_tool_calls = StrictBoolean(required=False, allow_null=True, default=None)
+
     chat = True
 
-    @extend_schema(request=ChatCompletionInputSerializer, responses=OpenApiTypes.OBJECT,
+    @extend_schema(request=InputSerializer, responses=OpenApiTypes.OBJECT,
                    summary="Chat completion (OpenAI-compatible; stream=true answers with server-sent events)")
     def post(self, request):
         return super().post(request)
 
 
 class CompletionApi(_CompletionApi):
-    input_serializer = CompletionInputSerializer
+    class InputSerializer(CompletionParamsSerializer):
+        class Meta:
+            ref_name = "CompletionInput"
+
+        prompt = StrictString(allow_blank=True, trim_whitespace=False)
+        logprobs = StrictInteger(required=False, min_value=0, max_value=contract.MAX_TOP_LOGPROBS, allow_null=True,
+                                 default=None)
+        echo = StrictBoolean(required=False, default=False)
+        best_of = StrictInteger(required=False, min_value=1, allow_null=True, default=None)
+
     chat = False
 
-    @extend_schema(request=CompletionInputSerializer, responses=OpenApiTypes.OBJECT,
+    @extend_schema(request=InputSerializer, responses=OpenApiTypes.OBJECT,
                    summary="Text completion (OpenAI-compatible; stream=true answers with server-sent events)")
     def post(self, request):
         return super().post(request)

@@ -1,5 +1,4 @@
 """Organizations, members, API keys, subscription and usage."""
-from django.contrib.auth import get_user_model
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
@@ -8,15 +7,20 @@ from rest_framework.views import APIView
 
 from marketplace import stripe_client
 from marketplace.models import Membership, OrganizationAPIKey, Plan, Subscription
-from marketplace.selectors.billing import plans_active
+from marketplace.selectors.billing import plans_active, subscription_latest
 from marketplace.selectors.organizations import (
     OWNER,
     OWNER_OR_BILLING,
     OWNER_OR_DEVELOPER,
+    api_key_of_organization,
     api_keys_for_organization,
+    member_of,
+    members_of,
     membership_for,
     organizations_for_user,
     require_role,
+    roles_of_user,
+    user_by_username,
 )
 from marketplace.selectors.usage import usage_summary
 from marketplace.services.billing import subscription_change_plan, subscription_create
@@ -27,25 +31,11 @@ from marketplace.services.organizations import (
     membership_set,
     organization_create,
 )
-from mosaic.errors import DomainError, NotFound
+from mosaic.api_input import validated
+from mosaic.errors import NotFound
+from marketplace.ledger_refs import user_ref
 
 SCOPES = ", ".join(OrganizationAPIKey.Scope.values)
-
-
-class OrganizationInputSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=200)
-    is_commercial = serializers.BooleanField(default=True)
-    domains = serializers.ListField(child=serializers.SlugField(max_length=60), required=False, default=list)
-
-
-class OrganizationOutputSerializer(serializers.Serializer):
-    id = serializers.IntegerField()
-    name = serializers.CharField()
-    slug = serializers.CharField()
-    is_commercial = serializers.BooleanField()
-    domains = serializers.ListField(child=serializers.CharField())
-    role = serializers.ChoiceField(choices=Membership.Role.choices, help_text="The caller's role in it.")
-    created_at = serializers.DateTimeField()
 
 
 def organization_output(organization, role: str) -> dict:
@@ -55,37 +45,45 @@ def organization_output(organization, role: str) -> dict:
 
 
 class OrganizationListApi(APIView):
-    @extend_schema(request=None, responses=OrganizationOutputSerializer(many=True),
-                   operation_id="api_organizations_list")
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "OrganizationInput"
+
+        name = serializers.CharField(max_length=200)
+        is_commercial = serializers.BooleanField(default=True)
+        domains = serializers.ListField(child=serializers.SlugField(max_length=60), required=False, default=list)
+
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "OrganizationOutput"
+
+        id = serializers.IntegerField()
+        name = serializers.CharField()
+        slug = serializers.CharField()
+        is_commercial = serializers.BooleanField()
+        domains = serializers.ListField(child=serializers.CharField())
+        role = serializers.ChoiceField(choices=Membership.Role.choices, help_text="The caller's role in it.")
+        created_at = serializers.DateTimeField()
+
+    @extend_schema(request=None, responses=OutputSerializer(many=True), operation_id="api_organizations_list")
     def get(self, request):
-        memberships = Membership.objects.filter(user=request.user).select_related("organization")
-        roles = {m.organization_id: m.role for m in memberships}
+        roles = roles_of_user(user=request.user)
         return Response([organization_output(o, roles[o.pk]) for o in organizations_for_user(user=request.user)])
 
-    @extend_schema(request=OrganizationInputSerializer, responses={201: OrganizationOutputSerializer})
+    @extend_schema(request=InputSerializer, responses={201: OutputSerializer})
     def post(self, request):
-        serializer = OrganizationInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        organization = organization_create(owner=request.user, **serializer.validated_data)
+        data = validated(self.InputSerializer, request.data).validated_data
+        organization = organization_create(owner=request.user, **data)
         return Response(organization_output(organization, Membership.Role.OWNER), status=201)
 
 
 class OrganizationDetailApi(APIView):
-    @extend_schema(request=None, responses=OrganizationOutputSerializer)
+    OutputSerializer = OrganizationListApi.OutputSerializer
+
+    @extend_schema(request=None, responses=OutputSerializer)
     def get(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         return Response(organization_output(membership.organization, membership.role))
-
-
-class MemberInputSerializer(serializers.Serializer):
-    username = serializers.CharField()
-    role = serializers.ChoiceField(choices=Membership.Role.choices)
-
-
-class MemberOutputSerializer(serializers.Serializer):
-    user_id = serializers.IntegerField()
-    username = serializers.CharField()
-    role = serializers.ChoiceField(choices=Membership.Role.choices)
 
 
 def member_output(membership) -> dict:
@@ -93,22 +91,33 @@ def member_output(membership) -> dict:
 
 
 class MemberListApi(APIView):
-    @extend_schema(request=None, responses=MemberOutputSerializer(many=True))
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "MemberInput"
+
+        username = serializers.CharField()
+        role = serializers.ChoiceField(choices=Membership.Role.choices)
+
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "MemberOutput"
+
+        user_id = serializers.IntegerField()
+        username = serializers.CharField()
+        role = serializers.ChoiceField(choices=Membership.Role.choices)
+
+    @extend_schema(request=None, responses=OutputSerializer(many=True))
     def get(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
-        members = membership.organization.memberships.select_related("user").order_by("created_at")
-        return Response([member_output(m) for m in members])
+        return Response([member_output(m) for m in members_of(organization=membership.organization)])
 
-    @extend_schema(request=MemberInputSerializer, responses={201: MemberOutputSerializer})
+    @extend_schema(request=InputSerializer, responses={201: OutputSerializer})
     def post(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         require_role(membership=membership, roles=OWNER, action="manage members")
-        serializer = MemberInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        user = get_user_model().objects.filter(username=serializer.validated_data["username"]).first()
-        if user is None:
-            raise DomainError("No user with that username.", param="username")
-        added = membership_set(organization=membership.organization, user=user, role=serializer.validated_data["role"])
+        data = validated(self.InputSerializer, request.data).validated_data
+        user = user_by_username(username=data["username"])
+        added = membership_set(organization=membership.organization, user=user, role=data["role"])
         return Response(member_output(added), status=201)
 
 
@@ -117,34 +126,8 @@ class MemberDetailApi(APIView):
     def delete(self, request, organization_id: int, user_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         require_role(membership=membership, roles=OWNER, action="manage members")
-        target = membership.organization.memberships.filter(user_id=user_id).first()
-        if target is None:
-            raise NotFound("No such member.")
-        membership_remove(membership=target)
+        membership_remove(membership=member_of(organization=membership.organization, user_id=user_id))
         return Response(status=204)
-
-
-class APIKeyInputSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=50)
-    scopes = serializers.ListField(
-        child=serializers.ChoiceField(choices=OrganizationAPIKey.Scope.choices, error_messages={
-            "invalid_choice": "{input} is not a scope; scopes are " + SCOPES + "."
-        }),
-        required=False, allow_empty=False, min_length=1,
-    )
-
-
-class APIKeyOutputSerializer(serializers.Serializer):
-    prefix = serializers.CharField()
-    name = serializers.CharField()
-    scopes = serializers.ListField(child=serializers.CharField())
-    revoked = serializers.BooleanField()
-    created = serializers.DateTimeField()
-    last_used_at = serializers.DateTimeField(allow_null=True)
-
-
-class APIKeyCreatedOutputSerializer(APIKeyOutputSerializer):
-    key = serializers.CharField(help_text="The whole key, shown this once; only its hash is stored.")
 
 
 def api_key_output(api_key) -> dict:
@@ -153,52 +136,59 @@ def api_key_output(api_key) -> dict:
 
 
 class APIKeyListApi(APIView):
-    @extend_schema(request=None, responses=APIKeyOutputSerializer(many=True))
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "APIKeyInput"
+
+        name = serializers.CharField(max_length=50)
+        scopes = serializers.ListField(
+            child=serializers.ChoiceField(choices=OrganizationAPIKey.Scope.choices, error_messages={
+                "invalid_choice": "{input} is not a scope; scopes are " + SCOPES + "."
+            }),
+            required=False, allow_empty=False, min_length=1,
+        )
+
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "APIKeyOutput"
+
+        prefix = serializers.CharField()
+        name = serializers.CharField()
+        scopes = serializers.ListField(child=serializers.CharField())
+        revoked = serializers.BooleanField()
+        created = serializers.DateTimeField()
+        last_used_at = serializers.DateTimeField(allow_null=True)
+
+    class CreatedOutputSerializer(OutputSerializer):
+        class Meta:
+            ref_name = "APIKeyCreatedOutput"
+
+        key = serializers.CharField(help_text="The whole key, shown this once; only its hash is stored.")
+
+    @extend_schema(request=None, responses=OutputSerializer(many=True))
     def get(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         require_role(membership=membership, roles=OWNER_OR_DEVELOPER, action="see API keys")
         return Response([api_key_output(k) for k in api_keys_for_organization(organization=membership.organization)])
 
-    @extend_schema(request=APIKeyInputSerializer, responses={201: APIKeyCreatedOutputSerializer})
+    @extend_schema(request=InputSerializer, responses={201: CreatedOutputSerializer})
     def post(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         require_role(membership=membership, roles=OWNER, action="create API keys")
-        serializer = APIKeyInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        api_key, key = api_key_create(organization=membership.organization, **serializer.validated_data)
+        data = validated(self.InputSerializer, request.data).validated_data
+        api_key, key = api_key_create(organization=membership.organization, **data)
         return Response({**api_key_output(api_key), "key": key}, status=201)
 
 
 class APIKeyRevokeApi(APIView):
-    @extend_schema(request=None, responses=APIKeyOutputSerializer)
+    OutputSerializer = APIKeyListApi.OutputSerializer
+
+    @extend_schema(request=None, responses=OutputSerializer)
     def post(self, request, organization_id: int, prefix: str):
         membership = membership_for(user=request.user, organization_id=organization_id)
         require_role(membership=membership, roles=OWNER, action="revoke API keys")
-        api_key = api_keys_for_organization(organization=membership.organization).filter(prefix=prefix).first()
-        if api_key is None:
-            raise NotFound("No such API key.")
+        api_key = api_key_of_organization(organization=membership.organization, prefix=prefix)
         return Response(api_key_output(api_key_revoke(api_key=api_key)))
-
-
-class SubscriptionInputSerializer(serializers.Serializer):
-    plan = serializers.SlugRelatedField(slug_field="slug", queryset=Plan.objects.all())
-    payment_method = serializers.RegexField(r"^pm_[A-Za-z0-9_]+$", required=False, max_length=100)
-
-
-class SubscriptionOutputSerializer(serializers.Serializer):
-    id = serializers.IntegerField()
-    plan = serializers.CharField()
-    status = serializers.ChoiceField(choices=Subscription.Status.choices)
-    stripe_subscription_id = serializers.CharField(allow_blank=True)
-    current_period_start = serializers.DateTimeField(allow_null=True)
-    current_period_end = serializers.DateTimeField(allow_null=True)
-
-
-class SubscriptionCreatedOutputSerializer(SubscriptionOutputSerializer):
-    unavailable_systems = serializers.ListField(
-        child=serializers.CharField(),
-        help_text="Systems this organization's license terms do not allow it to call.",
-    )
 
 
 def subscription_output(subscription) -> dict:
@@ -211,57 +201,81 @@ def subscription_output(subscription) -> dict:
 class SubscriptionApi(APIView):
     error_statuses = (402, 502)  # the card refused; Stripe could not be reached
 
-    @extend_schema(request=None, responses=SubscriptionOutputSerializer)
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "SubscriptionInput"
+
+        plan = serializers.SlugRelatedField(slug_field="slug", queryset=Plan.objects.all())
+        payment_method = serializers.RegexField(r"^pm_[A-Za-z0-9_]+$", required=False, max_length=100)
+
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "SubscriptionOutput"
+
+        id = serializers.IntegerField()
+        plan = serializers.CharField()
+        status = serializers.ChoiceField(choices=Subscription.Status.choices)
+        stripe_subscription_id = serializers.CharField(allow_blank=True)
+        current_period_start = serializers.DateTimeField(allow_null=True)
+        current_period_end = serializers.DateTimeField(allow_null=True)
+
+    class ChangedOutputSerializer(OutputSerializer):
+        class Meta:
+            ref_name = "SubscriptionCreatedOutput"
+
+        unavailable_systems = serializers.ListField(
+            child=serializers.CharField(),
+            help_text="Systems this organization's license terms do not allow it to call.",
+        )
+
+    @extend_schema(request=None, responses=OutputSerializer)
     def get(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
-        subscription = (
-            Subscription.objects.filter(organization=membership.organization).select_related("plan")
-            .order_by("-created_at").first()
-        )
+        subscription = subscription_latest(organization=membership.organization)
         if subscription is None:
             raise NotFound("This organization has no subscription.")
         return Response(subscription_output(subscription))
 
-    @extend_schema(request=SubscriptionInputSerializer, responses={201: SubscriptionCreatedOutputSerializer})
+    @extend_schema(request=InputSerializer, responses={201: ChangedOutputSerializer})
     def post(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         require_role(membership=membership, roles=OWNER_OR_BILLING, action="subscribe")
-        serializer = SubscriptionInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
+        data = validated(self.InputSerializer, request.data).validated_data
         subscription, unavailable = subscription_create(
-            organization=membership.organization, plan=serializer.validated_data["plan"],
-            payment_method=serializer.validated_data.get("payment_method"), actor=f"user:{request.user.pk}",
+            organization=membership.organization, plan=data["plan"], payment_method=data.get("payment_method"),
+            actor=user_ref(request.user),
         )
         return Response({**subscription_output(subscription), "unavailable_systems": unavailable}, status=201)
 
-    @extend_schema(request=SubscriptionInputSerializer, responses={200: SubscriptionCreatedOutputSerializer},
+    @extend_schema(request=InputSerializer, responses={200: ChangedOutputSerializer},
                    summary="Change plan (subscribes when there is no live subscription)")
     def put(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         require_role(membership=membership, roles=OWNER_OR_BILLING, action="change the plan")
-        serializer = SubscriptionInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
+        data = validated(self.InputSerializer, request.data).validated_data
         subscription, unavailable = subscription_change_plan(
-            organization=membership.organization, plan=serializer.validated_data["plan"],
-            payment_method=serializer.validated_data.get("payment_method"), actor=f"user:{request.user.pk}",
+            organization=membership.organization, plan=data["plan"], payment_method=data.get("payment_method"),
+            actor=user_ref(request.user),
         )
         return Response({**subscription_output(subscription), "unavailable_systems": unavailable})
-
-
-class InvoiceOutputSerializer(serializers.Serializer):
-    id = serializers.CharField()
-    status = serializers.CharField(allow_null=True)
-    amount_due = serializers.IntegerField(allow_null=True, help_text="Minor units.")
-    total = serializers.IntegerField(allow_null=True, help_text="Minor units.")
-    currency = serializers.CharField(allow_null=True)
-    created = serializers.IntegerField(allow_null=True, help_text="Unix time.")
-    hosted_invoice_url = serializers.URLField(allow_null=True)
 
 
 class InvoiceListApi(APIView):
     error_statuses = (502,)  # Stripe could not be reached
 
-    @extend_schema(request=None, responses=InvoiceOutputSerializer(many=True))
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "InvoiceOutput"
+
+        id = serializers.CharField()
+        status = serializers.CharField(allow_null=True)
+        amount_due = serializers.IntegerField(allow_null=True, help_text="Minor units.")
+        total = serializers.IntegerField(allow_null=True, help_text="Minor units.")
+        currency = serializers.CharField(allow_null=True)
+        created = serializers.IntegerField(allow_null=True, help_text="Unix time.")
+        hosted_invoice_url = serializers.URLField(allow_null=True)
+
+    @extend_schema(request=None, responses=OutputSerializer(many=True))
     def get(self, request, organization_id: int):
         membership = membership_for(user=request.user, organization_id=organization_id)
         require_role(membership=membership, roles=OWNER_OR_BILLING, action="see invoices")
@@ -276,24 +290,28 @@ class InvoiceListApi(APIView):
         ])
 
 
-class UsageRowSerializer(serializers.Serializer):
-    day = serializers.DateField(required=False, help_text="With group_by=day.")
-    system = serializers.CharField(required=False, help_text="With group_by=system.")
-    requests = serializers.IntegerField()
-    prompt_tokens = serializers.IntegerField()
-    completion_tokens = serializers.IntegerField()
-    total_tokens = serializers.IntegerField()
-    charge_minor = serializers.IntegerField()
-
-
-class UsageOutputSerializer(serializers.Serializer):
-    organization = serializers.CharField()
-    group_by = serializers.ListField(child=serializers.ChoiceField(choices=["day", "system"]))
-    data = UsageRowSerializer(many=True)
-
-
 class UsageApi(APIView):
-    @extend_schema(request=None, responses=UsageOutputSerializer, parameters=[
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "UsageOutput"
+
+        class RowSerializer(serializers.Serializer):
+            class Meta:
+                ref_name = "UsageRow"
+
+            day = serializers.DateField(required=False, help_text="With group_by=day.")
+            system = serializers.CharField(required=False, help_text="With group_by=system.")
+            requests = serializers.IntegerField()
+            prompt_tokens = serializers.IntegerField()
+            completion_tokens = serializers.IntegerField()
+            total_tokens = serializers.IntegerField()
+            charge_minor = serializers.IntegerField()
+
+        organization = serializers.CharField()
+        group_by = serializers.ListField(child=serializers.ChoiceField(choices=["day", "system"]))
+        data = RowSerializer(many=True)
+
+    @extend_schema(request=None, responses=OutputSerializer, parameters=[
         OpenApiParameter("group_by", str, pattern=r"^(day|system)(,(day|system))?$",
                          description="day, system or day,system (the default)")])
     def get(self, request, organization_id: int):
@@ -301,21 +319,6 @@ class UsageApi(APIView):
         group_by = [g for g in request.query_params.get("group_by", "day,system").split(",") if g]
         return Response({"organization": membership.organization.slug, "group_by": group_by,
                          "data": usage_summary(organization=membership.organization, group_by=group_by)})
-
-
-class PlanOutputSerializer(serializers.Serializer):
-    slug = serializers.CharField()
-    name = serializers.CharField()
-    currency = serializers.CharField()
-    monthly_fee_minor = serializers.IntegerField(help_text="Minor units of the currency, per month.")
-    price_per_1k_tokens_minor = serializers.IntegerField(
-        help_text="Minor units per 1,000 tokens, for systems that set no price of their own.")
-    requests_per_minute = serializers.IntegerField()
-    tokens_per_minute = serializers.IntegerField()
-    monthly_token_quota = serializers.IntegerField()
-    billing = serializers.ChoiceField(choices=["stripe", "local"],
-                                      help_text="stripe: billed through Stripe; local: local price records, "
-                                                "nothing is billed (Stripe is not configured).")
 
 
 def plan_output(plan) -> dict:
@@ -333,6 +336,23 @@ def plan_output(plan) -> dict:
 class PlanListApi(APIView):
     permission_classes = [AllowAny]
 
-    @extend_schema(request=None, responses=PlanOutputSerializer(many=True), operation_id="api_plans_list")
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "PlanOutput"
+
+        slug = serializers.CharField()
+        name = serializers.CharField()
+        currency = serializers.CharField()
+        monthly_fee_minor = serializers.IntegerField(help_text="Minor units of the currency, per month.")
+        price_per_1k_tokens_minor = serializers.IntegerField(
+            help_text="Minor units per 1,000 tokens, for systems that set no price of their own.")
+        requests_per_minute = serializers.IntegerField()
+        tokens_per_minute = serializers.IntegerField()
+        monthly_token_quota = serializers.IntegerField()
+        billing = serializers.ChoiceField(choices=["stripe", "local"],
+                                          help_text="stripe: billed through Stripe; local: local price records, "
+                                                    "nothing is billed (Stripe is not configured).")
+
+    @extend_schema(request=None, responses=OutputSerializer(many=True), operation_id="api_plans_list")
     def get(self, request):
         return Response([plan_output(plan) for plan in plans_active()])

@@ -13,6 +13,8 @@ payable is negative while Mosaic owes them money (the API shows it as a positive
 """
 import re
 
+from marketplace.models import ComposedSystem, Contributor, Expert, Organization, Payout
+
 PLATFORM_REVENUE = "platform:revenue"
 PLATFORM_CASH = "platform:cash"
 PAYOUTS_CLEARING = "payouts:clearing"
@@ -22,11 +24,11 @@ _EARNING = re.compile(r"^system:(\d+)/expert:(\d+)$")
 
 
 def receivable(organization_id: int) -> str:
-    return f"organization:{organization_id}:receivable"
+    return f"{Organization.ref_for(organization_id)}:receivable"
 
 
 def payable(contributor_id: int) -> str:
-    return f"contributor:{contributor_id}:payable"
+    return f"{Contributor.ref_for(contributor_id)}:payable"
 
 
 def contributor_of(account: str) -> int | None:
@@ -35,7 +37,12 @@ def contributor_of(account: str) -> int | None:
 
 
 def earning_dimension(system_id: int, expert_id: int) -> str:
-    return f"system:{system_id}/expert:{expert_id}"
+    return f"{ComposedSystem.ref_for(system_id)}/{Expert.ref_for(expert_id)}"
+
+
+def system_dimension(system_id: int) -> str:
+    """The platform's revenue from a system (what no contributor could earn)."""
+    return ComposedSystem.ref_for(system_id)
 
 
 def parse_earning_dimension(dimension: str) -> tuple[int, int] | None:
@@ -44,4 +51,4 @@ def parse_earning_dimension(dimension: str) -> tuple[int, int] | None:
 
 
 def payout_dimension(payout_id: int) -> str:
-    return f"payout:{payout_id}"
+    return Payout.ref_for(payout_id)

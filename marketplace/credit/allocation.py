@@ -26,13 +26,14 @@ from marketplace.credit import accounts
 from marketplace.credit.rules import PLAIN_DECIMAL
 from marketplace.credit.split import BatchLines, allocate_batch, exact_sums
 from marketplace.models import ComposedSystem, ContributionMeasurement, CreditLine, Expert, Usage
+from marketplace.ledger_refs import CREDIT_ACTOR
 from mosaic.errors import DomainError
 from mosaic.progress import QUIET, Progress
 
 ADVISORY_LOCK_KEY = 7_000_007
 # A batch is read as one value (bytea, at most 1 GB): 56 bytes a row, a few rows a usage.
 MAX_BATCH_SIZE = 1_000_000
-ACTOR = "system:credit"
+ACTOR = CREDIT_ACTOR
 
 
 def _tables() -> dict[str, str]:
@@ -282,7 +283,7 @@ def _allocate_batch(*, after: int, until: datetime, batch_size: int, actor: str)
         platform = exact_sums(lines.platform_amount, np.stack([system, day], axis=1))
         for (system_id, epoch_day), amount in sorted(platform.items()):
             if amount:
-                post(accounts.PLATFORM_REVENUE, -amount, epoch_day, f"system:{system_id}")
+                post(accounts.PLATFORM_REVENUE, -amount, epoch_day, accounts.system_dimension(system_id))
         charged = sum(receivables.values())
         to_contributors = sum(payables.values())
         post_transaction(

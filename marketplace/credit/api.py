@@ -7,17 +7,18 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from marketplace.credit.payouts import start_onboarding
-from marketplace.credit.selectors import account_detail, contributor_earnings, statement_for
+from marketplace.credit.selectors import account_detail, contributor_earnings, statement_for, statements_of
 from marketplace.credit.statements import statement_html
 from marketplace.models import CreditStatement
 from marketplace.selectors.experts import contributor_for_user
 from marketplace.services.security import payout_setup_refusal, require_fresh_second_factor
+from mosaic.api_input import validated
 from mosaic.errors import DomainError, Forbidden
 from mosaic.security import allow_its_inline_styles
 
 
 class EarningsView(APIView):
-    class Output(serializers.Serializer):
+    class OutputSerializer(serializers.Serializer):
         class Meta:
             ref_name = "CreditEarningsOutput"
 
@@ -78,13 +79,13 @@ class EarningsView(APIView):
         by_period = ByPeriod(many=True)
         payouts = PayoutRow(many=True)
 
-    @extend_schema(responses=Output, summary="The logged-in contributor's credit, with its breakdown")
+    @extend_schema(responses=OutputSerializer, summary="The logged-in contributor's credit, with its breakdown")
     def get(self, request):
-        return Response(self.Output(contributor_earnings(contributor=contributor_for_user(user=request.user))).data)
+        return Response(self.OutputSerializer(contributor_earnings(contributor=contributor_for_user(user=request.user))).data)
 
 
 class AccountView(APIView):
-    class Output(serializers.Serializer):
+    class OutputSerializer(serializers.Serializer):
         class Meta:
             ref_name = "CreditAccountOutput"
 
@@ -107,13 +108,13 @@ class AccountView(APIView):
         postings_count = serializers.IntegerField()
         postings = PostingRow(many=True, help_text="The most recent postings first.")
 
-    @extend_schema(responses=Output, summary="Any account's balance and postings (auditors and staff)")
+    @extend_schema(responses=OutputSerializer, summary="Any account's balance and postings (auditors and staff)")
     def get(self, request, ref: str):
-        return Response(self.Output(account_detail(user=request.user, account=ref)).data)
+        return Response(self.OutputSerializer(account_detail(user=request.user, account=ref)).data)
 
 
 class StatementListView(APIView):
-    class Output(serializers.ModelSerializer):
+    class OutputSerializer(serializers.ModelSerializer):
         start = serializers.DateField(source="period.start_date")
         end = serializers.DateField(source="period.end_date")
 
@@ -122,11 +123,10 @@ class StatementListView(APIView):
             ref_name = "CreditStatement"
             fields = ["id", "start", "end", "opening_minor", "earned_minor", "payout_minor", "closing_minor", "currency"]
 
-    @extend_schema(responses=Output(many=True), summary="The logged-in contributor's statements")
+    @extend_schema(responses=OutputSerializer(many=True), summary="The logged-in contributor's statements")
     def get(self, request):
         contributor = contributor_for_user(user=request.user)
-        statements = CreditStatement.objects.filter(contributor=contributor).select_related("period")
-        return Response(self.Output(statements, many=True).data)
+        return Response(self.OutputSerializer(statements_of(contributor=contributor), many=True).data)
 
 
 class StatementFileView(APIView):
@@ -150,7 +150,7 @@ class StatementFileView(APIView):
 
 
 class OnboardingView(APIView):
-    class Input(serializers.Serializer):
+    class InputSerializer(serializers.Serializer):
         class Meta:
             ref_name = "CreditOnboardingInput"
 
@@ -160,7 +160,7 @@ class OnboardingView(APIView):
                                          help_text="A code from your authenticator (or a recovery code), unless "
                                                    "this session passed a second-factor check in the last minutes.")
 
-    class Output(serializers.Serializer):
+    class OutputSerializer(serializers.Serializer):
         class Meta:
             ref_name = "CreditOnboardingOutput"
 
@@ -168,14 +168,13 @@ class OnboardingView(APIView):
         url = serializers.URLField()
         expires_at = serializers.IntegerField()
 
-    @extend_schema(request=Input, responses={201: Output}, summary="Stripe Connect Express onboarding link")
+    @extend_schema(request=InputSerializer, responses={201: OutputSerializer}, summary="Stripe Connect Express onboarding link")
     def post(self, request):
-        data = self.Input(data=request.data)
-        data.is_valid(raise_exception=True)
+        data = validated(self.InputSerializer, request.data)
         contributor = contributor_for_user(user=request.user)
         refusal = payout_setup_refusal(contributor)
         if refusal:
             raise Forbidden(refusal, code="payout_setup_refused")
         fields = dict(data.validated_data)
         require_fresh_second_factor(request=request, code=fields.pop("otp_code", ""))
-        return Response(self.Output(start_onboarding(contributor=contributor, **fields)).data, status=201)
+        return Response(self.OutputSerializer(start_onboarding(contributor=contributor, **fields)).data, status=201)

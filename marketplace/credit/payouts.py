@@ -115,7 +115,7 @@ def send_pending_payouts(*, client=None) -> int:
 
 
 def _paid_reference(payout_id: int) -> str:
-    return f"payout:{payout_id}:paid"
+    return f"{Payout.ref_for(payout_id)}:paid"
 
 
 def mark_paid(*, payout_id: int, transfer_id: str = "") -> Payout:
@@ -155,7 +155,7 @@ def mark_failed(*, payout_id: int, reason: str) -> Payout:
         created = Transaction.objects.get(reference=payouts_reference(payout.period))
         post_transaction(
             kind="credit.reversed",
-            reference=f"reversal:payout:{payout.pk}",
+            reference=f"reversal:{payout.ledger_ref}",
             postings=[
                 PostingSpec(account=p.account, amount=-p.amount, value_date=today, dimension=dimension)
                 for p in created.postings.filter(dimension=dimension)

@@ -30,7 +30,7 @@ def reverse_usage(*, usage: Usage, reason: str, actor: str = ACTOR) -> Transacti
         if line.contributor_id is None:
             postings.append(
                 PostingSpec(account=accounts.PLATFORM_REVENUE, amount=line.amount_minor, value_date=today,
-                            dimension=f"system:{usage.system_id}")
+                            dimension=accounts.system_dimension(usage.system_id))
             )
         else:
             postings.append(
@@ -44,7 +44,7 @@ def reverse_usage(*, usage: Usage, reason: str, actor: str = ACTOR) -> Transacti
     with transaction.atomic():
         return post_transaction(
             kind="credit.reversed",
-            reference=f"reversal:usage:{usage.pk}",
+            reference=f"reversal:{usage.ledger_ref}",
             postings=postings,
             actor=actor,
             reverses=original,

@@ -36,6 +36,7 @@ from marketplace.credit import accounts
 from marketplace.credit.allocation import allocate_pending_usage
 from marketplace.credit.rules import largest_remainder
 from marketplace.models import CreditLine, Organization, StripeEvent, Usage
+from marketplace.ledger_refs import STRIPE_ACTOR
 
 REFUND_EVENTS = {"charge.refunded"}
 DISPUTE_EVENTS = {"charge.dispute.created", "charge.dispute.updated", "charge.dispute.closed"}
@@ -43,7 +44,7 @@ CREDIT_NOTE_EVENTS = {"credit_note.created", "credit_note.updated", "credit_note
 REVERSAL_EVENTS = REFUND_EVENTS | DISPUTE_EVENTS | CREDIT_NOTE_EVENTS
 WITHDRAWN_DISPUTE_STATUSES = {"needs_response", "under_review", "lost"}
 CLOSED_DISPUTE_STATUSES = {"won", "lost", "warning_closed", "prevented"}
-ACTOR = "stripe"
+ACTOR = STRIPE_ACTOR
 
 
 @dataclass(frozen=True)

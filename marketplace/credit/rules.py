@@ -5,7 +5,9 @@ For one usage charge:
 2. The experts that served the request are the keys of its attribution (an expert id written as
    a plain decimal integer, e.g. "42"; any other key names no expert). An expert whose consent
    was revoked at or before the request's time is dropped; the rest are renormalised. A weight that
-   is not a plain decimal string with at most 6 integer digits counts as zero.
+   is not a plain decimal string with at most 6 integer digits counts as zero. (The recorded attribution
+   is already normalised, once, by composition.attribution in the worker; this step re-weighs only the
+   experts that may still be paid, in the integer arithmetic the SQL reproduces.)
 3. Each expert's attribution a_e is read in parts per million (decimal digits past the 6th are
    cut off); its share s_e is the basis points of the latest ContributionMeasurement of that expert
    in the system (0 when none), set by `measured_shares_bp` from the measured values. With A = sum(a), S = sum(s) over the served experts:

@@ -106,6 +106,10 @@ def account_detail(*, user, account: str, limit: int = 200) -> dict:
     }
 
 
+def statements_of(*, contributor: Contributor):
+    return CreditStatement.objects.filter(contributor=contributor).select_related("period")
+
+
 def statement_for(*, user, statement_id: int) -> CreditStatement:
     statement = CreditStatement.objects.select_related("contributor", "period").filter(pk=statement_id).first()
     if statement is None or not (statement.contributor.user_id == user.pk or is_auditor(user)):

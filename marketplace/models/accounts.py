@@ -1,9 +1,11 @@
 from django.conf import settings
 from django.db import models
+from marketplace.ledger_refs import LedgerReferenced
 
 
-class Contributor(models.Model):
+class Contributor(LedgerReferenced, models.Model):
     """A person who contributes experts and earns credit for their use."""
+    ledger_kind = "contributor"
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="contributor")
     display_name = models.CharField(max_length=120)
@@ -22,10 +24,6 @@ class Contributor(models.Model):
     @property
     def email_verified(self) -> bool:
         return bool(self.verified_email) and self.verified_email == self.user.email
-
-    @property
-    def ledger_ref(self) -> str:
-        return f"contributor:{self.pk}"
 
 
 class ApiTokenUse(models.Model):

@@ -1,9 +1,11 @@
 from django.conf import settings
 from django.db import models
+from marketplace.ledger_refs import LedgerReferenced
 
 
-class BaseModel(models.Model):
+class BaseModel(LedgerReferenced, models.Model):
     """A shared open base model that experts adapt, registered by staff from a local directory."""
+    ledger_kind = "base_model"
 
     name = models.CharField(max_length=200, unique=True)
     local_path = models.CharField(max_length=500)
@@ -26,8 +28,9 @@ class BaseModel(models.Model):
         return self.name
 
 
-class Expert(models.Model):
+class Expert(LedgerReferenced, models.Model):
     """A contributor's LoRA expert. `current_version` is the mutable alias; versions are immutable."""
+    ledger_kind = "expert"
 
     owner = models.ForeignKey("marketplace.Contributor", on_delete=models.PROTECT, related_name="experts")
     slug = models.SlugField(max_length=100)
@@ -52,13 +55,10 @@ class Expert(models.Model):
     def __str__(self) -> str:
         return f"{self.owner_id}/{self.slug}"
 
-    @property
-    def ledger_ref(self) -> str:
-        return f"expert:{self.pk}"
 
-
-class LicenseTerms(models.Model):
+class LicenseTerms(LedgerReferenced, models.Model):
     """License terms as data. Immutable: a change is a new row that the expert points at."""
+    ledger_kind = "license_terms"
 
     expert = models.ForeignKey(Expert, on_delete=models.PROTECT, related_name="license_history")
     spdx_id = models.CharField(max_length=100)

@@ -1,6 +1,7 @@
 from django.db import models
 
 from ledger.append_only import AppendOnlyModel, append_only_triggers
+from marketplace.ledger_refs import LedgerReferenced
 from marketplace.models.jobs import Job
 
 
@@ -38,8 +39,9 @@ class CreditLine(AppendOnlyModel):
         triggers = append_only_triggers()
 
 
-class Payout(models.Model):
+class Payout(LedgerReferenced, models.Model):
     """Money owed to a contributor at a period close, sent by a Stripe Connect transfer."""
+    ledger_kind = "payout"
 
     class Status(models.TextChoices):
         PENDING = "pending"

@@ -1,14 +1,16 @@
 from django.db import models
 
+from marketplace.ledger_refs import LedgerReferenced
 from marketplace.models.jobs import Job
 
 
-class SystemEvaluation(Job):
+class SystemEvaluation(LedgerReferenced, Job):
     """One run of a system's held-out evaluation: a job row the operator watches (Read the Docs' build row).
 
     Its stage "coalitions": `progress_done` counts the coalitions answered (the whole system,
     each subset of its experts, the base model alone); `progress_total` is their number when known in advance
     (exact Shapley) and null for Monte Carlo, which stops when its estimates are precise enough."""
+    ledger_kind = "evaluation"
 
     system = models.ForeignKey("marketplace.ComposedSystem", on_delete=models.CASCADE, related_name="evaluations")
     items_per_skill = models.PositiveIntegerField()

@@ -1,10 +1,12 @@
 from django.conf import settings
 from django.db import models
 from rest_framework_api_key.models import AbstractAPIKey
+from marketplace.ledger_refs import LedgerReferenced
 
 
-class Organization(models.Model):
+class Organization(LedgerReferenced, models.Model):
     """A customer that subscribes to composed systems and calls them."""
+    ledger_kind = "organization"
 
     name = models.CharField(max_length=200, unique=True)
     slug = models.SlugField(max_length=100, unique=True)
@@ -15,10 +17,6 @@ class Organization(models.Model):
 
     def __str__(self) -> str:
         return self.name
-
-    @property
-    def ledger_ref(self) -> str:
-        return f"organization:{self.pk}"
 
 
 class Membership(models.Model):

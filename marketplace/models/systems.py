@@ -1,10 +1,12 @@
 from django.db import models
 
 from marketplace.credit.rules import MAX_CHARGE_MINOR
+from marketplace.ledger_refs import LedgerReferenced
 
 
-class ComposedSystem(models.Model):
+class ComposedSystem(LedgerReferenced, models.Model):
     """Experts + a composition strategy + its parameters, callable as one model."""
+    ledger_kind = "system"
 
     class Status(models.TextChoices):
         ACTIVE = "active"
@@ -43,10 +45,6 @@ class ComposedSystem(models.Model):
 
     def __str__(self) -> str:
         return self.slug
-
-    @property
-    def ledger_ref(self) -> str:
-        return f"system:{self.pk}"
 
 
 class SystemExpert(models.Model):
@@ -90,8 +88,9 @@ class UsageQuerySet(models.QuerySet):
         return self.filter(~self._with_lines())
 
 
-class Usage(models.Model):
+class Usage(LedgerReferenced, models.Model):
     """One served request. Written with its ledger entry in one transaction."""
+    ledger_kind = "usage"
 
     objects = UsageQuerySet.as_manager()
 

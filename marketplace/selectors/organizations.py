@@ -1,8 +1,9 @@
 """Organizations, memberships and API keys (reads)."""
+from django.contrib.auth import get_user_model
 from django.db.models import QuerySet
 
 from marketplace.models import Membership, Organization, OrganizationAPIKey
-from mosaic.errors import Forbidden, NotFound
+from mosaic.errors import DomainError, Forbidden, NotFound
 
 
 # Who may do what in an organization: the one place the API and the pages read it from.
@@ -17,6 +18,30 @@ def may(*, membership: Membership, roles: tuple[str, ...]) -> bool:
 
 def organizations_for_user(*, user) -> QuerySet[Organization]:
     return Organization.objects.filter(memberships__user=user).order_by("name")
+
+
+def roles_of_user(*, user) -> dict[int, str]:
+    """The user's role in each of their organizations, by organization id."""
+    return dict(Membership.objects.filter(user=user).values_list("organization_id", "role"))
+
+
+def members_of(*, organization: Organization) -> QuerySet[Membership]:
+    return organization.memberships.select_related("user").order_by("created_at")
+
+
+def member_of(*, organization: Organization, user_id: int) -> Membership:
+    member = organization.memberships.filter(user_id=user_id).first()
+    if member is None:
+        raise NotFound("No such member.")
+    return member
+
+
+def user_by_username(*, username: str):
+    """The user to add as a member; an unknown name is the caller's input error."""
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        raise DomainError("No user with that username.", param="username")
+    return user
 
 
 def membership_for(*, user, organization_id) -> Membership:
@@ -40,6 +65,13 @@ def require_role(*, membership: Membership, roles: tuple[str, ...], action: str)
 
 def api_keys_for_organization(*, organization: Organization) -> QuerySet[OrganizationAPIKey]:
     return OrganizationAPIKey.objects.filter(organization=organization).order_by("-created")
+
+
+def api_key_of_organization(*, organization: Organization, prefix: str) -> OrganizationAPIKey:
+    api_key = api_keys_for_organization(organization=organization).filter(prefix=prefix).first()
+    if api_key is None:
+        raise NotFound("No such API key.")
+    return api_key
 
 
 def api_key_from_presented(*, presented: str) -> OrganizationAPIKey | None:

@@ -31,6 +31,14 @@ def systems_visible_to_user(*, user) -> QuerySet[ComposedSystem]:
     return _with_relations(queryset).order_by("slug")
 
 
+def system_visible_to_user(*, user, system_id: int) -> ComposedSystem:
+    """One system the user may see, with its relations; one they may not see does not exist for them."""
+    system = systems_visible_to_user(user=user).filter(pk=system_id).first()
+    if system is None:
+        raise NotFound("No such system.")
+    return system
+
+
 def systems_callable_by(*, organization: Organization) -> QuerySet[ComposedSystem]:
     return _with_relations(
         ComposedSystem.objects.filter(

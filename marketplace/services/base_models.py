@@ -20,6 +20,7 @@ from marketplace.model_cards import parse_model_card
 from marketplace.models import BaseModel
 from marketplace.services.experts import SPDX_ID
 from mosaic.errors import Conflict, DomainError
+from marketplace.ledger_refs import SYSTEM_ACTOR, user_ref
 
 BASE_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")  # also a directory and a queue name
 LINEAR_SUFFIX = ".weight"
@@ -175,10 +176,10 @@ def base_model_register(*, name: str, path: str | Path, license: str = "", regis
         base_model = BaseModel.objects.create(name=name, license=license, registered_by=registered_by, **facts)
         record_event(
             kind="base_model.registered",
-            payload={"base_model": f"base_model:{base_model.pk}", "name": name,
+            payload={"base_model": base_model.ledger_ref, "name": name,
                      "architecture": facts["architecture"], "content_hash": facts["content_hash"],
                      "license": license, "context_length": facts["context_length"]},
-            actor=f"user:{registered_by.pk}" if registered_by else "system",
+            actor=user_ref(registered_by) if registered_by else SYSTEM_ACTOR,
         )
     return base_model
 

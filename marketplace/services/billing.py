@@ -12,6 +12,7 @@ from marketplace.selectors.billing import subscription_live
 from marketplace.selectors.systems import systems_callable_by
 from marketplace.services.usage import check_amount
 from mosaic.errors import Conflict, DomainError
+from marketplace.ledger_refs import STRIPE_ACTOR
 
 
 LOCAL_PRICE_PREFIX = "local_"
@@ -310,8 +311,8 @@ def subscription_event_apply(*, event: dict) -> str:
         if subscription.status != previous:
             record_event(
                 kind="subscription.changed",
-                payload={"organization": f"organization:{subscription.organization_id}", "from": previous,
+                payload={"organization": Organization.ref_for(subscription.organization_id), "from": previous,
                          "to": subscription.status, "stripe_event": event["id"]},
-                actor="stripe",
+                actor=STRIPE_ACTOR,
             )
         return "applied"

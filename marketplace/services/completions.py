@@ -72,7 +72,7 @@ def completion_prepare(
     plan = active_plan(organization=organization)
     if plan is None:
         raise PaymentRequired(f"{organization.name} has no active subscription; subscribe to a plan first.")
-    serving = policy.request_plan(organization=organization, system=system, actor=f"organization:{organization.pk}")
+    serving = policy.request_plan(organization=organization, system=system, actor=organization.ledger_ref)
     reservation = quotas.reserve(organization=organization, plan=plan,
                                  estimated_tokens=estimated_tokens(prompt=prompt, messages=messages, params=params))
     request_id = logs.current_request_id() or logs.new_request_id()

@@ -38,6 +38,7 @@ from marketplace.models import ComposedSystem, ContributionMeasurement, SystemEv
 from marketplace.services.inference import build_message, run_system_request, with_fresh_deadline
 from marketplace.services.jobs import job_run
 from mosaic.errors import DomainError
+from marketplace.ledger_refs import EVALUATION_ACTOR, user_ref
 from mosaic.progress import QUIET, Progress
 
 SKILL_TAG = "skill:"
@@ -213,7 +214,7 @@ def _record(*, system, members, sets, report, correct, base, measured, runner, i
     shares = measured_shares_bp(values)
     recorded_payload = {
         "system": system.ledger_ref,
-        "evaluation": f"evaluation:{evaluation.pk}" if evaluation is not None else None,
+        "evaluation": evaluation.ledger_ref if evaluation is not None else None,
         "strategy": system.strategy,
         "experts": [{"expert": m.expert.ledger_ref, "version": m.version.number, "sha256": m.version.sha256}
                     for m in members],
@@ -302,7 +303,7 @@ def evaluation_run(*, evaluation_id: int, progress: Progress = QUIET) -> SystemE
     coalitions answered, then the quality written, or the reason it failed (and nothing else is written)."""
 
     def evaluate(evaluation: SystemEvaluation, job_progress: Progress) -> dict:
-        actor = f"user:{evaluation.requested_by_id}" if evaluation.requested_by_id else "system:evaluation"
+        actor = user_ref(evaluation.requested_by_id) if evaluation.requested_by_id else EVALUATION_ACTOR
         return system_evaluate(system=evaluation.system, items_per_skill=evaluation.items_per_skill,
                                seed=evaluation.seed, actor=actor, evaluation=evaluation, progress=job_progress)
 

@@ -33,10 +33,10 @@ from marketplace.validation import (
     verify_adapter_weights,
 )
 from mosaic.errors import Conflict, DomainError
+from marketplace.ledger_refs import VALIDATION_ACTOR
 
 logger = logging.getLogger(__name__)
 
-VALIDATION_ACTOR = "system:validation"
 SPDX_ID = re.compile(r"^(LicenseRef-)?[A-Za-z0-9][A-Za-z0-9.+-]{0,99}$")
 TAG = re.compile(r"[a-z0-9][a-z0-9._+:-]{0,39}")  # ":" for namespaced tags such as skill:add
 SLUG = re.compile(r"^[a-z0-9]+(?:[-_][a-z0-9]+)*$")
@@ -191,7 +191,7 @@ def _license_record(*, expert: Expert, terms: dict, actor: str) -> LicenseTerms:
     expert.save(update_fields=["license"])
     record_event(
         kind="license.set",
-        payload={"expert": expert.ledger_ref, "license_terms": f"license_terms:{license_terms.pk}",
+        payload={"expert": expert.ledger_ref, "license_terms": license_terms.ledger_ref,
                  "terms": license_terms.as_terms()},
         actor=actor,
     )

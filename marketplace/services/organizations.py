@@ -6,6 +6,7 @@ from django.utils.text import slugify
 from ledger.services import record_event
 from marketplace.models import Membership, Organization, OrganizationAPIKey
 from mosaic.errors import Conflict, DomainError, Forbidden
+from marketplace.ledger_refs import user_ref
 
 VALID_SCOPES = tuple(OrganizationAPIKey.Scope.values)
 
@@ -26,7 +27,7 @@ def organization_create(*, name: str, owner, is_commercial: bool = True, domains
             kind="organization.created",
             payload={"organization": organization.ledger_ref, "name": organization.name,
                      "is_commercial": organization.is_commercial, "domains": organization.domains},
-            actor=f"user:{owner.pk}",
+            actor=user_ref(owner),
         )
     return organization
 

@@ -30,7 +30,7 @@ def expert_revoke_consent(*, expert: Expert, user) -> Expert:
                     kind="system.changed",
                     payload={"system": system.ledger_ref, "status": system.status, "changed": ["status"],
                              "reason": f"consent revoked for {expert.ledger_ref}"},
-                    actor=f"contributor:{contributor.pk}",
+                    actor=contributor.ledger_ref,
                 )
         record_event(
             kind="consent.revoked",

@@ -76,14 +76,15 @@ def _snapshot(system: ComposedSystem) -> dict:
     return {
         "system": system.ledger_ref,
         "slug": system.slug,
-        "base_model": f"base_model:{system.base_model_id}",
+        "base_model": BaseModel.ref_for(system.base_model_id),
         "strategy": system.strategy,
         "strategy_config": _ledger_safe(system.strategy_config),
         "experts": [
-            {"expert": f"expert:{m.expert_id}", "version": m.version.number, "sha256": m.version.sha256}
+            {"expert": Expert.ref_for(m.expert_id), "version": m.version.number, "sha256": m.version.sha256}
             for m in system.memberships.select_related("version")
         ],
-        "owner_organization": f"organization:{system.owner_organization_id}" if system.owner_organization_id else None,
+        "owner_organization": (Organization.ref_for(system.owner_organization_id)
+                               if system.owner_organization_id else None),
         "price_per_1k_tokens_minor": system.price_per_1k_tokens_minor,
         "on_revocation": system.on_revocation,
         "status": system.status,

@@ -9,7 +9,7 @@ from django.db import IntegrityError, transaction
 from ledger.services import record_event
 from marketplace import quotas
 from marketplace.credit.rules import MAX_CHARGE_MINOR, within_bound
-from marketplace.models import ComposedSystem, Organization, OrganizationAPIKey, Plan, Usage
+from marketplace.models import ComposedSystem, Expert, Organization, OrganizationAPIKey, Plan, Usage
 from mosaic.errors import DomainError
 
 
@@ -33,8 +33,10 @@ def price_for(*, system: ComposedSystem, plan: Plan) -> int:
     return plan.price_per_1k_tokens_minor
 
 
-def normalised_attribution(attribution: dict) -> dict[str, str]:
-    """Decimal strings (never floats), as the worker sent them or converted exactly from what it sent."""
+def attribution_decimal_strings(attribution: dict) -> dict[str, str]:
+    """Decimal strings (never floats), as the worker sent them or converted exactly from what it sent. Nothing
+    is renormalised here: the worker sends the shares composition.attribution rounded, and the credit rule
+    reads what was recorded."""
     return {str(k): str(Decimal(str(v))) for k, v in sorted(attribution.items())}
 
 
@@ -73,7 +75,7 @@ def usage_record(
 def _record(*, request_id, organization, api_key, system, plan, prompt_tokens, completion_tokens, latency_ms,
             engine_ms, attribution, reservation) -> Usage:
     total = prompt_tokens + completion_tokens
-    attribution = normalised_attribution(attribution)
+    attribution = attribution_decimal_strings(attribution)
     charge = charge_minor(total_tokens=total, price_per_1k_tokens_minor=price_for(system=system, plan=plan))
     check_amount(charge, param="charge_minor")
     with transaction.atomic():
@@ -87,7 +89,7 @@ def _record(*, request_id, organization, api_key, system, plan, prompt_tokens, c
         record_event(
             kind="usage.recorded",
             payload={
-                "usage": f"usage:{usage.pk}",
+                "usage": usage.ledger_ref,
                 "request_id": request_id,
                 "organization": organization.ledger_ref,
                 "system": system.ledger_ref,
@@ -95,9 +97,9 @@ def _record(*, request_id, organization, api_key, system, plan, prompt_tokens, c
                 "completion_tokens": completion_tokens,
                 "charge_minor": usage.charge_minor,
                 "currency": _currency(),
-                "attribution": {f"expert:{k}": v for k, v in attribution.items()},
+                "attribution": {Expert.ref_for(k): v for k, v in attribution.items()},
             },
-            actor=f"organization:{organization.pk}",
+            actor=organization.ledger_ref,
         )
     return usage
 

@@ -1,4 +1,7 @@
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -117,3 +120,19 @@ def test_compare_scores_each_system_and_counts_what_only_the_composition_solves(
     assert comparison.solved_beyond_experts == {"base": 0, "system": 1}
     assert comparison.dataset_sha256 == items_hash(items)
     assert json.dumps(comparison.summaries["system"]["overall"].as_dict())
+
+
+def test_compare_refuses_a_system_that_does_not_answer_each_item_once():
+    items = [Item("1+1", ["2"]), Item("2+2", ["4"])]
+    with pytest.raises(CompositionError, match="'short' must answer each of the 2 items with one text; it gave 1"):
+        compare({"short": lambda _: ["2"]}, Dataset(items=items, sha256=items_hash(items)), metric="exact_match",
+                expert_names=[])
+
+
+def test_evaluation_knows_no_strategy_engine_or_torch():
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, composition.evaluation; print(' '.join(sorted(sys.modules)))"],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2],
+    ).stdout.split()
+    assert not [name for name in loaded if name.startswith(("composition.strategies", "composition.engine", "torch"))]
+    assert "composition.evaluation" in loaded

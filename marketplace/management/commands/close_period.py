@@ -5,6 +5,7 @@ from django.utils import timezone
 
 from marketplace.credit.settlement import NOTHING_TO_CLOSE, close_period, next_period_start
 from mosaic.errors import DomainError
+from marketplace.ledger_refs import CLOSE_PERIOD_ACTOR
 from mosaic.progress import add_progress_arguments, command_progress
 
 
@@ -32,7 +33,7 @@ class Command(BaseCommand):
         if first is None:
             raise CommandError(NOTHING_TO_CLOSE)
         try:
-            result = close_period(start=first, end=_day(end), actor="operator:close_period",
+            result = close_period(start=first, end=_day(end), actor=CLOSE_PERIOD_ACTOR,
                                   progress=command_progress(self, options))
         except DomainError as error:
             raise CommandError(error.message) from error

@@ -3,6 +3,7 @@ from django.core.management.base import BaseCommand, CommandError
 from marketplace.credit.refunds import REASONS, reverse_usage
 from marketplace.models import Usage
 from mosaic.errors import DomainError
+from marketplace.ledger_refs import REVERSE_USAGE_ACTOR
 
 
 class Command(BaseCommand):
@@ -17,7 +18,7 @@ class Command(BaseCommand):
         if usage is None:
             raise CommandError(f"No usage has the request id '{request_id}'.")
         try:
-            reversal = reverse_usage(usage=usage, reason=reason, actor="operator:reverse_usage")
+            reversal = reverse_usage(usage=usage, reason=reason, actor=REVERSE_USAGE_ACTOR)
         except DomainError as error:
             raise CommandError(error.message) from error
         self.stdout.write(f"{reversal.reference} reverses {reversal.reverses.reference} ({reason})")
