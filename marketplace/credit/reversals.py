@@ -139,7 +139,7 @@ def _paid_for(organization: Organization, invoice: dict) -> dict[tuple[int, int,
 def _account(key: tuple[int, int, int]) -> tuple[str, str]:
     contributor, system, expert = key
     if contributor == 0:
-        return accounts.PLATFORM_REVENUE, f"system:{system}"
+        return accounts.PLATFORM_REVENUE, accounts.system_dimension(system)
     return accounts.payable(contributor), accounts.earning_dimension(system, expert)
 
 

@@ -14,6 +14,7 @@ from ledger.accounting.services import PostingSpec, close_settlement_period, pos
 from marketplace.credit import accounts
 from marketplace.credit.allocation import ACTOR, ADVISORY_LOCK_KEY, allocate_pending_usage
 from marketplace.credit.statements import names_for, statement_csv, statement_line
+from marketplace.ledger_refs import user_ref
 from marketplace.models import Contributor, CreditStatement, Payout, PeriodCloseJob, Usage
 from marketplace.models.jobs import Job
 from marketplace.services.security import payout_ready
@@ -209,7 +210,7 @@ def period_close_run(*, job_id: int, progress: Progress = QUIET) -> PeriodCloseJ
     summary, or the reason it failed."""
 
     def close(job: PeriodCloseJob, job_progress: Progress) -> dict:
-        actor = f"user:{job.requested_by_id}" if job.requested_by_id else ACTOR
+        actor = user_ref(job.requested_by_id) if job.requested_by_id else ACTOR
         result = close_period(start=job.start_date, end=job.end_date, actor=actor, progress=job_progress)
         return {"period": result.period.pk, "created": result.created, "statements": result.statements,
                 "payouts": result.payouts, "paid_out_minor": result.paid_out_minor,
