@@ -2,7 +2,7 @@
 import json
 from datetime import UTC, datetime
 
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 
 ZERO_HASH = bytes(32)
 

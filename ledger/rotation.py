@@ -12,7 +12,7 @@ from ledger.keys import ROTATION_KIND, KeyHistory, first_key, rotation_payload
 from ledger.models import Checkpoint, Entry
 from ledger.services import create_checkpoint, record_event
 from ledger.signing import NoteError, Signer, ledger_signer
-from mosaic.errors import Conflict
+from domain.errors import Conflict
 
 ACTOR = "system:ledger"
 

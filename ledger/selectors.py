@@ -6,7 +6,7 @@ from django.db.models import QuerySet
 from ledger import stored_tree
 from ledger.canonical import format_time, leaf_data
 from ledger.models import Checkpoint, Entry, PendingEvent
-from mosaic.errors import DomainError, NotFound
+from domain.errors import DomainError, NotFound
 
 
 def entry_list(

@@ -19,7 +19,7 @@ from ledger.checkpoints import CheckpointBody
 from ledger.merkle import leaf_hash
 from ledger.models import Checkpoint, Entry, MerkleNode, PendingEvent, UnsequencedEvent
 from ledger.signing import ledger_signer
-from mosaic.errors import Conflict
+from domain.errors import Conflict
 
 KIND_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 SEQUENCER_LOCK_KEY = 0x4C454453  # "LEDS": pg_advisory_lock key held by the one sequencer

@@ -7,7 +7,7 @@ from django.contrib import admin
 
 from marketplace.models import BaseModel, Contributor, Expert, ExpertVersion, LicenseTerms
 from marketplace.services.base_models import base_model_register, read_base_model_facts
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

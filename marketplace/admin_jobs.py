@@ -15,7 +15,7 @@ from django.utils.safestring import mark_safe
 from marketplace.credit.settlement import period_close_request, period_close_span
 from marketplace.job_state import job_state_html
 from marketplace.models import PeriodCloseJob, SystemEvaluation
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 
 JOB_STATE_SCRIPT = "marketplace/job_state.js"
 

@@ -12,7 +12,7 @@ from marketplace.models import (
 from marketplace.services.evaluations import evaluation_request
 from marketplace.services.organizations import api_key_create
 from marketplace.services.systems import system_create, system_update, system_validate
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 from marketplace.ledger_refs import user_ref
 
 

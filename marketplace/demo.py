@@ -32,7 +32,7 @@ from marketplace.services.accounts import contributor_register
 from marketplace.services.base_models import base_model_register
 from marketplace.services.experts import AdapterUpload, expert_contribute
 from marketplace.tasks import validate_after_commit
-from mosaic.errors import Conflict
+from domain.errors import Conflict
 from mosaic.progress import QUIET, Progress
 
 DEMO_PASSWORD = "mosaic-demo-2026"

@@ -13,7 +13,7 @@ import re
 
 import yaml
 
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 
 FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(?P<yaml>.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
 MAX_CARD_CHARS = 100_000

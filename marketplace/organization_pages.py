@@ -36,7 +36,7 @@ from marketplace.services.organizations import (
     organization_sign_up,
 )
 from marketplace.web_forms import show_refusal
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 from marketplace.ledger_refs import user_ref
 
 BACKEND = "django.contrib.auth.backends.ModelBackend"

@@ -34,7 +34,7 @@ from marketplace.web_forms import show_refusal
 from marketplace.services.revocation import expert_restore_consent, expert_revoke_consent
 from marketplace.tasks import validate_after_commit
 from marketplace.services.security import email_verification_send
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 
 
 def split_list(text: str) -> list[str]:

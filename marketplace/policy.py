@@ -16,7 +16,7 @@ from django.db import transaction
 
 from ledger.services import record_event
 from marketplace.models import ComposedSystem, Expert, Organization, Plan, SystemExpert
-from mosaic.errors import Forbidden
+from domain.errors import Forbidden
 
 
 class PolicyRefused(Forbidden):

@@ -16,7 +16,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from marketplace.models import Organization, Plan, QuotaWindow
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 
 
 class RateLimited(DomainError):

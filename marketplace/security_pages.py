@@ -26,7 +26,7 @@ from marketplace.services.security import (
     totp_enrolment_start,
     totp_qr_svg,
 )
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 
 
 class CodeForm(forms.Form):

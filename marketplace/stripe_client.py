@@ -13,7 +13,7 @@ Stripe (`retrieve_charge`, `retrieve_invoice`)."""
 import stripe
 from django.conf import settings
 
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 from mosaic.parsers import JSONRefused, loads_limited
 
 METER_EVENT_NAME = "mosaic_usage_minor"

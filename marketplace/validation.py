@@ -27,7 +27,7 @@ from composition.experts import (
     positive_number,
 )
 from marketplace.model_cards import is_local_path
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 from mosaic.parsers import JSONRefused, loads_limited
 
 ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE)

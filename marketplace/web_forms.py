@@ -1,7 +1,7 @@
 """What every page form shares: a service's refusal shown once, next to its field."""
 from django import forms
 
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 
 
 def show_refusal(form: forms.Form, error: DomainError, aliases: dict | None = None) -> None:

@@ -1,44 +1,15 @@
-"""One exception type for domain refusals, mapped to HTTP in one handler."""
+"""The domain's refusals (domain.errors) and every other API error, mapped to HTTP in one handler."""
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, JsonResponse
 from django.views.defaults import page_not_found, server_error as html_server_error
-from rest_framework import exceptions, status
+from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-
-class DomainError(Exception):
-    """A refusal a person can understand. `status_code` picks the HTTP status."""
-
-    status_code = status.HTTP_400_BAD_REQUEST
-    code = "invalid_request"
-
-    def __init__(self, message: str, *, code: str | None = None, status_code: int | None = None, param=None):
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        if code is not None:
-            self.code = code
-        if status_code is not None:
-            self.status_code = status_code
-
-
-class NotFound(DomainError):
-    status_code = status.HTTP_404_NOT_FOUND
-    code = "not_found"
-
-
-class Forbidden(DomainError):
-    status_code = status.HTTP_403_FORBIDDEN
-    code = "forbidden"
-
-
-class Conflict(DomainError):
-    status_code = status.HTTP_409_CONFLICT
-    code = "conflict"
+from domain.errors import DomainError
 
 
 def _first_message(detail) -> str:

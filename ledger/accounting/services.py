@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from ledger.accounting.models import Posting, SettlementPeriod, Transaction
 from ledger.services import record_event
-from mosaic.errors import Conflict, DomainError
+from domain.errors import Conflict, DomainError
 
 ACCOUNT_PATTERN = re.compile(r"^[a-z][a-z0-9_-]*(:[A-Za-z0-9_.-]+)*$")
 # A posting's amount is a 64-bit column. A larger amount (a sum of many charges of up to 10^15, e.g. an allocation

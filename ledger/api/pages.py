@@ -13,7 +13,7 @@ from ledger.api.permissions import is_auditor
 from ledger.api.views import b64
 from ledger.kinds import KINDS
 from ledger.signing import ledger_signer
-from mosaic.errors import NotFound
+from domain.errors import NotFound
 
 ENTRIES_PER_PAGE = 50
 CHECKPOINTS_PER_PAGE = 100

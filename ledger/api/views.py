@@ -20,7 +20,7 @@ from ledger.keys import signature_key_ids
 from ledger.rotation import key_history
 from ledger.signing import ledger_signer
 from mosaic.api_input import validated
-from mosaic.errors import NotFound
+from domain.errors import NotFound
 from mosaic.pagination import StrictPageSizeMixin
 
 

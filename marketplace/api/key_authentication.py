@@ -9,7 +9,7 @@ from rest_framework.permissions import BasePermission
 
 from marketplace.selectors.organizations import api_key_from_presented
 from marketplace.services.organizations import api_key_mark_used
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 
 
 class Unauthenticated(DomainError):

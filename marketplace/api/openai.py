@@ -20,7 +20,8 @@ from marketplace.api.key_authentication import HasKeyScope, OrganizationKeyAuthe
 from marketplace.models import ComposedSystem
 from marketplace.selectors.systems import system_for_organization, systems_callable_by
 from marketplace.services import completions, idempotency, openai_params
-from mosaic.errors import DomainError, error_body
+from domain.errors import DomainError
+from mosaic.errors import error_body
 from mosaic.api_input import validated
 from mosaic.parsers import LimitedJSONParser
 

@@ -32,7 +32,7 @@ from marketplace.services.organizations import (
     organization_create,
 )
 from mosaic.api_input import validated
-from mosaic.errors import NotFound
+from domain.errors import NotFound
 from marketplace.ledger_refs import user_ref
 
 SCOPES = ", ".join(OrganizationAPIKey.Scope.values)

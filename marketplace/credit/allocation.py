@@ -27,7 +27,7 @@ from marketplace.credit.rules import PLAIN_DECIMAL
 from marketplace.credit.split import BatchLines, allocate_batch, exact_sums
 from marketplace.models import ComposedSystem, ContributionMeasurement, CreditLine, Expert, Usage
 from marketplace.ledger_refs import CREDIT_ACTOR
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 from mosaic.progress import QUIET, Progress
 
 ADVISORY_LOCK_KEY = 7_000_007

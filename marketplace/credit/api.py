@@ -13,7 +13,7 @@ from marketplace.models import CreditStatement
 from marketplace.selectors.experts import contributor_for_user
 from marketplace.services.security import payout_setup_refusal, require_fresh_second_factor
 from mosaic.api_input import validated
-from mosaic.errors import DomainError, Forbidden
+from domain.errors import DomainError, Forbidden
 from mosaic.security import allow_its_inline_styles
 
 

@@ -21,7 +21,7 @@ from marketplace.credit.allocation import ACTOR
 from marketplace.credit.settlement import payouts_reference
 from marketplace.models import Contributor, Payout, StripeEvent
 from marketplace.stripe_client import connect_client, create_account_link, create_express_account, create_transfer
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 
 logger = logging.getLogger(__name__)
 

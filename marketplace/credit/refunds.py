@@ -7,7 +7,7 @@ from ledger.accounting.services import PostingSpec, post_transaction
 from marketplace.credit import accounts
 from marketplace.credit.allocation import ACTOR, allocation_reference
 from marketplace.models import CreditLine, Usage
-from mosaic.errors import Conflict, DomainError
+from domain.errors import Conflict, DomainError
 
 REASONS = ("refund", "chargeback")
 

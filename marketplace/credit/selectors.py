@@ -10,7 +10,7 @@ from ledger.api.permissions import is_auditor
 from marketplace.credit import accounts
 from marketplace.credit.statements import names_for
 from marketplace.models import Contributor, CreditStatement, Payout
-from mosaic.errors import Forbidden, NotFound
+from domain.errors import Forbidden, NotFound
 
 
 def contributor_earnings(*, contributor: Contributor) -> dict:

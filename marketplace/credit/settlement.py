@@ -19,7 +19,7 @@ from marketplace.models import Contributor, CreditStatement, Payout, PeriodClose
 from marketplace.models.jobs import Job
 from marketplace.services.security import payout_ready
 from marketplace.services.jobs import job_run
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 from mosaic.progress import QUIET, Progress
 
 

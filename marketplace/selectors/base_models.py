@@ -2,7 +2,7 @@
 from django.db.models import QuerySet
 
 from marketplace.models import BaseModel
-from mosaic.errors import NotFound
+from domain.errors import NotFound
 
 
 def base_model_list() -> QuerySet:

@@ -6,7 +6,7 @@ Writes resolve experts among the caller's own only, so someone else's expert is 
 from django.db.models import OuterRef, Q, QuerySet, Subquery
 
 from marketplace.models import Contributor, Expert, ExpertVersion
-from mosaic.errors import Forbidden, NotFound
+from domain.errors import Forbidden, NotFound
 
 
 def contributor_for_user(*, user) -> Contributor:

@@ -3,7 +3,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import QuerySet
 
 from marketplace.models import Membership, Organization, OrganizationAPIKey
-from mosaic.errors import DomainError, Forbidden, NotFound
+from domain.errors import DomainError, Forbidden, NotFound
 
 
 # Who may do what in an organization: the one place the API and the pages read it from.

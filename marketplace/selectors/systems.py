@@ -2,7 +2,7 @@
 from django.db.models import Prefetch, Q, QuerySet
 
 from marketplace.models import ComposedSystem, Organization, SystemEvaluation, SystemExpert
-from mosaic.errors import NotFound
+from domain.errors import NotFound
 
 
 def _with_relations(queryset: QuerySet[ComposedSystem]) -> QuerySet[ComposedSystem]:

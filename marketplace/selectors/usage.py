@@ -8,7 +8,7 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from marketplace.models import Organization, Usage
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 
 GROUPINGS = {"day", "system"}
 

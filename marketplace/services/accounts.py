@@ -11,7 +11,7 @@ from rest_framework.authtoken.models import Token
 from ledger.services import record_event
 from marketplace.models import Contributor
 from marketplace.services.security import second_factor_check_for_token
-from mosaic.errors import Conflict, DomainError
+from domain.errors import Conflict, DomainError
 
 MAX_PRIORITIES = 20
 MAX_PRIORITY_CHARS = 60

@@ -19,7 +19,7 @@ from ledger.services import record_event
 from marketplace.model_cards import parse_model_card
 from marketplace.models import BaseModel
 from marketplace.services.experts import SPDX_ID
-from mosaic.errors import Conflict, DomainError
+from domain.errors import Conflict, DomainError
 from marketplace.ledger_refs import SYSTEM_ACTOR, user_ref
 
 BASE_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")  # also a directory and a queue name

@@ -11,7 +11,7 @@ from marketplace.models import Organization, Plan, Subscription, Usage
 from marketplace.selectors.billing import subscription_live
 from marketplace.selectors.systems import systems_callable_by
 from marketplace.services.usage import check_amount
-from mosaic.errors import Conflict, DomainError
+from domain.errors import Conflict, DomainError
 from marketplace.ledger_refs import STRIPE_ACTOR
 
 

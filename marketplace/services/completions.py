@@ -23,7 +23,7 @@ from marketplace.selectors.systems import system_for_organization
 from marketplace.services import inference
 from marketplace.services.usage import usage_record
 from mosaic import logs, metrics
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 
 CHAT_MESSAGE_OVERHEAD_TOKENS = 8  # the chat template's tokens around each message, for the quota estimate
 

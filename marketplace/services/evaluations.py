@@ -37,7 +37,7 @@ from marketplace.credit.rules import measured_shares_bp
 from marketplace.models import ComposedSystem, ContributionMeasurement, SystemEvaluation, SystemExpert
 from marketplace.services.inference import build_message, run_system_request, with_fresh_deadline
 from marketplace.services.jobs import job_run
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 from marketplace.ledger_refs import EVALUATION_ACTOR, user_ref
 from mosaic.progress import QUIET, Progress
 

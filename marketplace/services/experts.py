@@ -32,7 +32,7 @@ from marketplace.validation import (
     inspect_adapter,
     verify_adapter_weights,
 )
-from mosaic.errors import Conflict, DomainError
+from domain.errors import Conflict, DomainError
 from marketplace.ledger_refs import VALIDATION_ACTOR
 
 logger = logging.getLogger(__name__)

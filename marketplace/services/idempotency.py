@@ -18,7 +18,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from marketplace.models import IdempotencyRecord, Organization
-from mosaic.errors import Conflict, DomainError
+from domain.errors import Conflict, DomainError
 
 KEY_LIFETIME = timedelta(hours=24)
 MAX_KEY_LENGTH = 255

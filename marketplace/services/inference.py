@@ -17,7 +17,7 @@ from gpu_workers import client, contract
 from gpu_workers.contract import CompletionResult, ErrorInfo, TaskMessage
 from marketplace.models import ComposedSystem
 from marketplace.policy import ServingPlan
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 
 
 class EngineFailed(DomainError):

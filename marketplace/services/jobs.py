@@ -12,7 +12,7 @@ from typing import Callable, TypeVar
 from django.utils import timezone
 
 from marketplace.models.jobs import Job
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 from mosaic.progress import QUIET, Progress
 
 AnyJob = TypeVar("AnyJob", bound=Job)

@@ -7,7 +7,7 @@ Anything a client may send that is not in SUPPORTED_PARAMETERS is refused with a
 from __future__ import annotations
 
 from gpu_workers import contract
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 
 SUPPORTED_PARAMETERS = (
     "model", "messages", "prompt", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "n",

@@ -5,7 +5,7 @@ from django.utils.text import slugify
 
 from ledger.services import record_event
 from marketplace.models import Membership, Organization, OrganizationAPIKey
-from mosaic.errors import Conflict, DomainError, Forbidden
+from domain.errors import Conflict, DomainError, Forbidden
 from marketplace.ledger_refs import user_ref
 
 VALID_SCOPES = tuple(OrganizationAPIKey.Scope.values)

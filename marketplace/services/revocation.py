@@ -5,7 +5,7 @@ from django.utils import timezone
 from ledger.services import record_event
 from marketplace import policy
 from marketplace.models import ComposedSystem, Expert, SystemExpert
-from mosaic.errors import Forbidden
+from domain.errors import Forbidden
 
 
 def expert_revoke_consent(*, expert: Expert, user) -> Expert:

@@ -23,7 +23,7 @@ from rest_framework.authtoken.models import Token
 
 from ledger.api.permissions import is_auditor
 from marketplace.models import ApiTokenUse, Contributor
-from mosaic.errors import DomainError, Forbidden
+from domain.errors import DomainError, Forbidden
 
 RECOVERY_DEVICE_NAME = "recovery codes"
 SESSION_SECOND_FACTOR_AT = "second_factor_at"

@@ -5,7 +5,7 @@ from ledger.services import record_event
 from marketplace import policy
 from marketplace.services.usage import check_amount
 from marketplace.models import BaseModel, ComposedSystem, Expert, ExpertVersion, Organization, SystemExpert
-from mosaic.errors import Conflict, DomainError
+from domain.errors import Conflict, DomainError
 
 _UPDATABLE = (
     "name", "description", "price_per_1k_tokens_minor", "attribution_alpha_bp", "on_revocation", "status",

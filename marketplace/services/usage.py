@@ -10,7 +10,7 @@ from ledger.services import record_event
 from marketplace import quotas
 from marketplace.credit.rules import MAX_CHARGE_MINOR, within_bound
 from marketplace.models import ComposedSystem, Expert, Organization, OrganizationAPIKey, Plan, Usage
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 
 
 def charge_minor(*, total_tokens: int, price_per_1k_tokens_minor: int) -> int:

@@ -9,7 +9,7 @@ from ledger.accounting.selectors import account_balance, balances
 from ledger.accounting.services import PostingSpec, close_settlement_period, post_transaction, reverse_transaction
 from ledger.accounting.verification import check_balances
 from ledger.models import Entry
-from mosaic.errors import Conflict, DomainError
+from domain.errors import Conflict, DomainError
 
 DAY = date(2026, 11, 2)
 ACCOUNTS = ["organization:1:receivable", "platform:revenue", "contributor:1:payable", "contributor:2:payable", "payouts:clearing"]

@@ -11,7 +11,7 @@ from marketplace.credit.accounts import PLATFORM_REVENUE, payable, receivable
 from marketplace.credit.allocation import allocate_pending_usage
 from marketplace.credit.reference import reference_allocation
 from marketplace.models import CreditLine, Usage
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 from tests.credit.factories import UsageFactory
 
 

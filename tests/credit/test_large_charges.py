@@ -15,7 +15,7 @@ from marketplace.credit.settlement import close_period
 from marketplace.models import CreditLine, Payout, Usage
 from marketplace.services.billing import plan_create
 from marketplace.services.usage import usage_record
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 from tests.credit.factories import UsageFactory
 from tests.marketplace.factories import PlanFactory
 from tests.second_factor import ready_for_payouts

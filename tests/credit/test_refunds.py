@@ -5,7 +5,7 @@ from ledger.accounting.selectors import balances
 from marketplace.credit.accounts import REFUNDS, receivable
 from marketplace.credit.allocation import allocate_pending_usage
 from marketplace.credit.refunds import reverse_usage
-from mosaic.errors import Conflict
+from domain.errors import Conflict
 from tests.credit.factories import UsageFactory
 
 

@@ -14,7 +14,7 @@ from marketplace.credit.allocation import allocate_pending_usage
 from marketplace.credit.settlement import close_period
 from marketplace.credit.statements import statement_html
 from marketplace.models import CreditStatement, Payout, Usage
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 from tests.credit.conftest import usage_on
 from tests.credit.factories import LicenseTermsFactory
 from tests.second_factor import ready_for_payouts

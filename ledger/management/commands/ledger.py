@@ -16,7 +16,7 @@ from ledger.services import create_checkpoint, follow_queue, sequence_pending
 from ledger.signing import NoteError, key_id, ledger_signer
 from ledger.stored_tree import tree_size
 from ledger.verification import verify_bundle, verify_database
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 from mosaic.progress import add_progress_arguments, command_progress
 
 REFUSED = 1  # exit status: the log does not verify, or the witness refuses its checkpoint

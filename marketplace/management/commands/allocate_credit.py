@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from marketplace.credit.allocation import allocate_pending_usage
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 from mosaic.progress import add_progress_arguments, command_progress
 
 

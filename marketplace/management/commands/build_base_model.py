@@ -5,7 +5,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from marketplace.demo import build_and_register_base_model
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 
 
 class Command(BaseCommand):

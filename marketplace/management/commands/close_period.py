@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from marketplace.credit.settlement import NOTHING_TO_CLOSE, close_period, next_period_start
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 from marketplace.ledger_refs import CLOSE_PERIOD_ACTOR
 from mosaic.progress import add_progress_arguments, command_progress
 

@@ -3,7 +3,7 @@ from django.db.models import Q
 
 from marketplace.models import Organization
 from marketplace.services.organizations import api_key_create
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 
 
 class Command(BaseCommand):

@@ -3,7 +3,7 @@ from django.core.management.base import BaseCommand, CommandError
 from marketplace import stripe_client
 from marketplace.models import Plan
 from marketplace.services.billing import plan_create, plan_ensure_prices
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 
 
 class Command(BaseCommand):

@@ -2,7 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from marketplace.models import ComposedSystem, SystemEvaluation
 from marketplace.services.evaluations import MAX_ITEMS_PER_SKILL, evaluation_request, evaluation_run
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 from mosaic.progress import add_progress_arguments, command_progress
 
 

@@ -6,7 +6,7 @@ from marketplace.services.base_models import (
     base_model_register_default,
     base_model_register_gguf,
 )
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 
 
 class Command(BaseCommand):

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from marketplace.services.billing import usage_report_to_stripe
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 
 
 class Command(BaseCommand):

@@ -2,7 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from marketplace.credit.refunds import REASONS, reverse_usage
 from marketplace.models import Usage
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 from marketplace.ledger_refs import REVERSE_USAGE_ACTOR
 
 

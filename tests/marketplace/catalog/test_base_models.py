@@ -9,7 +9,7 @@ from rest_framework.test import APIClient
 
 from marketplace.models import BaseModel
 from marketplace.services.base_models import base_model_register, directory_sha256
-from mosaic.errors import DomainError
+from domain.errors import DomainError
 from tests.marketplace.catalog.support import error_message, ledger_entries
 from tests.second_factor import sign_in_with_second_factor
 
