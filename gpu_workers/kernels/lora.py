@@ -77,7 +77,7 @@ def gather_lane_lora(
     coef = torch.where(valid.to(a.device), lane_weights.to(a.device).float() * scalings.float()[slots], 0.0)
     a_lanes = a[slots].reshape(lanes, k * a.shape[1], a.shape[2])
     # b.transpose(1, 2) is [slot, r, out], how the pool stores B: the gather copies contiguous rows.
-    b_lanes = b.transpose(1, 2)[slots] * coef[:, :, None, None].to(b.dtype)
+    b_lanes = b.transpose(1, 2)[slots].mul_(coef[:, :, None, None].to(b.dtype))
     return LaneLora(a=a_lanes, b=b_lanes.reshape(lanes, k * b.shape[2], b.shape[1]))
 
 
