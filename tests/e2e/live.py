@@ -4,6 +4,7 @@ through bench.api_bench.seed (an organization with limits out of the way, a key,
 import http.client
 import json
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -84,6 +85,36 @@ def stop(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def start_worker(env: dict, model_path, *, app: str, slots: int) -> subprocess.Popen:
+    """A Celery worker of `app` serving the tiny world's queue with `slots` threads, in its own process group."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", "base.bench-tiny", "-P", "threads",
+         "-c", str(slots), "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "warning"],
+        cwd=ROOT, env={**env, "MOSAIC_WORKER_BASE_MODEL_PATH": str(model_path)}, start_new_session=True,
+    )
+
+
+def stop_worker(worker: subprocess.Popen) -> None:
+    """SIGTERM to the worker's process group (its threads finish or give back their tasks), SIGKILL after 20 s."""
+    if worker.poll() is None:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+
+
+def flushed_redis(url: str):
+    """A Redis client on an emptied database, emptied again when the test ends (a generator for a fixture)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield client
+    client.flushdb()
 
 
 def post(port: int, key: str, path: str, body: dict, *, headers: dict | None = None,

@@ -4,15 +4,15 @@ once, and the tokens generated before the stop are what is billed."""
 import http.client
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 from tests.conftest import needs_redis
-from tests.e2e.live import COMPLETION, ROOT, deployment_env, post, seed_database, sqlite_count, start_gunicorn, stop
+from tests.e2e.live import (
+    COMPLETION, deployment_env, flushed_redis, post, seed_database, sqlite_count, start_gunicorn, start_worker, stop,
+    stop_worker,
+)
 
 REDIS_URL = os.environ.get("MOSAIC_TEST_CANCEL_REDIS_URL", "redis://127.0.0.1:6379/7")
 LONG = 512  # tokens the abandoned answer asks for (the API allows at most 512)
@@ -22,12 +22,7 @@ pytestmark = needs_redis
 
 @pytest.fixture
 def redis_db():
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
+    yield from flushed_redis(REDIS_URL)
 
 
 @pytest.fixture
@@ -36,11 +31,7 @@ def deployment(tiny_world, tmp_path, redis_db):
                          INFERENCE_DEADLINE_SECONDS="60")
     key = seed_database(env, tiny_world)
     server, port = start_gunicorn(env, threads=8)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "gpu_workers.app", "worker", "-Q", "base.bench-tiny", "-P", "threads",
-         "-c", "1", "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "warning"],
-        cwd=ROOT, env={**env, "MOSAIC_WORKER_BASE_MODEL_PATH": str(tiny_world[0])}, start_new_session=True,
-    )
+    worker = start_worker(env, tiny_world[0], app="gpu_workers.app", slots=1)
     try:
         warm_deadline = time.monotonic() + 120
         while (warm := post(port, key, "/v1/completions", COMPLETION))[0] != 200:  # the worker loads the model
@@ -48,13 +39,7 @@ def deployment(tiny_world, tmp_path, redis_db):
             time.sleep(0.5)
         yield port, key, tmp_path, tiny_world[0]
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait()
+        stop_worker(worker)
         stop(server)
 
 

@@ -5,14 +5,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from tests.e2e.live import (
-    COMPLETION, ROOT, deployment_env, post, seed_database, sqlite_count, start_gunicorn, stop,
+    COMPLETION, deployment_env, flushed_redis, post, seed_database, sqlite_count, start_gunicorn, start_worker, stop,
+    stop_worker,
 )
 from tests.conftest import needs_redis
 
@@ -28,12 +28,7 @@ pytestmark = needs_redis
 
 @pytest.fixture
 def redis_db():
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
+    yield from flushed_redis(REDIS_URL)
 
 
 @pytest.fixture
@@ -45,23 +40,13 @@ def deployment(tiny_world, tmp_path, redis_db):
     server, port = start_gunicorn(env, threads=8)
     workers: list[subprocess.Popen] = []
 
-    def start_worker() -> subprocess.Popen:
-        workers.append(subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "mosaic", "worker", "-Q", "base.bench-tiny", "-P", "threads",
-             "-c", str(IN_FLIGHT), "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "warning"],
-            cwd=ROOT, env={**env, "MOSAIC_WORKER_BASE_MODEL_PATH": str(tiny_world[0])}, start_new_session=True,
-        ))
+    def start_one_worker() -> subprocess.Popen:
+        workers.append(start_worker(env, tiny_world[0], app="mosaic", slots=IN_FLIGHT))
         return workers[-1]
 
-    yield port, key, tmp_path, start_worker
+    yield port, key, tmp_path, start_one_worker
     for worker in workers:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait()
+        stop_worker(worker)
     stop(server)
 
 
