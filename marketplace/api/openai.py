@@ -134,6 +134,12 @@ class StreamOptionsSerializer(serializers.Serializer):
     include_usage = StrictBoolean(required=False, default=False)
 
 
+def default_max_tokens(*, chat: bool) -> int:
+    """OpenAI's defaults: a legacy completion stops at 16 tokens; a chat answer runs to its end of turn, which
+    here means up to the server's MAX_TOKENS_LIMIT (a chat answer cut at 16 tokens cut the demo's JSON)."""
+    return settings.MAX_TOKENS_LIMIT if chat else 16
+
+
 class CompletionParamsSerializer(serializers.Serializer):
     model = StrictString()
     max_tokens = StrictInteger(required=False, min_value=1, allow_null=True)
@@ -158,7 +164,8 @@ class CompletionParamsSerializer(serializers.Serializer):
 
     def validate(self, attrs):
         """The rules of gpu_workers.contract, checked again by the worker: a 400 naming the parameter."""
-        attrs["max_tokens"] = attrs.get("max_completion_tokens") or attrs.get("max_tokens") or 16
+        attrs["max_tokens"] = (attrs.get("max_completion_tokens") or attrs.get("max_tokens")
+                               or default_max_tokens(chat="messages" in attrs))
         try:
             contract.checked_text(attrs["model"], "model")
             params = openai_params.worker_params(attrs, chat="messages" in attrs)

@@ -106,3 +106,19 @@ def test_deeply_nested_json_is_a_400_naming_the_reason(client, served):
     response = client.post("/v1/completions", b"[" * 10_000 + b"]" * 10_000, content_type="application/json",
                            HTTP_AUTHORIZATION=f"Bearer {served.key}")
     assert response.status_code == 400 and "nested" in response.json()["error"]["message"]
+
+
+
+@pytest.mark.parametrize(("api", "body", "expected"), [
+    ("chat", {"messages": [{"role": "user", "content": "hi"}]}, "limit"),
+    ("chat", {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 5}, 5),
+    ("completion", {"prompt": "hi"}, 16),
+])
+def test_without_max_tokens_a_chat_answer_may_run_to_the_limit_and_a_legacy_completion_stops_at_16(
+        settings, api, body, expected):
+    from marketplace.api.openai import ChatCompletionApi, CompletionApi
+
+    serializer = {"chat": ChatCompletionApi, "completion": CompletionApi}[api].InputSerializer(
+        data={"model": "duo", **body})
+    assert serializer.is_valid(), serializer.errors
+    assert serializer.validated_data["max_tokens"] == (settings.MAX_TOKENS_LIMIT if expected == "limit" else expected)
