@@ -23,15 +23,9 @@ def expert_revoke_consent(*, expert: Expert, user) -> Expert:
         suspended = []
         for system in systems:
             if system.status == ComposedSystem.Status.ACTIVE and policy.serving_members(system=system) is None:
-                system.status = ComposedSystem.Status.SUSPENDED
-                system.save(update_fields=["status", "updated_at"])
+                _status_set(system, ComposedSystem.Status.SUSPENDED, reason=f"consent revoked for {expert.ledger_ref}",
+                            actor=contributor.ledger_ref)
                 suspended.append(system)
-                record_event(
-                    kind="system.changed",
-                    payload={"system": system.ledger_ref, "status": system.status, "changed": ["status"],
-                             "reason": f"consent revoked for {expert.ledger_ref}"},
-                    actor=contributor.ledger_ref,
-                )
         record_event(
             kind="consent.revoked",
             payload={
@@ -78,14 +72,8 @@ def expert_restore_consent(*, expert: Expert, user) -> Expert:
         expert.save(update_fields=["consent_revoked_at"])
         reactivated = _systems_suspended_for(expert)
         for system in reactivated:
-            system.status = ComposedSystem.Status.ACTIVE
-            system.save(update_fields=["status", "updated_at"])
-            record_event(
-                kind="system.changed",
-                payload={"system": system.ledger_ref, "status": system.status, "changed": ["status"],
-                         "reason": f"consent restored for {expert.ledger_ref}"},
-                actor=contributor.ledger_ref,
-            )
+            _status_set(system, ComposedSystem.Status.ACTIVE, reason=f"consent restored for {expert.ledger_ref}",
+                        actor=contributor.ledger_ref)
         record_event(
             kind="consent.restored",
             payload={
@@ -98,3 +86,14 @@ def expert_restore_consent(*, expert: Expert, user) -> Expert:
             actor=contributor.ledger_ref,
         )
     return expert
+
+
+def _status_set(system: ComposedSystem, status: str, *, reason: str, actor: str) -> None:
+    """A system suspended or reactivated by a consent change, with its `system.changed` entry."""
+    system.status = status
+    system.save(update_fields=["status", "updated_at"])
+    record_event(
+        kind="system.changed",
+        payload={"system": system.ledger_ref, "status": system.status, "changed": ["status"], "reason": reason},
+        actor=actor,
+    )
