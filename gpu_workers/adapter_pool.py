@@ -136,19 +136,25 @@ class AdapterPool:
         self.version += 1
 
     # -- registry -----------------------------------------------------------------------------------------
-    def register(self, expert: Expert) -> None:
-        """Make an already loaded expert servable (its weights are copied into a slot on first use)."""
+    def register(self, expert: Expert) -> bool:
+        """Make an already loaded expert servable (its weights are copied into a slot on first use). True when
+        the id's adapter changed (it was unknown, or known with other weights)."""
         self._check_shapes(expert)
-        if self._sources.get(expert.id) is not expert:
-            self.forget(expert.id)
-            self._sources[expert.id] = expert
+        if self._sources.get(expert.id) is expert:
+            return False
+        self.forget(expert.id)
+        self._sources[expert.id] = expert
+        return True
 
-    def register_path(self, expert_id: str, adapter_path: str, sha256: str) -> None:
-        """Make an adapter directory servable; its content must hash to sha256 (checked on every load)."""
+    def register_path(self, expert_id: str, adapter_path: str, sha256: str) -> bool:
+        """Make an adapter directory servable; its content must hash to sha256 (checked on every load). True
+        when the id's adapter changed."""
         source = AdapterSource(path=str(adapter_path), sha256=str(sha256).lower())
-        if self._sources.get(expert_id) != source:
-            self.forget(expert_id)
-            self._sources[expert_id] = source
+        if self._sources.get(expert_id) == source:
+            return False
+        self.forget(expert_id)
+        self._sources[expert_id] = source
+        return True
 
     def forget(self, expert_id: str) -> None:
         self._sources.pop(expert_id, None)

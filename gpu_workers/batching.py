@@ -219,6 +219,7 @@ class Scheduler:
                     continue
             sequence = head.sequence
             lanes = sequence.rows
+            prompt_tokens = self.engine.prefill_tokens(sequence)
             joined = experts | sequence.experts
             alone = not newcomers and not self.batch.sequences
             if len(sequence.experts) > capacity:
@@ -229,7 +230,7 @@ class Scheduler:
             # a prompt longer than the prefill budget is prefilled by itself, beside the running decodes
             fits = (rows + lanes <= self.max_batch_rows and len(joined) <= capacity
                     and (not newcomers
-                         or prefill_tokens + lanes * len(sequence.prompt_ids) <= self.max_prefill_tokens)
+                         or prefill_tokens + prompt_tokens <= self.max_prefill_tokens)
                     and kv_tokens + lanes * (len(sequence.prompt_ids) + sequence.request.max_tokens)
                     <= self.max_batch_tokens)
             if not fits and not alone:
@@ -242,7 +243,7 @@ class Scheduler:
                 ticket.admitted_at_step = self.stats.steps
             newcomers.append(sequence)
             rows, experts = rows + lanes, joined
-            prefill_tokens += lanes * len(sequence.prompt_ids)
+            prefill_tokens += prompt_tokens
             kv_tokens += lanes * (len(sequence.prompt_ids) + sequence.request.max_tokens)
 
     def _pop(self, waiting: _Waiting) -> None:

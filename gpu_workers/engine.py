@@ -37,6 +37,7 @@ from composition.experts import Expert
 from gpu_workers.adapter_pool import AdapterPool
 from gpu_workers.kernels.lora import LaneLora, apply_lane_lora, apply_lora, build_lora_plan, gather_lane_lora
 from gpu_workers.kernels.mixture import mix_next_token_logprobs
+from gpu_workers.prefix_cache import PrefixCache, PrefixHit
 
 
 @dataclass
@@ -302,10 +303,12 @@ class MosaicEngine:
         max_slots: int = 64,
         lora_backend: str = "auto",
         target_modules: list[str] | tuple[str, ...] | None = None,
+        prefix_cache_bytes: int = 256 << 20,
     ):
         """Load the base model from a local directory (bf16 on CUDA, float32 on the CPU), or serve an
         already built `model` with its `tokenizer` (benchmarks). target_modules: the short names of the
-        projections experts may adapt (default: every linear layer but the output embeddings)."""
+        projections experts may adapt (default: every linear layer but the output embeddings).
+        prefix_cache_bytes: the budget of the scheduler's prompt prefix cache (0: none)."""
         self.base_model_path = str(base_model_path) if base_model_path is not None else None
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
@@ -323,6 +326,7 @@ class MosaicEngine:
             budget_bytes=adapter_budget_bytes, max_slots=max_slots,
         )
         attach_multi_lora(self.model, self.pool, self.context, lora_backend)
+        self.prefix_cache = PrefixCache(prefix_cache_bytes)
         self.lock = threading.RLock()
 
     @property
@@ -332,10 +336,14 @@ class MosaicEngine:
 
     # -- experts ------------------------------------------------------------------------------------------
     def register_expert(self, expert: Expert) -> None:
-        self.pool.register(expert)
+        with self.lock:
+            if self.pool.register(expert):
+                self.prefix_cache.forget(expert.id)
 
     def register_adapter(self, expert_id: str, adapter_path: str, sha256: str) -> None:
-        self.pool.register_path(expert_id, adapter_path, sha256)
+        with self.lock:
+            if self.pool.register_path(expert_id, adapter_path, sha256):
+                self.prefix_cache.forget(expert_id)
 
     @property
     def known_experts(self) -> set[str]:
@@ -451,11 +459,29 @@ class MosaicEngine:
                                            len(sequence.state.token_ids))
                 except Exception as error:  # noqa: BLE001 - this sequence fails alone, not the whole batch
                     sequence.error = error
-            if sequence.request.mixture_space == "adapters":
-                lanes.append(Lane(index, None, 1.0, tuple((e, w) for e, w in members if e is not None)))
-            else:
-                lanes.extend(Lane(index, expert_id, weight) for expert_id, weight in members)
+            lanes.extend(MosaicEngine._rows_of(index, sequence, members))
         return lanes
+
+    @staticmethod
+    def _rows_of(index: int, sequence: Sequence, members: list[tuple[str | None, float]]) -> list[Lane]:
+        if sequence.request.mixture_space == "adapters":
+            return [Lane(index, None, 1.0, tuple((e, w) for e, w in members if e is not None))]
+        return [Lane(index, expert_id, weight) for expert_id, weight in members]
+
+    @staticmethod
+    def _row_key(lane: Lane) -> tuple:
+        """What a row's keys and values depend on besides its tokens: its expert, or its adapters and weights."""
+        return lane.adapters if lane.adapters else (lane.expert_id,)
+
+    def prefill_tokens(self, sequence: Sequence) -> int:
+        """The prompt tokens prefilling this sequence computes: its rows' prompts less what the prefix cache
+        holds (the scheduler's prefill budget counts these)."""
+        rows = self._rows_of(0, sequence, sequence.lanes)
+        if not self.prefix_cache.enabled:
+            return len(rows) * len(sequence.prompt_ids)
+        with self.lock:
+            return sum(len(sequence.prompt_ids) - self.prefix_cache.cached_length(self._row_key(row), sequence.prompt_ids)
+                       for row in rows)
 
     @staticmethod
     def _lane_adapters(lanes: list[Lane], slots: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -480,17 +506,52 @@ class MosaicEngine:
     @torch.inference_mode()
     def prefill(self, batch: RunningBatch, newcomers: list[Sequence]) -> None:
         """Run the newcomers' prompts (their first token) and merge them into the batch. The pool holds the
-        batch's experts and theirs together (PoolFull otherwise, and nothing changes)."""
+        batch's experts and theirs together (PoolFull otherwise, and nothing changes). Each row starts from
+        the longest prefix of its prompt the prefix cache holds for its adapters, and its prompt is kept there."""
         with self.lock:
             lanes = self._sequence_lanes(newcomers)
             slots = self.pool.acquire(sorted(batch.experts | {e for s in newcomers for e in s.experts}))
             lane_slots = self._lane_adapters(lanes, slots)
-            input_ids, attention, positions = self._left_padded(
-                [newcomers[lane.request_index].prompt_ids for lane in lanes])
-            cache = DynamicCache()
+            prompts = [newcomers[lane.request_index].prompt_ids for lane in lanes]
+            hits = [self.prefix_cache.lookup(self._row_key(lane), ids) if self.prefix_cache.enabled
+                    else PrefixHit(0) for lane, ids in zip(lanes, prompts)]
+            input_ids, attention, positions, cache = self._after_prefixes(prompts, hits)
             output = self._forward(input_ids, attention, positions, lane_slots, cache, last_only=True)
+            if self.prefix_cache.enabled:
+                self._keep_prompts(lanes, prompts, hits, cache)
             next_input = self._advance(newcomers, lanes, output.logits[:, -1])
             batch.merge(newcomers, cache, attention, positions[:, -1:] + 1, next_input)
+
+    def _after_prefixes(self, prompts: list[list[int]], hits: list[PrefixHit]):
+        """The forward's inputs for the prompts' tokens after their cached prefixes, and a cache that holds the
+        prefixes: each row's prefix is left-padded to the longest, then its new tokens left-padded to the
+        longest (a row's mask is 0 over both paddings)."""
+        input_ids, attention, positions = self._left_padded([ids[hit.length:] for ids, hit in zip(prompts, hits)])
+        cache = DynamicCache()
+        past = max(hit.length for hit in hits)
+        if past == 0:
+            return input_ids, attention, positions, cache
+        lengths = torch.tensor([hit.length for hit in hits], device=self.device)
+        past_attention = (torch.arange(past, device=self.device)[None, :] >= past - lengths[:, None]).long()
+        sample = next(hit for hit in hits if hit.length).layers
+        for layer, (sample_keys, _values) in enumerate(sample):
+            empty = sample_keys.new_zeros((sample_keys.shape[0], past, sample_keys.shape[2]))
+            keys = torch.stack([_left_pad(hit.layers[layer][0], past, 1) if hit.length else empty for hit in hits])
+            values = torch.stack([_left_pad(hit.layers[layer][1], past, 1) if hit.length else empty for hit in hits])
+            cache.update(keys, values, layer)
+        return input_ids, torch.cat([past_attention, attention], dim=1), positions + lengths[:, None], cache
+
+    def _keep_prompts(self, lanes: list[Lane], prompts: list[list[int]], hits: list[PrefixHit],
+                      cache: DynamicCache) -> None:
+        """Put each row's whole prompt (its cached prefix, then the tokens this prefill computed) in the cache."""
+        width = cache.layers[0].keys.shape[2]
+        past = max(hit.length for hit in hits)
+        for row, (lane, ids, hit) in enumerate(zip(lanes, prompts, hits)):
+            new = len(ids) - hit.length
+            columns = torch.cat([torch.arange(past - hit.length, past), torch.arange(width - new, width)])
+            columns = columns.to(self.device)
+            self.prefix_cache.store(self._row_key(lane), ids, [
+                (layer.keys[row][:, columns], layer.values[row][:, columns]) for layer in cache.layers])
 
     @torch.inference_mode()
     def decode(self, batch: RunningBatch) -> None:

@@ -147,13 +147,14 @@ _serving_lock = threading.Lock()
 
 def engine_options_from_env(environ=None) -> dict:
     """Worker settings: MOSAIC_ADAPTER_BUDGET_MB (adapter pool bytes on the device), MOSAIC_ADAPTER_MAX_SLOTS,
-    MOSAIC_LORA_BACKEND (auto | torch | triton)."""
+    MOSAIC_LORA_BACKEND (auto | torch | triton), MOSAIC_PREFIX_CACHE_MB (prompt prefixes kept; 0: none)."""
     environ = os.environ if environ is None else environ
     options: dict = {}
     for variable, key, convert in (
         ("MOSAIC_ADAPTER_BUDGET_MB", "adapter_budget_bytes", lambda value: int(value) << 20),
         ("MOSAIC_ADAPTER_MAX_SLOTS", "max_slots", int),
         ("MOSAIC_LORA_BACKEND", "lora_backend", str),
+        ("MOSAIC_PREFIX_CACHE_MB", "prefix_cache_bytes", lambda value: int(value) << 20),
     ):
         if environ.get(variable):
             try:

@@ -110,6 +110,7 @@ def test_a_request_arriving_during_a_long_answer_finishes_before_it(engine, alon
 
 
 def test_a_prompt_longer_than_the_prefill_budget_joins_at_the_next_step_by_itself(engine, alone):
+    engine.prefix_cache.clear()  # the budget counts the prompt tokens a prefill computes
     scheduler = Scheduler(engine, max_prefill_tokens=4)  # every prompt of REQUESTS[5] is longer
 
     (_, long), (_, wordy), (_, short) = submit_at_steps(scheduler, [(5, 3), (0, 3)])

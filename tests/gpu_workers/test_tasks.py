@@ -249,8 +249,8 @@ def test_a_real_worker_serves_the_task_through_the_redis_broker(gpu_world):
 
 def test_worker_engine_settings_are_read_strictly_from_the_environment():
     assert serving.engine_options_from_env({"MOSAIC_ADAPTER_BUDGET_MB": "512", "MOSAIC_ADAPTER_MAX_SLOTS": "48",
-                                            "MOSAIC_LORA_BACKEND": "triton"}) == {
-        "adapter_budget_bytes": 512 << 20, "max_slots": 48, "lora_backend": "triton"}
+                                            "MOSAIC_LORA_BACKEND": "triton", "MOSAIC_PREFIX_CACHE_MB": "0"}) == {
+        "adapter_budget_bytes": 512 << 20, "max_slots": 48, "lora_backend": "triton", "prefix_cache_bytes": 0}
     assert serving.engine_options_from_env({}) == {}
     with pytest.raises(ValueError, match="MOSAIC_ADAPTER_BUDGET_MB='lots'"):
         serving.engine_options_from_env({"MOSAIC_ADAPTER_BUDGET_MB": "lots"})
