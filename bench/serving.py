@@ -253,7 +253,7 @@ def stop_worker(worker: subprocess.Popen) -> None:
 
 
 def warm_up(port: int, key: str, system: str, worker: subprocess.Popen, logit_bias: dict) -> None:
-    """Until the worker has loaded the model and answered once (both contenders start warm)."""
+    """Until the worker has loaded the model and answered this system once (both contenders start warm)."""
     deadline = time.monotonic() + 300
     body = {"model": system, "stream": True, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
             "temperature": 0, "logit_bias": logit_bias}
@@ -279,8 +279,10 @@ def markdown(results: dict) -> str:
         f"its own expert (LoRA r={results['rank']} on every projection), closed loop for {results['duration_s']} s "
         "and until the long answer ends; "
         f"client 0 first asks for {results['long_tokens']} tokens, every other request for one of "
-        f"{results['tokens']} (end tokens forbidden, greedy). Machine: {machine['cpu_count']} cores shared with "
-        "other sessions.",
+        f"{results['tokens']} (end tokens forbidden, greedy). "
+        + ("Before the clients start, every system has answered once (its adapter is resident). "
+           if results.get("every_system_warmed") else "Only client 0's system answered before the clients start. ")
+        + f"Machine: {machine['cpu_count']} cores shared with other sessions.",
         "",
         "| contender | requests | tokens | tokens/s | TTFT p50 (s) | TTFT p99 (s) | ITL p99 (s) | failed | "
         "requests sent while the long answer is in progress that got their first token before it ended | load average "
@@ -316,6 +318,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--redis-url", default=os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/10"))
     parser.add_argument("--contenders", nargs="+", default=["window", "continuous"],
                         choices=["window", "continuous"])
+    parser.add_argument("--cold", dest="warm", action="store_false",
+                        help="warm up one system only (by default every system answers once before the clients "
+                             "start: its adapter is resident, as on a server that has served it before)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     if args.smoke:
@@ -360,7 +365,8 @@ def main(argv=None) -> dict:
                 app_module = "bench.window_worker" if name == "window" else "gpu_workers.app"
                 worker = start_worker(app_module, f"base.{base_name}", worker_env)
                 try:
-                    warm_up(port, deployment["key"], systems[0], worker, logit_bias)
+                    for system in systems if args.warm else systems[:1]:
+                        warm_up(port, deployment["key"], system, worker, logit_bias)
                     load_before = [round(value, 2) for value in os.getloadavg()]
                     records = run_clients(port, deployment["key"], systems, args, logit_bias)
                     row = summarise(records)
@@ -382,6 +388,7 @@ def main(argv=None) -> dict:
         "database": "PostgreSQL" if database_url.startswith("postgres") else "SQLite",
         "clients": args.clients, "tokens": args.tokens, "long_tokens": args.long_tokens,
         "duration_s": args.duration, "gap_ms": args.gap_ms, "rank": args.rank, "torch_threads": args.threads,
+        "every_system_warmed": args.warm,
         "gunicorn_threads": args.gunicorn_threads,
         "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version()},
         "throughput_ratio": ratio,
