@@ -5,11 +5,13 @@ import json
 import uuid
 
 import pytest
+from django.contrib import admin
 
 from composition.strategies.development import dev_set_sha256
 from composition.strategies.optimised import GreedySoup
 from gpu_workers import serving
 from ledger.models import Entry
+from marketplace.admin_systems import ComposedSystemAdmin
 from marketplace.models import ComposedSystem, SystemOptimisation
 from marketplace.policy import serving_members
 from marketplace.services.inference import EngineFailed, build_message, run_system_request
@@ -123,6 +125,7 @@ def test_a_learning_that_fails_says_why_and_writes_nothing(compose, monkeypatch)
     assert job.state == SystemOptimisation.State.FAILED and "strategy_error" in job.error
     assert system.learned == {}
     assert entries("composition.optimised") == []
+    assert ComposedSystemAdmin(ComposedSystem, admin.site).learning(system) == f"failed: {job.error}"
 
 
 def test_changing_the_composition_learns_again_and_changing_the_name_does_not(compose, served, searches,
