@@ -387,9 +387,10 @@ class TaskMessage:
     echo: bool = False
     parallel_tool_calls: bool = True
     # Optional in version 1: what the strategy learned when its system was composed (Strategy.learned()); the
-    # worker restores it instead of learning again. A message without it, for a strategy that learns, learns
-    # on the worker, and the result carries what was learned.
+    # worker restores it instead of learning again (a message without it, for a strategy that learns, learns
+    # on the worker as before). learn: the worker learns afresh and the result carries what was learned.
     learned: dict | None = None
+    learn: bool = False
     version: int = CONTRACT_VERSION
 
     @property
@@ -425,6 +426,8 @@ class TaskMessage:
             message["parallel_tool_calls"] = False
         if self.learned is not None:
             message["learned"] = self.learned
+        if self.learn:
+            message["learn"] = True
         return message
 
     @classmethod
@@ -475,10 +478,13 @@ class TaskMessage:
         _require(isinstance(parallel, bool), "parallel_tool_calls is a boolean")
         learned = message.get("learned")
         _require(learned is None or isinstance(learned, dict), "learned must be a JSON object or null")
+        learn = message.get("learn", False)
+        _require(isinstance(learn, bool) and not (learn and learned is not None),
+                 "learn is a boolean, for a message that carries nothing learned")
         return cls(request_id=request_id, deadline=deadline, base_model=base_ref, experts=tuple(refs),
                    strategy=strategy, strategy_config=config, params=params, prompt=prompt, messages=messages,
                    stream=stream, tools=tools, tool_choice=tool_choice, echo=echo, parallel_tool_calls=parallel,
-                   learned=learned, version=version)
+                   learned=learned, learn=learn, version=version)
 
 
 def params_to_dict(params: SamplingParams) -> dict:
@@ -552,7 +558,7 @@ class CompletionResult:
     engine_ms: int = 0
     first_token_ms: float | None = None
     inter_token_ms: float | None = None
-    learned: dict | None = None  # what the strategy learned for this request (its message carried nothing learned)
+    learned: dict | None = None  # what the strategy learned, for a message that asked it to learn
 
     def to_dict(self) -> dict:
         result = {

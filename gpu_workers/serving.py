@@ -306,10 +306,11 @@ def run_message(message: dict, *, listener=None, should_stop=None) -> dict:
             parsed.base_model.path, parsed.strategy, json.dumps(parsed.strategy_config, sort_keys=True),
             tuple(parsed.experts), json.dumps(parsed.learned, sort_keys=True),
         )
-        strategy = _strategies.get_or_make(
-            strategy_key, lambda: build_strategy(parsed.strategy, parsed.strategy_config, experts,
-                                                 learned=parsed.learned)
-        )
+        def make_strategy():
+            return build_strategy(parsed.strategy, parsed.strategy_config, experts, learned=parsed.learned)
+
+        # a message that asks to learn learns afresh, never from what a cached strategy learned before
+        strategy = make_strategy() if parsed.learn else _strategies.get_or_make(strategy_key, make_strategy)
         started = time.perf_counter()
         clock = TokenClock(listener)
         # a call is sent whole, never as text: with tools offered, no token reaches the listener
@@ -321,7 +322,7 @@ def run_message(message: dict, *, listener=None, should_stop=None) -> dict:
         finally:
             engine.listen(None, None)
         engine_ms = int((time.perf_counter() - started) * 1000)
-        learned = strategy.learned() if parsed.learned is None and strategy.learns(strategy.config) else None
+        learned = strategy.learned() if parsed.learn else None
     except MessageError as error:
         return error_result(request_id, str(error), "invalid_message")
     except contract.ParamError as error:  # the client's request, refused before any generation

@@ -3,8 +3,8 @@ greedy soup, ExPO, merge search, a graph router, a trained router or gate, Heter
 composition.strategy_specs `learns`) learns it once, when it is composed or its strategy, configuration or
 experts change, as a job (SystemOptimisation) queued once that commits.
 
-The job sends the system's serving plan to a worker like any request, without a learned state: the worker
-learns and returns what it learned (Strategy.learned()). One transaction then stores it on the system
+The job sends the system's serving plan to a worker like any request, asking it to learn (TaskMessage.learn):
+the worker learns afresh and returns what it learned (Strategy.learned()). One transaction then stores it on the system
 (ComposedSystem.learned), which build_message sends with every request of that plan so that workers restore it
 instead of learning again, and records `composition.optimised` in the ledger with the development set's hash.
 A learning that fails ends the job failed with the reason and writes nothing: the system keeps what it had."""
@@ -60,11 +60,11 @@ def optimisation_request(*, system: ComposedSystem) -> SystemOptimisation | None
 
 
 def learning_message(*, system: ComposedSystem, plan: policy.ServingPlan) -> TaskMessage:
-    """The request that makes a worker learn: the system's plan with nothing learned, one token of an answer,
-    and a deadline long enough for the learning (settings.OPTIMISATION_DEADLINE_SECONDS)."""
+    """The request that makes a worker learn: the system's plan asking to learn, one token of an answer, and a
+    deadline long enough for the learning (settings.OPTIMISATION_DEADLINE_SECONDS)."""
     message = build_message(request_id=f"learn-{uuid.uuid4().hex}", system=system, plan=plan,
                             params={"max_tokens": 1, "temperature": 0.0, "seed": 0}, prompt=LEARNING_PROMPT)
-    return replace(message, learned=None, deadline=time.time() + settings.OPTIMISATION_DEADLINE_SECONDS)
+    return replace(message, learned=None, learn=True, deadline=time.time() + settings.OPTIMISATION_DEADLINE_SECONDS)
 
 
 def _canonical(value) -> bytes:

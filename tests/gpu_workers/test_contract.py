@@ -110,6 +110,10 @@ def test_what_a_strategy_learned_travels_with_the_message_and_back_with_the_resu
     assert contract.parse_result(json.loads(json.dumps(result.to_dict()))) == result
     with pytest.raises(contract.MessageError, match="learned"):
         contract.TaskMessage.from_dict({**task_message().to_dict(), "learned": [1.0]})
+    asking = task_message(learn=True)
+    assert contract.TaskMessage.from_dict(asking.to_dict()) == asking and "learn" not in task_message().to_dict()
+    with pytest.raises(contract.MessageError, match="learn is a boolean, for a message that carries nothing learned"):
+        contract.TaskMessage.from_dict({**message.to_dict(), "learn": True})
 
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}

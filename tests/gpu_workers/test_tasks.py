@@ -126,14 +126,14 @@ GRAPH_ROUTER = {"dev_set": [{"prompt": "ab", "answers": ["x"]}, {"prompt": "cd",
                 "max_tokens": 2, "neighbours": 1}
 
 
-def test_a_strategy_that_learns_returns_what_it_learned_and_a_message_carrying_it_restores_it(gpu_world,
-                                                                                              monkeypatch):
+def test_a_message_that_asks_to_learn_gets_what_was_learned_and_a_message_carrying_it_restores_it(gpu_world,
+                                                                                                   monkeypatch):
     from composition.strategies.deferral import GraphRouter
 
     def router_message():
         return make_message(gpu_world, experts=("alpha", "beta"), strategy="graph_router", config=GRAPH_ROUTER)
 
-    first = submit(router_message())
+    first = submit({**router_message(), "learn": True})
     learned = first["learned"]
     assert learned["strategy"] == "graph_router" and learned["experts"] == ["alpha", "beta"]
     learns = []
