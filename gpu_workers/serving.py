@@ -2,7 +2,8 @@
 
 A message carries everything (see gpu_workers.tasks): the base model's path, each expert's adapter
 directory and sha256, the strategy and its configuration (and what it learned when its system was composed,
-restored rather than learned again), the prompt or chat messages, the sampling parameters. Nothing here touches the database. Failures that the caller can act on (a malformed message, an
+restored rather than learned again), the prompt or chat messages, the sampling parameters. Nothing here
+touches the database. Failures that the caller can act on (a malformed message, an
 adapter that does not match its hash, a strategy configuration error, an engine error) come back as
 {"request_id", "error": {"message", "code"}} rather than as exceptions.
 """
@@ -306,6 +307,7 @@ def run_message(message: dict, *, listener=None, should_stop=None) -> dict:
             parsed.base_model.path, parsed.strategy, json.dumps(parsed.strategy_config, sort_keys=True),
             tuple(parsed.experts), json.dumps(parsed.learned, sort_keys=True),
         )
+
         def make_strategy():
             return build_strategy(parsed.strategy, parsed.strategy_config, experts, learned=parsed.learned)
 

@@ -122,7 +122,7 @@ class Strategy(StrategySpec):
         if not self.learns(self.config):
             raise CompositionError(f"{self.name}: this configuration learns nothing")
         if self.restored is not None:
-            return self.restored
+            return dict(self.restored)
         if not self.has_learned:
             raise CompositionError(f"{self.name}: nothing learned yet (the strategy has not been prepared)")
         return {"strategy": self.name, "experts": list(self.expert_ids), "dev_set_sha256": self.learning_set_sha256(),
