@@ -24,7 +24,7 @@ from gpu_workers.contract import TaskMessage
 from ledger.services import record_event
 from marketplace import policy
 from marketplace.ledger_refs import OPTIMISATION_ACTOR
-from marketplace.models import ComposedSystem, Expert, SystemOptimisation
+from marketplace.models import ComposedSystem, Expert, Organization, SystemOptimisation
 from marketplace.services.inference import build_message, run_system_request
 from marketplace.services.jobs import job_run
 from marketplace.services.systems import ledger_safe
@@ -78,6 +78,8 @@ def optimised_payload(*, system: ComposedSystem, optimisation: SystemOptimisatio
     return {
         "system": system.ledger_ref,
         "optimisation": optimisation.ledger_ref if optimisation is not None else None,
+        "owner_organization": (Organization.ref_for(system.owner_organization_id)
+                               if system.owner_organization_id else None),  # a private system stays private
         "strategy": system.strategy,
         "experts": [{"expert": Expert.ref_for(m.expert_id), "version": m.version.number, "sha256": m.version.sha256}
                     for m in plan.members],

@@ -45,11 +45,11 @@ def searches(monkeypatch):
 
 @pytest.fixture
 def compose(served, django_capture_on_commit_callbacks):
-    def compose(slug, strategy="greedy_soup", config=SOUP):
+    def compose(slug, strategy="greedy_soup", config=SOUP, **extra):
         with django_capture_on_commit_callbacks(execute=True):
             system = system_create(slug=slug, name=slug, base_model=served.base, strategy=strategy,
                                    strategy_config=config, expert_ids=[served.french.pk, served.poetry.pk],
-                                   actor="user:0")
+                                   actor="user:0", **extra)
         system.refresh_from_db()
         return system
 
@@ -142,3 +142,13 @@ def test_changing_the_composition_learns_again_and_changing_the_name_does_not(co
     assert len(entries("composition.optimised")) == 2 and len(searches) == 2
     assert system.learned["dev_set_sha256"] == dev_set_sha256(DEV_SET)
     assert SystemOptimisation.objects.filter(system=system, state=SystemOptimisation.State.SUCCEEDED).count() == 2
+
+
+def test_what_a_private_system_learned_stays_off_the_public_transparency_page(compose, served, client):
+    compose("public-soup")
+    compose("private-soup", owner_organization=served.organization)
+    public, private = entries("composition.optimised")
+    assert public["owner_organization"] is None
+    assert private["owner_organization"] == served.organization.ledger_ref
+    page = client.get("/transparency/").content.decode()
+    assert public["system"] in page and private["system"] not in page
