@@ -220,6 +220,12 @@ class StrategySpec:
     def read_config(cls, reader: ConfigReader) -> dict:
         raise NotImplementedError
 
+    @classmethod
+    def learns(cls, config: dict) -> bool:
+        """Whether this strategy, with this (normalised) config, learns something when it is prepared: what it
+        learns is stored with the system when it is composed, and restored instead of learned again when served."""
+        return False
+
 
 class SingleSpec(StrategySpec):
     name = "single"
@@ -261,6 +267,7 @@ class EmbeddingRouterSpec(StrategySpec):
 class TrainedRouterSpec(StrategySpec):
     name = "trained_router"
     level = "api"
+    learns = classmethod(lambda cls, config: True)
 
     @classmethod
     def read_config(cls, reader: ConfigReader) -> dict:
@@ -415,6 +422,7 @@ class MergeSpec(StrategySpec):
 class MergeSearchSpec(StrategySpec):
     name = "merge_search"
     level = "weight"
+    learns = classmethod(lambda cls, config: True)
 
     @classmethod
     def read_config(cls, reader: ConfigReader) -> dict:
@@ -526,6 +534,7 @@ TOPOLOGIES = ("chain", "star", "complete", "custom")
 class GraphRouterSpec(StrategySpec):
     name = "graph_router"
     level = "api"
+    learns = classmethod(lambda cls, config: True)
 
     @classmethod
     def read_config(cls, reader: ConfigReader) -> dict:
@@ -572,6 +581,7 @@ class NudgingSpec(StrategySpec):
 class CoLLMSpec(StrategySpec):
     name = "co_llm"
     level = "api"
+    learns = classmethod(lambda cls, config: config["gate"] == "learned")
 
     @classmethod
     def read_config(cls, reader: ConfigReader) -> dict:
@@ -663,6 +673,7 @@ class MultiAgentFeedbackSpec(StrategySpec):
 class HeterogeneousSwarmSpec(StrategySpec):
     name = "heterogeneous_swarm"
     level = "text"
+    learns = classmethod(lambda cls, config: config["edges"] is None)
 
     @classmethod
     def read_config(cls, reader: ConfigReader) -> dict:
@@ -706,6 +717,7 @@ class HeterogeneousSwarmSpec(StrategySpec):
 class SlmMuxSpec(StrategySpec):
     name = "slm_mux"
     level = "text"
+    learns = classmethod(lambda cls, config: config["dev_set"] is not None)
 
     @classmethod
     def read_config(cls, reader: ConfigReader) -> dict:
@@ -750,6 +762,7 @@ class StructuredPipelineSpec(StrategySpec):
 class LoraHubSpec(StrategySpec):
     name = "lorahub"
     level = "weight"
+    learns = classmethod(lambda cls, config: True)
 
     @classmethod
     def read_config(cls, reader: ConfigReader) -> dict:
@@ -769,6 +782,7 @@ class LoraHubSpec(StrategySpec):
 class ModelSwarmsSpec(StrategySpec):
     name = "model_swarms"
     level = "weight"
+    learns = classmethod(lambda cls, config: True)
 
     @classmethod
     def read_config(cls, reader: ConfigReader) -> dict:
@@ -793,6 +807,7 @@ class ModelSwarmsSpec(StrategySpec):
 class GreedySoupSpec(StrategySpec):
     name = "greedy_soup"
     level = "weight"
+    learns = classmethod(lambda cls, config: True)
 
     @classmethod
     def read_config(cls, reader: ConfigReader) -> dict:
@@ -803,6 +818,8 @@ class GreedySoupSpec(StrategySpec):
 class ExPOSpec(StrategySpec):
     name = "expo"
     level = "weight"
+    # the pair (when not named) and α (among several candidates) are chosen on the development set
+    learns = classmethod(lambda cls, config: config["strong"] is None or len(config["alpha_candidates"] or []) > 1)
 
     @classmethod
     def read_config(cls, reader: ConfigReader) -> dict:
@@ -864,3 +881,8 @@ def strategy_level(name: str) -> str:
 
 def validate_strategy_config(name: str, config: dict, expert_ids: list[str]) -> dict:
     return strategy_spec(name).validate(config, list(expert_ids))
+
+
+def strategy_learns(name: str, config: dict) -> bool:
+    """Whether a system of this strategy and (normalised) config learns something when it is composed."""
+    return strategy_spec(name).learns(config)

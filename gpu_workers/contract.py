@@ -386,6 +386,11 @@ class TaskMessage:
     tool_choice: str | dict | None = None
     echo: bool = False
     parallel_tool_calls: bool = True
+    # Optional in version 1: what the strategy learned when its system was composed (Strategy.learned()); the
+    # worker restores it instead of learning again (a message without it, for a strategy that learns, learns
+    # on the worker as before). learn: the worker learns afresh and the result carries what was learned.
+    learned: dict | None = None
+    learn: bool = False
     version: int = CONTRACT_VERSION
 
     @property
@@ -419,6 +424,10 @@ class TaskMessage:
             message["echo"] = True
         if not self.parallel_tool_calls:
             message["parallel_tool_calls"] = False
+        if self.learned is not None:
+            message["learned"] = self.learned
+        if self.learn:
+            message["learn"] = True
         return message
 
     @classmethod
@@ -467,10 +476,15 @@ class TaskMessage:
         _require(isinstance(echo, bool) and not (echo and messages is not None), "echo is a boolean, for prompts only")
         parallel = message.get("parallel_tool_calls", True)
         _require(isinstance(parallel, bool), "parallel_tool_calls is a boolean")
+        learned = message.get("learned")
+        _require(learned is None or isinstance(learned, dict), "learned must be a JSON object or null")
+        learn = message.get("learn", False)
+        _require(isinstance(learn, bool) and not (learn and learned is not None),
+                 "learn is a boolean, for a message that carries nothing learned")
         return cls(request_id=request_id, deadline=deadline, base_model=base_ref, experts=tuple(refs),
                    strategy=strategy, strategy_config=config, params=params, prompt=prompt, messages=messages,
                    stream=stream, tools=tools, tool_choice=tool_choice, echo=echo, parallel_tool_calls=parallel,
-                   version=version)
+                   learned=learned, learn=learn, version=version)
 
 
 def params_to_dict(params: SamplingParams) -> dict:
@@ -544,6 +558,7 @@ class CompletionResult:
     engine_ms: int = 0
     first_token_ms: float | None = None
     inter_token_ms: float | None = None
+    learned: dict | None = None  # what the strategy learned, for a message that asked it to learn
 
     def to_dict(self) -> dict:
         result = {
@@ -553,7 +568,7 @@ class CompletionResult:
             "attribution": dict(self.attribution),
             "engine_ms": self.engine_ms,
         }
-        for name in ("first_token_ms", "inter_token_ms"):
+        for name in ("first_token_ms", "inter_token_ms", "learned"):
             if getattr(self, name) is not None:
                 result[name] = getattr(self, name)
         return result
@@ -569,9 +584,16 @@ class CompletionResult:
                 engine_ms=int(result.get("engine_ms") or 0),
                 first_token_ms=_timing(result.get("first_token_ms")),
                 inter_token_ms=_timing(result.get("inter_token_ms")),
+                learned=_learned(result.get("learned")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise MessageError(f"the worker's result does not have the contract's shape: {error!r}") from None
+
+
+def _learned(value) -> dict | None:
+    if value is not None and not isinstance(value, dict):
+        raise TypeError("learned must be a JSON object or null")
+    return value
 
 
 def _timing(value) -> float | None:

@@ -1,8 +1,9 @@
 """Run one task message on this process's engine: the work behind the Celery task and streaming.
 
 A message carries everything (see gpu_workers.tasks): the base model's path, each expert's adapter
-directory and sha256, the strategy and its configuration, the prompt or chat messages, the sampling
-parameters. Nothing here touches the database. Failures that the caller can act on (a malformed message, an
+directory and sha256, the strategy and its configuration (and what it learned when its system was composed,
+restored rather than learned again), the prompt or chat messages, the sampling parameters. Nothing here
+touches the database. Failures that the caller can act on (a malformed message, an
 adapter that does not match its hash, a strategy configuration error, an engine error) come back as
 {"request_id", "error": {"message", "code"}} rather than as exceptions.
 """
@@ -305,11 +306,14 @@ def run_message(message: dict, *, listener=None, should_stop=None) -> dict:
         experts = [_checked_expert(ref) for ref in parsed.experts]
         strategy_key = (
             parsed.base_model.path, parsed.strategy, json.dumps(parsed.strategy_config, sort_keys=True),
-            tuple(parsed.experts),
+            tuple(parsed.experts), json.dumps(parsed.learned, sort_keys=True),
         )
-        strategy = _strategies.get_or_make(
-            strategy_key, lambda: build_strategy(parsed.strategy, parsed.strategy_config, experts)
-        )
+
+        def make_strategy():
+            return build_strategy(parsed.strategy, parsed.strategy_config, experts, learned=parsed.learned)
+
+        # a message that asks to learn learns afresh, never from what a cached strategy learned before
+        strategy = make_strategy() if parsed.learn else _strategies.get_or_make(strategy_key, make_strategy)
         started = time.perf_counter()
         clock = TokenClock(listener)
         # a call is sent whole, never as text: with tools offered, no token reaches the listener
@@ -321,6 +325,7 @@ def run_message(message: dict, *, listener=None, should_stop=None) -> dict:
         finally:
             engine.listen(None, None)
         engine_ms = int((time.perf_counter() - started) * 1000)
+        learned = strategy.learned() if parsed.learn else None
     except MessageError as error:
         return error_result(request_id, str(error), "invalid_message")
     except contract.ParamError as error:  # the client's request, refused before any generation
@@ -346,4 +351,5 @@ def run_message(message: dict, *, listener=None, should_stop=None) -> dict:
         attribution=attribution_strings(result.attribution, [ref.id for ref in parsed.experts]),
         engine_ms=engine_ms,
         **clock.timings(),  # first_token_ms, inter_token_ms
+        learned=learned,
     ).to_dict()

@@ -11,6 +11,8 @@ KINDS: dict[str, str] = {
     "alias.moved": "a model alias now points to another system or version",
     "system.composed": "an operator composed a system from experts with a strategy",
     "system.changed": "a composed system's experts, strategy or parameters changed",
+    "composition.optimised": "a composed system's strategy learned on its development set (named by hash) what "
+                             "it serves with: the learned coefficients, weights, graph or gate",
     "evaluation.recorded": "an evaluation ran a system on held-out sets (named by hash): n, accuracy, 95% intervals",
     "contribution.measured": "an evaluation measured each expert's contribution to a system (Shapley per expert)",
     "usage.recorded": "an organization's request used a system, with tokens and attribution",

@@ -65,7 +65,7 @@ class ComposedSystemAdmin(admin.ModelAdmin):
     form = ComposedSystemForm
     list_display = ["slug", "name", "strategy", "base_model", "owner_organization", "status", "updated_at"]
     list_filter = ["status", "strategy"]
-    readonly_fields = ["evaluations", "quality", "license_summary", "created_at", "updated_at"]
+    readonly_fields = ["evaluations", "learning", "quality", "license_summary", "created_at", "updated_at"]
     actions = ["evaluate"]
     change_form_template = "admin/marketplace/composedsystem/change_form.html"
 
@@ -115,6 +115,21 @@ class ComposedSystemAdmin(admin.ModelAdmin):
               run.created_at.strftime("%Y-%m-%d %H:%M"), result(run)) for run in runs))
         return format_html('<table class="evaluations"><thead><tr><th>#</th><th>state</th><th>coalitions done</th>'
                            "<th>requested</th><th>result</th></tr></thead><tbody>{}</tbody></table>", rows)
+
+    @admin.display(description="learning on the development set")
+    def learning(self, obj):
+        """The latest learning of a strategy that learns (marketplace.services.optimisation): its state, and
+        what it learned or why it failed."""
+        latest = obj.optimisations.first() if obj.pk else None
+        if latest is None:
+            return "Its strategy learns nothing." if not obj.learned else "-"
+        if latest.state == latest.State.FAILED:
+            return f"failed: {latest.error}"
+        if latest.state != latest.State.SUCCEEDED:
+            return latest.state
+        learned = obj.learned or {}
+        return (f"learned on the development set {learned.get('dev_set_sha256') or '-'} "
+                f"({learned.get('evaluations', 0)} candidates scored)")
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         """The page shows the latest evaluation's state box, which refreshes itself while it runs."""

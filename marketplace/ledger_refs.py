@@ -21,12 +21,13 @@ SYSTEM_ACTOR = "system"  # a command run without a user (e.g. registering a base
 VALIDATION_ACTOR = "system:validation"
 CREDIT_ACTOR = "system:credit"
 EVALUATION_ACTOR = "system:evaluation"  # an evaluation nobody requested (a command or a schedule)
+OPTIMISATION_ACTOR = "system:optimisation"  # a composed system's strategy learning on its development set
 STRIPE_ACTOR = "stripe"
 CLOSE_PERIOD_ACTOR = "operator:close_period"
 REVERSE_USAGE_ACTOR = "operator:reverse_usage"
 LEDGER_ACTOR = "system:ledger"  # ledger.rotation.ACTOR: the ledger rotating its own signing key
-SERVICE_ACTORS = frozenset({SYSTEM_ACTOR, VALIDATION_ACTOR, CREDIT_ACTOR, EVALUATION_ACTOR, STRIPE_ACTOR,
-                            CLOSE_PERIOD_ACTOR, REVERSE_USAGE_ACTOR, LEDGER_ACTOR})
+SERVICE_ACTORS = frozenset({SYSTEM_ACTOR, VALIDATION_ACTOR, CREDIT_ACTOR, EVALUATION_ACTOR, OPTIMISATION_ACTOR,
+                            STRIPE_ACTOR, CLOSE_PERIOD_ACTOR, REVERSE_USAGE_ACTOR, LEDGER_ACTOR})
 
 _REF = re.compile(r"^([a-z][a-z_]*):([1-9][0-9]{0,18})$")
 _MODELS: dict[str, type] = {}

@@ -46,3 +46,15 @@ def evaluate_system(evaluation_id: int) -> str:
 
     with allow_join_result():
         return evaluation_run(evaluation_id=evaluation_id).state
+
+
+@shared_task(name="marketplace.optimise_system", acks_late=True, soft_time_limit=6 * 3600, time_limit=6 * 3600 + 60)
+def optimise_system(optimisation_id: int) -> str:
+    """Run one queued learning of a composed system's strategy (its row records state, result or error); returns
+    its state. Like evaluate_system, it waits for the inference task it sends to a GPU worker's queue."""
+    from celery.result import allow_join_result
+
+    from marketplace.services.optimisation import optimisation_run
+
+    with allow_join_result():
+        return optimisation_run(optimisation_id=optimisation_id).state

@@ -232,6 +232,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT_SECONDS", default=INFERENCE_DEADLINE_SECONDS + 30),
 }
 MAX_TOKENS_LIMIT = env.int("MAX_TOKENS_LIMIT", default=512)
+# How long a composed system's strategy may take to learn on its development set (one request to a worker,
+# marketplace.services.optimisation); the worker's task time limit (MOSAIC_TASK_SOFT_TIME_LIMIT) must allow it.
+OPTIMISATION_DEADLINE_SECONDS = env.int("OPTIMISATION_DEADLINE_SECONDS", default=3600)
 
 # System evaluation: the held-out suite (a module with SKILLS, GENERAL, is_correct, heldout_sha256, as
 # composition.skills), items per skill by default, and how many requests an evaluation keeps in flight.

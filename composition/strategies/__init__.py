@@ -1,10 +1,11 @@
 """Strategies: one small class per way of composing experts, behind one interface and a registry.
 
-    build_strategy(name, config, experts) -> Strategy     (validates config against the experts)
+    build_strategy(name, config, experts, learned=None) -> Strategy  (validates config; restores what was learned)
     validate_strategy_config(name, config, expert_ids)   (no weights needed; returns the normalised config)
     strategy_level(name) -> "api" | "text" | "logit" | "weight"
 Both come from composition.strategy_specs, which the web process imports without torch.
     Strategy.run(CompletionRequest, engine) -> CompletionResult (texts, usage, attribution)
+    Strategy.learned() -> dict, Strategy.restore(learned)  (strategies that learn on a development set)
 """
 from __future__ import annotations
 
@@ -52,8 +53,13 @@ def validate_strategy_config(name: str, config: dict, expert_ids: list[str]) -> 
     return specs.validate_strategy_config(name, config, expert_ids)
 
 
-def build_strategy(name: str, config: dict, experts: list[Expert]) -> Strategy:
-    return strategy_class(name)(config, list(experts))
+def build_strategy(name: str, config: dict, experts: list[Expert], *, learned: dict | None = None) -> Strategy:
+    """The strategy on these experts; with `learned` (an earlier `Strategy.learned()`), restored from it so that
+    it does not learn again when prepared."""
+    strategy = strategy_class(name)(config, list(experts))
+    if learned is not None:
+        strategy.restore(learned)
+    return strategy
 
 
 __all__ = [

@@ -81,10 +81,69 @@ class Strategy(StrategySpec):
         self.config = self.validate(config, self.expert_ids)
         self._prepared_for = None  # the engine this strategy last prepared
 
+    # Strategies that learn (`learns(config)`, strategy_specs) learn in `learn(engine)` when prepared, unless
+    # `restore(learned)` gave them what an earlier `learned()` returned: then `use_learned` takes that instead.
+    restored: dict | None = None
+    has_learned = False
+
     def prepare(self, engine: Engine) -> None:
-        """Make the engine know every expert this strategy uses (called once per engine)."""
+        """Make the engine know every expert this strategy uses (called once per engine); a strategy that learns
+        learns now, or takes what was restored."""
         for expert in self.experts:
             engine.register_expert(expert)
+        if self.learns(self.config):
+            if self.restored is not None:
+                self.use_learned(self.restored, engine)
+            else:
+                self.learn(engine)
+            self.has_learned = True
+
+    def learn(self, engine: Engine) -> None:
+        raise NotImplementedError
+
+    def learned_state(self) -> dict:
+        """What `learn` found, as JSON (Python floats round-trip through JSON exactly)."""
+        raise NotImplementedError
+
+    def use_learned(self, learned: dict, engine: Engine) -> None:
+        """Answer with what was learned (a `learned()` of this strategy on the same experts and config)."""
+        raise NotImplementedError
+
+    def learning_set_sha256(self) -> str | None:
+        """The hash of what this strategy learns from: its development set (None when it has none)."""
+        from composition.strategies.development import dev_set_sha256
+
+        dev_set = self.config.get("dev_set")
+        return dev_set_sha256(dev_set) if dev_set else None
+
+    def learned(self) -> dict:
+        """What this strategy learned, to store with its system and restore later: "strategy", "experts",
+        "dev_set_sha256", "evaluations" (how many candidates it scored) and its own keys (`learned_state`)."""
+        if not self.learns(self.config):
+            raise CompositionError(f"{self.name}: this configuration learns nothing")
+        if self.restored is not None:
+            return dict(self.restored)
+        if not self.has_learned:
+            raise CompositionError(f"{self.name}: nothing learned yet (the strategy has not been prepared)")
+        return {"strategy": self.name, "experts": list(self.expert_ids), "dev_set_sha256": self.learning_set_sha256(),
+                "evaluations": len(getattr(self, "evaluations", [])), **self.learned_state()}
+
+    def restore(self, learned: dict) -> None:
+        """Take what `learned()` returned for this strategy on the same experts and development set, instead of
+        learning it again when prepared. Anything else is refused (CompositionError)."""
+        if not self.learns(self.config):
+            raise CompositionError(f"{self.name}: this configuration learns nothing, so there is nothing to restore")
+        if not isinstance(learned, dict):
+            raise CompositionError(f"{self.name}: a learned state is a JSON object")
+        expected = {"strategy": self.name, "experts": list(self.expert_ids),
+                    "dev_set_sha256": self.learning_set_sha256()}
+        for key, value in expected.items():
+            if learned.get(key) != value:
+                raise CompositionError(f"{self.name}: the learned state was learned with another {key} "
+                                       f"({learned.get(key)!r}, not {value!r})")
+        self.restored = learned
+        self.has_learned = False
+        self._prepared_for = None
 
     def complete(self, prompt: str, request: CompletionRequest, seed: int | None, engine: Engine) -> Choice:
         raise NotImplementedError

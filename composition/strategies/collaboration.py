@@ -12,10 +12,11 @@ import numpy as np
 import torch
 
 from composition.engine import Engine, ScoreRequest
+from composition.errors import CompositionError
 from composition.evaluation import METRICS, normalise_answer
 from composition.strategies.base import Choice, Strategy
 from composition.strategies.deferral import BASE, mixture_of
-from composition.strategies.development import dev_score, dev_set_sha256
+from composition.strategies.development import dev_score
 from composition.strategy_specs import (
     HeterogeneousSwarmSpec, KnowledgeCardsSpec, LLMBlenderSpec, MixtureOfAgentsSpec, MultiAgentFeedbackSpec, SlmMuxSpec,
     StructuredPipelineSpec,
@@ -194,8 +195,6 @@ class HeterogeneousSwarm(HeterogeneousSwarmSpec, Strategy):
         super().prepare(engine)
         if self.config["edges"] is not None:
             self.graph = ([tuple(edge) for edge in self.config["edges"]], self.config["output"])
-        else:
-            self.graph = self.learn(engine)
 
     def decode(self, matrix: np.ndarray) -> tuple[list[tuple[str, str]], str]:
         order, edges = topological_graph(matrix)
@@ -216,7 +215,10 @@ class HeterogeneousSwarm(HeterogeneousSwarmSpec, Strategy):
 
         return CompletionRequest(prompt="", max_tokens=self.config["max_tokens"], stop=list(self.config["stop"]))
 
-    def learn(self, engine: Engine) -> tuple[list[tuple[str, str]], str]:
+    def learn(self, engine: Engine) -> None:
+        self.graph = self.search(engine)
+
+    def search(self, engine: Engine) -> tuple[list[tuple[str, str]], str]:
         count, config = len(self.expert_ids), self.config
         rng = np.random.default_rng(config["seed"])
         self.evaluations = []
@@ -240,10 +242,19 @@ class HeterogeneousSwarm(HeterogeneousSwarmSpec, Strategy):
         self.best_score = best[1]
         return self.decode(best[0])
 
-    def learned(self) -> dict:
+    def learned_state(self) -> dict:
         edges, output = self.graph
-        return {"strategy": self.name, "edges": [list(e) for e in edges], "output": output,
-                "dev_set_sha256": dev_set_sha256(self.config["dev_set"]) if self.config["dev_set"] else None}
+        return {"edges": [list(e) for e in edges], "output": output, "score": float(self.best_score)}
+
+    def use_learned(self, learned: dict, engine: Engine) -> None:
+        edges, output = learned.get("edges"), learned.get("output")
+        valid = (isinstance(edges, list) and output in self.expert_ids and all(
+            isinstance(edge, list) and len(edge) == 2 and all(node in self.expert_ids for node in edge)
+            for edge in edges))
+        if not valid or self.order_of(self.expert_ids, [tuple(edge) for edge in edges]) is None:
+            raise CompositionError(f"{self.name}: the learned graph must be a DAG of the system's experts")
+        self.graph = ([tuple(edge) for edge in edges], output)
+        self.best_score = float(learned.get("score", 0.0))
 
     def run_graph(self, engine, prompt, request, seed, graph, ledger: TokenLedger):
         edges, output = graph
@@ -274,9 +285,21 @@ class SlmMux(SlmMuxSpec, Strategy):
 
     def prepare(self, engine: Engine) -> None:
         super().prepare(engine)
-        dev_set = self.config["dev_set"]
-        self.dev_accuracy = {e: (dev_score(engine, {e: 1.0}, dev_set, self.config) if dev_set else 0.0)
+        if self.config["dev_set"] is None:
+            self.dev_accuracy = {e: 0.0 for e in self.config["experts"]}
+
+    def learn(self, engine: Engine) -> None:
+        self.dev_accuracy = {e: dev_score(engine, {e: 1.0}, self.config["dev_set"], self.config)
                              for e in self.config["experts"]}
+
+    def learned_state(self) -> dict:
+        return {"dev_accuracy": {e: float(value) for e, value in self.dev_accuracy.items()}}
+
+    def use_learned(self, learned: dict, engine: Engine) -> None:
+        accuracy = learned.get("dev_accuracy")
+        if not isinstance(accuracy, dict) or sorted(accuracy) != sorted(self.config["experts"]):
+            raise CompositionError(f"{self.name}: the learned accuracies must name each sampled expert once")
+        self.dev_accuracy = {e: float(accuracy[e]) for e in self.config["experts"]}
 
     def complete(self, prompt, request, seed, engine):
         experts, k = self.config["experts"], self.config["samples"]

@@ -14,7 +14,7 @@ import torch
 from composition.engine import Engine, ScoreRequest
 from composition.errors import CompositionError
 from composition.strategies.base import Choice, CompletionRequest, Strategy, decode_step_by_step
-from composition.strategies.development import dev_scores, dev_set_sha256
+from composition.strategies.development import dev_scores
 from composition.strategy_specs import BASE, CoLLMSpec, GraphRouterSpec, MentorCollabSpec, NudgingSpec
 
 
@@ -38,14 +38,25 @@ class GraphRouter(GraphRouterSpec, Strategy):
     its edges from those neighbours, and the best expert answers (ties: the expert with the better overall
     development score, then the system's order). Learned when prepared. Attribution: {chosen: 1}."""
 
-    def prepare(self, engine: Engine) -> None:
-        super().prepare(engine)
-        dev_set = self.config["dev_set"]
-        self.effects = torch.tensor(
-            [dev_scores(engine, {e: 1.0}, dev_set, self.config) for e in self.expert_ids]
-        ).T  # [queries, experts]
+    def learn(self, engine: Engine) -> None:
+        effects = [dev_scores(engine, {e: 1.0}, self.config["dev_set"], self.config) for e in self.expert_ids]
+        self.use_effects(torch.tensor(effects).T, engine)
+
+    def use_effects(self, effects: torch.Tensor, engine: Engine) -> None:
+        """The graph: the edges' effects [queries, experts] and the development queries' embeddings."""
+        self.effects = effects
         self.query_nodes = torch.nn.functional.normalize(
-            engine.embed([item["prompt"] for item in dev_set]).float(), dim=-1)
+            engine.embed([item["prompt"] for item in self.config["dev_set"]]).float(), dim=-1)
+
+    def learned_state(self) -> dict:
+        return {"edges": {e: [float(x) for x in self.effects[:, i]] for i, e in enumerate(self.expert_ids)}}
+
+    def use_learned(self, learned: dict, engine: Engine) -> None:
+        edges, queries = learned.get("edges"), len(self.config["dev_set"])
+        if (not isinstance(edges, dict) or sorted(edges) != sorted(self.expert_ids)
+                or any(not isinstance(edges[e], list) or len(edges[e]) != queries for e in self.expert_ids)):
+            raise CompositionError(f"{self.name}: the learned edges must give each expert one effect per query")
+        self.use_effects(torch.tensor([edges[e] for e in self.expert_ids]).T, engine)
 
     def expert_scores(self, text: str, engine: Engine) -> torch.Tensor:
         query = torch.nn.functional.normalize(engine.embed([text]).float(), dim=-1)[0]
@@ -53,10 +64,6 @@ class GraphRouter(GraphRouterSpec, Strategy):
         top = torch.topk(similarities, min(self.config["neighbours"], similarities.numel()))
         weights = torch.softmax(top.values / self.config["temperature"], dim=-1)
         return weights @ self.effects[top.indices]
-
-    def learned(self) -> dict:
-        return {"strategy": self.name, "dev_set_sha256": dev_set_sha256(self.config["dev_set"]),
-                "edges": {e: [float(x) for x in self.effects[:, i]] for i, e in enumerate(self.expert_ids)}}
 
     def complete(self, prompt, request, seed, engine):
         scores = self.expert_scores(prompt, engine)
@@ -147,10 +154,8 @@ class CoLLM(CoLLMSpec, Strategy):
     is the reference token and the base's is not); defer when the gate's probability exceeds `threshold`.
     Attribution: token shares (module docstring)."""
 
-    def prepare(self, engine: Engine) -> None:
-        super().prepare(engine)
-        if self.config["gate"] == "learned":
-            self.fit_gate(engine)
+    def learn(self, engine: Engine) -> None:
+        self.fit_gate(engine)
 
     def deferral_examples(self, engine: Engine) -> tuple[list[str], list[int]]:
         contexts, labels = [], []
@@ -193,12 +198,17 @@ class CoLLM(CoLLMSpec, Strategy):
         x = (engine.embed([context]).float()[0] - self.mean) / self.std
         return float(torch.sigmoid(x @ self.weight + self.bias))
 
-    def learned(self) -> dict:
-        if self.config["gate"] != "learned":
-            return {"strategy": self.name, "gate": "confidence"}
-        return {"strategy": self.name, "gate": "learned", "dev_set_sha256": dev_set_sha256(self.config["dev_set"]),
-                "weight": [float(x) for x in self.weight], "bias": float(self.bias),
+    def learned_state(self) -> dict:
+        return {"gate": "learned", "weight": [float(x) for x in self.weight], "bias": float(self.bias),
                 "mean": [float(x) for x in self.mean], "std": [float(x) for x in self.std]}
+
+    def use_learned(self, learned: dict, engine: Engine) -> None:
+        try:
+            self.weight, self.mean, self.std = (torch.tensor(learned[key], dtype=torch.float32)
+                                                for key in ("weight", "mean", "std"))
+            self.bias = torch.tensor(float(learned["bias"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise CompositionError(f"{self.name}: the learned gate needs weight, bias, mean and std ({error})") from None
 
     def complete(self, prompt, request, seed, engine):
         base, assistant = self.config["base"], self.config["assistant"]

@@ -2,7 +2,8 @@
 with the one adapter they found: LoraHub (CMA-ES), Model Swarms (particle swarm), greedy soup, ExPO.
 
 All of them combine weight updates linearly, ΔW = Σ c_i ΔW_i per module (development.combination_expert);
-what they learn is the coefficient vector c, available from `learned()` with the development set's hash.
+what they learn is the coefficient vector c, available from `learned()` with the development set's hash and
+restored by `restore(learned)` without searching again.
 Attribution: |c_i| / Σ|c_j| (development.magnitude_attribution)."""
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from composition.strategies.development import (
     combination_expert,
     dev_loss,
     dev_score,
-    dev_set_sha256,
     magnitude_attribution,
 )
 from composition.strategy_specs import ExPOSpec, GreedySoupSpec, LoraHubSpec, ModelSwarmsSpec
@@ -45,25 +45,29 @@ class CombinationStrategy(Strategy):
 
     def prepare(self, engine: Engine) -> None:
         super().prepare(engine)
+        if not self.learns(self.config):  # ExPO with its pair and one α given: nothing to search on a dev set
+            self.use_coefficients(self.search(engine), engine)
+
+    def learn(self, engine: Engine) -> None:
         self.evaluations = []
-        self.coefficients = self.search(engine)
+        self.use_coefficients(self.search(engine), engine)
+
+    def use_coefficients(self, coefficients: dict[str, float], engine: Engine) -> None:
+        self.coefficients = coefficients
         self.combined = combination_expert(self.experts, self.coefficients, rank=self.config.get("rank"))
         engine.register_expert(self.combined)
 
     def search(self, engine: Engine) -> dict[str, float]:
         raise NotImplementedError
 
-    def learned(self) -> dict:
-        """What the search learned, ready to store with the system and for the ledger's composition.optimised."""
-        if self.coefficients is None:
-            raise CompositionError(f"{self.name}: nothing learned yet (the strategy has not been prepared)")
-        dev_set = self.config.get("dev_set")
-        return {
-            "strategy": self.name,
-            "coefficients": {k: float(v) for k, v in self.coefficients.items()},
-            "evaluations": len(self.evaluations),
-            "dev_set_sha256": dev_set_sha256(dev_set) if dev_set else None,
-        }
+    def learned_state(self) -> dict:
+        return {"coefficients": {k: float(v) for k, v in self.coefficients.items()}}
+
+    def use_learned(self, learned: dict, engine: Engine) -> None:
+        coefficients = learned.get("coefficients")
+        if not isinstance(coefficients, dict) or sorted(coefficients) != sorted(self.expert_ids):
+            raise CompositionError(f"{self.name}: the learned coefficients must name each expert of the system once")
+        self.use_coefficients({e: float(coefficients[e]) for e in self.expert_ids}, engine)
 
     def complete(self, prompt, request, seed, engine):
         generation = engine.generate([self.generation_request(prompt, request, seed, {self.combined.id: 1.0})])[0]

@@ -1,6 +1,9 @@
 """API-level strategies: each answer (or each segment) comes from whole experts chosen per request."""
 from __future__ import annotations
 
+import hashlib
+import json
+
 import torch
 
 from composition.engine import Engine
@@ -123,9 +126,26 @@ class TrainedRouter(TrainedRouterSpec, Strategy):
             raise CompositionError("trained_router: no labelled queries (no config examples, no expert examples)")
         return pairs
 
-    def prepare(self, engine: Engine) -> None:
-        super().prepare(engine)
+    def learn(self, engine: Engine) -> None:
         self.fit(engine)
+
+    def learning_set_sha256(self) -> str:
+        """The hash of the labelled queries it is trained on (config examples or the experts' own)."""
+        pairs = [[text, self.classes[label]] for text, label in self.labelled_examples()]
+        return hashlib.sha256(json.dumps(pairs, ensure_ascii=False).encode()).hexdigest()
+
+    def learned_state(self) -> dict:
+        return {"classes": list(self.classes), "weight": self.weight.tolist(), "bias": self.bias.tolist(),
+                "mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    def use_learned(self, learned: dict, engine: Engine) -> None:
+        if learned.get("classes") != self.classes:
+            raise CompositionError(f"{self.name}: the learned router chooses between other classes")
+        try:
+            self.weight, self.bias, self.mean, self.std = (torch.tensor(learned[key], dtype=torch.float32)
+                                                           for key in ("weight", "bias", "mean", "std"))
+        except (KeyError, TypeError, ValueError) as error:
+            raise CompositionError(f"{self.name}: the learned router needs weight, bias, mean and std ({error})") from None
 
     def fit(self, engine: Engine) -> float:
         """Train the classifier; returns its training accuracy."""

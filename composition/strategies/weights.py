@@ -8,6 +8,7 @@ import json
 import torch
 
 from composition.engine import Engine, GenerationRequest
+from composition.errors import CompositionError
 from composition.evaluation import METRICS
 from composition.experts import Expert
 from composition.merging import check_mergeable, merge_adapters
@@ -88,7 +89,14 @@ class MergeSearch(MergeSearchSpec, Strategy):
         unique = list(dict.fromkeys(vectors))
         return [dict(zip(self.expert_ids, vector)) for vector in unique]
 
-    def prepare(self, engine: Engine) -> None:
+    def prepare(self, engine: Engine) -> None:  # the merge answers alone: the experts themselves are not registered
+        if self.restored is not None:
+            self.use_learned(self.restored, engine)
+        else:
+            self.learn(engine)
+        self.has_learned = True
+
+    def learn(self, engine: Engine) -> None:
         metric = METRICS[self.config["metric"]]
         best = None
         self.search_results = []
@@ -106,6 +114,19 @@ class MergeSearch(MergeSearchSpec, Strategy):
             if best is None or score > best[1]:
                 best = (weights, score, expert)
         self.best_weights, self.best_score, self.merged = best
+        self.evaluations = self.search_results
+
+    def learned_state(self) -> dict:
+        return {"weights": {k: float(v) for k, v in self.best_weights.items()}, "score": float(self.best_score)}
+
+    def use_learned(self, learned: dict, engine: Engine) -> None:
+        weights = learned.get("weights")
+        if not isinstance(weights, dict) or sorted(weights) != sorted(self.expert_ids):
+            raise CompositionError(f"{self.name}: the learned merge weights must name each expert of the system once")
+        self.best_weights = {e: float(weights[e]) for e in self.expert_ids}
+        self.best_score = float(learned.get("score", 0.0))
+        self.merged = merged_expert(self.experts, self.best_weights, self.options)
+        engine.register_expert(self.merged)
 
     def complete(self, prompt, request, seed, engine):
         generation = engine.generate([self.generation_request(prompt, request, seed, {self.merged.id: 1.0})])[0]

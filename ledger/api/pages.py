@@ -112,11 +112,11 @@ def checkpoint_list(request):
     })
 
 
-# Kinds anyone may read in full: what was contributed and under which terms, what was composed from it,
-# consent withdrawn or given back. Organizations' usage, credit and payouts are counted, never listed, and
+# Kinds anyone may read in full: what was contributed and under which terms, what was composed from it (and
+# what its strategy learned), consent withdrawn or given back. Organizations' usage, credit and payouts are counted, never listed, and
 # neither is an entry that names an organization (a system private to it).
 PUBLIC_KINDS = ("base_model.registered", "expert.contributed", "expert.validated", "license.set",
-                "system.composed", "consent.revoked", "consent.restored")
+                "system.composed", "composition.optimised", "consent.revoked", "consent.restored")
 PUBLIC_ENTRIES_SHOWN = 100
 
 

@@ -5,6 +5,7 @@ from marketplace.models.idempotency import IdempotencyRecord
 from marketplace.models.credit import CreditLine, CreditStatement, Payout, PeriodCloseJob
 from marketplace.models.evaluations import SystemEvaluation
 from marketplace.models.organizations import Membership, Organization, OrganizationAPIKey
+from marketplace.models.optimisations import SystemOptimisation
 from marketplace.models.quotas import QuotaWindow
 from marketplace.models.systems import ComposedSystem, ContributionMeasurement, SystemExpert, Usage
 
@@ -31,5 +32,6 @@ __all__ = [
     "Subscription",
     "SystemEvaluation",
     "SystemExpert",
+    "SystemOptimisation",
     "Usage",
 ]

@@ -39,6 +39,11 @@ class ComposedSystem(LedgerReferenced, models.Model):
     on_revocation = models.CharField(max_length=12, choices=OnRevocation.choices, default=OnRevocation.RUN_WITHOUT)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
     quality = models.JSONField(default=dict, blank=True, help_text="Latest evaluation summary.")
+    learned = models.JSONField(
+        default=dict, blank=True,
+        help_text="What its strategy learned on its development set when it was composed (Strategy.learned()); "
+                  "sent with each request so that workers restore it. Empty: nothing learned (yet).",
+    )
     license_summary = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

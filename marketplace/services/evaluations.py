@@ -113,7 +113,7 @@ def _item_message(*, system: ComposedSystem, plan: policy.ServingPlan | None, st
     if plan is None:
         plan, strategy = policy.ServingPlan(members=[], strategy_config={}), "base"
     message = build_message(request_id=request_id, system=system, plan=plan, params=params, messages=chat)
-    return message if strategy is None else replace(message, strategy=strategy)
+    return message if strategy is None else replace(message, strategy=strategy, learned=None)
 
 
 def answer_items(*, system: ComposedSystem, plan: policy.ServingPlan | None, sets: list[HeldOutSet],

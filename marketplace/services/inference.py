@@ -40,7 +40,8 @@ def build_message(
     tools: list[dict] | None = None, tool_choice: str | dict | None = None, parallel_tool_calls: bool = True,
     echo: bool = False,
 ) -> TaskMessage:
-    """The task message: everything a worker needs, no database access required (see DESIGN, Contracts).
+    """The task message: everything a worker needs, no database access required (see DESIGN, Contracts), with
+    what the strategy learned when the system was composed.
     `deadline` (epoch seconds) is when the web side stops waiting; a worker drops the message after it."""
     base = system.base_model
     tools, tool_choice = contract.checked_tools(tools, tool_choice)  # as a worker reads them (tool_choice "auto")
@@ -52,6 +53,7 @@ def build_message(
                       for m in plan.members),
         strategy=system.strategy,
         strategy_config=plan.strategy_config,
+        learned=_learned_for(system=system, plan=plan),
         params=params if isinstance(params, contract.SamplingParams) else contract.sampling_params(params),
         prompt=None if messages is not None else prompt,
         messages=messages,
@@ -61,6 +63,16 @@ def build_message(
         echo=echo,
         parallel_tool_calls=parallel_tool_calls,
     )
+
+
+def _learned_for(*, system: ComposedSystem, plan: ServingPlan) -> dict | None:
+    """What the system's strategy learned when it was composed (marketplace.services.optimisation), when it
+    applies to `plan`: the experts and configuration it learned on. A plan without revoked experts, or a
+    coalition of an evaluation, learns on the worker as a system composed before learning was stored does."""
+    learned = system.learned
+    if not learned or plan.strategy_config != system.strategy_config:
+        return None
+    return learned if learned.get("experts") == [str(m.expert_id) for m in plan.members] else None
 
 
 def _unavailable(reason: str) -> EngineUnavailable:

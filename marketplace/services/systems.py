@@ -61,14 +61,14 @@ def system_validate(
     return experts, config, license_summary
 
 
-def _ledger_safe(value):
+def ledger_safe(value):
     """Ledger payloads hold no floats: strategy parameters are written as their shortest decimal strings."""
     if isinstance(value, float):
         return repr(value)
     if isinstance(value, dict):
-        return {str(k): _ledger_safe(v) for k, v in value.items()}
+        return {str(k): ledger_safe(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_ledger_safe(v) for v in value]
+        return [ledger_safe(v) for v in value]
     return value
 
 
@@ -78,7 +78,7 @@ def _snapshot(system: ComposedSystem) -> dict:
         "slug": system.slug,
         "base_model": BaseModel.ref_for(system.base_model_id),
         "strategy": system.strategy,
-        "strategy_config": _ledger_safe(system.strategy_config),
+        "strategy_config": ledger_safe(system.strategy_config),
         "experts": [
             {"expert": Expert.ref_for(m.expert_id), "version": m.version.number, "sha256": m.version.sha256}
             for m in system.memberships.select_related("version")
@@ -131,6 +131,7 @@ def system_create(
         )
         _set_members(system=system, experts=experts)
         record_event(kind="system.composed", payload=_snapshot(system), actor=actor)
+        _learn_after_commit(system)
     return system
 
 
@@ -167,9 +168,21 @@ def system_update(
         if recompose:
             system.strategy, system.strategy_config, system.license_summary = strategy, config, license_summary
             _set_members(system=system, experts=experts)
-        system.save()
         after = _snapshot(system)
+        relearn = recompose and any(after[key] != before[key] for key in ("strategy", "strategy_config", "experts"))
+        if relearn:
+            system.learned = {}  # learned on another composition: the new one learns in its own job
+        system.save()
         changed = sorted(k for k in after if after[k] != before[k])
         if changed:
             record_event(kind="system.changed", payload={**after, "changed": changed}, actor=actor)
+        if relearn:
+            _learn_after_commit(system)
     return system
+
+
+def _learn_after_commit(system: ComposedSystem) -> None:
+    """A system whose strategy learns on a development set learns it in a job once this commits."""
+    from marketplace.services.optimisation import optimisation_request
+
+    optimisation_request(system=system)

@@ -96,6 +96,26 @@ def test_results_and_stream_events_survive_the_wire():
     assert contract.parse_result({"request_id": "r-1", "choices": "nope"}).code == contract.ENGINE_ERROR
 
 
+LEARNED = {"strategy": "greedy_soup", "experts": ["7"], "dev_set_sha256": "d" * 64, "evaluations": 1,
+           "coefficients": {"7": 1.0}}
+
+
+def test_what_a_strategy_learned_travels_with_the_message_and_back_with_the_result_and_is_optional():
+    message = task_message(strategy="greedy_soup", strategy_config={"dev_set": []}, learned=LEARNED)
+    wire = json.loads(json.dumps(message.to_dict()))
+    assert wire["version"] == 1 and contract.TaskMessage.from_dict(wire) == message
+    assert "learned" not in task_message().to_dict() and contract.TaskMessage.from_dict(task_message().to_dict()).learned is None
+    result = contract.CompletionResult("r-1", (contract.ChoiceResult(0, "x", "stop"),), contract.Usage(1, 1),
+                                       {"7": "1.000000"}, learned=LEARNED)
+    assert contract.parse_result(json.loads(json.dumps(result.to_dict()))) == result
+    with pytest.raises(contract.MessageError, match="learned"):
+        contract.TaskMessage.from_dict({**task_message().to_dict(), "learned": [1.0]})
+    asking = task_message(learn=True)
+    assert contract.TaskMessage.from_dict(asking.to_dict()) == asking and "learn" not in task_message().to_dict()
+    with pytest.raises(contract.MessageError, match="learn is a boolean, for a message that carries nothing learned"):
+        contract.TaskMessage.from_dict({**message.to_dict(), "learn": True})
+
+
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
 
 

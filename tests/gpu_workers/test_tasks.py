@@ -122,6 +122,34 @@ def test_a_strategy_configuration_error_is_returned_not_raised(gpu_world):
     assert "unknown strategy" in result["error"]["message"]
 
 
+GRAPH_ROUTER = {"dev_set": [{"prompt": "ab", "answers": ["x"]}, {"prompt": "cd", "answers": ["y"]}],
+                "max_tokens": 2, "neighbours": 1}
+
+
+def test_a_message_that_asks_to_learn_gets_what_was_learned_and_a_message_carrying_it_restores_it(gpu_world,
+                                                                                                   monkeypatch):
+    from composition.strategies.deferral import GraphRouter
+
+    def router_message():
+        return make_message(gpu_world, experts=("alpha", "beta"), strategy="graph_router", config=GRAPH_ROUTER)
+
+    first = submit({**router_message(), "learn": True})
+    learned = first["learned"]
+    assert learned["strategy"] == "graph_router" and learned["experts"] == ["alpha", "beta"]
+    learns = []
+    monkeypatch.setattr(GraphRouter, "learn", lambda self, engine: learns.append(self))
+    again = submit({**router_message(), "learned": learned})
+    assert learns == [] and "learned" not in again
+    assert again["choices"] == first["choices"] and again["attribution"] == first["attribution"]
+
+
+def test_a_state_learned_for_other_experts_is_a_strategy_error(gpu_world):
+    message = make_message(gpu_world, experts=("alpha", "beta"), strategy="graph_router", config=GRAPH_ROUTER)
+    learned = {"strategy": "graph_router", "experts": ["beta", "alpha"], "dev_set_sha256": "0" * 64, "edges": {}}
+    result = submit({**message, "learned": learned})
+    assert result["error"]["code"] == "strategy_error" and "learned with another experts" in result["error"]["message"]
+
+
 @pytest.mark.parametrize(
     "change,expected",
     [

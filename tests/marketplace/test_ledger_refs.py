@@ -39,7 +39,7 @@ def test_an_actor_is_a_service_by_name_or_an_entity():
 
 
 def test_each_kind_belongs_to_one_model_and_no_model_can_take_a_kind_again():
-    assert {"contributor", "organization", "expert", "system", "usage", "evaluation", "license_terms",
+    assert {"contributor", "organization", "expert", "system", "usage", "evaluation", "optimisation", "license_terms",
             "base_model", "payout", "user"} == ledger_refs.entity_kinds()
     with pytest.raises(TypeError, match="already taken"):
         type("Impostor", (ledger_refs.LedgerReferenced,), {"ledger_kind": "expert"})
