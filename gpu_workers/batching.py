@@ -7,7 +7,8 @@ each for its own experts. One loop thread owns the engine's RunningBatch and rep
   2. admit waiting requests, first come first served, as many as fit the bounds: rows in the batch (one per
      lane: a request mixing k experts' distributions takes k rows, one mixing their adapters one row), prompt
      tokens prefilled in one step (512 by default: a burst of newcomers is prefilled in groups, each group
-     getting its first tokens and the running answers a step between groups; a longer prompt goes alone), KV
+     getting its first tokens and the running answers a step between groups; a longer prompt is prefilled in
+     chunks of that many tokens, one chunk per step beside the running decodes, then joins by itself), KV
      tokens the batch may grow to, and experts the adapter pool holds at once. The head of the queue is never
      overtaken, so no request starves; one that could never fit alone fails at once;
   3. prefill the newcomers together (each gets its first token) and merge their KV cache into the batch's;
@@ -73,6 +74,7 @@ class SchedulerStats:
     admitted: int = 0  # requests admitted
     largest_batch: int = 0  # sequences decoding together, at most
     cancelled: int = 0
+    prefill_chunks: int = 0  # chunks of prompts too long for one step's prefill budget
 
 
 class Scheduler:
@@ -227,14 +229,16 @@ class Scheduler:
                 self._fail(head.ticket, PoolFull(
                     f"{len(sequence.experts)} experts are needed together but the adapter pool holds {capacity}"))
                 continue
-            # a prompt longer than the prefill budget is prefilled by itself, beside the running decodes
             fits = (rows + lanes <= self.max_batch_rows and len(joined) <= capacity
-                    and (not newcomers
-                         or prefill_tokens + prompt_tokens <= self.max_prefill_tokens)
                     and kv_tokens + lanes * (len(sequence.prompt_ids) + sequence.request.max_tokens)
                     <= self.max_batch_tokens)
             if not fits and not alone:
                 return newcomers  # it waits for rows or slots to free; nobody behind it overtakes it
+            if newcomers and prefill_tokens + prompt_tokens > self.max_prefill_tokens:
+                return newcomers  # it waits for the next step's budget
+            if prompt_tokens > max(self.max_prefill_tokens, lanes):  # at least its rows' last tokens are left
+                self._prefill_chunk(head)  # this step's prefill is one chunk of its prompt
+                return newcomers
             self._pop(head)
             ticket = head.ticket
             sequence.on_token = self._listener(ticket, head.index)
@@ -245,6 +249,18 @@ class Scheduler:
             rows, experts = rows + lanes, joined
             prefill_tokens += prompt_tokens
             kv_tokens += lanes * (len(sequence.prompt_ids) + sequence.request.max_tokens)
+
+    def _prefill_chunk(self, head: _Waiting) -> None:
+        """Prefill the next chunk of the head's prompt; it stays at the head until the rest fits a step."""
+        if head.ticket.admitted_at_step is None:
+            head.ticket.admitted_at_step = self.stats.steps
+        try:
+            self.engine.prefill_chunk(self.batch, head.sequence, max(1, self.max_prefill_tokens // head.sequence.rows))
+        except Exception as error:  # noqa: BLE001 - this request cannot run: its caller hears why
+            self._pop(head)
+            self._fail(head.ticket, error)
+            return
+        self.stats.prefill_chunks += 1
 
     def _pop(self, waiting: _Waiting) -> None:
         with self._condition:

@@ -199,6 +199,7 @@ class Sequence:
     state: DecodeState
     on_token: Callable[[str], None] | None = None  # called with the text so far after each token
     error: BaseException | None = None  # its per-token mixture rule failed: it leaves at the end of the step
+    prefilled: list[PrefixHit] | None = None  # per row, the prompt's keys and values chunked prefill computed
 
     @property
     def experts(self) -> set[str]:
@@ -474,13 +475,16 @@ class MosaicEngine:
         return lane.adapters if lane.adapters else (lane.expert_id,)
 
     def prefill_tokens(self, sequence: Sequence) -> int:
-        """The prompt tokens prefilling this sequence computes: its rows' prompts less what the prefix cache
-        holds (the scheduler's prefill budget counts these)."""
+        """The prompt tokens prefilling this sequence computes: its rows' prompts less what chunked prefill or
+        the prefix cache already holds (the scheduler's prefill budget counts these)."""
+        prompt = len(sequence.prompt_ids)
+        if sequence.prefilled is not None:
+            return sum(prompt - done.length for done in sequence.prefilled)
         rows = self._rows_of(0, sequence, sequence.lanes)
         if not self.prefix_cache.enabled:
-            return len(rows) * len(sequence.prompt_ids)
+            return len(rows) * prompt
         with self.lock:
-            return sum(len(sequence.prompt_ids) - self.prefix_cache.cached_length(self._row_key(row), sequence.prompt_ids)
+            return sum(prompt - self.prefix_cache.cached_length(self._row_key(row), sequence.prompt_ids)
                        for row in rows)
 
     @staticmethod
@@ -507,20 +511,56 @@ class MosaicEngine:
     def prefill(self, batch: RunningBatch, newcomers: list[Sequence]) -> None:
         """Run the newcomers' prompts (their first token) and merge them into the batch. The pool holds the
         batch's experts and theirs together (PoolFull otherwise, and nothing changes). Each row starts from
-        the longest prefix of its prompt the prefix cache holds for its adapters, and its prompt is kept there."""
+        what chunked prefill computed of its prompt, or else from the longest prefix of its prompt the prefix
+        cache holds for its adapters; its prompt is kept there."""
         with self.lock:
             lanes = self._sequence_lanes(newcomers)
             slots = self.pool.acquire(sorted(batch.experts | {e for s in newcomers for e in s.experts}))
             lane_slots = self._lane_adapters(lanes, slots)
             prompts = [newcomers[lane.request_index].prompt_ids for lane in lanes]
-            hits = [self.prefix_cache.lookup(self._row_key(lane), ids) if self.prefix_cache.enabled
-                    else PrefixHit(0) for lane, ids in zip(lanes, prompts)]
+            hits = self._starts(newcomers, lanes, prompts)
             input_ids, attention, positions, cache = self._after_prefixes(prompts, hits)
             output = self._forward(input_ids, attention, positions, lane_slots, cache, last_only=True)
             if self.prefix_cache.enabled:
-                self._keep_prompts(lanes, prompts, hits, cache)
+                for lane, ids, kept in zip(lanes, prompts, self._row_prompts(prompts, hits, cache)):
+                    self.prefix_cache.store(self._row_key(lane), ids, kept.layers)
+            for sequence in newcomers:
+                sequence.prefilled = None
             next_input = self._advance(newcomers, lanes, output.logits[:, -1])
             batch.merge(newcomers, cache, attention, positions[:, -1:] + 1, next_input)
+
+    @torch.inference_mode()
+    def prefill_chunk(self, batch: RunningBatch, sequence: Sequence, tokens: int) -> None:
+        """Compute up to `tokens` more of each row's prompt of a sequence too long to prefill in one step, keeping
+        them on the sequence (and in the prefix cache); the last prompt token is left for `prefill`, which gives
+        the first token. The batch's experts stay resident."""
+        with self.lock:
+            lanes = self._sequence_lanes([sequence])
+            slots = self.pool.acquire(sorted(batch.experts | sequence.experts))
+            lane_slots = self._lane_adapters(lanes, slots)
+            hits = self._starts([sequence], lanes, [sequence.prompt_ids] * len(lanes))
+            chunks = [sequence.prompt_ids[:max(hit.length, min(hit.length + tokens, len(sequence.prompt_ids) - 1))]
+                      for hit in hits]
+            input_ids, attention, positions, cache = self._after_prefixes(chunks, hits)
+            self._forward(input_ids, attention, positions, lane_slots, cache, last_only=True)
+            sequence.prefilled = self._row_prompts(chunks, hits, cache)
+            if self.prefix_cache.enabled:
+                for lane, ids, kept in zip(lanes, chunks, sequence.prefilled):
+                    self.prefix_cache.store(self._row_key(lane), ids, kept.layers)
+
+    def _starts(self, sequences: list[Sequence], lanes: list[Lane], prompts: list[list[int]]) -> list[PrefixHit]:
+        """Per row, what is already computed of its prompt: its chunks so far, or its longest cached prefix."""
+        starts, seen = [], {}
+        for lane, ids in zip(lanes, prompts):
+            sequence = sequences[lane.request_index]
+            if sequence.prefilled is not None:
+                row = seen[id(sequence)] = seen.get(id(sequence), -1) + 1
+                starts.append(sequence.prefilled[row])
+            elif self.prefix_cache.enabled:
+                starts.append(self.prefix_cache.lookup(self._row_key(lane), ids))
+            else:
+                starts.append(PrefixHit(0))
+        return starts
 
     def _after_prefixes(self, prompts: list[list[int]], hits: list[PrefixHit]):
         """The forward's inputs for the prompts' tokens after their cached prefixes, and a cache that holds the
@@ -541,17 +581,20 @@ class MosaicEngine:
             cache.update(keys, values, layer)
         return input_ids, torch.cat([past_attention, attention], dim=1), positions + lengths[:, None], cache
 
-    def _keep_prompts(self, lanes: list[Lane], prompts: list[list[int]], hits: list[PrefixHit],
-                      cache: DynamicCache) -> None:
-        """Put each row's whole prompt (its cached prefix, then the tokens this prefill computed) in the cache."""
+    @staticmethod
+    def _row_prompts(prompts: list[list[int]], hits: list[PrefixHit], cache: DynamicCache) -> list[PrefixHit]:
+        """Each row's keys and values over its whole prompt, out of a forward's cache (_after_prefixes' layout:
+        its prefix before the forward's columns, its new tokens at their end)."""
         width = cache.layers[0].keys.shape[2]
         past = max(hit.length for hit in hits)
-        for row, (lane, ids, hit) in enumerate(zip(lanes, prompts, hits)):
+        rows = []
+        for row, (ids, hit) in enumerate(zip(prompts, hits)):
             new = len(ids) - hit.length
             columns = torch.cat([torch.arange(past - hit.length, past), torch.arange(width - new, width)])
-            columns = columns.to(self.device)
-            self.prefix_cache.store(self._row_key(lane), ids, [
-                (layer.keys[row][:, columns], layer.values[row][:, columns]) for layer in cache.layers])
+            columns = columns.to(cache.layers[0].keys.device)
+            rows.append(PrefixHit(len(ids), [(layer.keys[row][:, columns], layer.values[row][:, columns])
+                                             for layer in cache.layers]))
+        return rows
 
     @torch.inference_mode()
     def decode(self, batch: RunningBatch) -> None:

@@ -109,16 +109,28 @@ def test_a_request_arriving_during_a_long_answer_finishes_before_it(engine, alon
     assert scheduler.stats.largest_batch == 2
 
 
-def test_a_prompt_longer_than_the_prefill_budget_joins_at_the_next_step_by_itself(engine, alone):
+def test_a_prompt_longer_than_the_prefill_budget_is_prefilled_in_chunks_while_the_batch_decodes(engine, alone):
     engine.prefix_cache.clear()  # the budget counts the prompt tokens a prefill computes
     scheduler = Scheduler(engine, max_prefill_tokens=4)  # every prompt of REQUESTS[5] is longer
+    steps_at_chunks = []
+    chunk = engine.prefill_chunk
 
-    (_, long), (_, wordy), (_, short) = submit_at_steps(scheduler, [(5, 3), (0, 3)])
+    def spy(batch, sequence, tokens):
+        steps_at_chunks.append(scheduler.stats.steps)
+        chunk(batch, sequence, tokens)
+
+    engine.prefill_chunk = spy
+    try:
+        (_, long), (_, wordy), (_, short) = submit_at_steps(scheduler, [(5, 3), (0, 3)])
+    finally:
+        del engine.prefill_chunk
 
     assert wordy.error is None and wordy.results[0].text == alone[5].text
-    assert wordy.admitted_at_step <= 4 and short.admitted_at_step <= 5  # never held until the long answer ends
+    assert len(steps_at_chunks) >= 5 and scheduler.stats.prefill_chunks == len(steps_at_chunks)
+    assert steps_at_chunks == sorted(set(steps_at_chunks))  # the long answer decoded a step between chunks
     assert wordy.finished_at_step < long.finished_at_step
-    assert scheduler.stats.prefills >= 3  # the wordy prompt alone, then the short one
+    assert short.admitted_at_step >= steps_at_chunks[-1]  # first come, first served: it waited behind the chunks
+    assert short.error is None and short.results[0].text == alone[0].text
 
 
 def test_a_cancelled_request_leaves_within_one_step_and_frees_its_rows(engine, alone):
@@ -211,3 +223,34 @@ def test_concurrent_callers_on_threads_share_the_batch(engine, alone):
         thread.join(timeout=60)
     assert results == [alone[index].text for index in range(len(REQUESTS))]
     assert scheduler.stats.largest_batch > 1
+
+
+@pytest.fixture(scope="module")
+def reference(gpu_world):
+    base, adapters = gpu_world
+    return ReferenceEngine(str(base), [load_expert(e, adapters[e].path) for e in ("alpha", "beta", "gamma")])
+
+
+def test_a_long_prompt_over_more_rows_than_the_budget_still_joins(engine, reference):
+    three_rows = GenerationRequest(prompt="every expert reads this long prompt",
+                                   mixture={"alpha": 0.2, "beta": 0.3, "gamma": 0.5}, max_tokens=5)
+    engine.prefix_cache.clear()
+    scheduler = Scheduler(engine, max_prefill_tokens=2)  # less than its three rows' last tokens
+
+    answer = scheduler.generate([three_rows])[0]
+
+    assert scheduler.stats.prefill_chunks > 0
+    assert answer.text == reference.generate([three_rows])[0].text
+
+
+def test_chunked_prefill_needs_no_prefix_cache(gpu_world, reference):
+    base, adapters = gpu_world
+    uncached = MosaicEngine(base, lora_backend="torch", prefix_cache_bytes=0)
+    for adapter in adapters.values():
+        uncached.register_expert(load_expert(adapter.id, adapter.path))
+    scheduler = Scheduler(uncached, max_prefill_tokens=3)
+
+    answer = scheduler.generate([REQUESTS[5]])[0]
+
+    assert scheduler.stats.prefill_chunks > 0 and len(uncached.prefix_cache) == 0
+    assert answer.text == reference.generate([REQUESTS[5]])[0].text
