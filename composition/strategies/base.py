@@ -92,11 +92,14 @@ class Strategy(StrategySpec):
         for expert in self.experts:
             engine.register_expert(expert)
         if self.learns(self.config):
-            if self.restored is not None:
-                self.use_learned(self.restored, engine)
-            else:
-                self.learn(engine)
-            self.has_learned = True
+            self.learn_or_restore(engine)
+
+    def learn_or_restore(self, engine: Engine) -> None:
+        if self.restored is not None:
+            self.use_learned(self.restored, engine)
+        else:
+            self.learn(engine)
+        self.has_learned = True
 
     def learn(self, engine: Engine) -> None:
         raise NotImplementedError

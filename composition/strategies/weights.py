@@ -90,11 +90,7 @@ class MergeSearch(MergeSearchSpec, Strategy):
         return [dict(zip(self.expert_ids, vector)) for vector in unique]
 
     def prepare(self, engine: Engine) -> None:  # the merge answers alone: the experts themselves are not registered
-        if self.restored is not None:
-            self.use_learned(self.restored, engine)
-        else:
-            self.learn(engine)
-        self.has_learned = True
+        self.learn_or_restore(engine)
 
     def learn(self, engine: Engine) -> None:
         metric = METRICS[self.config["metric"]]
