@@ -15,7 +15,7 @@ from composition.engine import Engine, ScoreRequest
 from composition.evaluation import METRICS, normalise_answer
 from composition.strategies.base import Choice, Strategy
 from composition.strategies.deferral import BASE, mixture_of
-from composition.strategies.development import dev_score, dev_set_sha256
+from composition.strategies.development import dev_score_of_each_expert, dev_set_sha256
 from composition.strategy_specs import (
     HeterogeneousSwarmSpec, KnowledgeCardsSpec, LLMBlenderSpec, MixtureOfAgentsSpec, MultiAgentFeedbackSpec, SlmMuxSpec,
     StructuredPipelineSpec,
@@ -275,8 +275,8 @@ class SlmMux(SlmMuxSpec, Strategy):
     def prepare(self, engine: Engine) -> None:
         super().prepare(engine)
         dev_set = self.config["dev_set"]
-        self.dev_accuracy = {e: (dev_score(engine, {e: 1.0}, dev_set, self.config) if dev_set else 0.0)
-                             for e in self.config["experts"]}
+        self.dev_accuracy = (dev_score_of_each_expert(engine, self.config["experts"], dev_set, self.config)
+                             if dev_set else {e: 0.0 for e in self.config["experts"]})
 
     def complete(self, prompt, request, seed, engine):
         experts, k = self.config["experts"], self.config["samples"]

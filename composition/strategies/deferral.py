@@ -14,7 +14,7 @@ import torch
 from composition.engine import Engine, ScoreRequest
 from composition.errors import CompositionError
 from composition.strategies.base import Choice, CompletionRequest, Strategy, decode_step_by_step
-from composition.strategies.development import dev_scores, dev_set_sha256
+from composition.strategies.development import dev_scores_of, dev_set_sha256
 from composition.strategy_specs import BASE, CoLLMSpec, GraphRouterSpec, MentorCollabSpec, NudgingSpec
 
 
@@ -42,7 +42,7 @@ class GraphRouter(GraphRouterSpec, Strategy):
         super().prepare(engine)
         dev_set = self.config["dev_set"]
         self.effects = torch.tensor(
-            [dev_scores(engine, {e: 1.0}, dev_set, self.config) for e in self.expert_ids]
+            dev_scores_of(engine, [{e: 1.0} for e in self.expert_ids], dev_set, self.config)
         ).T  # [queries, experts]
         self.query_nodes = torch.nn.functional.normalize(
             engine.embed([item["prompt"] for item in dev_set]).float(), dim=-1)
