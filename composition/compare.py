@@ -36,6 +36,7 @@ import os
 import platform
 import random
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +98,8 @@ class World:
 
 class BatchedEngine:
     """The engine protocol over MosaicEngine with generations through its continuous-batching scheduler, so
-    generate calls from many threads decode together."""
+    generate calls from many threads decode together; next_token_logits, score and embed calls that arrive
+    while one runs are run together next (a token-by-token strategy's threads share each forward)."""
 
     def __init__(self, base_dir: Path):
         import torch
@@ -108,6 +110,9 @@ class BatchedEngine:
         self.engine = MosaicEngine(str(base_dir), dtype=torch.float32)
         self.tokenizer = self.engine.tokenizer
         self.scheduler = Scheduler(self.engine)
+        self.next_token_logits = CallsTogether(self.engine.next_token_logits)
+        self.score = CallsTogether(self.engine.score)
+        self.embed = CallsTogether(self.engine.embed)
 
     def register_expert(self, expert) -> None:
         self.engine.register_expert(expert)
@@ -115,14 +120,46 @@ class BatchedEngine:
     def generate(self, requests):
         return self.scheduler.generate(requests)
 
-    def next_token_logits(self, requests):
-        return self.engine.next_token_logits(requests)
 
-    def score(self, requests):
-        return self.engine.score(requests)
+class CallsTogether:
+    """A batch function (a list in, one result row per item out) that many threads call: the calls waiting
+    while one runs are joined into the next run, and each caller gets its own rows back."""
 
-    def embed(self, texts):
-        return self.engine.embed(texts)
+    def __init__(self, run: Callable):
+        self.run = run
+        self.condition = threading.Condition()
+        self.waiting: list[dict] = []
+        self.running = False
+
+    def __call__(self, items: list):
+        call = {"items": list(items), "done": False, "rows": None, "error": None}
+        with self.condition:
+            self.waiting.append(call)
+            while not call["done"] and self.running:
+                self.condition.wait()
+            if call["done"]:
+                return self._result(call)
+            calls, self.waiting, self.running = self.waiting, [], True
+        try:
+            rows = self.run([item for c in calls for item in c["items"]])
+            start = 0
+            for c in calls:
+                c["rows"], start = rows[start:start + len(c["items"])], start + len(c["items"])
+        except BaseException as error:  # every joined caller sees it
+            for c in calls:
+                c["error"] = error
+        with self.condition:
+            for c in calls:
+                c["done"] = True
+            self.running = False
+            self.condition.notify_all()
+        return self._result(call)
+
+    @staticmethod
+    def _result(call: dict):
+        if call["error"] is not None:
+            raise call["error"]
+        return call["rows"]
 
 
 def reference_engine(base_dir: Path):

@@ -189,3 +189,34 @@ def test_the_batched_engine_answering_items_at_once_agrees_item_by_item_with_the
                  if (rows["reference"][name]["correct"], rows["reference"][name]["tokens"])
                  != (rows["batched"][name]["correct"], rows["batched"][name]["tokens"])]
     assert differing == []
+
+
+def test_calls_that_arrive_while_one_runs_are_run_together_next_and_each_caller_gets_its_own_rows():
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    runs, first_started = [], threading.Event()
+
+    def doubled(items):
+        runs.append(list(items))
+        first_started.set()
+        time.sleep(0.2)
+        return [2 * item for item in items]
+
+    together = compare.CallsTogether(doubled)
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(together, [1])
+        first_started.wait()
+        later = [pool.submit(together, [10 * n, 10 * n + 1]) for n in (1, 2, 3)]
+        assert first.result() == [2]
+        assert [f.result() for f in later] == [[20, 22], [40, 42], [60, 62]]
+    assert runs[0] == [1] and sorted(runs[1]) == [10, 11, 20, 21, 30, 31]
+
+
+def test_a_failing_run_fails_every_call_joined_into_it():
+    def refuse(items):
+        raise ValueError("no")
+
+    with pytest.raises(ValueError, match="no"):
+        compare.CallsTogether(refuse)([1])
