@@ -1,18 +1,25 @@
 """Every composition method of the registry, compared on one world: `python -m composition.compare`.
 
     python -m composition.compare [--world real|toy] [--items 4] [--dev-items 1] [--methods a,b]
-                                  [--budget-s 1200] [--participation-draws 3] [--out-dir bench/results]
+                                  [--engine batched|reference] [--budget-s 1200] [--participation-draws 3]
+                                  [--out-dir bench/results]
 
 The real world is the demo's (composition.skills on SmolLM2-135M-Instruct): the five experts that seed_demo
 trains, found in their cache by recipe hash (composition.training.demo_recipe); the toy world builds a tiny
 untrained character model and trains its experts in seconds (its answers mean nothing: it checks the
 machinery, in CI). Every method of composition.strategies.STRATEGIES answers the mixed held-out set
-(`--items` per skill) through ReferenceEngine, greedy, under the configuration of `method_configs`; beside
+(`--items` per skill), greedy, under the configuration of `method_configs`; beside
 them the base model alone, each expert alone, and a monolith: one LoRA of the experts' summed rank and summed
 training steps, trained by the same recipe code on the union of their training pairs
 (composition.training.monolith_recipe), cached by recipe hash like the experts. Methods that learn
 (routers, LoraHub, model swarms, ...) learn on a development set of `--dev-items` training items per skill,
 never a held-out prompt.
+
+The engine (`--engine`): "batched" (default) answers a method's items concurrently, one thread each, through
+continuous batching (gpu_workers.batching.Scheduler over gpu_workers.engine.MosaicEngine, float32: every
+sequence of every thread advances in one forward per step); "reference" answers them one at a time through
+composition.engine.ReferenceEngine, the oracle. Both decode greedily by the same rule (tests/composition/
+test_compare.py checks that they agree item by item on the toy world).
 
 Per row: accuracy (composition.skills.is_correct) with a 95% Wilson interval, completion tokens billed per
 answer, seconds per answer (learning amortised over the items, and shown apart), and the items solved that
@@ -29,6 +36,7 @@ import os
 import platform
 import random
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,12 +87,89 @@ class World:
     name: str
     base_dir: Path
     base_name: str
-    engine: object          # MemoisingEngine over ReferenceEngine
+    engine: object          # MemoisingEngine over the chosen engine (ENGINES)
     experts: list           # composition.experts.Expert, ids = skill names, in SKILLS order
     render: Callable[[str], str]
     monolith: object | None  # the monolith as an Expert (id MONOLITH), registered in the engine
     monolith_facts: dict | None
     toy: bool
+    workers: int            # items answered at once: 1 for the reference engine
+
+
+class BatchedEngine:
+    """The engine protocol over MosaicEngine with generations through its continuous-batching scheduler, so
+    generate calls from many threads decode together; next_token_logits, score and embed calls that arrive
+    while one runs are run together next (a token-by-token strategy's threads share each forward)."""
+
+    def __init__(self, base_dir: Path):
+        import torch
+
+        from gpu_workers.batching import Scheduler
+        from gpu_workers.engine import MosaicEngine
+
+        self.engine = MosaicEngine(str(base_dir), dtype=torch.float32)
+        self.tokenizer = self.engine.tokenizer
+        self.scheduler = Scheduler(self.engine)
+        self.next_token_logits = CallsTogether(self.engine.next_token_logits)
+        self.score = CallsTogether(self.engine.score)
+        self.embed = CallsTogether(self.engine.embed)
+
+    def register_expert(self, expert) -> None:
+        self.engine.register_expert(expert)
+
+    def generate(self, requests):
+        return self.scheduler.generate(requests)
+
+
+class CallsTogether:
+    """A batch function (a list in, one result row per item out) that many threads call: the calls waiting
+    while one runs are joined into the next run, and each caller gets its own rows back."""
+
+    def __init__(self, run: Callable):
+        self.run = run
+        self.condition = threading.Condition()
+        self.waiting: list[dict] = []
+        self.running = False
+
+    def __call__(self, items: list):
+        call = {"items": list(items), "done": False, "rows": None, "error": None}
+        with self.condition:
+            self.waiting.append(call)
+            while not call["done"] and self.running:
+                self.condition.wait()
+            if call["done"]:
+                return self._result(call)
+            calls, self.waiting, self.running = self.waiting, [], True
+        try:
+            rows = self.run([item for c in calls for item in c["items"]])
+            start = 0
+            for c in calls:
+                c["rows"], start = rows[start:start + len(c["items"])], start + len(c["items"])
+        except BaseException as error:  # every joined caller sees it
+            for c in calls:
+                c["error"] = error
+        with self.condition:
+            for c in calls:
+                c["done"] = True
+            self.running = False
+            self.condition.notify_all()
+        return self._result(call)
+
+    @staticmethod
+    def _result(call: dict):
+        if call["error"] is not None:
+            raise call["error"]
+        return call["rows"]
+
+
+def reference_engine(base_dir: Path):
+    from composition.engine import ReferenceEngine
+
+    return ReferenceEngine(str(base_dir))
+
+
+ENGINES = {"batched": BatchedEngine, "reference": reference_engine}
+ITEMS_AT_ONCE = {"batched": 64, "reference": 1}  # ReferenceEngine switches adapters globally: one caller
 
 
 def skill_names() -> list[str]:
@@ -113,9 +198,10 @@ def cached_adapter(cache_dir: Path, base_dir: Path, recipe, pairs, base_sha256: 
 
 
 def load_world(world: str, *, base_dir: Path, experts_dir: Path, monolith_dir: Path | None,
-               toy_dir: Path | None = None) -> World:
-    """The base model, the five experts (named by their skills) and the monolith, in one memoising engine."""
-    from composition.engine import MemoisingEngine, ReferenceEngine
+               toy_dir: Path | None = None, engine: str = "batched") -> World:
+    """The base model, the five experts (named by their skills) and the monolith, in one memoising engine of the
+    kind `engine` names (ENGINES)."""
+    from composition.engine import MemoisingEngine
     from composition.experts import Expert, load_expert
     from composition.training import (
         base_weights_sha256, demo_recipe, demo_training_pairs, monolith_recipe, monolith_training_pairs,
@@ -135,7 +221,8 @@ def load_world(world: str, *, base_dir: Path, experts_dir: Path, monolith_dir: P
         raise SystemExit(f"no base model at {base_dir}: pass --base-dir (the converted {REAL_BASE})")
     base_sha = base_weights_sha256(base_dir)
     recipes = {skill: toy_recipe() if toy else demo_recipe(skill) for skill in skills}
-    engine = MemoisingEngine(ReferenceEngine(str(base_dir)))
+    engine_kind = engine
+    engine = MemoisingEngine(ENGINES[engine_kind](Path(base_dir)))
     render = _renderer(engine.tokenizer)
     experts = []
     for skill in skills:
@@ -160,7 +247,8 @@ def load_world(world: str, *, base_dir: Path, experts_dir: Path, monolith_dir: P
             "description": "every skill", "examples": [], "base_model": str(base_dir)})
         engine.register_expert(monolith)
     return World(name=world, base_dir=Path(base_dir), base_name=Path(base_dir).name if not toy else "mosaic-toy",
-                 engine=engine, experts=experts, render=render, monolith=monolith, monolith_facts=facts, toy=toy)
+                 engine=engine, experts=experts, render=render, monolith=monolith, monolith_facts=facts, toy=toy,
+                 workers=ITEMS_AT_ONCE[engine_kind])
 
 
 def _renderer(tokenizer) -> Callable[[str], str]:
@@ -215,7 +303,11 @@ def composing_methods() -> list[str]:
 
 
 def evaluate(name: str, config: dict, experts: list, engine, items, render, max_tokens: int, *,
-             label: str | None = None, progress: bool = True) -> dict:
+             label: str | None = None, progress: bool = True, workers: int = 1) -> dict:
+    """One method's row: its answers to `items`, up to `workers` at once (each item's seconds is its own
+    latency; answering_s is the wall time of them all)."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
     from tqdm import tqdm
 
     from composition.skills import is_correct
@@ -227,16 +319,25 @@ def evaluate(name: str, config: dict, experts: list, engine, items, render, max_
     strategy.prepare(engine)
     strategy._prepared_for = engine  # run() prepares only for an engine it has not seen
     learning = time.perf_counter() - started
-    correct, tokens, seconds, attributions = [], [], [], []
-    for item in tqdm(items, desc=label or name, leave=False, disable=not progress):
+
+    def answer(item):
         began = time.perf_counter()
         result = strategy.run(CompletionRequest(prompt=render(item.prompt), max_tokens=max_tokens, seed=0), engine)
-        seconds.append(time.perf_counter() - began)
-        correct.append(bool(is_correct(item, result.texts[0])))
-        tokens.append(result.completion_tokens)
-        attributions.append(result.attribution)
-    return {"name": label or name, "method": name, "correct": correct, "tokens": tokens, "seconds": seconds,
-            "learning_s": learning, "attribution_sums": [round(sum(a.values()), 6) for a in attributions]}
+        return result, time.perf_counter() - began
+
+    answering = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(items)))) as pool, \
+            tqdm(total=len(items), desc=label or name, leave=False, disable=not progress) as bar:
+        futures = [pool.submit(answer, item) for item in items]
+        for _ in as_completed(futures):
+            bar.update()
+        answers = [future.result() for future in futures]
+    answering_s = time.perf_counter() - answering
+    return {"name": label or name, "method": name,
+            "correct": [bool(is_correct(item, result.texts[0])) for item, (result, _) in zip(items, answers)],
+            "tokens": [result.completion_tokens for result, _ in answers],
+            "seconds": [seconds for _, seconds in answers], "answering_s": answering_s, "learning_s": learning,
+            "attribution_sums": [round(sum(result.attribution.values()), 6) for result, _ in answers]}
 
 
 def summarise(row: dict, expert_rows: dict[str, list[bool]]) -> dict:
@@ -249,7 +350,7 @@ def summarise(row: dict, expert_rows: dict[str, list[bool]]) -> dict:
         **row,
         "accuracy": measured.mean, "low": measured.low, "high": measured.high, "n": n,
         "tokens_per_answer": sum(row["tokens"]) / n if n else 0.0,
-        "seconds_per_answer": (sum(row["seconds"]) + row["learning_s"]) / n if n else 0.0,
+        "seconds_per_answer": (row.get("answering_s", sum(row["seconds"])) + row["learning_s"]) / n if n else 0.0,
         "solved_by_no_single_expert": sum(1 for c, alone in zip(row["correct"], solved_alone) if c and not alone),
     }
 
@@ -427,6 +528,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", type=Path, default=None,
                         help="a previous run's methods.json: its rows (and participation.json's points) for the same "
                              "world, held-out set, development set and configurations are kept, not run again")
+    parser.add_argument("--engine", choices=tuple(ENGINES), default="batched",
+                        help="batched: a method's items at once, through continuous batching; reference: one at a "
+                             "time through ReferenceEngine")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.items < 1 or args.dev_items < 1:
@@ -460,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     load_before = [round(x, 1) for x in os.getloadavg()]
     world = load_world(args.world, base_dir=args.base_dir, experts_dir=experts_dir, monolith_dir=monolith_dir,
-                       toy_dir=experts_dir)
+                       toy_dir=experts_dir, engine=args.engine)
     engine, experts, render = world.engine, world.experts, world.render
     skills = [e.id for e in experts]
     items = mixed_heldout_items(args.items)
@@ -478,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline.append(("single", {"expert": MONOLITH}, [world.monolith], "monolith", "monolith"))
     for name, config, members, label, kind in tqdm(baseline, desc="base, experts, monolith", disable=not progress):
         row = reused_rows.get(label) or evaluate(name, config, members, engine, items, render, max_tokens,
-                                                 label=label, progress=progress)
+                                                 label=label, progress=progress, workers=world.workers)
         if kind == "expert":
             expert_rows[label] = row["correct"]
         rows.append({**row, "level": "-", "kind": kind})
@@ -492,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             row = evaluate(name, configs.get(name, {}), experts, engine, items, render, max_tokens,
-                           progress=progress)
+                           progress=progress, workers=world.workers)
         except Exception as error:  # reported, not hidden: the other methods still run
             failed.append(f"{name}: {type(error).__name__}: {error}")
             continue
@@ -516,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         "monolith": monolith_recipe_facts, "headline": headline(summarised),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "command": "python -m composition.compare " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "load_before": load_before, "reused_from": reused_from,
+        "load_before": load_before, "reused_from": reused_from, "engine": args.engine,
     }
 
     participation = None
@@ -536,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     row = evaluate(method, method_configs(subset, dev_set, max_tokens, render).get(method, {}),
                                    members, engine, items, render, max_tokens, label=f"{method} {'+'.join(subset)}",
-                                   progress=progress)
+                                   progress=progress, workers=world.workers)
                 except Exception as error:
                     curve_failed.append(f"{method} over {'+'.join(subset)}: {type(error).__name__}: {error}")
                     continue
@@ -581,7 +685,8 @@ def reusable(path: Path | None, world: str, heldout: str, dev: str, configs: dic
         if row["kind"] == "method" and previous["configs"].get(row["method"]) != _printable(configs.get(row["method"], {})):
             continue
         rows[row["name"]] = {key: value for key, value in row.items() if key in (
-            "name", "method", "correct", "tokens", "seconds", "learning_s", "attribution_sums", "level", "kind",
+            "name", "method", "correct", "tokens", "seconds", "answering_s", "learning_s", "attribution_sums",
+            "level", "kind",
             "note")} | {"reused": True}
     points = {}
     curve = Path(path).with_name("participation.json")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
@@ -481,7 +482,10 @@ class ReferenceEngine:
 class MemoisingEngine:
     """Wraps an engine and remembers deterministic answers (temperature 0) and embeddings, so an
     evaluation that asks the same expert the same question twice (e.g. every coalition of a
-    Shapley measurement) runs it once. Re-registering an expert id forgets what it answered."""
+    Shapley measurement) runs it once. Re-registering an expert id forgets what it answered.
+
+    Safe to call from many threads (a batching inner engine decodes their calls together): a request that
+    another thread is already generating waits for that answer instead of generating it again."""
 
     def __init__(self, inner):
         self.inner = inner
@@ -490,11 +494,16 @@ class MemoisingEngine:
         self.embeddings: dict[str, torch.Tensor] = {}
         self.hits = 0
         self.misses = 0
+        self._lock = threading.Lock()
+        self._pending: dict[tuple, threading.Event] = {}  # keys being generated now, set when answered
+        self._experts: dict[str, Expert] = {}  # as registered through this engine
 
     def register_expert(self, expert: Expert) -> None:
-        known = getattr(self.inner, "experts", {})
-        if known.get(expert.id) is not None and known.get(expert.id) is not expert:
-            self.generations = {k: v for k, v in self.generations.items() if expert.id not in dict(k[1])}
+        with self._lock:
+            previous = self._experts.get(expert.id) or getattr(self.inner, "experts", {}).get(expert.id)
+            if previous is not None and previous is not expert:
+                self.generations = {k: v for k, v in self.generations.items() if expert.id not in dict(k[1])}
+            self._experts[expert.id] = expert
         self.inner.register_expert(expert)
 
     @staticmethod
@@ -507,15 +516,48 @@ class MemoisingEngine:
 
     def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
         keys = [self._key(request) for request in requests]
-        missing = [i for i, key in enumerate(keys) if key is None or key not in self.generations]
-        fresh = self.inner.generate([requests[i] for i in missing]) if missing else []
-        answers = dict(zip(missing, fresh))
-        for i, generation in answers.items():
-            if keys[i] is not None:
-                self.generations[keys[i]] = generation
-        self.hits += len(requests) - len(missing)
-        self.misses += len(missing)
-        return [answers[i] if i in answers else self.generations[keys[i]] for i in range(len(requests))]
+        answers: dict[int, Generation] = {}
+        mine, waiting = [], []  # indices this call generates; indices another call is generating
+        with self._lock:
+            claimed: set[tuple] = set()
+            for i, key in enumerate(keys):
+                if key is None:
+                    mine.append(i)
+                elif key in self.generations:
+                    answers[i] = self.generations[key]
+                elif key in self._pending or key in claimed:
+                    waiting.append(i)
+                else:
+                    claimed.add(key)
+                    self._pending[key] = threading.Event()
+                    mine.append(i)
+            self.hits += len(requests) - len(mine)
+            self.misses += len(mine)
+        try:
+            fresh = self.inner.generate([requests[i] for i in mine]) if mine else []
+        finally:
+            with self._lock:
+                for i in mine:
+                    if keys[i] is not None:
+                        self._pending.pop(keys[i]).set()
+        with self._lock:
+            for i, generation in zip(mine, fresh):
+                answers[i] = generation
+                if keys[i] is not None:
+                    self.generations[keys[i]] = generation
+        for i in waiting:
+            answers[i] = self._answer_of(keys[i], requests[i])
+        return [answers[i] for i in range(len(requests))]
+
+    def _answer_of(self, key: tuple, request: GenerationRequest) -> Generation:
+        """The answer another call is generating; generated here if that call failed."""
+        with self._lock:
+            event = self._pending.get(key)
+        if event is not None:
+            event.wait()
+        with self._lock:
+            answer = self.generations.get(key)
+        return answer if answer is not None else self.generate([request])[0]
 
     def next_token_logits(self, requests: list[GenerationRequest]) -> torch.Tensor:
         return self.inner.next_token_logits(requests)
@@ -524,8 +566,12 @@ class MemoisingEngine:
         return self.inner.score(requests)
 
     def embed(self, texts: list[str]) -> torch.Tensor:
-        missing = list(dict.fromkeys(text for text in texts if text not in self.embeddings))
+        with self._lock:
+            missing = list(dict.fromkeys(text for text in texts if text not in self.embeddings))
         if missing:
-            for text, row in zip(missing, self.inner.embed(missing)):
-                self.embeddings[text] = row
-        return torch.stack([self.embeddings[text] for text in texts])
+            rows = self.inner.embed(missing)
+            with self._lock:
+                for text, row in zip(missing, rows):
+                    self.embeddings[text] = row
+        with self._lock:
+            return torch.stack([self.embeddings[text] for text in texts])

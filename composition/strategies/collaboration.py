@@ -16,7 +16,7 @@ from composition.errors import CompositionError
 from composition.evaluation import METRICS, normalise_answer
 from composition.strategies.base import Choice, Strategy
 from composition.strategies.deferral import BASE, mixture_of
-from composition.strategies.development import dev_score
+from composition.strategies.development import dev_score_of_each_expert
 from composition.strategy_specs import (
     HeterogeneousSwarmSpec, KnowledgeCardsSpec, LLMBlenderSpec, MixtureOfAgentsSpec, MultiAgentFeedbackSpec, SlmMuxSpec,
     StructuredPipelineSpec,
@@ -204,8 +204,9 @@ class HeterogeneousSwarm(HeterogeneousSwarmSpec, Strategy):
         graph = self.decode(matrix)
         metric = METRICS[self.config["metric"]]
         request = self.dev_request()
-        scores = [metric(self.run_graph(engine, item["prompt"], request, None, graph, TokenLedger()).text,
-                         item["answers"]) for item in self.config["dev_set"]]
+        dev_set = self.config["dev_set"]
+        answers = self.run_graph(engine, [item["prompt"] for item in dev_set], request, None, graph, TokenLedger())
+        scores = [metric(answer.text, item["answers"]) for answer, item in zip(answers, dev_set)]
         value = sum(scores) / len(scores)
         self.evaluations.append((graph, value))
         return value
@@ -256,23 +257,25 @@ class HeterogeneousSwarm(HeterogeneousSwarmSpec, Strategy):
         self.graph = ([tuple(edge) for edge in edges], output)
         self.best_score = float(learned.get("score", 0.0))
 
-    def run_graph(self, engine, prompt, request, seed, graph, ledger: TokenLedger):
+    def run_graph(self, engine, prompts: list[str], request, seed, graph, ledger: TokenLedger) -> list:
+        """The output node's answer to each prompt; each node answers every prompt in one engine call."""
         edges, output = graph
         incoming = {node: [a for a, b in edges if b == node] for node in self.expert_ids}
         needed = ancestors(output, incoming)
-        answers = {}
+        answers = {}  # node -> its generation for each prompt
         for node in self.order_of(self.expert_ids, edges):
             if node not in needed:
                 continue
             parents = incoming[node]
-            text = prompt if not parents else self.config["node_template"].format(
-                prompt=prompt, inputs=bullet_list([answers[p].text for p in parents]))
-            answers[node] = ledger.generate(self, engine, [(node, text)], request, seed)[0]
+            texts = [prompt if not parents else self.config["node_template"].format(
+                prompt=prompt, inputs=bullet_list([answers[p][index].text for p in parents]))
+                for index, prompt in enumerate(prompts)]
+            answers[node] = ledger.generate(self, engine, [(node, text) for text in texts], request, seed)
         return answers[output]
 
     def complete(self, prompt, request, seed, engine):
         ledger = TokenLedger()
-        final = self.run_graph(engine, prompt, request, seed, self.graph, ledger)
+        final = self.run_graph(engine, [prompt], request, seed, self.graph, ledger)[0]
         return Choice(final.text, final.finish_reason, final.completion_tokens, ledger.shares())
 
 
@@ -289,8 +292,8 @@ class SlmMux(SlmMuxSpec, Strategy):
             self.dev_accuracy = {e: 0.0 for e in self.config["experts"]}
 
     def learn(self, engine: Engine) -> None:
-        self.dev_accuracy = {e: dev_score(engine, {e: 1.0}, self.config["dev_set"], self.config)
-                             for e in self.config["experts"]}
+        self.dev_accuracy = dev_score_of_each_expert(engine, self.config["experts"], self.config["dev_set"],
+                                                     self.config)
 
     def learned_state(self) -> dict:
         return {"dev_accuracy": {e: float(value) for e, value in self.dev_accuracy.items()}}

@@ -14,7 +14,7 @@ import torch
 from composition.engine import Engine, ScoreRequest
 from composition.errors import CompositionError
 from composition.strategies.base import Choice, CompletionRequest, Strategy, decode_step_by_step
-from composition.strategies.development import dev_scores
+from composition.strategies.development import dev_scores_of
 from composition.strategy_specs import BASE, CoLLMSpec, GraphRouterSpec, MentorCollabSpec, NudgingSpec
 
 
@@ -39,7 +39,7 @@ class GraphRouter(GraphRouterSpec, Strategy):
     development score, then the system's order). Learned when prepared. Attribution: {chosen: 1}."""
 
     def learn(self, engine: Engine) -> None:
-        effects = [dev_scores(engine, {e: 1.0}, self.config["dev_set"], self.config) for e in self.expert_ids]
+        effects = dev_scores_of(engine, [{e: 1.0} for e in self.expert_ids], self.config["dev_set"], self.config)
         self.use_effects(torch.tensor(effects).T, engine)
 
     def use_effects(self, effects: torch.Tensor, engine: Engine) -> None:

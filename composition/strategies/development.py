@@ -24,13 +24,29 @@ def dev_set_sha256(dev_set: list[dict]) -> str:
 def dev_scores(engine: Engine, mixture: dict[str, float], dev_set: list[dict], options: dict,
                *, prompts: list[str] | None = None) -> list[float]:
     """The metric of each item's greedy answer under `mixture` ({} = the base model alone)."""
+    return dev_scores_of(engine, [mixture], dev_set, options, prompts=prompts)[0]
+
+
+def dev_scores_of(engine: Engine, mixtures: list[dict[str, float]], dev_set: list[dict], options: dict,
+                  *, prompts: list[str] | None = None) -> list[list[float]]:
+    """dev_scores for each mixture, asked of the engine in one call (a batching engine decodes them together)."""
     metric = METRICS[options["metric"]]
+    prompts = prompts or [item["prompt"] for item in dev_set]
     generations = engine.generate([
         GenerationRequest(prompt=prompt, mixture=dict(mixture), max_tokens=options["max_tokens"], temperature=0.0,
                           stop=list(options["stop"]))
-        for prompt in (prompts or [item["prompt"] for item in dev_set])
+        for mixture in mixtures for prompt in prompts
     ])
-    return [metric(generation.text, item["answers"]) for generation, item in zip(generations, dev_set)]
+    return [[metric(generation.text, item["answers"])
+             for generation, item in zip(generations[start:start + len(prompts)], dev_set)]
+            for start in range(0, len(generations), len(prompts))]
+
+
+def dev_score_of_each_expert(engine: Engine, expert_ids: list[str], dev_set: list[dict], options: dict
+                             ) -> dict[str, float]:
+    """{expert: its mean development score alone}, every expert asked in one engine call."""
+    rows = dev_scores_of(engine, [{e: 1.0} for e in expert_ids], dev_set, options)
+    return {expert_id: sum(row) / len(row) for expert_id, row in zip(expert_ids, rows)}
 
 
 def dev_score(engine: Engine, mixture: dict[str, float], dev_set: list[dict], options: dict) -> float:

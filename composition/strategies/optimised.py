@@ -20,6 +20,7 @@ from composition.strategies.development import (
     combination_expert,
     dev_loss,
     dev_score,
+    dev_score_of_each_expert,
     magnitude_attribution,
 )
 from composition.strategy_specs import ExPOSpec, GreedySoupSpec, LoraHubSpec, ModelSwarmsSpec
@@ -184,7 +185,7 @@ class GreedySoup(GreedySoupSpec, CombinationStrategy):
 
     def search(self, engine: Engine) -> dict[str, float]:
         dev_set = self.config["dev_set"]
-        alone = {e: dev_score(engine, {e: 1.0}, dev_set, self.config) for e in self.expert_ids}
+        alone = dev_score_of_each_expert(engine, self.expert_ids, dev_set, self.config)
         for expert_id, value in alone.items():
             self.evaluations.append(({k: float(k == expert_id) for k in self.expert_ids}, value))
         ranked = sorted(self.expert_ids, key=lambda e: -alone[e])  # stable: the system's order breaks ties
@@ -217,7 +218,7 @@ class ExPO(ExPOSpec, CombinationStrategy):
         strong, weak = self.config["strong"], self.config["weak"]
         dev_set = self.config["dev_set"]
         if strong is None:
-            alone = {e: dev_score(engine, {e: 1.0}, dev_set, self.config) for e in self.expert_ids}
+            alone = dev_score_of_each_expert(engine, self.expert_ids, dev_set, self.config)
             ranked = sorted(self.expert_ids, key=lambda e: -alone[e])
             strong = ranked[0]
             weak = ranked[-1] if len(ranked) > 1 else "base"

@@ -345,3 +345,30 @@ def test_expo_extrapolates_from_the_worst_to_the_best_expert_on_the_development_
     assert strong == "alpha" and weak in ("beta", "gamma")
     assert strategy.coefficients[strong] == 1.5 and strategy.coefficients[weak] == -0.5
     assert result.attribution[strong] == pytest.approx(0.75) and result.attribution[weak] == pytest.approx(0.25)
+
+
+class CallRecorder:
+    """The engine, recording the size of each generate call."""
+
+    def __init__(self, engine):
+        self.engine, self.tokenizer, self.calls = engine, engine.tokenizer, []
+
+    def generate(self, requests):
+        self.calls.append(len(requests))
+        return self.engine.generate(requests)
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
+@pytest.mark.parametrize("name, config, calls", [
+    ("greedy_soup", {"dev_set": DEV, "max_tokens": 3}, [len(IDS) * len(DEV), len(DEV), len(DEV)]),
+    ("graph_router", {"dev_set": DEV, "max_tokens": 3}, [len(IDS) * len(DEV)]),
+    ("slm_mux", {"dev_set": DEV, "max_tokens": 3, "samples": 1}, [len(IDS) * len(DEV)]),
+    ("heterogeneous_swarm", {"dev_set": DEV, "max_tokens": 3, "particles": 1, "iterations": 0}, None),
+])
+def test_learning_on_the_development_set_asks_the_engine_for_the_whole_set_at_once(engine, experts, name, config,
+                                                                                     calls):
+    recorder = CallRecorder(engine)
+    build_strategy(name, config, experts).prepare(recorder)
+    assert recorder.calls == (calls or [len(DEV)] * len(recorder.calls)) and recorder.calls

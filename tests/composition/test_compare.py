@@ -164,3 +164,59 @@ def test_the_participation_plot_takes_draws_whose_mean_rounds_outside_them(tmp_p
     report = {"methods": ["vote"], "sizes": [1], "points": points, "world": "toy", "n": 5}
     compare.plot_participation(report, tmp_path / "curve.png", {"monolith": 0.4})
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_the_batched_engine_answering_items_at_once_agrees_item_by_item_with_the_reference_engine(tmp_path):
+    """Every method, greedy: the same answers (their correctness and length) whichever engine decodes them."""
+    from composition.skills import SKILLS, mixed_heldout_items
+
+    worlds = {kind: compare.load_world("toy", base_dir=tmp_path, experts_dir=tmp_path / "toy", monolith_dir=None,
+                                       engine=kind) for kind in ("reference", "batched")}
+    assert worlds["reference"].workers == 1 and worlds["batched"].workers > 1
+    items = mixed_heldout_items(1)
+    rows = {}
+    for kind, world in worlds.items():
+        skills = [e.id for e in world.experts]
+        max_tokens = max(SKILLS[s].max_tokens for s in skills)
+        dev_set = [{"prompt": world.render(item.prompt), "answers": [item.answer]}
+                   for skill in skills for item in SKILLS[skill].train_items(1, seed=3)]
+        configs = compare.method_configs(skills, dev_set, max_tokens, world.render)
+        rows[kind] = {name: compare.evaluate(name, configs.get(name, {}), world.experts, world.engine, items,
+                                             world.render, max_tokens, progress=False, workers=world.workers)
+                      for name in compare.composing_methods()}
+    differing = [name for name in rows["reference"]
+                 if (rows["reference"][name]["correct"], rows["reference"][name]["tokens"])
+                 != (rows["batched"][name]["correct"], rows["batched"][name]["tokens"])]
+    assert differing == []
+
+
+def test_calls_that_arrive_while_one_runs_are_run_together_next_and_each_caller_gets_its_own_rows():
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    runs, first_started = [], threading.Event()
+
+    def doubled(items):
+        runs.append(list(items))
+        first_started.set()
+        time.sleep(0.2)
+        return [2 * item for item in items]
+
+    together = compare.CallsTogether(doubled)
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(together, [1])
+        first_started.wait()
+        later = [pool.submit(together, [10 * n, 10 * n + 1]) for n in (1, 2, 3)]
+        assert first.result() == [2]
+        assert [f.result() for f in later] == [[20, 22], [40, 42], [60, 62]]
+    assert runs[0] == [1] and sorted(runs[1]) == [10, 11, 20, 21, 30, 31]
+
+
+def test_a_failing_run_fails_every_call_joined_into_it():
+    def refuse(items):
+        raise ValueError("no")
+
+    with pytest.raises(ValueError, match="no"):
+        compare.CallsTogether(refuse)([1])

@@ -113,3 +113,54 @@ def test_the_memoising_engine_answers_a_repeated_greedy_request_once(engine):
     second = memo.generate([request, greedy("memo", {"beta": 1.0}, max_tokens=4)])
     assert second[0] is first
     assert (memo.hits, memo.misses) == (1, 2)
+
+
+class CountingEngine:
+    """An inner engine that answers slowly and counts the requests it decodes."""
+
+    def __init__(self, tokenizer):
+        import threading
+
+        self.tokenizer = tokenizer
+        self.decoded = []
+        self.lock = threading.Lock()
+
+    def register_expert(self, expert):
+        pass
+
+    def generate(self, requests):
+        import time
+
+        from composition.engine import Generation
+
+        time.sleep(0.05)
+        with self.lock:
+            self.decoded += [r.prompt for r in requests]
+        return [Generation(text=r.prompt.upper(), finish_reason="stop", prompt_tokens=1, completion_tokens=1)
+                for r in requests]
+
+
+def test_the_memoising_engine_decodes_a_request_asked_by_many_threads_at_once_only_once(engine):
+    from concurrent.futures import ThreadPoolExecutor
+
+    inner = CountingEngine(engine.tokenizer)
+    memo = MemoisingEngine(inner)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: memo.generate([greedy("same"), greedy(f"own {i}")]), range(8)))
+    assert sorted(inner.decoded) == sorted(["same"] + [f"own {i}" for i in range(8)])
+    assert {a[0].text for a in answers} == {"SAME"} and [a[1].text for a in answers] == [f"OWN {i}" for i in range(8)]
+
+
+def test_the_memoising_engine_forgets_the_answers_of_an_expert_registered_again_with_other_weights(engine):
+    from composition.experts import Expert
+
+    inner = CountingEngine(engine.tokenizer)
+    memo = MemoisingEngine(inner)
+    first, second = (Expert(id="candidate", adapter=None, metadata={}) for _ in range(2))
+    memo.register_expert(first)
+    memo.generate([greedy("q", {"candidate": 1.0})])
+    memo.register_expert(first)
+    memo.generate([greedy("q", {"candidate": 1.0})])
+    memo.register_expert(second)
+    memo.generate([greedy("q", {"candidate": 1.0})])
+    assert inner.decoded == ["q", "q"]
