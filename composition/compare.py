@@ -107,7 +107,8 @@ class BatchedEngine:
         from gpu_workers.batching import Scheduler
         from gpu_workers.engine import MosaicEngine
 
-        self.engine = MosaicEngine(str(base_dir), dtype=torch.float32)
+        # token-by-token strategies keep every item's prompt so far in the prefix cache: room for 64 items' rows
+        self.engine = MosaicEngine(str(base_dir), dtype=torch.float32, prefix_cache_bytes=2 << 30)
         self.tokenizer = self.engine.tokenizer
         self.scheduler = Scheduler(self.engine)
         self.next_token_logits = CallsTogether(self.engine.next_token_logits)

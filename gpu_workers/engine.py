@@ -612,15 +612,23 @@ class MosaicEngine:
     # -- the engine protocol ------------------------------------------------------------------------------
     @torch.inference_mode()
     def next_token_logits(self, requests: list[GenerationRequest]) -> torch.Tensor:
+        """Each request's mixed next-token log-probabilities [requests, vocab]. Token-by-token strategies ask
+        again with one more token each time: each row starts from its longest prompt prefix in the prefix
+        cache, so such a call computes the new tokens only."""
         with self.lock:
             lanes = self._lanes([request.mixture for request in requests])
             lane_slots = self._lane_slots(lanes)
-            input_ids, attention, positions = self._left_padded([self._encode(requests[l.request_index].prompt)
-                                                                 for l in lanes])
+            prompts = [self._encode(requests[lane.request_index].prompt) for lane in lanes]
+            hits = [self.prefix_cache.lookup(self._row_key(lane), ids) if self.prefix_cache.enabled
+                    else PrefixHit(0) for lane, ids in zip(lanes, prompts)]
+            input_ids, attention, positions, cache = self._after_prefixes(prompts, hits)
             try:
-                logits = self._forward(input_ids, attention, positions, lane_slots, None, last_only=True).logits
+                logits = self._forward(input_ids, attention, positions, lane_slots, cache, last_only=True).logits
             finally:
                 self.context.release()
+            if self.prefix_cache.enabled:
+                for lane, ids, kept in zip(lanes, prompts, self._row_prompts(prompts, hits, cache)):
+                    self.prefix_cache.store(self._row_key(lane), ids, kept.layers)
             return self._mix(logits[:, -1].float(), lanes, len(requests)).cpu()
 
     @torch.inference_mode()

@@ -194,3 +194,16 @@ def test_a_zero_budget_turns_the_cache_off(gpu_world, reference):
 
     assert len(engine.prefix_cache) == 0 and engine.prefix_cache.stats.reused_tokens == 0
     assert answer.text == reference.generate([request])[0].text
+
+
+def test_token_by_token_logits_compute_only_the_new_tokens_and_match_the_reference(engine, reference):
+    request = greedy(HEADER + "one token at a time", {"alpha": 0.5, "gamma": 0.5})
+    engine.next_token_logits([request])
+    reused_before = engine.prefix_cache.stats.reused_tokens
+
+    longer = greedy(request.prompt + "!", request.mixture)
+    logits = engine.next_token_logits([longer])
+
+    prompt_tokens = len(engine._encode(request.prompt))
+    assert engine.prefix_cache.stats.reused_tokens - reused_before == 2 * prompt_tokens  # both lanes
+    assert torch.allclose(logits, reference.next_token_logits([longer]), atol=1e-4)
