@@ -40,6 +40,9 @@ from gpu_workers.kernels.mixture import mix_next_token_logprobs
 from gpu_workers.prefix_cache import PrefixCache, PrefixHit
 
 
+SCORE_ROW_TOKENS = 8192  # padded tokens (rows x width) per scoring forward
+
+
 @dataclass
 class RowAdapters:
     """Which adapter slot each token row of the current forward pass uses (one per row, -1 = base model)."""
@@ -380,7 +383,8 @@ class MosaicEngine:
             dtype=torch.int32,
         )
 
-    def _forward(self, input_ids, attention_mask, position_ids, lane_slots, cache, *, last_only: bool = False):
+    def _forward(self, input_ids, attention_mask, position_ids, lane_slots, cache, *, last_only: bool = False,
+                 logits_to_keep: int = 0):
         """lane_slots: one slot per row, or (slots, weights) [rows, k] each (_lane_adapters). last_only: compute
         the vocabulary projection for the last position only (decoding)."""
         lane_slots, lane_weights = lane_slots if isinstance(lane_slots, tuple) else (lane_slots, None)
@@ -391,7 +395,7 @@ class MosaicEngine:
         try:
             return self.model(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                past_key_values=cache, use_cache=cache is not None, logits_to_keep=1 if last_only else 0,
+                past_key_values=cache, use_cache=cache is not None, logits_to_keep=1 if last_only else logits_to_keep,
             )
         finally:
             self.context.clear()
@@ -685,19 +689,39 @@ class MosaicEngine:
 
     @torch.inference_mode()
     def score(self, requests: list[ScoreRequest]) -> list[list[float]]:
+        """Each continuation's per-token log-probabilities under its request's mixture. Requests run in groups
+        of at most SCORE_ROW_TOKENS padded tokens, keeping logits for the continuations' positions only (a
+        [rows, positions, vocabulary] tensor over whole prompts would not fit many long prompts)."""
+        encoded = [(self._encode(request.prompt),
+                    self.tokenizer(request.continuation, add_special_tokens=False)["input_ids"]) for request in requests]
+        results, group, width = [], [], 0
+        for request, (prompt, continuation) in zip(requests, encoded):
+            rows = max(1, len(request.mixture))
+            wider = max(width, len(prompt) + len(continuation))
+            if group and (sum(max(1, len(r.mixture)) for r, _ in group) + rows) * wider > SCORE_ROW_TOKENS:
+                results.extend(self._score(group))
+                group, wider = [], len(prompt) + len(continuation)
+            group.append((request, (prompt, continuation)))
+            width = wider
+        if group:
+            results.extend(self._score(group))
+        return results
+
+    def _score(self, group: list[tuple[ScoreRequest, tuple[list[int], list[int]]]]) -> list[list[float]]:
         with self.lock:
+            requests = [request for request, _ in group]
+            prompts = [prompt for _, (prompt, _c) in group]
+            continuations = [continuation for _, (_p, continuation) in group]
             lanes = self._lanes([request.mixture for request in requests])
             lane_slots = self._lane_slots(lanes)
-            prompts = [self._encode(request.prompt) for request in requests]
-            continuations = [self.tokenizer(request.continuation, add_special_tokens=False)["input_ids"]
-                             for request in requests]
             full = [prompts[lane.request_index] + continuations[lane.request_index] for lane in lanes]
             input_ids, attention, positions = self._left_padded(full)
+            kept = max(len(continuation) for continuation in continuations) + 1
             try:
-                logits = self._forward(input_ids, attention, positions, lane_slots, None).logits.float()
+                logits = self._forward(input_ids, attention, positions, lane_slots, None,
+                                       logits_to_keep=kept).logits.float()  # the last `kept` positions
             finally:
                 self.context.release()
-            width = input_ids.shape[1]
             results = []
             for request_index, continuation in enumerate(continuations):
                 if not continuation:
@@ -705,7 +729,7 @@ class MosaicEngine:
                     continue
                 rows = [row for row, lane in enumerate(lanes) if lane.request_index == request_index]
                 # Logits at position t predict token t+1; the continuation occupies the last len(c) positions.
-                span = logits[rows, width - len(continuation) - 1: width - 1]  # [k, len, vocab]
+                span = logits[rows, kept - len(continuation) - 1: kept - 1]  # [k, len, vocab]
                 weights = torch.tensor([lanes[row].weight for row in rows], device=span.device)
                 mixed = mix_next_token_logprobs(
                     span.transpose(0, 1).contiguous(), weights.expand(len(continuation), -1).contiguous(), check=False

@@ -100,6 +100,23 @@ def test_scores_match_the_reference(mosaic, reference):
         assert mine == pytest.approx(oracle, abs=1e-4)
 
 
+def test_scores_of_many_requests_are_computed_in_bounded_groups_and_still_match(mosaic, reference, monkeypatch):
+    import gpu_workers.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "SCORE_ROW_TOKENS", 40)  # a few requests per forward
+    forwards = []
+    forward = mosaic._forward
+    monkeypatch.setattr(mosaic, "_forward", lambda *args, **kwargs: forwards.append(args[0].shape) or forward(*args, **kwargs))
+    requests = [ScoreRequest(prompt=f"prompt number {i}: ", continuation=" yes" * (1 + i % 3),
+                             mixture={"alpha": 0.5, "gamma": 0.5} if i % 2 else {"beta": 1.0}) for i in range(8)]
+
+    ours, theirs = mosaic.score(requests), reference.score(requests)
+
+    assert len(forwards) > 1 and all(rows * width <= 40 or rows <= 2 for rows, width in forwards)
+    for mine, oracle in zip(ours, theirs):
+        assert mine == pytest.approx(oracle, abs=1e-4)
+
+
 def test_embeddings_match_the_reference(mosaic, reference):
     texts = ["short", "a rather longer text to embed"]
     assert torch.allclose(mosaic.embed(texts), reference.embed(texts), atol=1e-4)
