@@ -170,6 +170,9 @@ def reference_engine(base_dir: Path):
 
 
 ENGINES = {"batched": BatchedEngine, "reference": reference_engine}
+ENGINE_NAMES = {"batched": "MosaicEngine through the continuous-batching scheduler (float32, CPU; a method's items "
+                           "answered together)",
+                "reference": "ReferenceEngine (float32, CPU; one item at a time)"}
 ITEMS_AT_ONCE = {"batched": 64, "reference": 1}  # ReferenceEngine switches adapters globally: one caller
 
 
@@ -379,7 +382,8 @@ def render_methods_markdown(report: dict) -> str:
     lines = [
         f"# Every composition method on the {report['world']} world ({report['base_model']})", "",
         f"`{report['command']}`: {report['seconds']} s on {report['machine']} (load average "
-        f"{report['load_before']} before, {report['load_after']} after), ReferenceEngine (float32, CPU), greedy. "
+        f"{report['load_before']} before, {report['load_after']} after), {ENGINE_NAMES[report.get('engine', 'reference')]}, "
+        "greedy. "
         f"Mixed held-out set: {report['n']} items ({report['items_per_skill']} per skill: "
         f"{', '.join(report['skills'])}), sha256 `{report['heldout_sha256'][:16]}`; development set "
         f"{report['dev_items_per_skill']} training item(s) per skill, sha256 `{report['dev_sha256'][:16]}`.", "",
