@@ -35,3 +35,20 @@ def gpu_world(tmp_path_factory):
         path = make_peft_adapter(base, root / expert_id, target_modules=targets, r=rank, seed=seed)
         adapters[expert_id] = AdapterOnDisk(expert_id, path, adapter_content_sha256(path))
     return base, adapters
+
+
+@pytest.fixture(scope="session")
+def world_engine(gpu_world):
+    """Build a MosaicEngine on the tiny base with every adapter of gpu_world registered (options: the engine's)."""
+    from composition.experts import load_expert
+    from gpu_workers.engine import MosaicEngine
+
+    base, adapters = gpu_world
+
+    def build(**options):
+        engine = MosaicEngine(base, lora_backend="torch", **options)
+        for adapter in adapters.values():
+            engine.register_expert(load_expert(adapter.id, adapter.path))
+        return engine
+
+    return build

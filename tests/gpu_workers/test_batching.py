@@ -15,12 +15,8 @@ from gpu_workers.engine import MosaicEngine
 
 
 @pytest.fixture(scope="module")
-def engine(gpu_world):
-    base, adapters = gpu_world
-    engine = MosaicEngine(base, lora_backend="torch")
-    for adapter in adapters.values():
-        engine.register_expert(load_expert(adapter.id, adapter.path))
-    return engine
+def engine(world_engine):
+    return world_engine()
 
 
 REQUESTS = [
@@ -243,11 +239,8 @@ def test_a_long_prompt_over_more_rows_than_the_budget_still_joins(engine, refere
     assert answer.text == reference.generate([three_rows])[0].text
 
 
-def test_chunked_prefill_needs_no_prefix_cache(gpu_world, reference):
-    base, adapters = gpu_world
-    uncached = MosaicEngine(base, lora_backend="torch", prefix_cache_bytes=0)
-    for adapter in adapters.values():
-        uncached.register_expert(load_expert(adapter.id, adapter.path))
+def test_chunked_prefill_needs_no_prefix_cache(world_engine, reference):
+    uncached = world_engine(prefix_cache_bytes=0)
     scheduler = Scheduler(uncached, max_prefill_tokens=3)
 
     answer = scheduler.generate([REQUESTS[5]])[0]

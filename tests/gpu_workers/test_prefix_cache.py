@@ -6,7 +6,6 @@ import torch
 from composition.engine import GenerationRequest, ReferenceEngine
 from composition.experts import load_expert
 from gpu_workers.batching import Scheduler
-from gpu_workers.engine import MosaicEngine
 from gpu_workers.prefix_cache import PrefixCache
 
 HEADER = "you are a careful assistant. "
@@ -92,12 +91,8 @@ def test_a_stored_entry_is_a_copy():
 # -- the engine -------------------------------------------------------------------------------------------------
 
 @pytest.fixture
-def engine(gpu_world):
-    base, adapters = gpu_world
-    engine = MosaicEngine(base, lora_backend="torch")
-    for adapter in adapters.values():
-        engine.register_expert(load_expert(adapter.id, adapter.path))
-    return engine
+def engine(world_engine):
+    return world_engine()
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +121,7 @@ def test_a_prompt_sharing_a_header_prefills_only_its_new_tokens_and_answers_as_t
     assert answer.text == reference.generate([later])[0].text
 
 
-def test_one_prefill_mixes_rows_with_and_without_a_cached_prefix(engine, reference, gpu_world):
+def test_one_prefill_mixes_rows_with_and_without_a_cached_prefix(engine, reference, world_engine):
     scheduler = Scheduler(engine)
     scheduler.generate([greedy(HEADER + "warm the cache", {"beta": 1.0})])
     batch = [
@@ -140,9 +135,7 @@ def test_one_prefill_mixes_rows_with_and_without_a_cached_prefix(engine, referen
     answers = scheduler.generate(batch)
 
     assert scheduler.stats.prefills == 2  # the warm-up, then all five in one prefill
-    uncached = MosaicEngine(gpu_world[0], lora_backend="torch", prefix_cache_bytes=0)
-    for adapter in gpu_world[1].values():
-        uncached.register_expert(load_expert(adapter.id, adapter.path))
+    uncached = world_engine(prefix_cache_bytes=0)
     for request, answer in zip(batch, answers):
         # ReferenceEngine mixes distributions only; a row that mixes adapters is checked against no cache
         expected = Scheduler(uncached) if request.mixture_space == "adapters" else reference
@@ -182,10 +175,8 @@ def test_the_prefill_budget_counts_only_the_tokens_a_prefill_computes(engine):
     assert engine.prefill_tokens(sequence) == len(sequence.prompt_ids) - len(engine._encode(HEADER))
 
 
-def test_a_zero_budget_turns_the_cache_off(gpu_world, reference):
-    base, adapters = gpu_world
-    engine = MosaicEngine(base, lora_backend="torch", prefix_cache_bytes=0)
-    engine.register_expert(load_expert("alpha", adapters["alpha"].path))
+def test_a_zero_budget_turns_the_cache_off(world_engine, reference):
+    engine = world_engine(prefix_cache_bytes=0)
     scheduler = Scheduler(engine)
     request = greedy(HEADER + "no cache", {"alpha": 1.0})
 
