@@ -70,7 +70,10 @@ def test_streamed_chat_logprobs_are_the_same_as_the_answers(client):
                                             logprobs=True, top_logprobs=1, stream=True)
     streamed = [entry for chunk in stream if chunk.choices and chunk.choices[0].logprobs
                 for entry in chunk.choices[0].logprobs.content]
-    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in answer.choices[0].logprobs.content]
+    expected = answer.choices[0].logprobs.content
+    assert [e.token for e in streamed] == [e.token for e in expected]
+    # the second request starts from the first's cached prompt prefix: equal up to float rounding
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in expected], abs=1e-5)
 
 
 def test_more_than_20_top_logprobs_is_a_400_naming_it(client):
@@ -247,4 +250,5 @@ def test_a_streamed_echoed_completion_carries_the_same_text_and_logprobs(client)
     streamed = [chunk.choices[0].logprobs for chunk in chunks if chunk.choices[0].logprobs]
     assert len(streamed) == 1
     assert streamed[0].tokens == answer.choices[0].logprobs.tokens
-    assert streamed[0].token_logprobs == answer.choices[0].logprobs.token_logprobs
+    expected = answer.choices[0].logprobs.token_logprobs  # equal up to float rounding (a cached prompt prefix)
+    assert [None if x is None else pytest.approx(x, abs=1e-5) for x in streamed[0].token_logprobs] == expected
