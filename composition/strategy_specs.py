@@ -304,6 +304,7 @@ class CascadeSpec(StrategySpec):
             "order": reader.expert_list("order", list(reader.expert_ids)),
             "threshold": reader.number("threshold", -0.5, maximum=0),
             "fallback": reader.choice("fallback", ("last", "most_confident", "base"), "last"),
+            "probe_tokens": reader.integer("probe_tokens", 16, minimum=1, maximum=4096),
         }
 
 

@@ -195,15 +195,19 @@ class Cascade(CascadeSpec, Strategy):
     """Tries experts in order and escalates while the answer's confidence is below a threshold.
 
     Confidence is the mean log-probability of the generated tokens under the expert that wrote
-    them. The first answer at or above the threshold is returned; if none is, the last expert's
-    answer ("last"), the most confident one ("most_confident") or the base model's own ("base": a
-    question outside every expert's skill, such as a general one). Attribution: {answering expert: 1};
-    empty when the base model answered (no expert shaped it)."""
+    them, judged on each expert's first `probe_tokens` tokens: an expert that cannot answer often
+    writes on to max_tokens, and the cascade does not wait for that. The first expert at or above
+    the threshold answers (its answer goes on to max_tokens); if none is, the last expert's answer
+    ("last"), the most confident one ("most_confident") or the base model's own ("base": a question
+    outside every expert's skill, such as a general one). Attribution: {answering expert: 1}; empty
+    when the base model answered (no expert shaped it)."""
 
     def complete(self, prompt, request, seed, engine):
+        probe = min(request.max_tokens, self.config["probe_tokens"])
         tried = []
         for expert_id in self.config["order"]:
-            generation = engine.generate([self.generation_request(prompt, request, seed, {expert_id: 1.0})])[0]
+            generation = engine.generate([self.generation_request(prompt, request, seed, {expert_id: 1.0},
+                                                                  max_tokens=probe)])[0]
             tried.append((expert_id, generation))
             if generation.mean_logprob >= self.config["threshold"]:
                 break
@@ -216,6 +220,8 @@ class Cascade(CascadeSpec, Strategy):
                 tried.sort(key=lambda pair: pair[1].mean_logprob, reverse=True)
                 tried = tried[:1]
         expert_id, generation = tried[-1]
+        if generation.finish_reason == "length" and probe < request.max_tokens:  # the probe was cut: finish it
+            generation = engine.generate([self.generation_request(prompt, request, seed, {expert_id: 1.0})])[0]
         return Choice(generation.text, generation.finish_reason, generation.completion_tokens, {expert_id: 1.0},
                       generation=generation, mixture={expert_id: 1.0})
 

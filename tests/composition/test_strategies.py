@@ -112,6 +112,31 @@ def test_cascade_can_leave_a_question_no_expert_is_sure_of_to_the_base_model(eng
     assert result.attribution == pytest.approx({expert_id: 1 / len(IDS) for expert_id in IDS})
 
 
+class CountingEngine:
+    """Passes every call to `engine` and counts the tokens each generate call may produce."""
+
+    def __init__(self, engine):
+        self.engine, self.max_tokens = engine, []
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def generate(self, requests):
+        self.max_tokens.extend(request.max_tokens for request in requests)
+        return self.engine.generate(requests)
+
+
+def test_cascade_judges_each_expert_on_its_first_probe_tokens_and_lets_the_confident_one_finish(engine, experts):
+    strategy = build_strategy("cascade", {"order": ["gamma", "alpha", "beta"], "threshold": 0.0,
+                                          "probe_tokens": 3}, experts)
+    counting = CountingEngine(engine)
+
+    result = strategy.run(ask("cascade", max_tokens=12), counting)
+
+    assert counting.max_tokens[:3] == [3, 3, 3]  # no expert writes on to max_tokens before it is judged
+    assert result.texts == [generate(engine, "cascade", {"beta": 1.0}, max_tokens=12).text]  # the last one finished
+
+
 def test_switch_hands_segments_to_the_nearest_expert_and_attributes_token_shares(engine, experts):
     strategy = build_strategy("switch", {"segment": "tokens", "segment_tokens": 3}, experts)
     result = strategy.run(ask("rev hgfe=", max_tokens=9), engine)
