@@ -32,7 +32,6 @@ import http.client
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -242,16 +241,6 @@ def start_worker(app_module: str, queue: str, env: dict) -> subprocess.Popen:
         cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
 
 
-def stop_worker(worker: subprocess.Popen) -> None:
-    if worker.poll() is None:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
-
-
 def warm_up(port: int, key: str, system: str, worker: subprocess.Popen, logit_bias: dict) -> None:
     """Until the worker has loaded the model and answered this system once (both contenders start warm)."""
     deadline = time.monotonic() + 300
@@ -330,7 +319,7 @@ def main(argv=None) -> dict:
     from transformers import AutoTokenizer
 
     from bench.cpu_serving import build_smoke_model, default_model_dir, save_experts
-    from tests.e2e.live import deployment_env, start_gunicorn, stop
+    from tests.e2e.live import deployment_env, start_gunicorn, stop, stop_worker
 
     results: dict = {"contenders": {}}
     with tempfile.TemporaryDirectory() as scratch:
@@ -375,7 +364,7 @@ def main(argv=None) -> dict:
                     results["contenders"][name] = row
                     print(name, json.dumps({k: v for k, v in row.items() if k != "per_request"}), flush=True)
                 finally:
-                    stop_worker(worker)
+                    stop_worker(worker, grace_s=30)
         finally:
             stop(server)
 

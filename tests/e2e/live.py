@@ -96,12 +96,12 @@ def start_worker(env: dict, model_path, *, app: str, slots: int) -> subprocess.P
     )
 
 
-def stop_worker(worker: subprocess.Popen) -> None:
-    """SIGTERM to the worker's process group (its threads finish or give back their tasks), SIGKILL after 20 s."""
+def stop_worker(worker: subprocess.Popen, *, grace_s: float = 20) -> None:
+    """SIGTERM to the worker's process group (its threads finish or give back their tasks), SIGKILL after grace_s."""
     if worker.poll() is None:
         os.killpg(worker.pid, signal.SIGTERM)
         try:
-            worker.wait(timeout=20)
+            worker.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait()
