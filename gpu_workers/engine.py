@@ -526,8 +526,7 @@ class MosaicEngine:
             input_ids, attention, positions, cache = self._after_prefixes(prompts, hits)
             output = self._forward(input_ids, attention, positions, lane_slots, cache, last_only=True)
             if self.prefix_cache.enabled:
-                for lane, ids, kept in zip(lanes, prompts, self._row_prompts(prompts, hits, cache)):
-                    self.prefix_cache.store(self._row_key(lane), ids, kept.layers)
+                self._keep_prompts(lanes, prompts, self._row_prompts(prompts, hits, cache))
             for sequence in newcomers:
                 sequence.prefilled = None
             next_input = self._advance(newcomers, lanes, output.logits[:, -1])
@@ -549,8 +548,7 @@ class MosaicEngine:
             self._forward(input_ids, attention, positions, lane_slots, cache, last_only=True)
             sequence.prefilled = self._row_prompts(chunks, hits, cache)
             if self.prefix_cache.enabled:
-                for lane, ids, kept in zip(lanes, chunks, sequence.prefilled):
-                    self.prefix_cache.store(self._row_key(lane), ids, kept.layers)
+                self._keep_prompts(lanes, chunks, sequence.prefilled)
 
     def _starts(self, sequences: list[Sequence], lanes: list[Lane], prompts: list[list[int]]) -> list[PrefixHit]:
         """Per row, what is already computed of its prompt: its chunks so far, or its longest cached prefix."""
@@ -560,11 +558,18 @@ class MosaicEngine:
             if sequence.prefilled is not None:
                 row = seen[id(sequence)] = seen.get(id(sequence), -1) + 1
                 starts.append(sequence.prefilled[row])
-            elif self.prefix_cache.enabled:
-                starts.append(self.prefix_cache.lookup(self._row_key(lane), ids))
             else:
-                starts.append(PrefixHit(0))
+                starts.append(self._cached_start(lane, ids))
         return starts
+
+    def _cached_start(self, lane: Lane, prompt: list[int]) -> PrefixHit:
+        """The longest prefix of the row's prompt the prefix cache holds (nothing when the cache is off)."""
+        return self.prefix_cache.lookup(self._row_key(lane), prompt) if self.prefix_cache.enabled else PrefixHit(0)
+
+    def _keep_prompts(self, lanes: list[Lane], prompts: list[list[int]], rows: list[PrefixHit]) -> None:
+        """Put each row's prompt (its keys and values from _row_prompts) in the prefix cache."""
+        for lane, ids, kept in zip(lanes, prompts, rows):
+            self.prefix_cache.store(self._row_key(lane), ids, kept.layers)
 
     def _after_prefixes(self, prompts: list[list[int]], hits: list[PrefixHit]):
         """The forward's inputs for the prompts' tokens after their cached prefixes, and a cache that holds the
@@ -623,16 +628,14 @@ class MosaicEngine:
             lanes = self._lanes([request.mixture for request in requests])
             lane_slots = self._lane_slots(lanes)
             prompts = [self._encode(requests[lane.request_index].prompt) for lane in lanes]
-            hits = [self.prefix_cache.lookup(self._row_key(lane), ids) if self.prefix_cache.enabled
-                    else PrefixHit(0) for lane, ids in zip(lanes, prompts)]
+            hits = [self._cached_start(lane, ids) for lane, ids in zip(lanes, prompts)]
             input_ids, attention, positions, cache = self._after_prefixes(prompts, hits)
             try:
                 logits = self._forward(input_ids, attention, positions, lane_slots, cache, last_only=True).logits
             finally:
                 self.context.release()
             if self.prefix_cache.enabled:
-                for lane, ids, kept in zip(lanes, prompts, self._row_prompts(prompts, hits, cache)):
-                    self.prefix_cache.store(self._row_key(lane), ids, kept.layers)
+                self._keep_prompts(lanes, prompts, self._row_prompts(prompts, hits, cache))
             return self._mix(logits[:, -1].float(), lanes, len(requests)).cpu()
 
     @torch.inference_mode()

@@ -70,28 +70,29 @@ class PrefixCache:
     def cached_length(self, row_key: Hashable, token_ids: list[int]) -> int:
         """How many of the prompt's tokens a lookup would reuse (at most all but the last, which must run to
         give the next token's logits)."""
-        best = 0
-        for (key, _ids), entry in self._entries.items():
-            if key == row_key:
-                best = max(best, _common_prefix_length(entry.token_ids, token_ids))
-        return min(best, len(token_ids) - 1)
+        return self._longest(row_key, token_ids)[1]
 
     def lookup(self, row_key: Hashable, token_ids: list[int]) -> PrefixHit:
         """The longest cached prefix of token_ids on this row key (never the whole prompt)."""
         self.stats.lookups += 1
         self.stats.prompt_tokens += len(token_ids)
+        best, length = self._longest(row_key, token_ids)
+        if best is None or length <= 0:
+            return PrefixHit(0)
+        self._entries.move_to_end((best.row_key, best.token_ids))
+        self.stats.reused_tokens += length
+        return PrefixHit(length, [(keys[:, :length], values[:, :length]) for keys, values in best.layers])
+
+    def _longest(self, row_key: Hashable, token_ids: list[int]) -> tuple[_Entry | None, int]:
+        """The entry of this row key sharing the longest prefix with token_ids, and that length (capped at all
+        but the last token)."""
         best, length = None, 0
         for (key, _ids), entry in self._entries.items():
             if key == row_key:
                 common = _common_prefix_length(entry.token_ids, token_ids)
                 if common > length:
                     best, length = entry, common
-        length = min(length, len(token_ids) - 1)
-        if best is None or length <= 0:
-            return PrefixHit(0)
-        self._entries.move_to_end((best.row_key, best.token_ids))
-        self.stats.reused_tokens += length
-        return PrefixHit(length, [(keys[:, :length], values[:, :length]) for keys, values in best.layers])
+        return best, min(length, len(token_ids) - 1)
 
     def store(self, row_key: Hashable, token_ids: list[int], layers: list[LayerKV]) -> None:
         """Keep a prompt's keys and values (each [kv_heads, len(token_ids), head_dim]; copied). An entry whose
