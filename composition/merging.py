@@ -10,7 +10,8 @@ and a scale λ, and returns one dense ΔW:
 With uniform weights, λ = number of experts gives the papers' defaults (task arithmetic = sum of
 task vectors; TIES = mean over agreeing signs). `merge_adapters` applies a method module by module
 and factorises each merged ΔW back to LoRA factors by truncated SVD at the rank asked for
-(exact when that rank is at least the rank of the merged ΔW).
+(exact when that rank is at least the rank of the merged ΔW). The linear methods never form ΔW:
+Σ w_i ΔW_i is the product of the experts' stacked factors, and its truncated SVD comes from those.
 """
 from __future__ import annotations
 
@@ -26,18 +27,25 @@ def weighted_sum(deltas: list[torch.Tensor], weights: list[float]) -> torch.Tens
     return sum(weight * delta.float() for weight, delta in zip(weights, deltas))
 
 
-def trim_by_magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the round(density · n) entries of largest magnitude, zero the rest (TIES "trim")."""
+def trim_by_magnitude(delta: torch.Tensor, density: float, threshold: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep the round(density · n) entries of largest magnitude, zero the rest (TIES "trim"). Entries as large
+    as the smallest one kept are kept too (a selection by threshold, several times faster than a top-k);
+    `threshold`, when given, is magnitude_threshold(delta, density) worked out before."""
     keep = int(round(density * delta.numel()))
     if keep >= delta.numel():
         return delta.clone()
     if keep <= 0:
         return torch.zeros_like(delta)
-    flat = delta.flatten()
-    kept = torch.zeros_like(flat)
-    indices = torch.topk(flat.abs(), keep).indices
-    kept[indices] = flat[indices]
-    return kept.view_as(delta)
+    magnitude = delta.abs()
+    if threshold is None:
+        threshold = magnitude_threshold(delta, density)
+    return torch.where(magnitude >= threshold, delta, torch.zeros_like(delta))
+
+
+def magnitude_threshold(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """The magnitude of the smallest of the round(density · n) largest entries (0 < density < 1)."""
+    keep = min(max(int(round(density * delta.numel())), 1), delta.numel())
+    return torch.kthvalue(delta.abs().flatten(), delta.numel() - keep + 1).values
 
 
 def drop_and_rescale(delta: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
@@ -67,28 +75,44 @@ class MergeMethod:
     name: ClassVar[str]
     uses_density: ClassVar[bool] = False
     uses_scale: ClassVar[bool] = True
+    linear: ClassVar[bool] = False  # the result is Σ c_i ΔW_i with c_i = factor · w_i (see linear_factor)
 
     def __init__(self, *, density: float = 1.0, scale: float = 1.0, sign_method: str = "total"):
         self.density = density
         self.scale = scale
         self.sign_method = sign_method
 
-    def merge(self, deltas: list[torch.Tensor], weights: list[float], *, generator: torch.Generator) -> torch.Tensor:
+    def linear_factor(self) -> float:
+        """For a linear method, the c_i / w_i of its Σ c_i ΔW_i."""
+        raise NotImplementedError
+
+    def merge(self, deltas: list[torch.Tensor], weights: list[float], *, generator: torch.Generator,
+              module: str) -> torch.Tensor:
+        """The merged ΔW of `module` from each expert's ΔW, in the experts' order (an instance merges one set
+        of experts, and may keep what does not depend on the weights between calls)."""
         raise NotImplementedError
 
 
 class Linear(MergeMethod):
     name = "linear"
     uses_scale = False
+    linear = True
 
-    def merge(self, deltas, weights, *, generator):
+    def linear_factor(self) -> float:
+        return 1.0
+
+    def merge(self, deltas, weights, *, generator, module):
         return weighted_sum(deltas, weights)
 
 
 class TaskArithmetic(MergeMethod):
     name = "task_arithmetic"
+    linear = True
 
-    def merge(self, deltas, weights, *, generator):
+    def linear_factor(self) -> float:
+        return self.scale
+
+    def merge(self, deltas, weights, *, generator, module):
         return self.scale * weighted_sum(deltas, weights)
 
 
@@ -96,16 +120,26 @@ class Ties(MergeMethod):
     name = "ties"
     uses_density = True
 
-    def merge(self, deltas, weights, *, generator):
-        stacked = torch.stack([w * trim_by_magnitude(d.float(), self.density) for w, d in zip(weights, deltas)])
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.thresholds: dict[tuple[str, int], torch.Tensor] = {}  # (module, expert index): its trim threshold
+
+    def merge(self, deltas, weights, *, generator, module):
+        stacked = torch.stack([w * self.trim(d.float(), (module, index))
+                               for index, (w, d) in enumerate(zip(weights, deltas))])
         return self.scale * disjoint_mean(stacked, majority_sign_mask(stacked, self.sign_method))
+
+    def trim(self, delta: torch.Tensor, key: tuple[str, int]) -> torch.Tensor:
+        if 0 < round(self.density * delta.numel()) < delta.numel() and key not in self.thresholds:
+            self.thresholds[key] = magnitude_threshold(delta, self.density)
+        return trim_by_magnitude(delta, self.density, self.thresholds.get(key))
 
 
 class DareLinear(MergeMethod):
     name = "dare_linear"
     uses_density = True
 
-    def merge(self, deltas, weights, *, generator):
+    def merge(self, deltas, weights, *, generator, module):
         dropped = [drop_and_rescale(d.float(), self.density, generator) for d in deltas]
         return self.scale * weighted_sum(dropped, weights)
 
@@ -114,7 +148,7 @@ class DareTies(MergeMethod):
     name = "dare_ties"
     uses_density = True
 
-    def merge(self, deltas, weights, *, generator):
+    def merge(self, deltas, weights, *, generator, module):
         stacked = torch.stack(
             [w * drop_and_rescale(d.float(), self.density, generator) for w, d in zip(weights, deltas)]
         )
@@ -129,9 +163,28 @@ MERGE_METHODS: dict[str, type[MergeMethod]] = {
 def factorise(delta: torch.Tensor, rank: int) -> LoraModule:
     """Truncated SVD: ΔW ≈ B @ A with B = U_r·sqrt(S_r), A = sqrt(S_r)·V_rᵀ, scaling 1."""
     U, S, Vh = torch.linalg.svd(delta.float(), full_matrices=False)
-    rank = max(1, min(rank, S.numel()))
+    return _truncated(U, S, Vh, max(1, min(rank, S.numel())))
+
+
+def factorise_product(B: torch.Tensor, A: torch.Tensor, rank: int) -> LoraModule:
+    """`factorise(B @ A, rank)` for B [out, R], A [R, in], without forming B @ A: with B = Q_b R_b and
+    Aᵀ = Q_a R_a, B @ A = Q_b (R_b R_aᵀ) Q_aᵀ, so the SVD of the small R × R core gives the product's."""
+    Qb, Rb = torch.linalg.qr(B.double())
+    Qa, Ra = torch.linalg.qr(A.double().T)
+    U, S, Vh = torch.linalg.svd(Rb @ Ra.T)
+    kept = max(1, min(rank, B.shape[0], A.shape[1]))  # the shape factorise(B @ A) gives
+    module = _truncated(Qb @ U, S, Vh @ Qa.T, min(kept, S.numel()))
+    missing = kept - module.rank  # the product's rank is at most R: the rest are zero singular values
+    if missing > 0:
+        module = LoraModule(A=torch.cat([module.A, module.A.new_zeros(missing, A.shape[1])]),
+                            B=torch.cat([module.B, module.B.new_zeros(B.shape[0], missing)], dim=1), scaling=1.0)
+    return module
+
+
+def _truncated(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, rank: int) -> LoraModule:
     root = S[:rank].sqrt()
-    return LoraModule(A=(root.unsqueeze(1) * Vh[:rank]).contiguous(), B=(U[:, :rank] * root).contiguous(), scaling=1.0)
+    return LoraModule(A=(root.unsqueeze(1) * Vh[:rank]).float().contiguous(),
+                      B=(U[:, :rank] * root).float().contiguous(), scaling=1.0)
 
 
 def check_mergeable(adapters: dict[str, LoraAdapter]) -> None:
@@ -156,33 +209,60 @@ def check_mergeable(adapters: dict[str, LoraAdapter]) -> None:
                 )
 
 
+class AdapterMerger:
+    """Merges one set of adapters with one method and its options, under any number of weight vectors (a merge
+    search tries many): what does not depend on the weights, such as TIES's trim thresholds, is worked out once.
+    Modules are merged in sorted name order and experts in the order of `adapters`; each merge draws DARE's
+    masks from a generator seeded by `seed`, so it is reproducible. `rank` (default: the sum of the experts'
+    ranks) is the rank each merged ΔW is factorised back to."""
+
+    def __init__(self, adapters: dict[str, LoraAdapter], *, method: str, density: float = 1.0,
+                 scale: float | None = None, sign_method: str = "total", seed: int = 0, rank: int | None = None):
+        if method not in MERGE_METHODS:
+            raise CompositionError(f"unknown merge method {method!r}; known: {', '.join(MERGE_METHODS)}")
+        check_mergeable(adapters)
+        self.adapters = adapters
+        self.method = MERGE_METHODS[method](
+            density=density, scale=float(len(adapters)) if scale is None else scale, sign_method=sign_method
+        )
+        self.seed = seed
+        self.rank = rank if rank is not None else sum(max(adapter.ranks) for adapter in adapters.values())
+        self.module_names = sorted(next(iter(adapters.values())).modules)
+
+    def deltas(self, weights: dict[str, float]) -> dict[str, torch.Tensor]:
+        """The merged dense ΔW of each module."""
+        generator = torch.Generator().manual_seed(self.seed)
+        ordered = [weights.get(expert_id, 0.0) for expert_id in self.adapters]
+        return {name: self.method.merge([adapter.modules[name].delta() for adapter in self.adapters.values()],
+                                        ordered, generator=generator, module=name)
+                for name in self.module_names}
+
+    def adapter(self, weights: dict[str, float]) -> LoraAdapter:
+        """The merge as a LoRA adapter at `rank`."""
+        if self.method.linear:
+            modules = {name: self.linear_factorised(weights, name) for name in self.module_names}
+        else:
+            modules = {name: factorise(delta, self.rank) for name, delta in self.deltas(weights).items()}
+        return LoraAdapter(modules=modules, base_model=next(iter(self.adapters.values())).base_model)
+
+    def linear_factorised(self, weights: dict[str, float], name: str) -> LoraModule:
+        """Σ c_i ΔW_i of one module (c_i = linear_factor · w_i), from the stacked factors [c_i s_i B_i] and [A_i]."""
+        factor = self.method.linear_factor()
+        terms = [(factor * weights.get(expert_id, 0.0), adapter.modules[name])
+                 for expert_id, adapter in self.adapters.items()]
+        terms = [(c, module) for c, module in terms if c != 0.0] or terms[:1]
+        B = torch.cat([c * module.scaling * module.B.float() for c, module in terms], dim=1)
+        A = torch.cat([module.A.float() for _, module in terms], dim=0)
+        return factorise_product(B, A, self.rank)
+
+
 def merge_deltas(adapters: dict[str, LoraAdapter], weights: dict[str, float], *, method: str,
-                 density: float = 1.0, scale: float | None = None, sign_method: str = "total",
-                 seed: int = 0) -> dict[str, torch.Tensor]:
-    """Merged dense ΔW per module. Modules are processed in sorted name order and experts in the
-    order of `adapters`, with one generator seeded by `seed` (so DARE's masks are reproducible)."""
-    if method not in MERGE_METHODS:
-        raise CompositionError(f"unknown merge method {method!r}; known: {', '.join(MERGE_METHODS)}")
-    check_mergeable(adapters)
-    expert_ids = list(adapters)
-    merger = MERGE_METHODS[method](
-        density=density, scale=float(len(expert_ids)) if scale is None else scale, sign_method=sign_method
-    )
-    generator = torch.Generator().manual_seed(seed)
-    merged = {}
-    for name in sorted(adapters[expert_ids[0]].modules):
-        deltas = [adapters[expert_id].modules[name].delta() for expert_id in expert_ids]
-        merged[name] = merger.merge(deltas, [weights.get(expert_id, 0.0) for expert_id in expert_ids],
-                                    generator=generator)
-    return merged
+                 **options) -> dict[str, torch.Tensor]:
+    """Merged dense ΔW per module (options: density, scale, sign_method, seed; see AdapterMerger)."""
+    return AdapterMerger(adapters, method=method, **options).deltas(weights)
 
 
 def merge_adapters(adapters: dict[str, LoraAdapter], weights: dict[str, float], *, method: str,
                    rank: int | None = None, **options) -> LoraAdapter:
     """Merge and factorise back to LoRA; rank defaults to the sum of the experts' ranks."""
-    deltas = merge_deltas(adapters, weights, method=method, **options)
-    if rank is None:
-        rank = sum(max(adapter.ranks) for adapter in adapters.values())
-    first = next(iter(adapters.values()))
-    return LoraAdapter(modules={name: factorise(delta, rank) for name, delta in deltas.items()},
-                       base_model=first.base_model)
+    return AdapterMerger(adapters, method=method, rank=rank, **options).adapter(weights)

@@ -294,6 +294,15 @@ class RunningBatch:
             self.attention = self.attention[:, first:]
 
 
+@dataclass
+class _ScoreRow:
+    """One scoring forward row: the tokens it reads, its mixture, and the (request index, continuation) pairs
+    read off its last positions."""
+    ids: list[int]
+    mixture: dict[str, float]
+    asks: list[tuple[int, list[int]]]
+
+
 class MosaicEngine:
     def __init__(
         self,
@@ -692,54 +701,54 @@ class MosaicEngine:
 
     @torch.inference_mode()
     def score(self, requests: list[ScoreRequest]) -> list[list[float]]:
-        """Each continuation's per-token log-probabilities under its request's mixture. Requests run in groups
-        of at most SCORE_ROW_TOKENS padded tokens, keeping logits for the continuations' positions only (a
+        """Each continuation's per-token log-probabilities under its request's mixture. A continuation's last
+        token is never read, so one forward row serves every request with the same mixture and the same prompt +
+        continuation-but-its-last-token (options scored after one question share it). Rows run in groups of at
+        most SCORE_ROW_TOKENS padded tokens, keeping logits for the continuations' positions only (a
         [rows, positions, vocabulary] tensor over whole prompts would not fit many long prompts)."""
-        encoded = [(self._encode(request.prompt),
-                    self.tokenizer(request.continuation, add_special_tokens=False)["input_ids"]) for request in requests]
-        results, group, width = [], [], 0
-        for request, (prompt, continuation) in zip(requests, encoded):
-            rows = max(1, len(request.mixture))
-            wider = max(width, len(prompt) + len(continuation))
-            if group and (sum(max(1, len(r.mixture)) for r, _ in group) + rows) * wider > SCORE_ROW_TOKENS:
-                results.extend(self._score(group))
-                group, wider = [], len(prompt) + len(continuation)
-            group.append((request, (prompt, continuation)))
+        results: list[list[float]] = [[] for _ in requests]
+        rows: dict[tuple, _ScoreRow] = {}
+        for index, request in enumerate(requests):
+            continuation = self.tokenizer(request.continuation, add_special_tokens=False)["input_ids"]
+            if not continuation:
+                continue
+            ids = self._encode(request.prompt) + continuation[:-1]
+            key = (tuple(ids), tuple(sorted(request.mixture.items())))
+            rows.setdefault(key, _ScoreRow(ids, request.mixture, [])).asks.append((index, continuation))
+        group, width = [], 0
+        for row in rows.values():
+            wider = max(width, len(row.ids))
+            if group and (sum(max(1, len(r.mixture)) for r in group) + max(1, len(row.mixture))) * wider \
+                    > SCORE_ROW_TOKENS:
+                self._score(group, results)
+                group, wider = [], len(row.ids)
+            group.append(row)
             width = wider
         if group:
-            results.extend(self._score(group))
+            self._score(group, results)
         return results
 
-    def _score(self, group: list[tuple[ScoreRequest, tuple[list[int], list[int]]]]) -> list[list[float]]:
+    def _score(self, rows: list[_ScoreRow], results: list[list[float]]) -> None:
         with self.lock:
-            requests = [request for request, _ in group]
-            prompts = [prompt for _, (prompt, _c) in group]
-            continuations = [continuation for _, (_p, continuation) in group]
-            lanes = self._lanes([request.mixture for request in requests])
+            lanes = self._lanes([row.mixture for row in rows])
             lane_slots = self._lane_slots(lanes)
-            full = [prompts[lane.request_index] + continuations[lane.request_index] for lane in lanes]
-            input_ids, attention, positions = self._left_padded(full)
-            kept = max(len(continuation) for continuation in continuations) + 1
+            input_ids, attention, positions = self._left_padded([rows[lane.request_index].ids for lane in lanes])
+            kept = max(len(continuation) for row in rows for _, continuation in row.asks)
             try:
                 logits = self._forward(input_ids, attention, positions, lane_slots, None,
                                        logits_to_keep=kept).logits.float()  # the last `kept` positions
             finally:
                 self.context.release()
-            results = []
-            for request_index, continuation in enumerate(continuations):
-                if not continuation:
-                    results.append([])
-                    continue
-                rows = [row for row, lane in enumerate(lanes) if lane.request_index == request_index]
-                # Logits at position t predict token t+1; the continuation occupies the last len(c) positions.
-                span = logits[rows, kept - len(continuation) - 1: kept - 1]  # [k, len, vocab]
-                weights = torch.tensor([lanes[row].weight for row in rows], device=span.device)
-                mixed = mix_next_token_logprobs(
-                    span.transpose(0, 1).contiguous(), weights.expand(len(continuation), -1).contiguous(), check=False
-                )
-                targets = torch.tensor(continuation, device=mixed.device)
-                results.append(mixed.gather(1, targets[:, None])[:, 0].cpu().tolist())
-            return results
+            for row_index, row in enumerate(rows):
+                lane_rows = [number for number, lane in enumerate(lanes) if lane.request_index == row_index]
+                weights = torch.tensor([lanes[number].weight for number in lane_rows], device=logits.device)
+                for request_index, continuation in row.asks:
+                    # Logits at position t predict token t+1: the continuation is read off the last len(c) positions.
+                    span = logits[lane_rows, kept - len(continuation):]  # [k, len, vocab]
+                    mixed = mix_next_token_logprobs(span.transpose(0, 1).contiguous(),
+                                                    weights.expand(len(continuation), -1).contiguous(), check=False)
+                    targets = torch.tensor(continuation, device=mixed.device)
+                    results[request_index] = mixed.gather(1, targets[:, None])[:, 0].cpu().tolist()
 
     @torch.inference_mode()
     def embed(self, texts: list[str]) -> torch.Tensor:

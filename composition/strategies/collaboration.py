@@ -7,6 +7,7 @@ them was read by the expert that wrote the returned text, or is that text)."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from itertools import combinations
 
 import numpy as np
 import torch
@@ -72,22 +73,24 @@ class LLMBlender(LLMBlenderSpec, Strategy):
     reads the `top_k` best (fuse template, {prompt} {answers}) and writes the answer; top_k 1 returns the best
     candidate itself. Attribution: the experts whose candidates were fused, in equal shares."""
 
-    def preference(self, engine: Engine, prompt: str, first: str, second: str) -> float:
-        """> 0 when the ranker prefers `first` (log p("A") − log p("B"), averaged over both orders)."""
+    def preferences(self, engine: Engine, prompt: str, pairs: list[tuple[str, str]]) -> list[float]:
+        """For each (first, second): > 0 when the ranker prefers `first` (log p("A") − log p("B"), averaged over
+        both orders). Every comparison is asked of the engine in one call."""
         ranker = mixture_of(self.config["ranker"])
         template = self.config["rank_template"]
-        questions = [template.format(prompt=prompt, a=first, b=second), template.format(prompt=prompt, a=second, b=first)]
-        scores = engine.score([ScoreRequest(q, option, ranker) for q in questions for option in ("A", "B")])
-        a1, b1, a2, b2 = (sum(row) for row in scores)
-        return ((a1 - b1) + (b2 - a2)) / 2
+        questions = [template.format(prompt=prompt, a=a, b=b)
+                     for first, second in pairs for a, b in ((first, second), (second, first))]
+        totals = [sum(row) for row in engine.score([ScoreRequest(q, option, ranker)
+                                                    for q in questions for option in ("A", "B")])]
+        return [((a1 - b1) + (b2 - a2)) / 2 for a1, b1, a2, b2 in zip(*[iter(totals)] * 4)]
 
     def rank(self, engine: Engine, prompt: str, candidates: dict) -> list[str]:
         experts = self.config["experts"]
+        pairs = list(combinations(experts, 2))
+        margins = self.preferences(engine, prompt, [(candidates[a].text, candidates[b].text) for a, b in pairs])
         wins = Counter({e: 0 for e in experts})
-        for i, first in enumerate(experts):
-            for second in experts[i + 1:]:
-                margin = self.preference(engine, prompt, candidates[first].text, candidates[second].text)
-                wins[first if margin >= 0 else second] += 1
+        for (first, second), margin in zip(pairs, margins):
+            wins[first if margin >= 0 else second] += 1
         return sorted(experts, key=lambda e: (-wins[e], -candidates[e].mean_logprob))
 
     def complete(self, prompt, request, seed, engine):

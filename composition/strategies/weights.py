@@ -7,22 +7,30 @@ import json
 
 import torch
 
-from composition.engine import Engine, GenerationRequest
+from composition.engine import Engine
 from composition.errors import CompositionError
-from composition.evaluation import METRICS
 from composition.experts import Expert
-from composition.merging import check_mergeable, merge_adapters
-from composition.strategy_specs import MergeSearchSpec, MergeSpec
+from composition.merging import AdapterMerger, check_mergeable
 from composition.strategies.base import Choice, Strategy
+from composition.strategies.development import dev_scores_of
+from composition.strategy_specs import MergeSearchSpec, MergeSpec
+
+CANDIDATES_AT_ONCE = 8  # merge candidates registered and asked about the development set together
 
 
-def merged_expert(experts: list[Expert], weights: dict[str, float], options: dict) -> Expert:
-    adapters = {expert.id: expert.adapter for expert in experts}
-    adapter = merge_adapters(
-        adapters, weights, method=options["method"], rank=options["rank"],
+def adapter_merger(experts: list[Expert], options: dict) -> AdapterMerger:
+    return AdapterMerger(
+        {expert.id: expert.adapter for expert in experts}, method=options["method"], rank=options["rank"],
         density=options["density"] if options["density"] is not None else 1.0,
         scale=options["scale"], sign_method=options["sign_method"], seed=options["seed"],
     )
+
+
+def merged_expert(experts: list[Expert], weights: dict[str, float], options: dict,
+                  merger: AdapterMerger | None = None) -> Expert:
+    """The experts merged with `weights` as one expert, named by a hash of what was merged and how (`merger`, when
+    given, is adapter_merger(experts, options) kept from an earlier merge)."""
+    adapter = (merger or adapter_merger(experts, options)).adapter(weights)
     key = json.dumps({"experts": [e.id for e in experts], "weights": weights, "options": options}, sort_keys=True)
     merged_id = "merge-" + hashlib.sha256(key.encode()).hexdigest()[:16]
     base_models = {e.base_model for e in experts if e.base_model}
@@ -93,22 +101,21 @@ class MergeSearch(MergeSearchSpec, Strategy):
         self.learn_or_restore(engine)
 
     def learn(self, engine: Engine) -> None:
-        metric = METRICS[self.config["metric"]]
+        merger = adapter_merger(self.experts, self.options)
+        candidates = self.candidates()
         best = None
         self.search_results = []
-        for weights in self.candidates():
-            expert = merged_expert(self.experts, weights, self.options)
-            engine.register_expert(expert)
-            generations = engine.generate([
-                GenerationRequest(prompt=item["prompt"], mixture={expert.id: 1.0}, max_tokens=self.config["max_tokens"],
-                                  temperature=0.0, stop=list(self.config["stop"]))
-                for item in self.config["dev_set"]
-            ])
-            score = sum(metric(g.text, item["answers"]) for g, item in zip(generations, self.config["dev_set"]))
-            score /= len(self.config["dev_set"])
-            self.search_results.append((weights, score))
-            if best is None or score > best[1]:
-                best = (weights, score, expert)
+        for start in range(0, len(candidates), CANDIDATES_AT_ONCE):
+            chunk = [(weights, merged_expert(self.experts, weights, self.options, merger))
+                     for weights in candidates[start:start + CANDIDATES_AT_ONCE]]
+            for _, expert in chunk:
+                engine.register_expert(expert)
+            rows = dev_scores_of(engine, [{expert.id: 1.0} for _, expert in chunk], self.config["dev_set"], self.config)
+            for (weights, expert), row in zip(chunk, rows):
+                score = sum(row) / len(row)
+                self.search_results.append((weights, score))
+                if best is None or score > best[1]:
+                    best = (weights, score, expert)
         self.best_weights, self.best_score, self.merged = best
         self.evaluations = self.search_results
 

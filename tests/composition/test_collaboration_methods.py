@@ -3,7 +3,7 @@ lacked), on the toy world: each runs through ReferenceEngine, attributes non-neg
 deterministic under a seed and explains its configuration errors; the optimisers find known best weights."""
 import pytest
 
-from composition.engine import GenerationRequest
+from composition.engine import GenerationRequest, ScoreRequest
 from composition.errors import CompositionError
 from composition.strategies import build_strategy, strategy_level, validate_strategy_config
 from composition.strategies.base import CompletionRequest, decode_step_by_step
@@ -233,10 +233,17 @@ def test_llm_blender_with_top_k_one_returns_the_candidate_that_wins_most_pairwis
     strategy = build_strategy("llm_blender", {"top_k": 1}, experts)
     result = strategy.run(ask("blend", max_tokens=3), engine)
     candidates = {e: generate(engine, "blend", {e: 1.0}) for e in IDS}
+    template = strategy.config["rank_template"]
+
+    def log_p(first, second, option):  # the base model reads the two candidates and names one
+        question = template.format(prompt="blend", a=candidates[first].text, b=candidates[second].text)
+        return sum(engine.score([ScoreRequest(question, option, {})])[0])
+
     wins = {e: 0 for e in IDS}
     for i, a in enumerate(IDS):
         for b in IDS[i + 1:]:
-            wins[a if strategy.preference(engine, "blend", candidates[a].text, candidates[b].text) >= 0 else b] += 1
+            margin = (log_p(a, b, "A") - log_p(a, b, "B")) + (log_p(b, a, "B") - log_p(b, a, "A"))
+            wins[a if margin >= 0 else b] += 1
     winner = max(IDS, key=lambda e: (wins[e], candidates[e].mean_logprob))
     assert result.texts == [candidates[winner].text]
     assert result.attribution[winner] == 1.0

@@ -153,3 +153,14 @@ def test_an_unknown_merge_method_is_named(adapters):
     with pytest.raises(CompositionError, match="unknown merge method 'average'"):
         merge_deltas(adapters, WEIGHTS, method="average")
     assert set(MERGE_METHODS) == {"linear", "task_arithmetic", "ties", "dare_linear", "dare_ties"}
+
+
+@pytest.mark.parametrize("rank", [1, 3, 7])
+def test_a_linear_merge_factorised_from_the_experts_factors_equals_the_dense_truncated_svd(adapters, rank):
+    weights = {"a": 0.9, "b": -0.4, "c": 0.0}  # any real coefficients, as the weight-level learners use
+    merged = merge_adapters(adapters, weights, method="task_arithmetic", scale=2.0, rank=rank)
+    deltas = merge_deltas(adapters, weights, method="task_arithmetic", scale=2.0)
+    for name, module in merged.modules.items():
+        dense = factorise(deltas[name], rank)
+        assert module.rank == dense.rank
+        assert torch.allclose(module.delta(), dense.delta(), atol=1e-5)

@@ -117,6 +117,21 @@ def test_scores_of_many_requests_are_computed_in_bounded_groups_and_still_match(
         assert mine == pytest.approx(oracle, abs=1e-4)
 
 
+def test_options_scored_after_one_question_share_one_forward_row(mosaic, reference, monkeypatch):
+    forwards = []
+    forward = mosaic._forward
+    monkeypatch.setattr(mosaic, "_forward", lambda *args, **kwargs: forwards.append(args[0].shape) or forward(*args, **kwargs))
+    requests = [ScoreRequest(prompt="which is better? ", continuation=option, mixture={"alpha": 1.0})
+                for option in ("a", "b", "c")]
+    requests.append(ScoreRequest(prompt="which is better? ", continuation="a", mixture={"beta": 1.0}))
+
+    ours, theirs = mosaic.score(requests), reference.score(requests)
+
+    assert [rows for rows, _width in forwards] == [2]  # one row per mixture, not one per option
+    for mine, oracle in zip(ours, theirs):
+        assert mine == pytest.approx(oracle, abs=1e-4)
+
+
 def test_embeddings_match_the_reference(mosaic, reference):
     texts = ["short", "a rather longer text to embed"]
     assert torch.allclose(mosaic.embed(texts), reference.embed(texts), atol=1e-4)
