@@ -36,15 +36,17 @@ def trim_by_magnitude(delta: torch.Tensor, density: float, threshold: torch.Tens
         return delta.clone()
     if keep <= 0:
         return torch.zeros_like(delta)
-    magnitude = delta.abs()
     if threshold is None:
         threshold = magnitude_threshold(delta, density)
-    return torch.where(magnitude >= threshold, delta, torch.zeros_like(delta))
+    return torch.where(delta.abs() >= threshold, delta, torch.zeros_like(delta))
 
 
-def magnitude_threshold(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """The magnitude of the smallest of the round(density · n) largest entries (0 < density < 1)."""
-    keep = min(max(int(round(density * delta.numel())), 1), delta.numel())
+def magnitude_threshold(delta: torch.Tensor, density: float) -> torch.Tensor | None:
+    """The magnitude of the smallest of the round(density · n) largest entries; None when that keeps every
+    entry or none (a trim with nothing to select)."""
+    keep = int(round(density * delta.numel()))
+    if not 0 < keep < delta.numel():
+        return None
     return torch.kthvalue(delta.abs().flatten(), delta.numel() - keep + 1).values
 
 
@@ -122,7 +124,7 @@ class Ties(MergeMethod):
 
     def __init__(self, **options):
         super().__init__(**options)
-        self.thresholds: dict[tuple[str, int], torch.Tensor] = {}  # (module, expert index): its trim threshold
+        self.thresholds: dict[tuple[str, int], torch.Tensor | None] = {}  # (module, expert index): its trim threshold
 
     def merge(self, deltas, weights, *, generator, module):
         stacked = torch.stack([w * self.trim(d.float(), (module, index))
@@ -130,9 +132,9 @@ class Ties(MergeMethod):
         return self.scale * disjoint_mean(stacked, majority_sign_mask(stacked, self.sign_method))
 
     def trim(self, delta: torch.Tensor, key: tuple[str, int]) -> torch.Tensor:
-        if 0 < round(self.density * delta.numel()) < delta.numel() and key not in self.thresholds:
+        if key not in self.thresholds:
             self.thresholds[key] = magnitude_threshold(delta, self.density)
-        return trim_by_magnitude(delta, self.density, self.thresholds.get(key))
+        return trim_by_magnitude(delta, self.density, self.thresholds[key])
 
 
 class DareLinear(MergeMethod):

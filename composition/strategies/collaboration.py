@@ -82,7 +82,11 @@ class LLMBlender(LLMBlenderSpec, Strategy):
                      for first, second in pairs for a, b in ((first, second), (second, first))]
         totals = [sum(row) for row in engine.score([ScoreRequest(q, option, ranker)
                                                     for q in questions for option in ("A", "B")])]
-        return [((a1 - b1) + (b2 - a2)) / 2 for a1, b1, a2, b2 in zip(*[iter(totals)] * 4)]
+        margins = []
+        for start in range(0, len(totals), 4):  # per pair: A and B after (first, second), then after (second, first)
+            a1, b1, a2, b2 = totals[start:start + 4]
+            margins.append(((a1 - b1) + (b2 - a2)) / 2)
+        return margins
 
     def rank(self, engine: Engine, prompt: str, candidates: dict) -> list[str]:
         experts = self.config["experts"]
