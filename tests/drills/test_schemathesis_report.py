@@ -1,4 +1,5 @@
-"""bench.drills reads schemathesis' ndjson event stream: a change in its format must not read as "no failures"."""
+"""bench.drills reads schemathesis' ndjson event stream: a change in its format must not read as "no failures"; a run
+that tested nothing (a machine too busy for its time budget) runs once more before the drill says so."""
 import json
 
 from bench.drills import read_schemathesis_events
@@ -42,3 +43,27 @@ def test_counts_failed_checks_per_operation_and_5xx_responses(tmp_path):
 
 def test_an_empty_report_tests_nothing(tmp_path):
     assert read_schemathesis_events(tmp_path)["operations_tested"] == 0
+
+
+def test_a_run_that_tested_nothing_runs_once_more_with_twice_the_time(monkeypatch):
+    from types import SimpleNamespace
+
+    from bench import drills
+
+    calls = []
+
+    def fake_run(stack, *, pattern, header, seconds, phases, seed):
+        calls.append((pattern, seconds))
+        tested = 0 if (pattern, seconds) == ("^/v1/", 8) else 4
+        return {"operations_tested": tested, "test_cases": 3 * tested, "exit_code": 0, "failures": {},
+                "responses_5xx": 0}
+
+    monkeypatch.setattr(drills, "run_schemathesis", fake_run)
+    stack = SimpleNamespace(key="key", user_token="token")
+    args = SimpleNamespace(schemathesis_seconds=20, schemathesis_phases="fuzzing", seed=1)
+
+    result = drills.drill_schemathesis(stack, args)
+
+    assert calls == [("^/v1/", 8), ("^/v1/", 16), ("^/api/", 12)]
+    assert result["runs"]["/v1"]["retried_after_testing_nothing_in_s"] == 8
+    assert all(check["ok"] for check in result["checks"])
