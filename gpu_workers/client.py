@@ -85,7 +85,7 @@ def stream_from_broker(app, message: TaskMessage, *, redis_client=None, send_tas
                 return
             for _key, entries in replies or []:
                 for entry_id, fields in entries:
-                    last_id = entry_id
+                    last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
                     event = contract.event_from_dict(json.loads(fields[b"event"]))
                     if isinstance(event, TokenEvent):
                         delta = _new_text(event, sent)

@@ -66,6 +66,7 @@ class LoraBatchContext:
         self.lane_weights: torch.Tensor | None = None  # [lanes, k]
         self._lanes_key: tuple | None = None
         self._lanes: dict[str, LaneLora | None] = {}
+        self._adapted: set[str] | None = None  # the projections the lanes' adapters adapt
         self._pool_version: int | None = None
 
     def set(self, lane_slots: torch.Tensor, seq_len: int, *, n_slots: int, device: torch.device,
@@ -87,22 +88,30 @@ class LoraBatchContext:
             return
         key = (tuple(lane_slots.flatten().tolist()), tuple(lane_weights.flatten().tolist()), lane_slots.shape[1])
         if key != self._lanes_key:
-            self._lanes_key, self._lanes = key, {}
+            self._lanes_key, self._lanes, self._adapted = key, {}, None
             self.lane_slots, self.lane_weights = lane_slots.clone(), lane_weights.float().clone()
 
     def lanes_for(self, name: str, pool: AdapterPool) -> LaneLora | None:
         """The lanes' gathered weights for one projection, None when no lane's expert adapts it."""
         if self._pool_version != pool.version:  # a slot was rewritten: gather again
-            self._lanes, self._pool_version = {}, pool.version
+            self._lanes, self._pool_version, self._adapted = {}, pool.version, None
+        if self._adapted is None:
+            self._adapted = self._adapted_modules(pool)
         if name not in self._lanes:
-            slots = self.lane_slots.to(pool.device)
-            ranks = torch.where(slots >= 0, pool.ranks[name][slots.clamp(min=0).long()], 0)
             self._lanes[name] = (
-                gather_lane_lora(pool.a[name], pool.b[name], pool.scalings[name], slots,
+                gather_lane_lora(pool.a[name], pool.b[name], pool.scalings[name], self.lane_slots.to(pool.device),
                                  self.lane_weights.to(pool.device))
-                if bool((ranks > 0).any()) else None
+                if name in self._adapted else None
             )
         return self._lanes[name]
+
+    def _adapted_modules(self, pool: AdapterPool) -> set[str]:
+        """The projections some lane's adapter adapts (rank > 0), found for all of them at once."""
+        slots = self.lane_slots.flatten()
+        used = slots[slots >= 0].long().to(pool.device)
+        names = list(pool.ranks)
+        ranks = torch.stack([pool.ranks[name] for name in names]).index_select(1, used)  # [modules, slots used]
+        return {name for name, adapted in zip(names, (ranks > 0).any(dim=1).tolist()) if adapted}
 
     def clear(self) -> None:
         """After a forward: nothing is applied until the next set() (the gathered lanes are kept)."""
@@ -112,7 +121,7 @@ class LoraBatchContext:
     def release(self) -> None:
         """After a batch: drop the gathered lanes too."""
         self.clear()
-        self._lanes_key, self._lanes, self.lane_slots = None, {}, None
+        self._lanes_key, self._lanes, self._adapted, self.lane_slots = None, {}, None, None
 
 
 class MultiLoraLinear(nn.Module):
@@ -214,6 +223,14 @@ class Sequence:
         return 1 if self.request.mixture_space == "adapters" else len(self.lanes)
 
 
+def _select_rows(cache: DynamicCache, rows: torch.Tensor) -> None:
+    """Keep only `rows` of every layer's keys and values (index_select: on the CPU, the cache's own
+    batch_select_indices, by advanced indexing, copies several times slower)."""
+    for layer in cache.layers:
+        if layer.keys is not None and layer.keys.numel():
+            layer.keys, layer.values = layer.keys.index_select(0, rows), layer.values.index_select(0, rows)
+
+
 def _left_pad(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     missing = width - tensor.shape[dim]
     if missing <= 0:
@@ -282,7 +299,7 @@ class RunningBatch:
                 rows.extend(range(row, row + sequence.rows))
             row += sequence.rows
         index = torch.tensor(rows, dtype=torch.long, device=self.attention.device)
-        self.cache.batch_select_indices(index)
+        _select_rows(self.cache, index)
         self.attention, self.positions = self.attention[index], self.positions[index]
         self.next_input = self.next_input[index]
         self.sequences = [sequence for sequence in self.sequences if id(sequence) in kept_ids]
@@ -686,7 +703,7 @@ class MosaicEngine:
                 kept_requests = set(still)
                 keep_lanes = [row for row, lane in enumerate(lanes) if lane.request_index in kept_requests]
                 keep = torch.tensor(keep_lanes, dtype=torch.long, device=self.device)
-                cache.batch_select_indices(keep)
+                _select_rows(cache, keep)
                 attention, positions = attention[keep], positions[keep]
                 lane_slots = lane_slots[keep.cpu()]
                 renumber = {old: new for new, old in enumerate(still)}

@@ -107,6 +107,20 @@ def test_a_worker_that_dies_mid_stream_ends_it_with_an_error_event(app, redis_cl
     assert isinstance(events[-1], contract.ErrorEvent) and events[-1].error.code == "engine_unavailable"
 
 
+def test_a_task_that_ended_while_its_stream_was_quiet_ends_the_stream_with_its_result(app, redis_client):
+    from celery import states
+
+    message = streaming_message()
+    streaming.RedisStreamPublisher(redis_client, message.request_id)(contract.TokenEvent(0, "Hel", 0))
+    app.backend.store_result(message.request_id, result_of(message, "Hello"), states.SUCCESS)
+    # ...and no end event on the stream: the reader, hearing nothing, asks the task's state
+
+    events = list(client.stream_from_broker(app, message, redis_client=redis_client, send_task=False))
+
+    assert events[0] == contract.TokenEvent(0, "Hel", 0)
+    assert isinstance(events[-1], contract.DoneEvent) and events[-1].result.choices[0].text == "Hello"
+
+
 def test_a_redelivered_run_does_not_repeat_text_the_client_already_has(app, redis_client):
     message = streaming_message()
     publish = streaming.RedisStreamPublisher(redis_client, message.request_id)
