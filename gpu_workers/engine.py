@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from composition.engine import (
     DecodeState,
@@ -221,6 +222,49 @@ class Sequence:
     def rows(self) -> int:
         """Rows in the batch: one per expert, or one in all when the request mixes its adapters."""
         return 1 if self.request.mixture_space == "adapters" else len(self.lanes)
+
+
+class _SpareColumnsLayer(DynamicLayer):
+    """A DynamicLayer that keeps spare columns after its last one: a decode step writes its keys and values
+    there instead of copying the whole layer into a new tensor (DynamicLayer's torch.cat, once per layer and
+    step). `keys` and `values` stay plain tensors (views of the buffers), so whatever replaces them (a merge, a
+    row selection) just makes the next update start a new buffer."""
+
+    SPARE_COLUMNS = 64
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized or self.keys.numel() == 0:
+            self.lazy_initialization(key_states, value_states)
+            self.keys = self.values = key_states[:, :, :0]
+        used, new = self.keys.shape[-2], key_states.shape[-2]
+        if not (self._in_buffer() and used + new <= self._key_buffer.shape[-2]):
+            self._key_buffer = self._grown(self.keys, used + new)
+            self._value_buffer = self._grown(self.values, used + new)
+        self._key_buffer[:, :, used:used + new] = key_states
+        self._value_buffer[:, :, used:used + new] = value_states
+        self.keys, self.values = self._key_buffer[:, :, :used + new], self._value_buffer[:, :, :used + new]
+        return self.keys, self.values
+
+    def _in_buffer(self) -> bool:
+        """Whether keys and values are still the buffers' first columns (nothing replaced them)."""
+        buffer = getattr(self, "_key_buffer", None)
+        return (buffer is not None and self.keys.data_ptr() == buffer.data_ptr()
+                and self.keys.shape[:2] == buffer.shape[:2] and self.keys.stride() == buffer.stride()
+                and self.values.data_ptr() == self._value_buffer.data_ptr())
+
+    def _grown(self, states: torch.Tensor, columns: int) -> torch.Tensor:
+        shape = list(states.shape)
+        shape[-2] = columns + self.SPARE_COLUMNS
+        buffer = states.new_empty(shape)
+        buffer[:, :, :states.shape[-2]] = states
+        return buffer
+
+
+def _new_cache() -> DynamicCache:
+    """A KV cache whose layers grow into spare columns (_SpareColumnsLayer)."""
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = _SpareColumnsLayer
+    return cache
 
 
 def _select_rows(cache: DynamicCache, rows: torch.Tensor) -> None:
@@ -602,7 +646,7 @@ class MosaicEngine:
         prefixes: each row's prefix is left-padded to the longest, then its new tokens left-padded to the
         longest (a row's mask is 0 over both paddings)."""
         input_ids, attention, positions = self._left_padded([ids[hit.length:] for ids, hit in zip(prompts, hits)])
-        cache = DynamicCache()
+        cache = _new_cache()
         past = max(hit.length for hit in hits)
         if past == 0:
             return input_ids, attention, positions, cache
@@ -686,7 +730,7 @@ class MosaicEngine:
         prompts = [self._encode(request.prompt) for request in requests]
         states = [DecodeState(request, self.tokenizer, len(ids)) for request, ids in zip(requests, prompts)]
         input_ids, attention, positions = self._left_padded([prompts[lane.request_index] for lane in lanes])
-        cache = DynamicCache()
+        cache = _new_cache()
         active = list(range(len(requests)))  # requests still decoding, in lane order
         while True:
             output = self._forward(input_ids, attention, positions, lane_slots, cache, last_only=True)

@@ -198,3 +198,35 @@ def test_lane_weights_are_gathered_once_per_batch_and_again_when_a_slot_changes(
     again = decode_step()[0]
     assert torch.allclose(again.b[0], 2 * first.b[0])
     assert torch.equal(again.b[1], torch.zeros_like(again.b[1]))  # the base-model lane adds nothing
+
+
+def test_a_kv_layer_grows_into_spare_columns_without_copying_what_it_holds():
+    from transformers.cache_utils import DynamicLayer
+
+    from gpu_workers.engine import _SpareColumnsLayer
+
+    growing, plain = _SpareColumnsLayer(), DynamicLayer()
+    steps = [torch.randn(2, 3, 5, 4)] + [torch.randn(2, 3, 1, 4) for _ in range(3)]
+    for states in steps:
+        growing.update(states, -states)
+        plain.update(states, -states)
+        if states is steps[1]:
+            first_column = growing.keys.data_ptr()
+
+    assert growing.keys.data_ptr() == first_column  # the last steps wrote in place
+    assert torch.equal(growing.keys, plain.keys) and torch.equal(growing.values, plain.values)
+
+
+def test_a_kv_layer_whose_keys_were_replaced_grows_from_the_replacement():
+    from gpu_workers.engine import _SpareColumnsLayer
+
+    layer = _SpareColumnsLayer()
+    layer.update(torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4))
+    kept_keys, kept_values = layer.keys[[0, 2]], layer.values[[0, 2]]  # a row left the batch
+    layer.keys, layer.values = kept_keys, kept_values
+    new_keys, new_values = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
+
+    keys, values = layer.update(new_keys, new_values)
+
+    assert torch.equal(keys, torch.cat([kept_keys, new_keys], dim=2))
+    assert torch.equal(values, torch.cat([kept_values, new_values], dim=2))
