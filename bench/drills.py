@@ -534,7 +534,8 @@ def drill_load(stack: Stack, args) -> dict:
 
 def drill_kill(stack: Stack, args) -> dict:
     """Load for a quarter of --kill-seconds, kill -9 of the worker, restart it, then load for half of
-    --kill-seconds more once it is back."""
+    --kill-seconds more once it is back, and at least until the requests in flight at the kill have had their
+    answer (by their deadline) and their clients have sent again."""
     before = stack.counts()
     patience = stack.deadline_s + RESPONSE_MARGIN_S
     moments = {}
@@ -547,11 +548,13 @@ def drill_kill(stack: Stack, args) -> dict:
         while stack.broker_backlog()["unacked"] == 0 and time.monotonic() < waited_until:
             time.sleep(0.01)
         moments["in_flight_at_kill"] = stack.broker_backlog()["unacked"]
-        moments["killed_at_s"] = round(time.monotonic() - started, 1)
+        killed = time.monotonic()
+        moments["killed_at_s"] = round(killed - started, 1)
         stack.kill_worker()
         moments["worker_restart_s"] = round(stack.start_worker(), 1)
         moments["back_at_s"] = round(time.monotonic() - started, 1)
-        time.sleep(args.kill_seconds * 0.5)
+        in_flight_answered = killed + stack.deadline_s + 2  # every client then waits no more on the dead worker
+        time.sleep(max(args.kill_seconds * 0.5, in_flight_answered - time.monotonic()))
         return moments
 
     outcomes, wall, _ = run_clients(
