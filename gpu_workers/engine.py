@@ -224,11 +224,13 @@ class Sequence:
         return 1 if self.request.mixture_space == "adapters" else len(self.lanes)
 
 
-class _SpareColumnsLayer(DynamicLayer):
-    """A DynamicLayer that keeps spare columns after its last one: a decode step writes its keys and values
-    there instead of copying the whole layer into a new tensor (DynamicLayer's torch.cat, once per layer and
-    step). `keys` and `values` stay plain tensors (views of the buffers), so whatever replaces them (a merge, a
-    row selection) just makes the next update start a new buffer."""
+class _EngineCacheLayer(DynamicLayer):
+    """The engine's KV cache layer: a DynamicLayer that keeps spare columns after its last one, so that a decode
+    step writes its keys and values there instead of copying the whole layer into a new tensor (DynamicLayer's
+    torch.cat, once per layer and step), and that selects rows with index_select (DynamicLayer's advanced
+    indexing copies several times slower on the CPU). `keys` and `values` stay plain tensors (views of the
+    buffers), so whatever replaces them (a merge, a row selection) just makes the next update start a new
+    buffer."""
 
     SPARE_COLUMNS = 64
 
@@ -259,20 +261,16 @@ class _SpareColumnsLayer(DynamicLayer):
         buffer[:, :, :states.shape[-2]] = states
         return buffer
 
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.get_seq_length() > 0:
+            self.keys, self.values = self.keys.index_select(0, indices), self.values.index_select(0, indices)
+
 
 def _new_cache() -> DynamicCache:
-    """A KV cache whose layers grow into spare columns (_SpareColumnsLayer)."""
+    """A KV cache of _EngineCacheLayer layers."""
     cache = DynamicCache()
-    cache.layer_class_to_replicate = _SpareColumnsLayer
+    cache.layer_class_to_replicate = _EngineCacheLayer
     return cache
-
-
-def _select_rows(cache: DynamicCache, rows: torch.Tensor) -> None:
-    """Keep only `rows` of every layer's keys and values (index_select: on the CPU, the cache's own
-    batch_select_indices, by advanced indexing, copies several times slower)."""
-    for layer in cache.layers:
-        if layer.keys is not None and layer.keys.numel():
-            layer.keys, layer.values = layer.keys.index_select(0, rows), layer.values.index_select(0, rows)
 
 
 def _left_pad(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
@@ -343,7 +341,7 @@ class RunningBatch:
                 rows.extend(range(row, row + sequence.rows))
             row += sequence.rows
         index = torch.tensor(rows, dtype=torch.long, device=self.attention.device)
-        _select_rows(self.cache, index)
+        self.cache.batch_select_indices(index)
         self.attention, self.positions = self.attention[index], self.positions[index]
         self.next_input = self.next_input[index]
         self.sequences = [sequence for sequence in self.sequences if id(sequence) in kept_ids]
@@ -747,7 +745,7 @@ class MosaicEngine:
                 kept_requests = set(still)
                 keep_lanes = [row for row, lane in enumerate(lanes) if lane.request_index in kept_requests]
                 keep = torch.tensor(keep_lanes, dtype=torch.long, device=self.device)
-                _select_rows(cache, keep)
+                cache.batch_select_indices(keep)
                 attention, positions = attention[keep], positions[keep]
                 lane_slots = lane_slots[keep.cpu()]
                 renumber = {old: new for new, old in enumerate(still)}

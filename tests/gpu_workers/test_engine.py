@@ -203,9 +203,9 @@ def test_lane_weights_are_gathered_once_per_batch_and_again_when_a_slot_changes(
 def test_a_kv_layer_grows_into_spare_columns_without_copying_what_it_holds():
     from transformers.cache_utils import DynamicLayer
 
-    from gpu_workers.engine import _SpareColumnsLayer
+    from gpu_workers.engine import _EngineCacheLayer
 
-    growing, plain = _SpareColumnsLayer(), DynamicLayer()
+    growing, plain = _EngineCacheLayer(), DynamicLayer()
     steps = [torch.randn(2, 3, 5, 4)] + [torch.randn(2, 3, 1, 4) for _ in range(3)]
     for states in steps:
         growing.update(states, -states)
@@ -218,9 +218,9 @@ def test_a_kv_layer_grows_into_spare_columns_without_copying_what_it_holds():
 
 
 def test_a_kv_layer_whose_keys_were_replaced_grows_from_the_replacement():
-    from gpu_workers.engine import _SpareColumnsLayer
+    from gpu_workers.engine import _EngineCacheLayer
 
-    layer = _SpareColumnsLayer()
+    layer = _EngineCacheLayer()
     layer.update(torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4))
     kept_keys, kept_values = layer.keys[[0, 2]], layer.values[[0, 2]]  # a row left the batch
     layer.keys, layer.values = kept_keys, kept_values
@@ -230,3 +230,15 @@ def test_a_kv_layer_whose_keys_were_replaced_grows_from_the_replacement():
 
     assert torch.equal(keys, torch.cat([kept_keys, new_keys], dim=2))
     assert torch.equal(values, torch.cat([kept_values, new_values], dim=2))
+
+
+def test_a_kv_layer_keeps_the_rows_it_is_told_to():
+    from gpu_workers.engine import _EngineCacheLayer
+
+    layer = _EngineCacheLayer()
+    keys, values = torch.randn(4, 2, 3, 4), torch.randn(4, 2, 3, 4)
+    layer.update(keys, values)
+
+    layer.batch_select_indices(torch.tensor([3, 1]))
+
+    assert torch.equal(layer.keys, keys[[3, 1]]) and torch.equal(layer.values, values[[3, 1]])
