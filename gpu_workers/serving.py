@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
+import torch
 from celery.exceptions import SoftTimeLimitExceeded
 
 from composition import decoding, tools
@@ -26,7 +27,7 @@ from composition.strategies import CompletionRequest, build_strategy
 from gpu_workers import contract
 from gpu_workers.adapter_pool import AdapterError, adapter_digests
 from gpu_workers.batching import Cancelled, Scheduler
-from gpu_workers.engine import MosaicEngine, get_engine
+from gpu_workers.engine import MosaicEngine, get_engine, serving_dtype
 from gpu_workers.token_clock import TokenClock
 
 EXPERT_CACHE_SIZE = 256
@@ -164,7 +165,20 @@ def engine_options_from_env(environ=None) -> dict:
                 raise ValueError(f"{variable}={environ[variable]!r} is not valid: {error}") from error
     if options.get("lora_backend", "auto") not in ("auto", "torch", "triton"):
         raise ValueError(f"MOSAIC_LORA_BACKEND must be auto, torch or triton, not {options['lora_backend']!r}")
+    options["dtype"] = worker_dtype(environ)
     return options
+
+
+def worker_dtype(environ=None) -> torch.dtype:
+    """MOSAIC_WORKER_DTYPE: auto (the default: bfloat16 on CUDA and on a CPU with bfloat16 instructions, float32
+    elsewhere), float32 or bfloat16."""
+    environ = os.environ if environ is None else environ
+    choice = environ.get("MOSAIC_WORKER_DTYPE") or "auto"
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return serving_dtype(choice, device)
+    except ValueError as error:
+        raise ValueError(f"MOSAIC_WORKER_DTYPE: {error}") from error
 
 
 def scheduler_options_from_env(environ=None) -> dict:

@@ -3,6 +3,8 @@ import os
 # No GPU in CI: Triton kernels run on the CPU through the interpreter. Must be set before triton loads.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Served tokens and log-probabilities are compared with ReferenceEngine's float32 arithmetic.
+os.environ.setdefault("MOSAIC_WORKER_DTYPE", "float32")
 
 import pytest
 from django.conf import settings

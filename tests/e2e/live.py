@@ -43,7 +43,8 @@ def deployment_env(workdir: Path, **extra: str) -> dict:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("CELERY_", "DATABASE_URL", "INFERENCE_", "MOSAIC_"))}
     env.update(MOSAIC_VAR_DIR=str(workdir / "var"), DATABASE_URL=f"sqlite:///{workdir / 'db.sqlite3'}",
-               DJANGO_SETTINGS_MODULE="mosaic.settings", OMP_NUM_THREADS="1", LOG_LEVEL="ERROR")
+               DJANGO_SETTINGS_MODULE="mosaic.settings", OMP_NUM_THREADS="1", LOG_LEVEL="ERROR",
+               MOSAIC_WORKER_DTYPE="float32")  # the reference's arithmetic
     env.update(extra)
     return env
 

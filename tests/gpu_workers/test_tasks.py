@@ -5,10 +5,12 @@ import uuid
 from decimal import Decimal
 
 import pytest
+import torch
 
 from composition.engine import GenerationRequest, ReferenceEngine
 from composition.experts import load_expert
 from gpu_workers import client, contract, serving
+from gpu_workers import engine as engine_module
 from gpu_workers.streaming import stream_completion
 from gpu_workers.tasks import run_completion
 from tests.conftest import needs_redis
@@ -277,13 +279,34 @@ def test_a_real_worker_serves_the_task_through_the_redis_broker(gpu_world):
 
 def test_worker_engine_settings_are_read_strictly_from_the_environment():
     assert serving.engine_options_from_env({"MOSAIC_ADAPTER_BUDGET_MB": "512", "MOSAIC_ADAPTER_MAX_SLOTS": "48",
-                                            "MOSAIC_LORA_BACKEND": "triton", "MOSAIC_PREFIX_CACHE_MB": "0"}) == {
-        "adapter_budget_bytes": 512 << 20, "max_slots": 48, "lora_backend": "triton", "prefix_cache_bytes": 0}
-    assert serving.engine_options_from_env({}) == {}
+                                            "MOSAIC_LORA_BACKEND": "triton", "MOSAIC_PREFIX_CACHE_MB": "0",
+                                            "MOSAIC_WORKER_DTYPE": "bfloat16"}) == {
+        "adapter_budget_bytes": 512 << 20, "max_slots": 48, "lora_backend": "triton", "prefix_cache_bytes": 0,
+        "dtype": torch.bfloat16}
+    assert serving.engine_options_from_env({}) == {"dtype": serving.worker_dtype({"MOSAIC_WORKER_DTYPE": "auto"})}
     with pytest.raises(ValueError, match="MOSAIC_ADAPTER_BUDGET_MB='lots'"):
         serving.engine_options_from_env({"MOSAIC_ADAPTER_BUDGET_MB": "lots"})
     with pytest.raises(ValueError, match="MOSAIC_LORA_BACKEND must be"):
         serving.engine_options_from_env({"MOSAIC_LORA_BACKEND": "cuda"})
+    with pytest.raises(ValueError, match="MOSAIC_WORKER_DTYPE: the dtype must be auto, float32 or bfloat16, not 'fp8'"):
+        serving.engine_options_from_env({"MOSAIC_WORKER_DTYPE": "fp8"})
+
+
+def test_a_worker_serves_bfloat16_by_default_only_where_the_cpu_computes_it(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(engine_module, "cpu_computes_bf16", lambda: False)
+    assert engine_module.serving_dtype("auto", cpu) == torch.float32
+    assert engine_module.serving_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert engine_module.serving_dtype("bfloat16", cpu) == torch.bfloat16
+    monkeypatch.setattr(engine_module, "cpu_computes_bf16", lambda: True)
+    assert engine_module.serving_dtype("auto", cpu) == torch.bfloat16
+    assert engine_module.serving_dtype("float32", cpu) == torch.float32
+
+
+def test_bfloat16_instructions_are_read_off_the_cpu_flags():
+    assert engine_module.cpu_computes_bf16("flags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n")
+    assert engine_module.cpu_computes_bf16("flags\t\t: fpu amx_bf16 amx_tile\n")
+    assert not engine_module.cpu_computes_bf16("flags\t\t: fpu avx2 avx512f avx512_vnni\n")
 
 
 def test_a_message_taken_after_its_deadline_is_dropped_not_run(gpu_world):
