@@ -26,3 +26,16 @@ def test_the_figures_of_a_run():
     assert (row["first_token_before_long_answer_ends"], row["arrived_during_long_answer"]) == (2, 3)
     assert not row["late_first_token_before_long_ends"]
     assert row["long_answer_s"] == 10.0
+
+
+def test_a_request_sent_in_the_long_answers_last_moments_may_be_served_after_it():
+    records = [
+        [record(0.0, [1.0, 2.0], 10.0, 2)],  # the long answer, from 0 to 10 s
+        [record(2.0, [3.0], 5.0, 1), record(9.6, [10.1], 11.0, 1)],  # the 2nd sent 0.4 s before its end
+    ]
+
+    row = summarise(records)
+
+    assert (row["first_token_before_long_answer_ends"], row["arrived_during_long_answer"]) == (1, 2)
+    assert row["served_after_the_long_answer_sent_s_before_its_end"] == [0.4]
+    assert row["late_first_token_before_long_ends"]
