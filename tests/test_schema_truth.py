@@ -84,3 +84,16 @@ def test_statuses_that_views_answer_beyond_the_defaults_are_declared(client):
 def test_a_statement_in_another_format_is_a_declared_400(client):
     operation = client.get("/api/schema/?format=json").json()["paths"]["/api/credit/statements/{id}.{fmt}"]["get"]
     assert "400" in operation["responses"]
+
+
+def test_every_json_response_is_described_field_by_field(client):
+    schema = client.get("/api/schema/?format=json").json()
+    untyped = [
+        f"{method.upper()} {path} {status}"
+        for path, operations in schema["paths"].items()
+        for method, operation in operations.items()
+        for status, response in operation["responses"].items()
+        for body in [response.get("content", {}).get("application/json", {}).get("schema")]
+        if body is not None and "$ref" not in body and body.get("type") == "object" and not body.get("properties")
+    ]
+    assert untyped == []

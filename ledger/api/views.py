@@ -90,10 +90,28 @@ class EntryListView(AuditorView):
         return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
 
 
+class InclusionProofSerializer(serializers.Serializer):
+    leaf_index = serializers.IntegerField(min_value=0)
+    tree_size = serializers.IntegerField(min_value=1)
+    root_hash = serializers.CharField(help_text="base64")
+    proof = serializers.ListField(child=serializers.CharField(), help_text="The audit path, base64 hashes (RFC 9162).")
+    checkpoint = serializers.CharField(help_text="The signed checkpoint (a signed note) whose root the proof reaches.")
+
+
 class EntryDetailView(AuditorView):
     OutputSerializer = EntryListView.OutputSerializer
 
-    @extend_schema(operation_id="ledger_entry_with_inclusion_proof", responses=OpenApiTypes.OBJECT)
+    class ProvenSerializer(EntryListView.OutputSerializer):
+        """What the response body is: the entry, its leaf data, and its inclusion proof (schema only)."""
+
+        class Meta:
+            ref_name = "EntryWithInclusionProof"
+
+        leaf_data = serializers.CharField(help_text="The bytes the leaf hash is computed from.")
+        inclusion = InclusionProofSerializer(allow_null=True, help_text="null until a signed checkpoint covers it.")
+        inclusion_pending = serializers.CharField(required=False, help_text="Why inclusion is null.")
+
+    @extend_schema(operation_id="ledger_entry_with_inclusion_proof", responses=ProvenSerializer)
     def get(self, request, sequence: int):
         entry = selectors.entry_get(sequence=sequence)
         checkpoint = selectors.checkpoint_latest()
@@ -133,7 +151,16 @@ class EventDetailView(AuditorView):
         def get_content_hash(self, event) -> str:
             return bytes(event.content_hash).hex()
 
-    @extend_schema(operation_id="ledger_event", responses=OpenApiTypes.OBJECT)
+    class StatusSerializer(OutputSerializer):
+        """What the response body is: the event, and whether the sequencer has integrated it (schema only)."""
+
+        class Meta:
+            ref_name = "EventWithStatus"
+
+        status = serializers.ChoiceField(choices=["pending", "integrated"])
+        sequence = serializers.IntegerField(allow_null=True, help_text="Its entry's sequence once integrated.")
+
+    @extend_schema(operation_id="ledger_event", responses=StatusSerializer)
     def get(self, request, event_id: int):
         """A recorded event: "pending" (no sequence yet) until the sequencer integrates it, then
         "integrated" with its sequence (its entry, with the inclusion proof, is at entries/<sequence>)."""
@@ -183,8 +210,17 @@ class ConsistencyView(AuditorView):
         first = serializers.IntegerField(min_value=0)
         second = serializers.IntegerField(min_value=0)
 
-    @extend_schema(operation_id="ledger_consistency_proof", parameters=[InputSerializer],
-                   responses=OpenApiTypes.OBJECT)
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "ConsistencyProof"
+
+        first = serializers.IntegerField(min_value=0)
+        second = serializers.IntegerField(min_value=0)
+        first_root = serializers.CharField(help_text="base64")
+        second_root = serializers.CharField(help_text="base64")
+        proof = serializers.ListField(child=serializers.CharField(), help_text="base64 hashes (RFC 9162).")
+
+    @extend_schema(operation_id="ledger_consistency_proof", parameters=[InputSerializer], responses=OutputSerializer)
     def get(self, request):
         sizes = validated(self.InputSerializer, request.query_params).validated_data
         first, second = sizes["first"], sizes["second"]

@@ -17,6 +17,12 @@ from rest_framework.views import APIView
 from gpu_workers import contract
 from marketplace import quotas
 from marketplace.api.key_authentication import HasKeyScope, OrganizationKeyAuthentication
+from marketplace.api.openai_responses import (
+    ChatCompletionSerializer,
+    ModelListSerializer,
+    ModelSerializer,
+    TextCompletionSerializer,
+)
 from marketplace.models import ComposedSystem
 from marketplace.selectors.systems import system_for_organization, systems_callable_by
 from marketplace.services import completions, idempotency, openai_params
@@ -70,14 +76,14 @@ def model_object(system: ComposedSystem) -> dict:
 
 class ModelListApi(OpenAIView):
     @extend_schema(summary="The systems this organization may call (OpenAI list of models)",
-                   responses=OpenApiTypes.OBJECT, operation_id="v1_models_list")
+                   responses=ModelListSerializer, operation_id="v1_models_list")
     def get(self, request):
         systems = systems_callable_by(organization=request.auth.organization)
         return Response({"object": "list", "data": [model_object(s) for s in systems]})
 
 
 class ModelDetailApi(OpenAIView):
-    @extend_schema(summary="One model (system)", responses=OpenApiTypes.OBJECT)
+    @extend_schema(summary="One model (system)", responses=ModelSerializer)
     def get(self, request, model: str):
         return Response(model_object(system_for_organization(organization=request.auth.organization, slug=model)))
 
@@ -212,6 +218,12 @@ def attribution_list(*, attribution: dict, members) -> list[dict]:
             "weight": str(weight),
         })
     return listed
+
+
+def streamed_or(body) -> dict:
+    """A completion's 200: its JSON body, or with stream=true server-sent events (`data: <chunk JSON>` lines,
+    then `data: [DONE]`)."""
+    return {(200, "application/json"): body, (200, "text/event-stream"): OpenApiTypes.STR}
 
 
 class _CompletionApi(OpenAIView):
@@ -361,7 +373,7 @@ class ChatCompletionApi(_CompletionApi):
 
     chat = True
 
-    @extend_schema(request=InputSerializer, responses=OpenApiTypes.OBJECT,
+    @extend_schema(request=InputSerializer, responses=streamed_or(ChatCompletionSerializer),
                    summary="Chat completion (OpenAI-compatible; stream=true answers with server-sent events)")
     def post(self, request):
         return super().post(request)
@@ -380,7 +392,7 @@ class CompletionApi(_CompletionApi):
 
     chat = False
 
-    @extend_schema(request=InputSerializer, responses=OpenApiTypes.OBJECT,
+    @extend_schema(request=InputSerializer, responses=streamed_or(TextCompletionSerializer),
                    summary="Text completion (OpenAI-compatible; stream=true answers with server-sent events)")
     def post(self, request):
         return super().post(request)
