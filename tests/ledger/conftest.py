@@ -1,7 +1,24 @@
 import pytest
+from django.contrib.auth.models import Group, User
 from django.db import connection
+from rest_framework.test import APIClient
 
 from ledger.services import record_event
+
+
+@pytest.fixture
+def auditor_user(db):
+    user = User.objects.create_user("audrey")
+    user.groups.add(Group.objects.get_or_create(name="auditors")[0])
+    return user
+
+
+@pytest.fixture
+def auditor(auditor_user):
+    """An API client signed in as a member of the auditors group."""
+    client = APIClient()
+    client.force_authenticate(auditor_user)
+    return client
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import io
 import tarfile
 
 import pytest
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
 from ledger import merkle
@@ -20,15 +20,6 @@ URLS = [
     "/api/ledger/consistency?first=1&second=2",
     "/api/ledger/export",
 ]
-
-
-@pytest.fixture
-def auditor(db):
-    user = User.objects.create_user("audrey")
-    user.groups.add(Group.objects.get_or_create(name="auditors")[0])
-    client = APIClient()
-    client.force_authenticate(user)
-    return client
 
 
 @pytest.fixture

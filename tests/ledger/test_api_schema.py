@@ -1,19 +1,6 @@
 """The auditors' proofs are what the published OpenAPI schema says they are."""
-import pytest
-from django.contrib.auth.models import Group, User
-from rest_framework.test import APIClient
-
 from ledger.services import create_checkpoint, record_event, sequence_pending
 from tests.openapi import assert_matches_schema
-
-
-@pytest.fixture
-def auditor(db):
-    user = User.objects.create_user("audrey")
-    user.groups.add(Group.objects.get_or_create(name="auditors")[0])
-    client = APIClient()
-    client.force_authenticate(user)
-    return client
 
 
 def record(i: int):

@@ -2,7 +2,7 @@
 import json
 
 import pytest
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import User
 from django.test import Client
 
 from ledger.services import create_checkpoint, record_event
@@ -13,10 +13,8 @@ PAGES = ["/ledger/", "/ledger/entries/0/", "/ledger/checkpoints/"]
 
 
 @pytest.fixture
-def auditor(db):
-    user = User.objects.create_user("audrey")
-    user.groups.add(Group.objects.get_or_create(name="auditors")[0])
-    return signed_in(user)
+def auditor(auditor_user):
+    return signed_in(auditor_user)
 
 
 @pytest.fixture
