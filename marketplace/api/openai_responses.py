@@ -80,7 +80,8 @@ class ChatCompletionSerializer(_CompletionEnvelope):
 class CompletionLogprobsSerializer(serializers.Serializer):
     tokens = serializers.ListField(child=serializers.CharField())
     token_logprobs = serializers.ListField(child=serializers.FloatField(allow_null=True),
-                                           help_text="null for an echoed prompt's first token.")
+                                           help_text="null for an echoed prompt's first token when nothing precedes it "
+                                                     "(a tokenizer that adds no <bos>).")
     top_logprobs = serializers.ListField(child=serializers.DictField(child=serializers.FloatField(), allow_null=True))
     text_offset = serializers.ListField(child=serializers.IntegerField(min_value=0))
 
